@@ -1,0 +1,1 @@
+"""compressor: PyTorch model compression toolkit."""

@@ -1,0 +1,24 @@
+"""Benchmarks behind ``compress bench NAME``.
+
+Benchmarks are not tests: they run dense and sparse side by side in one process, interleaved,
+report medians and ratios, and write JSON. Each benchmark module exposes
+``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["BENCHMARKS", "load_benchmark"]
+
+#: name -> (module, one-line help)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "solvers": ("compressor.bench.solvers", "N:M and transposable N:M mask solvers: time and kept magnitude"),
+    "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
+}
+
+
+def load_benchmark(name: str):
+    """Import the module of benchmark ``name`` (raises KeyError for an unknown name)."""
+    module, _ = BENCHMARKS[name]
+    return importlib.import_module(module)

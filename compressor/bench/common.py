@@ -1,0 +1,80 @@
+"""Helpers shared by the benchmarks: interleaved median timing, tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["machine_info", "time_interleaved", "print_table", "write_json"]
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20, warmup: int = 3) -> dict[str, dict]:
+    """Time several callables side by side, interleaved round by round.
+
+    Each callable takes the round index (use it to rotate among input or weight copies so that
+    caches do not flatter the result). Returns ``{name: {"median_s", "min_s", "runs"}}``.
+    """
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(r)
+            samples[name].append(time.perf_counter() - t0)
+    return {
+        name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s)} for name, s in samples.items()
+    }
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a rich table (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col not in (columns[0],) else "left")
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    Console(width=max(100, len(columns) * 14)).print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
