@@ -1,0 +1,46 @@
+"""Built-in models by name. ``compress --model lstm-lm`` (the default) uses these."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+__all__ = ["BUILTIN_MODELS", "build_builtin", "rebuild_builtin"]
+
+
+def _lstm_lm(config: dict | None = None, pretrained: bool = True):
+    from ..corpus import pydoc_text, split_text
+    from ..loading import ModelSpec
+    from .lstm_lm import LSTMConfig, LSTMLanguageModel, load_pretrained, perplexity
+
+    if pretrained:
+        model, vocab = load_pretrained()
+    else:
+        model, vocab = LSTMLanguageModel(LSTMConfig(**(config or {}))), None
+    source = {"kind": "builtin", "name": "lstm-lm", "config": json.loads(json.dumps(model.config.__dict__))}
+
+    def evaluate(m):
+        test_ids = vocab.encode(split_text(pydoc_text()).test)
+        return {"perplexity": perplexity(m, test_ids)}
+
+    return ModelSpec(
+        model=model,
+        example_inputs=model.example_inputs(),
+        source=source,
+        evaluate=evaluate if vocab is not None else None,
+        description="lstm-lm: 2-layer character LSTM language model trained on the Python docs",
+    )
+
+
+#: name -> builder(config: dict | None, pretrained: bool) -> ModelSpec
+BUILTIN_MODELS: dict[str, Callable] = {"lstm-lm": _lstm_lm}
+
+
+def build_builtin(name: str):
+    """The built-in model ``name`` with its shipped weights, as a ModelSpec."""
+    return BUILTIN_MODELS[name](None, True)
+
+
+def rebuild_builtin(source: dict):
+    """The architecture of a built-in model from an artifact's source record (random weights)."""
+    return BUILTIN_MODELS[source["name"]](source.get("config"), False).model

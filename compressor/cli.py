@@ -1,0 +1,170 @@
+"""The ``compress`` command.
+
+    compress --recipe R [--model M] [--checkpoint C] [--out DIR] [--force] [--allow-pickle] [--input SPEC ...]
+    compress validate R [R ...]      check recipes without running them (--list: the passes)
+    compress report DIR [--json]     the per-layer report of an artifact directory
+    compress bench NAME [...]        benchmarks (solvers, kernels, ...)
+
+Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+SUBCOMMANDS = ("validate", "report", "bench")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress",
+        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, bench "
+        "(`compress SUBCOMMAND --help`).",
+    )
+    p.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
+    p.add_argument("--model", help="built-in name (lstm-lm), 'file.py:factory', 'pkg.module:factory', or a HF model directory")
+    p.add_argument("--checkpoint", help=".safetensors or state-dict .pt/.bin (weights_only); a pickled module needs --allow-pickle")
+    p.add_argument("--out", help="artifact directory (default: runs/<recipe>-<timestamp>)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that unpickle Python objects (runs code!)")
+    p.add_argument("--input", action="append", default=[], metavar="SPEC",
+                   help="example input shape and dtype for tracing, e.g. 2x32:int64 (repeat per input)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress validate", description="Validate recipes without running them.")
+    p.add_argument("recipes", nargs="*", help="recipe files")
+    p.add_argument("--list", action="store_true", help="list the available passes and their options")
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress report", description="Show the report of an artifact directory.")
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object (layers, totals, ...)")
+    return p
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    from .bench import BENCHMARKS, load_benchmark
+
+    p = argparse.ArgumentParser(prog="compress bench", description="Benchmarks: dense and sparse side by side.")
+    sub = p.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, (_, help_text) in BENCHMARKS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            load_benchmark(name).add_arguments(sp)
+        except ImportError as exc:  # a benchmark whose module is not available in this install
+            sp.set_defaults(unavailable=str(exc))
+    return p
+
+
+def _cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .artifacts import check_output_dir
+    from .loading import load_model
+    from .pipeline import Pipeline
+    from .recipe import load_recipe, parse_input_spec
+    from .report import render_report
+
+    recipe = load_recipe(args.recipe)
+    for i, spec in enumerate(args.input):
+        parse_input_spec(spec, f"--input[{i}]")
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir(out, args.force)
+    err = Console(stderr=True)
+    with err.status("loading the model"):
+        spec = load_model(
+            args.model or recipe.model.name,
+            args.checkpoint or recipe.model.checkpoint,
+            allow_pickle=args.allow_pickle,
+            inputs=tuple(args.input) or recipe.model.inputs,
+        )
+    result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err)
+    if args.json:
+        print(result.report.to_json())
+    else:
+        render_report(result.report)
+        print(f"artifacts: {out}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from .config import config_to_dict
+    from .passes import available_passes
+    from .recipe import load_recipe
+
+    if args.list:
+        for name, spec in available_passes().items():
+            defaults = config_to_dict(spec.config_cls())
+            print(f"{name}: {spec.doc.splitlines()[0] if spec.doc else ''}")
+            print(f"    kinds: {', '.join(spec.kinds)}; options (defaults): {json.dumps(defaults)}")
+    if not args.recipes and not args.list:
+        raise SystemExit("compress validate: name at least one recipe (or --list)")
+    for path in args.recipes:
+        recipe = load_recipe(path)
+        print(f"{path}: ok ({len(recipe.passes)} pass(es): {', '.join(p.name for p in recipe.passes)})")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .artifacts import read_report
+    from .report import render_report
+
+    report = read_report(args.directory)
+    if args.json:
+        print(report.to_json())
+    else:
+        render_report(report)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import load_benchmark
+
+    if getattr(args, "unavailable", None):
+        raise SystemExit(f"compress bench {args.name}: not available: {args.unavailable}")
+    return int(load_benchmark(args.name).run(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``compress`` console script."""
+    from .errors import CompressorError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser}
+    handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench}
+    if command is None:
+        args = _run_parser().parse_args(argv)
+        handler = _cmd_run
+    else:
+        args = parsers[command]().parse_args(argv[1:])
+        handler = handlers[command]
+    debug = getattr(args, "debug", False) or bool(os.environ.get("COMPRESSOR_DEBUG"))
+    try:
+        return handler(args)
+    except (CompressorError, FileNotFoundError, ValueError) as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split())  # one line
+        print(f"compress: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compress: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Load models and checkpoints safely.
+
+A model comes from one of:
+
+- a built-in name (``lstm-lm``), with its shipped weights;
+- a factory, ``path/to/file.py:make_model`` or ``package.module:make_model``: a callable with
+  no required arguments returning an ``nn.Module`` or ``(module, example_inputs)``; a module
+  with an ``example_inputs()`` method provides its own;
+- a Hugging Face model directory (``config.json`` + weights), when ``transformers`` is installed;
+- a pickled whole module (``--checkpoint model.pt`` with no ``--model``), only with
+  ``allow_pickle=True``: unpickling runs arbitrary code.
+
+Checkpoints are ``.safetensors`` or state dicts (``.pt``/``.pth``/``.bin``/``.ckpt``) read with
+``torch.load(weights_only=True)``. Keys must match the model exactly: missing and unexpected
+keys are listed. Files are only ever read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelLoadError
+from .recipe import parse_input_spec
+
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_model", "check_finite", "make_inputs"]
+
+_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+@dataclass
+class ModelSpec:
+    """A loaded model and what the toolkit knows about it.
+
+    ``source`` is a JSON-able record of how to rebuild the architecture (saved in artifacts);
+    ``evaluate(model) -> {metric: value}`` is a held-out quality measure when one is known
+    (the built-in LM reports perplexity).
+    """
+
+    model: nn.Module
+    example_inputs: tuple | None
+    source: dict
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def make_inputs(specs, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random example inputs from specs like ``"2x32:int64"`` (integers drawn from [0, 2))."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, spec in enumerate(specs):
+        shape, dtype = parse_input_spec(spec, f"inputs[{i}]")
+        dt = _DTYPES[dtype]
+        if dt.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(dt))
+        elif dt == torch.bool:
+            out.append(torch.randint(0, 2, shape, generator=gen).bool())
+        else:
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=dt))
+    return tuple(out)
+
+
+def _import_factory(ref: str) -> tuple[Callable, str]:
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise ModelLoadError(f"--model {ref!r}: expected 'file.py:function' or 'package.module:function'")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise ModelLoadError(f"--model {ref!r}: file not found: {path}")
+        name = f"_compressor_user_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelLoadError(f"--model {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        canonical = f"{path}:{attr}"
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelLoadError(f"--model {ref!r}: cannot import {target!r}: {exc}") from exc
+        canonical = ref
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelLoadError(f"--model {ref!r}: {attr!r} is not a callable in {target}")
+    return factory, canonical
+
+
+def _from_factory(ref: str) -> ModelSpec:
+    factory, canonical = _import_factory(ref)
+    try:
+        built = factory()
+    except Exception as exc:
+        raise ModelLoadError(f"--model {ref!r}: calling the factory failed: {type(exc).__name__}: {exc}") from exc
+    example = None
+    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
+        built, example = built
+        example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    if not isinstance(built, nn.Module):
+        raise ModelLoadError(f"--model {ref!r}: the factory returned {type(built).__name__}, not an nn.Module")
+    if example is None and callable(getattr(built, "example_inputs", None)):
+        example = tuple(built.example_inputs())
+    return ModelSpec(built, example, {"kind": "factory", "ref": canonical}, description=canonical)
+
+
+def _from_hf_dir(path: Path) -> ModelSpec:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelLoadError(
+            f"--model {path}: a Hugging Face model directory needs transformers; pip install 'compressor[hf]'"
+        ) from None
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+    model.eval()
+    seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
+    example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
+    source = {"kind": "hf", "config": config.to_dict()}
+    return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
+
+
+def _torch_load(path: Path, allow_pickle: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{path} holds pickled Python objects, which can run arbitrary code when loaded; "
+            f"pass --allow-pickle if you trust this file ({str(exc).splitlines()[0]})"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as a state dict, without executing pickled code unless allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read safetensors file {path}: {exc}") from None
+    if path.suffix not in _STATE_DICT_SUFFIXES:
+        raise ModelLoadError(f"checkpoint {path}: unknown format; use .safetensors or a state dict {'/'.join(_STATE_DICT_SUFFIXES)}")
+    obj = _torch_load(path, allow_pickle)
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors")
+    return obj
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+        if wrong:
+            parts.append("shape mismatches: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:5]))
+        raise ModelLoadError(f"checkpoint {origin} does not match the model; " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def check_finite(model: nn.Module) -> None:
+    """Fail if any floating parameter or buffer holds NaN or Inf, naming them."""
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelLoadError(f"the weights hold NaN or Inf values in: {', '.join(bad[:10])}")
+
+
+def load_model(
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    allow_pickle: bool = False,
+    inputs: tuple[str, ...] = (),
+) -> ModelSpec:
+    """Load a model as described in the module docstring; the default is the built-in ``lstm-lm``."""
+    from .models import BUILTIN_MODELS, build_builtin
+
+    if model is None and checkpoint is not None and Path(checkpoint).suffix in _STATE_DICT_SUFFIXES:
+        obj = _torch_load(Path(checkpoint), allow_pickle) if Path(checkpoint).is_file() else None
+        if obj is None:
+            raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+        if not isinstance(obj, nn.Module):
+            raise ModelLoadError(f"checkpoint {checkpoint} is a state dict: name the architecture with --model")
+        obj.eval()
+        spec = ModelSpec(obj, None, {"kind": "pickle"}, description=f"pickled module from {checkpoint}")
+        checkpoint = None
+    elif model is None or model in BUILTIN_MODELS:
+        spec = build_builtin(model or "lstm-lm")
+    elif Path(model).is_dir():
+        if not (Path(model) / "config.json").is_file():
+            raise ModelLoadError(f"--model {model}: a directory must be a Hugging Face model (config.json + weights)")
+        spec = _from_hf_dir(Path(model))
+    elif ":" in model:
+        spec = _from_factory(model)
+    else:
+        raise ModelLoadError(
+            f"--model {model!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "a factory ('file.py:function' or 'package.module:function') or a model directory"
+        )
+    if checkpoint is not None:
+        apply_state_dict(spec.model, load_state_dict(checkpoint, allow_pickle), str(checkpoint))
+        spec.source = {**spec.source, "checkpoint": str(checkpoint)}
+    if inputs:
+        spec.example_inputs = make_inputs(inputs)
+    check_finite(spec.model)
+    spec.model.eval()
+    return spec
+
+
+def rebuild_model(source: dict, allow_pickle: bool = False, directory: Path | None = None) -> nn.Module:
+    """The architecture described by an artifact's ``source`` record (weights still to load)."""
+    from .models import rebuild_builtin
+
+    kind = source.get("kind")
+    if kind == "builtin":
+        return rebuild_builtin(source)
+    if kind == "factory":
+        return _from_factory(source["ref"]).model
+    if kind == "hf":
+        import transformers
+
+        config = transformers.AutoConfig.for_model(**source["config"])
+        return transformers.AutoModel.from_config(config)
+    if kind == "pickle":
+        if not allow_pickle:
+            raise ModelLoadError("this artifact holds a pickled module; load it with allow_pickle=True if you trust it")
+        return torch.load(directory / "module.pt", map_location="cpu", weights_only=False)
+    raise ModelLoadError(f"unknown model source {json.dumps(source)[:200]}")

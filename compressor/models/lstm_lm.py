@@ -1,0 +1,151 @@
+"""The built-in ``lstm-lm``: a 2-layer character-level LSTM language model.
+
+Character level keeps the vocabulary tiny (about 100 symbols, no tokenizer) so almost all
+parameters sit in the LSTM weights the toolkit compresses: embedding 64, hidden 256, two
+layers, a Linear decoder. It is trained on the Python documentation text of the standard
+library (:func:`compressor.corpus.pydoc_text`) by ``scripts/train_lstm_lm.py``; the checkpoint
+ships as ``lstm_lm.safetensors`` with its vocabulary and hyper-parameters in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..corpus import CharVocab, pydoc_text, split_text
+
+__all__ = ["LSTMConfig", "LSTMLanguageModel", "CHECKPOINT", "perplexity", "train", "load_pretrained"]
+
+CHECKPOINT = Path(__file__).with_name("lstm_lm.safetensors")
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Hyper-parameters of the built-in LSTM language model."""
+
+    vocab_size: int = 104
+    embedding: int = 64
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.1
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding -> nn.LSTM (batch_first) -> Linear decoder; tokens (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, config: LSTMConfig = LSTMConfig()):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding)
+        self.rnn = nn.LSTM(
+            config.embedding, config.hidden, config.layers, batch_first=True, dropout=config.dropout
+        )
+        self.decoder = nn.Linear(config.hidden, config.vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(tokens)  # (B, T, E)
+        out, _ = self.rnn(x)  # (B, T, H)
+        return self.decoder(out)  # (B, T, V)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Inputs used for tracing and export: one batch of 2 sequences of 32 tokens."""
+        return (torch.randint(0, self.config.vocab_size, (2, 32)),)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int = 128, batch: int = 32) -> float:
+    """Per-character perplexity of ``model`` on ``ids`` in non-overlapping windows of ``seq_len``."""
+    was_training = model.training
+    model.eval()
+    n = (ids.numel() - 1) // seq_len
+    if n == 0:
+        raise ValueError(f"text too short for perplexity: {ids.numel()} tokens, need > {seq_len}")
+    inputs = ids[: n * seq_len].view(n, seq_len)
+    targets = ids[1 : n * seq_len + 1].view(n, seq_len)
+    total = 0.0
+    for i in range(0, n, batch):
+        logits = model(inputs[i : i + batch])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[i : i + batch].reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return math.exp(total / (n * seq_len))
+
+
+def _batches(ids: torch.Tensor, steps: int, batch: int, seq_len: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    high = ids.numel() - seq_len - 1
+    for _ in range(steps):
+        starts = torch.randint(0, high, (batch,), generator=gen)
+        offsets = torch.arange(seq_len + 1)
+        window = ids[starts[:, None] + offsets]  # (B, T+1)
+        yield window[:, :-1], window[:, 1:]
+
+
+def train(
+    out: Path = CHECKPOINT,
+    steps: int = 1200,
+    batch: int = 32,
+    seq_len: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 100,
+) -> dict:
+    """Train the built-in model from scratch on the pydoc corpus and save it with safetensors.
+
+    Deterministic for a given seed and torch build (fixed data order, fixed init).
+    Returns the metadata written next to the weights (config, vocab, perplexities).
+    """
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    text = pydoc_text()
+    vocab = CharVocab.from_text(text)
+    splits = split_text(text)
+    train_ids, valid_ids = vocab.encode(splits.train), vocab.encode(splits.valid)
+    model = LSTMLanguageModel(LSTMConfig(vocab_size=len(vocab)))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    model.train()
+    for step, (x, y) in enumerate(_batches(train_ids, steps, batch, seq_len, seed), 1):
+        loss = F.cross_entropy(model(x).reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            print(f"step {step}/{steps} loss {loss.item():.3f} valid ppl {perplexity(model, valid_ids[:20000]):.3f}", flush=True)
+    meta = {
+        "config": json.dumps(asdict(model.config)),
+        "vocab": json.dumps(vocab.chars),
+        "trained": json.dumps({"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
+                               "valid_perplexity": perplexity(model, valid_ids)}),
+    }
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return meta
+
+
+def load_pretrained(path: Path = CHECKPOINT) -> tuple[LSTMLanguageModel, CharVocab]:
+    """The shipped checkpoint as a model in eval mode, plus its vocabulary."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"built-in checkpoint missing: {path}; train it with `python scripts/train_lstm_lm.py`"
+        )
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    model = LSTMLanguageModel(LSTMConfig(**json.loads(meta["config"])))
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, CharVocab(json.loads(meta["vocab"]))

@@ -1,0 +1,127 @@
+"""Sparsity patterns: what shape of mask a layer has, and what it costs to store.
+
+A pattern is a small frozen dataclass. Passes compute masks with :mod:`compressor.solvers`
+and record the pattern they produced; the report uses :meth:`Pattern.storage_bytes` to price
+the layer in the format that pattern is stored in, and artifacts save ``to_dict()`` so a
+loaded model knows its patterns without recomputing anything.
+
+Patterns: :class:`Dense`, :class:`Unstructured`, :class:`Block` (h x w blocks, any number per
+block row), :class:`BalancedBlock` (the same number of kept blocks in every block row: the
+layout the sparse kernels run fastest), :class:`NM` (N of every M consecutive weights along
+the input dimension; ``transposable`` when W^T is N:M too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+
+from .solvers import reduce_block_mask
+
+__all__ = ["Pattern", "Dense", "Unstructured", "Block", "BalancedBlock", "NM", "pattern_from_dict"]
+
+INDEX_BYTES = 4  # int32 indices in every index-based format
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Base class; subclasses set ``kind``."""
+
+    kind: ClassVar[str] = "pattern"
+
+    def describe(self) -> str:
+        return self.kind
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    def storage_bytes(self, mask: torch.Tensor, elem_bytes: int) -> int:
+        """Bytes to store a weight with this ``mask`` in this pattern's sparse format."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Dense(Pattern):
+    """No pruning."""
+
+    kind: ClassVar[str] = "dense"
+
+    def storage_bytes(self, mask, elem_bytes):
+        return mask.numel() * elem_bytes
+
+
+@dataclass(frozen=True)
+class Unstructured(Pattern):
+    """Any entries; stored as CSR (values + int32 column indices + row pointers)."""
+
+    kind: ClassVar[str] = "unstructured"
+
+    def storage_bytes(self, mask, elem_bytes):
+        nnz = int(mask.sum())
+        return nnz * (elem_bytes + INDEX_BYTES) + (mask.shape[0] + 1) * INDEX_BYTES
+
+
+@dataclass(frozen=True)
+class Block(Pattern):
+    """Whole ``h x w`` blocks; stored as BSR (block values + block column indices + row pointers)."""
+
+    kind: ClassVar[str] = "block"
+    h: int = 1
+    w: int = 1
+
+    def describe(self):
+        return f"block {self.h}x{self.w}"
+
+    def storage_bytes(self, mask, elem_bytes):
+        blocks = reduce_block_mask(mask, (self.h, self.w))
+        kept = int(blocks.sum())
+        return kept * (self.h * self.w * elem_bytes + INDEX_BYTES) + (blocks.shape[0] + 1) * INDEX_BYTES
+
+
+@dataclass(frozen=True)
+class BalancedBlock(Block):
+    """``h x w`` blocks, the same number kept in every block row; values (R, h, k*w) + indices (R, k)."""
+
+    kind: ClassVar[str] = "balanced_block"
+
+    def describe(self):
+        return f"balanced block {self.h}x{self.w}"
+
+    def storage_bytes(self, mask, elem_bytes):
+        blocks = reduce_block_mask(mask, (self.h, self.w))
+        kept = int(blocks.sum())
+        return kept * (self.h * self.w * elem_bytes + INDEX_BYTES)
+
+
+@dataclass(frozen=True)
+class NM(Pattern):
+    """N of every M consecutive weights along the input dimension; values + ceil(log2 M)-bit indices."""
+
+    kind: ClassVar[str] = "nm"
+    n: int = 2
+    m: int = 4
+    transposable: bool = False
+
+    def describe(self):
+        return f"{'transposable ' if self.transposable else ''}{self.n}:{self.m}"
+
+    def storage_bytes(self, mask, elem_bytes):
+        nnz = int(mask.sum())
+        return nnz * elem_bytes + math.ceil(nnz * math.ceil(math.log2(self.m)) / 8)
+
+
+_KINDS = {cls.kind: cls for cls in (Dense, Unstructured, Block, BalancedBlock, NM)}
+
+
+def pattern_from_dict(data: dict) -> Pattern:
+    """Inverse of :meth:`Pattern.to_dict`."""
+    data = dict(data)
+    kind = data.pop("kind")
+    try:
+        cls = _KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown pattern kind {kind!r}; known: {', '.join(_KINDS)}") from None
+    return cls(**data)

@@ -1,0 +1,146 @@
+"""Recipes: YAML files that say which passes to run, on which layers, with which settings.
+
+```yaml
+version: 1
+model:                  # optional; --model/--checkpoint on the command line override it
+  name: lstm-lm         # a built-in name, a factory "file.py:fn" / "pkg.module:fn", or a HF directory
+  checkpoint: null      # .safetensors, or a state dict .pt/.bin (loaded with weights_only=True)
+  inputs: []            # example input specs for tracing/export, e.g. ["2x32:int64"]
+seed: 0
+passes:
+  - pass: block_prune   # a registered pass (see `compress validate --list`)
+    targets: ["re:rnn\\..*"]
+    block: [16, 16]
+    sparsity: 0.8
+```
+
+:func:`load_recipe` validates everything it can without a model: the YAML itself, unknown
+keys (with a close-match hint and the recipe path, e.g. ``passes[1].blok``), value types and
+ranges of every pass config. Target patterns are checked against the model's layers when
+the pipeline starts, before any layer changes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import config_to_dict, parse_config
+from .errors import RecipeError
+from .passes import PassConfig, get_pass
+
+__all__ = ["Recipe", "PassEntry", "ModelSection", "load_recipe", "parse_recipe", "parse_input_spec", "RECIPE_VERSION"]
+
+RECIPE_VERSION = 1
+_TOP_KEYS = ("version", "model", "seed", "passes")
+_INPUT_SPEC = re.compile(r"^(\d+(?:x\d+)*)(?::(float32|float64|float16|bfloat16|int64|int32|bool))?$")
+
+
+def parse_input_spec(spec: str, path: str = "inputs") -> tuple[tuple[int, ...], str]:
+    """'2x32:int64' -> ((2, 32), 'int64'); the dtype defaults to float32."""
+    match = _INPUT_SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    if not match:
+        raise RecipeError(
+            path, f"{spec!r} is not an input spec; expected DIMxDIM[:dtype], e.g. '1x128' or '2x32:int64'"
+        )
+    return tuple(int(d) for d in match.group(1).split("x")), match.group(2) or "float32"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Where the model comes from, when the command line does not say."""
+
+    name: str | None = None
+    checkpoint: str | None = None
+    inputs: tuple[str, ...] = ()
+
+    def validate(self, path: str) -> None:
+        for i, spec in enumerate(self.inputs):
+            parse_input_spec(spec, f"{path}.inputs[{i}]")
+
+
+@dataclass(frozen=True)
+class PassEntry:
+    """One step of a recipe: the pass's registered name and its validated config."""
+
+    name: str
+    config: PassConfig
+
+    def to_dict(self) -> dict:
+        return {"pass": self.name, **config_to_dict(self.config)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``source`` is the file it came from, if any."""
+
+    passes: tuple[PassEntry, ...]
+    version: int = RECIPE_VERSION
+    model: ModelSection = field(default_factory=ModelSection)
+    seed: int = 0
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        """The resolved recipe: every default filled in (written as recipe.resolved.yaml)."""
+        return {
+            "version": self.version,
+            "model": config_to_dict(self.model),
+            "seed": self.seed,
+            "passes": [p.to_dict() for p in self.passes],
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_recipe(data: Any, source: str | None = None) -> Recipe:
+    """Validate recipe data (already parsed from YAML)."""
+    from .config import close_match_hint
+
+    if not isinstance(data, dict):
+        raise RecipeError("", f"a recipe must be a mapping with 'version' and 'passes', got {type(data).__name__}")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise RecipeError(str(key), f"unknown key{close_match_hint(str(key), _TOP_KEYS)}; allowed: {', '.join(_TOP_KEYS)}")
+    if "version" not in data:
+        raise RecipeError("version", f"missing; this toolkit reads recipe version {RECIPE_VERSION}")
+    if data["version"] != RECIPE_VERSION:
+        raise RecipeError("version", f"{data['version']!r} is not supported; expected {RECIPE_VERSION}")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RecipeError("seed", f"expected an integer, got {seed!r}")
+    model = parse_config(ModelSection, data.get("model"), "model")
+    raw_passes = data.get("passes")
+    if not isinstance(raw_passes, list) or not raw_passes:
+        raise RecipeError("passes", "expected a non-empty list of passes")
+    entries = []
+    for i, raw in enumerate(raw_passes):
+        path = f"passes[{i}]"
+        if not isinstance(raw, dict):
+            raise RecipeError(path, f"expected a mapping with a 'pass' key, got {raw!r}")
+        if "pass" not in raw:
+            raise RecipeError(f"{path}.pass", "missing: every step names its pass, e.g. 'pass: block_prune'")
+        spec = get_pass(raw["pass"], f"{path}.pass")
+        entries.append(PassEntry(spec.name, parse_config(spec.config_cls, raw, path, skip=("pass",))))
+    return Recipe(tuple(entries), RECIPE_VERSION, model, seed, source)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (``yaml.safe_load``). Raises RecipeError or FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError("", f"not valid YAML: {exc}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise RecipeError("", "not UTF-8 text", file=str(path)) from None
+    try:
+        return parse_recipe(data, str(path))
+    except RecipeError as exc:
+        raise RecipeError(exc.path, exc.message, file=str(path)) from None

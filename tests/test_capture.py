@@ -1,0 +1,104 @@
+"""Capture: which weight matrices are found, by which method, with gate ranges and tied weights."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+
+import compressor
+from compressor.capture import capture
+from compressor.recipe import parse_recipe
+
+QUIET = Console(file=io.StringIO())
+
+
+def names(result):
+    return [t.name for t in result.targets]
+
+
+def test_mlp_by_fx(load_fixture):
+    spec = load_fixture("mlp")
+    result = capture(spec.model, spec.example_inputs)
+    assert result.method == "fx"
+    assert names(result) == ["fc1.weight", "fc2.weight", "head.weight"]
+    assert [t.kind for t in result.targets] == ["linear"] * 3
+    assert result.targets[0].shape == (48, 20)
+
+
+@pytest.mark.parametrize("factory,cell,gates", [("lstm_lm", "lstm", "ifgo"), ("gru_lm", "gru", "rzn")])
+def test_recurrent_weights_and_gate_rows(load_fixture, factory, cell, gates):
+    spec = load_fixture(factory)
+    result = capture(spec.model, spec.example_inputs)
+    rnn = spec.model.rnn
+    expected = [f"rnn.weight_{k}_l{layer}" for layer in range(2) for k in ("ih", "hh")] + ["decoder.weight"]
+    assert names(result) == expected
+    for t in result.targets[:-1]:
+        assert t.kind == cell
+        h = rnn.hidden_size
+        assert t.gates == tuple((g, i * h, (i + 1) * h) for i, g in enumerate(gates))
+        assert t.shape == tuple(getattr(rnn, t.param_name).shape)
+
+
+def test_bidirectional_multilayer_lstm_has_reverse_weights(load_fixture):
+    spec = load_fixture("bilstm")
+    got = set(names(capture(spec.model, spec.example_inputs)))
+    expected = {f"rnn.weight_{k}_l{layer}{sfx}" for layer in range(2) for k in ("ih", "hh") for sfx in ("", "_reverse")}
+    assert expected | {"decoder.weight"} == got
+    assert spec.model.rnn.weight_ih_l1.shape[1] == 40  # the second layer reads both directions
+
+
+def test_shape_control_flow_falls_back_to_export(load_fixture):
+    spec = load_fixture("shape_dependent")
+    result = capture(spec.model, spec.example_inputs)
+    assert result.method == "export"
+    assert result.attempts[0][0] == "fx" and result.attempts[0][1] != "ok"
+    assert names(result) == ["fc.weight"]
+
+
+def test_data_dependent_model_falls_back_to_walk_and_still_compresses(load_fixture):
+    spec = load_fixture("data_dependent")
+    result = capture(spec.model, spec.example_inputs)
+    assert result.method == "walk"
+    assert [a[0] for a in result.attempts] == ["fx", "export", "walk"]
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "unstructured_prune", "sparsity": 0.5}]})
+    out = compressor.Pipeline(recipe).run(spec, console=QUIET)
+    assert out.report.capture["method"] == "walk"
+    for row in out.report.layers:
+        assert row.sparsity == pytest.approx(0.5)
+
+
+def test_functional_linear_on_own_parameter(load_fixture):
+    spec = load_fixture("functional_linear")
+    result = capture(spec.model, spec.example_inputs)
+    by_name = result.by_name()
+    assert by_name["proj"].kind == "functional"
+    assert by_name["proj"].shape == (24, 16)
+    assert by_name["out.weight"].kind == "linear"
+    # the walk cannot see F.linear: only tracing finds it
+    assert "proj" not in names(capture(spec.model, methods=("walk",)))
+
+
+def test_tied_weights_are_one_target_and_stay_tied(load_fixture):
+    spec = load_fixture("tied_lm")
+    result = capture(spec.model, spec.example_inputs)
+    tied = [t for t in result.targets if t.aliases]
+    assert len(tied) == 1 and tied[0].name == "decoder.weight" and tied[0].aliases == ("embedding.weight",)
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "unstructured_prune", "sparsity": 0.75}]})
+    out = compressor.Pipeline(recipe).run(spec, console=QUIET)
+    model = out.model
+    assert model.decoder.weight is model.embedding.weight
+    assert float((model.embedding.weight == 0).float().mean()) == pytest.approx(0.75)
+    assert [r.name for r in out.report.layers].count("decoder.weight") == 1
+
+
+def test_export_capture_agrees_with_fx_on_the_builtin_model():
+    from compressor.models.lstm_lm import LSTMLanguageModel
+
+    model = LSTMLanguageModel().eval()
+    fx = capture(model, model.example_inputs(), methods=("fx",))
+    ex = capture(model, model.example_inputs(), methods=("export",))
+    assert fx.targets == ex.targets
+    assert len(fx.targets) == 5

@@ -1,0 +1,103 @@
+"""The `compress` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compress(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "compressor", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=300)
+
+
+def test_main_job_on_the_builtin_model(tmp_path):
+    out = tmp_path / "art"
+    proc = compress("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "perplexity: before" in proc.stdout and "rnn.weight_hh_l1" in proc.stdout
+    assert {"model.safetensors", "recipe.resolved.yaml", "report.json"} <= set(os.listdir(out))
+
+    proc = compress("report", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert {"layers", "totals"} <= set(report)
+    for row in report["layers"]:
+        assert {"name", "shape", "pattern", "target_sparsity", "sparsity"} <= set(row)
+    # the numbers in the report are the weights' own
+    import compressor
+
+    model = compressor.load(out)
+    params = dict(model.named_parameters())
+    for row in report["layers"]:
+        assert row["sparsity"] == pytest.approx(float((params[row["name"]] == 0).float().mean()), abs=1e-6)
+
+    table = compress("report", out)
+    assert table.returncode == 0 and "total" in table.stdout
+
+    again = compress("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--out", out)
+    assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
+
+
+def test_user_factory_with_checkpoint(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixture_models import HERE, MLP
+
+    state = {k: torch.randn_like(v) for k, v in MLP().state_dict().items()}
+    ckpt = tmp_path / "mlp.safetensors"
+    save_file(state, str(ckpt))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npasses:\n  - pass: block_prune\n    block: [4, 4]\n    sparsity: 0.5\n    ignore: [head]\n")
+    out = tmp_path / "art"
+    proc = compress("--recipe", recipe, "--model", f"{HERE}:mlp", "--checkpoint", ckpt, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [r["pattern"] for r in report["layers"]] == ["block 4x4", "block 4x4", "dense"]
+    assert report["capture"]["method"] == "fx"
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("version: 1\npasses:\n  - pass: block_prune\n    blok: [4, 4]\n", "passes[0].blok"),
+    ("version: 1\npasses:\n  - pass: block_prune\n    sparsity: 1.2\n", "passes[0].sparsity"),
+    ("version: 1\npasses:\n  - pass: nm_prune\n    n: 4\n    m: 4\n", "passes[0].n"),
+    ("version: 1\npasses:\n  - pass: nm_prune\n    targets: [encoder]\n", "matches no layer"),
+])
+def test_bad_recipes_fail_with_one_line_and_write_nothing(tmp_path, body, needle):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(body)
+    out = tmp_path / "art"
+    proc = compress("--recipe", recipe, "--out", out)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and [p for p in os.listdir(tmp_path) if p != "bad.yaml"] == []
+
+
+def test_validate_and_errors(tmp_path):
+    ok = compress("validate", *sorted((ROOT / "recipes").glob("*.yaml")))
+    assert ok.returncode == 0 and ": ok" in ok.stdout
+    listing = compress("validate", "--list")
+    assert listing.returncode == 0 and "block_prune" in listing.stdout and "nm_prune" in listing.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\npasses:\n  - pass: blok_prune\n")
+    proc = compress("validate", bad)
+    assert proc.returncode == 2 and "did you mean 'block_prune'" in proc.stderr
+    missing = compress("--recipe", tmp_path / "none.yaml")
+    assert missing.returncode == 2 and "recipe not found" in missing.stderr
+    ckpt = compress("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--checkpoint", tmp_path / "x.safetensors",
+                    "--out", tmp_path / "o")
+    assert ckpt.returncode == 2 and "checkpoint not found" in ckpt.stderr and not (tmp_path / "o").exists()
+    shape = compress("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--input", "2xq", "--out", tmp_path / "o")
+    assert shape.returncode == 2 and "--input[0]" in shape.stderr
+    report = compress("report", tmp_path)
+    assert report.returncode == 2 and "not a compressor artifact" in report.stderr
