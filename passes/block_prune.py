@@ -25,7 +25,7 @@ from ..solvers.ranking import global_topk_masks
 from ._magnitude import keep_count, row_segments
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["BlockPruneConfig", "block_prune"]
+__all__ = ["BlockPruneConfig", "block_prune", "layer_block_mask", "segment_block_scores", "expand_segments"]
 
 
 @dataclass(frozen=True)
@@ -51,46 +51,52 @@ class BlockPruneConfig(PassConfig):
             raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
 
 
-def _scores(weight: torch.Tensor, target, config) -> list[torch.Tensor]:
-    """Block scores of every row segment: [(R_s, C)]."""
-    return [
-        block_scores(weight[r0:r1], config.block, config.score)
-        for _, r0, r1 in row_segments(target, config.cross_gates)
-    ]
+def segment_block_scores(weight: torch.Tensor, target, block, score: str, cross_gates: bool):
+    """Block scores of every row segment stacked: ((R, C), segment block-row counts)."""
+    parts = [block_scores(weight[r0:r1], block, score) for _, r0, r1 in row_segments(target, cross_gates)]
+    return torch.cat(parts, dim=0), [p.shape[0] for p in parts]
 
 
-def _expand(block_masks: list[torch.Tensor], target, config, shape) -> torch.Tensor:
+def expand_segments(block_mask: torch.Tensor, sizes: list[int], target, block, cross_gates: bool, shape) -> torch.Tensor:
+    """Element mask of ``shape`` from a stacked (R, C) block mask (inverse of the stacking above)."""
     parts = [
-        expand_block_mask(bm, config.block, (r1 - r0, shape[1]))
-        for bm, (_, r0, r1) in zip(block_masks, row_segments(target, config.cross_gates))
+        expand_block_mask(bm, block, (r1 - r0, shape[1]))
+        for bm, (_, r0, r1) in zip(block_mask.split(sizes, dim=0), row_segments(target, cross_gates))
     ]
     return torch.cat(parts, dim=0)
+
+
+def layer_block_mask(weight: torch.Tensor, target, block, score: str, sparsity: float, balanced: bool,
+                     cross_gates: bool) -> torch.Tensor:
+    """Element mask keeping the top-scoring blocks of one layer at ``sparsity`` (per layer ranking)."""
+    scores, sizes = segment_block_scores(weight, target, block, score, cross_gates)
+    if balanced:
+        block_mask = rowwise_topk_mask(scores, keep_count(scores.shape[1], sparsity))
+    else:
+        block_mask = topk_mask(scores, keep_count(scores.numel(), sparsity))
+    return expand_segments(block_mask, sizes, target, block, cross_gates, weight.shape)
 
 
 @register_pass("block_prune", BlockPruneConfig)
 def block_prune(state, config: BlockPruneConfig, targets) -> PassResult:
     """Zero the lowest-scoring blocks of every selected layer."""
     result = PassResult()
-    weights = [state.weight(t) for t in targets]
-    seg_scores = [_scores(w, t, config) for w, t in zip(weights, targets)]
-    stacked = [torch.cat(s, dim=0) for s in seg_scores]  # (R, C) per layer, segments stacked
-    if config.ranking == "global":
-        total = sum(s.numel() for s in stacked)
-        global_keep = global_topk_masks(stacked, keep_count(total, config.sparsity))
-        fractions = [1.0 - float(k.float().mean()) for k in global_keep]
-    else:
-        global_keep = [None] * len(targets)
-        fractions = [config.sparsity] * len(targets)
     pattern = (BalancedBlock if config.balanced else Block)(*config.block)
-    for target, weight, scores, keep, frac in zip(targets, weights, stacked, global_keep, fractions):
-        if config.balanced:
-            block_mask = rowwise_topk_mask(scores, keep_count(scores.shape[1], frac))
-        elif keep is not None:
-            block_mask = keep
-        else:
-            block_mask = topk_mask(scores, keep_count(scores.numel(), frac))
-        sizes = [s.shape[0] for s in _scores(weight, target, config)]
-        mask = _expand(list(block_mask.split(sizes, dim=0)), target, config, weight.shape)
-        state.set_mask(target, mask)
+    weights = [state.weight(t) for t in targets]
+    if config.ranking == "layer":
+        for target, weight in zip(targets, weights):
+            mask = layer_block_mask(weight, target, config.block, config.score, config.sparsity,
+                                    config.balanced, config.cross_gates)
+            state.set_mask(target, mask)
+            result.layers[target.name] = {"pattern": pattern, "target_sparsity": config.sparsity}
+        return result
+    # global ranking: one threshold over every selected layer's blocks
+    scored = [segment_block_scores(w, t, config.block, config.score, config.cross_gates) for w, t in zip(weights, targets)]
+    total = sum(sc.numel() for sc, _ in scored)
+    keeps = global_topk_masks([sc for sc, _ in scored], keep_count(total, config.sparsity))
+    for target, weight, (scores, sizes), keep in zip(targets, weights, scored, keeps):
+        frac = 1.0 - float(keep.float().mean())
+        block_mask = rowwise_topk_mask(scores, keep_count(scores.shape[1], frac)) if config.balanced else keep
+        state.set_mask(target, expand_segments(block_mask, sizes, target, config.block, config.cross_gates, weight.shape))
         result.layers[target.name] = {"pattern": pattern, "target_sparsity": round(frac, 6)}
     return result

@@ -66,20 +66,25 @@ class PassSpec:
     fn: Callable[..., PassResult]
     kinds: tuple[str, ...]
     doc: str
+    #: trains the model: the pipeline keeps a dense teacher and checkpoints for --resume
+    trains: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
 
 
-def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KINDS):
-    """Decorator registering ``fn(state, config, targets) -> PassResult`` under ``name``."""
+def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KINDS, trains: bool = False):
+    """Decorator registering ``fn(state, config, targets) -> PassResult`` under ``name``.
+
+    ``trains``: the pass runs the fine-tuning loop (:func:`compressor.training.fine_tune`).
+    """
     if not issubclass(config_cls, PassConfig):
         raise TypeError(f"config class of pass {name!r} must extend PassConfig")
 
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} is registered twice")
-        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip())
+        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains)
         return fn
 
     return decorate

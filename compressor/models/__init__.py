@@ -29,6 +29,7 @@ def _lstm_lm(config: dict | None = None, pretrained: bool = True):
         source=source,
         evaluate=evaluate if vocab is not None else None,
         description="lstm-lm: 2-layer character LSTM language model trained on the Python docs",
+        vocab=vocab,
     )
 
 

@@ -1,0 +1,204 @@
+"""Tasks: the data and the loss that fine-tuning passes train with.
+
+- ``lm``: language modelling on a text corpus (``pydoc``: the Python docs, offline; ``shakespeare``:
+  the benchmark corpus, downloaded once; or a text file path), contiguous 90/5/5 splits,
+  cross-entropy loss, perplexity on the validation split. The model maps token ids (B, T) to
+  logits (B, T, V); the built-in model brings its vocabulary, other models get the corpus's
+  character vocabulary and must output that many logits.
+- ``distill``: match the dense teacher (the model as it was before any pass) on unlabeled
+  inputs, with MSE or KL on the outputs; the default when there are no labels. Inputs come
+  from the corpus when the model has a vocabulary, otherwise random tensors shaped like the
+  example inputs.
+- ``package.module:function``: ``function(config, spec, teacher)`` returns an object with the
+  same three methods as :class:`Task`.
+
+Batches are a pure function of (seed, step): a resumed run sees exactly the batches it would
+have seen, and under torchrun every rank takes its own slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .corpus import CharVocab, corpus_text, split_text
+from .errors import CompressorError, RecipeError
+
+__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "build_task"]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """``name``: ``lm`` | ``distill`` | ``module:function``. ``corpus``: ``pydoc`` | ``shakespeare`` |
+    a text file. ``batch_size`` is the global batch (split across torchrun ranks)."""
+
+    name: str = "lm"
+    corpus: str = "pydoc"
+    seq_len: int = 128
+    batch_size: int = 32
+    eval_tokens: int = 32768
+    loss: Literal["kl", "mse"] = "kl"
+    seed: int = 0
+
+    def validate(self, path: str) -> None:
+        if self.name not in ("lm", "distill") and ":" not in self.name:
+            raise RecipeError(f"{path}.name", f"{self.name!r} is not a task; use lm, distill or 'package.module:function'")
+        for key, low in (("seq_len", 2), ("batch_size", 1), ("eval_tokens", 0)):
+            if getattr(self, key) < low:
+                raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= {low}")
+
+
+class Task:
+    """Interface: deterministic batches, a mean loss, and an evaluation."""
+
+    def batch(self, step: int, rank: int = 0, world: int = 1):
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def inputs(self, batch) -> tuple:
+        """The model inputs of a batch (for calibration data)."""
+        return batch[:1] if isinstance(batch, tuple) else (batch,)
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _rank_slice(batch_size: int, rank: int, world: int) -> slice:
+    if batch_size % world:
+        raise CompressorError(f"task batch_size {batch_size} is not divisible by the {world} torchrun processes")
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+class LMTask(Task):
+    """Next-token prediction on a character corpus."""
+
+    def __init__(self, config: TaskConfig, vocab: CharVocab | None = None):
+        self.config = config
+        text = corpus_text(config.corpus)
+        splits = split_text(text)
+        self.vocab = vocab or CharVocab.from_text(splits.train)
+        self.train_ids = self.vocab.encode(splits.train)
+        self.valid_ids = self.vocab.encode(splits.valid)
+        self.test_ids = self.vocab.encode(splits.test)
+        if self.train_ids.numel() <= config.seq_len + 1 or self.valid_ids.numel() <= config.seq_len + 1:
+            raise CompressorError(
+                f"corpus {config.corpus!r} is too short for seq_len {config.seq_len}: "
+                f"{len(text)} characters ({self.train_ids.numel()} train, {self.valid_ids.numel()} valid)"
+            )
+
+    def batch(self, step, rank=0, world=1):
+        c = self.config
+        starts = torch.randint(0, self.train_ids.numel() - c.seq_len - 1, (c.batch_size,), generator=_generator(c.seed, step))
+        starts = starts[_rank_slice(c.batch_size, rank, world)]
+        window = self.train_ids[starts[:, None] + torch.arange(c.seq_len + 1)]  # (B, T+1)
+        return window[:, :-1], window[:, 1:]
+
+    def loss(self, model, batch):
+        x, y = batch
+        logits = model(x)
+        if logits.shape[-1] != len(self.vocab):
+            raise CompressorError(
+                f"the lm task needs logits over the {len(self.vocab)} corpus symbols; the model outputs {logits.shape[-1]}"
+            )
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    @torch.no_grad()
+    def perplexity(self, model, ids: torch.Tensor) -> float:
+        c = self.config
+        if c.eval_tokens:
+            ids = ids[: c.eval_tokens + 1]
+        n = (ids.numel() - 1) // c.seq_len
+        x = ids[: n * c.seq_len].view(n, c.seq_len)
+        y = ids[1 : n * c.seq_len + 1].view(n, c.seq_len)
+        was = model.training
+        model.eval()
+        total = 0.0
+        for i in range(0, n, c.batch_size):
+            logits = model(x[i : i + c.batch_size])
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i : i + c.batch_size].reshape(-1), reduction="sum").item()
+        model.train(was)
+        return math.exp(total / (n * c.seq_len))
+
+    def evaluate(self, model):
+        return {"perplexity": self.perplexity(model, self.valid_ids)}
+
+
+class DistillTask(Task):
+    """Match the dense teacher's outputs (KL on the last dimension, or MSE)."""
+
+    def __init__(self, config: TaskConfig, teacher: nn.Module, example_inputs: tuple | None, vocab: CharVocab | None):
+        self.config = config
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.lm = LMTask(config, vocab) if vocab is not None else None
+        if self.lm is None and example_inputs is None:
+            raise CompressorError("the distill task needs example inputs (--input) or a model with a vocabulary")
+        self.example = example_inputs
+
+    def batch(self, step, rank=0, world=1):
+        if self.lm is not None:
+            return (self.lm.batch(step, rank, world)[0],)
+        gen = _generator(self.config.seed, step)
+        out = []
+        for ex in self.example:
+            shape = (self.config.batch_size, *ex.shape[1:])
+            t = torch.randn(shape, generator=gen).to(ex.dtype) if ex.is_floating_point() else \
+                torch.randint(0, int(ex.max()) + 1, shape, generator=gen, dtype=ex.dtype)
+            out.append(t[_rank_slice(self.config.batch_size, rank, world)])
+        return tuple(out)
+
+    def inputs(self, batch):
+        return batch
+
+    def loss(self, model, batch):
+        student = model(*batch)
+        with torch.no_grad():
+            teacher = self.teacher(*batch)
+        if self.config.loss == "mse":
+            return F.mse_loss(student, teacher)
+        s = F.log_softmax(student.reshape(-1, student.shape[-1]), -1)  # (N, C): one distribution per position
+        t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]), -1)
+        return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        was = model.training
+        model.eval()
+        losses = [float(self.loss(model, self.batch(10_000_000 + i))) for i in range(4)]
+        model.train(was)
+        return {"distill_loss": sum(losses) / len(losses)}
+
+
+def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
+    """Instantiate the task a training pass asks for."""
+    vocab = getattr(spec, "vocab", None)
+    if config.name == "lm":
+        return LMTask(config, vocab)
+    if config.name == "distill":
+        if teacher is None:
+            raise CompressorError("the distill task needs the dense teacher model")
+        return DistillTask(config, teacher, spec.example_inputs, vocab)
+    module_name, _, attr = config.name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CompressorError(f"task {config.name!r} cannot be imported: {exc}") from None
+    task = fn(config, spec, teacher)
+    missing = [m for m in ("batch", "loss", "evaluate") if not callable(getattr(task, m, None))]
+    if missing:
+        raise CompressorError(f"task {config.name!r} returned an object without {', '.join(missing)}")
+    return task

@@ -1,0 +1,161 @@
+"""Gradual block pruning during fine-tuning (Narang et al., arXiv 1711.02782; PAPERS.md section 1).
+
+Two schedules decide how many blocks are pruned as training goes on; every ``freq`` steps in
+``[start, end)`` the masks are tightened, they never regrow (a mask only ever loses blocks and
+the masked weights get no update), and after ``end`` the masks are frozen while training
+continues to ``train.steps``.
+
+- ``target``: the kept fraction follows a cubic ramp from 1 to ``1 - sparsity`` between
+  ``start`` and ``end`` (Zhu & Gupta's gradual schedule); at each update every layer keeps its
+  top-scoring blocks. The final sparsity is the one asked for.
+- ``narang``: the paper's threshold. With ``q`` the ``percentile``-th percentile of |w| of each
+  layer's dense weights at the start, ``theta = 2 q freq / (2 (ramp - start) + 3 (end - ramp))``
+  and ``phi = mult * theta``; the threshold is ``theta (t - start + 1) / freq`` before ``ramp`` and
+  ``(theta (ramp - start + 1) + phi (t - ramp + 1)) / freq`` after; blocks whose score is below
+  it are pruned. The final sparsity is an outcome, reported as measured.
+
+``group_lasso`` > 0 adds Narang's group-lasso term on the blocks (the combined method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..config import check_range
+from ..errors import RecipeError
+from ..patterns import BalancedBlock, Block
+from ..training import TrainConfig, TrainHooks, fine_tune
+from ._magnitude import block_sq_norms
+from .block_prune import expand_segments, layer_block_mask, segment_block_scores
+from .registry import PassConfig, PassResult, register_pass
+
+__all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold", "cubic_sparsity"]
+
+
+@dataclass(frozen=True)
+class GradualBlockPruneConfig(PassConfig):
+    """``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means 3/4 of ``train.steps``;
+    ``ramp`` 0 means a third of the way from start to end); ``freq``: steps between mask updates."""
+
+    block: tuple[int, int] = (16, 16)
+    schedule: Literal["target", "narang"] = "target"
+    sparsity: float = 0.9
+    start: int = 0
+    ramp: int = 0
+    end: int = 0
+    freq: int = 10
+    mult: float = 1.5
+    percentile: float = 90.0
+    score: Literal["max_abs", "mean_abs", "l2"] = "max_abs"
+    balanced: bool = False
+    cross_gates: bool = False
+    group_lasso: float = 0.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resolved(self) -> tuple[int, int, int]:
+        """(start, ramp, end) with the defaults filled in."""
+        end = self.end or max(self.start + 1, (3 * self.train.steps) // 4)
+        ramp = self.ramp or self.start + (end - self.start) // 3
+        return self.start, ramp, end
+
+    def validate(self, path: str) -> None:
+        check_range(f"{path}.sparsity", self.sparsity, 0.0, 1.0)
+        check_range(f"{path}.percentile", self.percentile, 0.0, 100.0, high_open=False)
+        if min(self.block) < 1:
+            raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
+        if self.freq < 1:
+            raise RecipeError(f"{path}.freq", f"{self.freq} is invalid; must be >= 1")
+        if self.mult <= 0 or self.group_lasso < 0:
+            key = "mult" if self.mult <= 0 else "group_lasso"
+            raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be positive")
+        start, ramp, end = self.resolved()
+        if not 0 <= start < end <= self.train.steps:
+            raise RecipeError(f"{path}.end", f"need 0 <= start ({start}) < end ({end}) <= train.steps ({self.train.steps})")
+        if not start <= ramp < end:
+            raise RecipeError(f"{path}.ramp", f"need start ({start}) <= ramp ({ramp}) < end ({end})")
+
+
+def narang_threshold(t: int, q: float, start: int, ramp: int, end: int, freq: int, mult: float) -> float:
+    """The block-pruning threshold eps at step ``t`` (PAPERS.md section 1, step 3)."""
+    theta = 2 * q * freq / (2 * (ramp - start) + 3 * (end - ramp))
+    phi = mult * theta
+    if t < start:
+        return 0.0
+    if t < ramp:
+        return theta * (t - start + 1) / freq
+    t = min(t, end - 1)
+    return (theta * (ramp - start + 1) + phi * (t - ramp + 1)) / freq
+
+
+def cubic_sparsity(t: int, final: float, start: int, end: int) -> float:
+    """Sparsity at step ``t`` of the cubic ramp from 0 at ``start`` to ``final`` at ``end``."""
+    p = min(1.0, max(0.0, (t - start) / (end - start)))
+    return final * (1.0 - (1.0 - p) ** 3)
+
+
+class _Hooks(TrainHooks):
+    def __init__(self, state, config: GradualBlockPruneConfig, targets):
+        self.state, self.config, self.targets = state, config, targets
+        self.start, self.ramp, self.end = config.resolved()
+        # Masks are parametrizations: install them (all kept) before the loop wraps the model in
+        # DDP, so the module structure never changes while it trains.
+        for t in targets:
+            if state.mask(t) is None:
+                state.set_mask(t, torch.ones(t.shape, dtype=torch.bool))
+        # q of every layer, from the dense weights at the start (kept in the checkpoint)
+        self.q = {t.name: float(torch.quantile(state.weight(t).abs().float().flatten()[:1_000_000], config.percentile / 100))
+                  for t in targets}
+
+    def state_dict(self):
+        return {"q": self.q}
+
+    def load_state_dict(self, state):
+        self.q = dict(state["q"])
+
+    def update_due(self, step: int) -> bool:
+        return self.start <= step < self.end and ((step - self.start) % self.config.freq == 0 or step == self.end - 1)
+
+    @torch.no_grad()
+    def before_step(self, step):
+        if not self.update_due(step):
+            return
+        c = self.config
+        for t in self.targets:
+            w = self.state.weight(t)
+            if c.schedule == "target":
+                sparsity = cubic_sparsity(step + 1, c.sparsity, self.start, self.end)
+                mask = layer_block_mask(w, t, c.block, c.score, sparsity, c.balanced, c.cross_gates)
+            else:
+                scores, sizes = segment_block_scores(w, t, c.block, c.score, c.cross_gates)
+                eps = narang_threshold(step, self.q[t.name], self.start, self.ramp, self.end, c.freq, c.mult)
+                mask = expand_segments(scores >= eps, sizes, t, c.block, c.cross_gates, w.shape)
+            self.state.set_mask(t, mask)
+        self.state.sync_masks()
+
+    def extra_loss(self, model):
+        if not self.config.group_lasso:
+            return None
+        c = self.config
+        total = sum((block_sq_norms(self.state.weight_live(t), t, c.block, c.cross_gates) + 1e-12).sqrt().sum()
+                    for t in self.targets)
+        return c.group_lasso * total
+
+
+@register_pass("gradual_block_prune", GradualBlockPruneConfig, trains=True)
+def gradual_block_prune(state, config: GradualBlockPruneConfig, targets) -> PassResult:
+    """Prune blocks on a schedule while fine-tuning (Narang et al.)."""
+    result = PassResult()
+    hooks = _Hooks(state, config, targets)
+    history = fine_tune(state, config.train, hooks, f"gradual_block_prune ({config.schedule})")
+    pattern = (BalancedBlock if config.balanced else Block)(*config.block)
+    for t in targets:
+        mask = state.mask(t)
+        measured = 1.0 - float(mask.float().mean()) if mask is not None else 0.0
+        target_sparsity = config.sparsity if config.schedule == "target" else round(measured, 6)
+        notes = [] if config.schedule == "target" else ["narang threshold schedule: the sparsity is its outcome"]
+        result.layers[t.name] = {"pattern": pattern, "target_sparsity": target_sparsity, "notes": notes}
+    result.metrics = {"history": history, "schedule": {"start": hooks.start, "ramp": hooks.ramp, "end": hooks.end}}
+    return result

@@ -1,0 +1,166 @@
+"""Fine-tuning passes: schedules against the paper's formulas, no regrowth, group lasso, tasks."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+
+import compressor
+from compressor.errors import CompressorError, RecipeError
+from compressor.passes.gradual_block_prune import cubic_sparsity, narang_threshold
+from compressor.recipe import parse_recipe
+
+QUIET = Console(file=io.StringIO())
+TINY_TASK = {"name": "lm", "batch_size": 4, "seq_len": 16, "eval_tokens": 2048}
+
+
+def gradual(**kw):
+    train = {"steps": 24, "eval_every": 0, "checkpoint_every": 0, "lr": 0.003, "task": TINY_TASK} | kw.pop("train", {})
+    return {"pass": "gradual_block_prune", "targets": ["rnn"], "block": [4, 4], "freq": 4, "train": train} | kw
+
+
+def lm_fixture(load_fixture, tmp_path):
+    """The fixture LSTM LM with a 30-symbol vocabulary, on a corpus with 29 distinct characters."""
+    corpus = tmp_path / "corpus.txt"
+    alphabet = "abcdefghijklmnopqrstuvwxyz .\n"
+    gen = torch.Generator().manual_seed(1)
+    corpus.write_text("".join(alphabet[i] for i in torch.randint(0, len(alphabet), (6000,), generator=gen).tolist()))
+    return load_fixture("lstm_lm"), str(corpus)
+
+
+def test_narang_threshold_matches_the_formula():
+    q, start, ramp, end, freq, mult = 0.8, 10, 40, 100, 5, 1.5
+    theta = 2 * q * freq / (2 * (ramp - start) + 3 * (end - ramp))
+    phi = mult * theta
+    assert narang_threshold(5, q, start, ramp, end, freq, mult) == 0.0
+    assert narang_threshold(20, q, start, ramp, end, freq, mult) == pytest.approx(theta * 11 / freq)
+    assert narang_threshold(60, q, start, ramp, end, freq, mult) == pytest.approx((theta * 31 + phi * 21) / freq)
+    # frozen after end
+    assert narang_threshold(500, q, start, ramp, end, freq, mult) == narang_threshold(99, q, start, ramp, end, freq, mult)
+
+
+def test_cubic_schedule_end_points():
+    assert cubic_sparsity(0, 0.9, 0, 100) == 0.0
+    assert cubic_sparsity(100, 0.9, 0, 100) == pytest.approx(0.9)
+    assert cubic_sparsity(50, 0.9, 0, 100) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    values = [cubic_sparsity(t, 0.9, 0, 100) for t in range(0, 101, 10)]
+    assert values == sorted(values)
+
+
+def test_gradual_target_reaches_sparsity_and_never_regrows(load_fixture, tmp_path, monkeypatch):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    seen: dict[str, torch.Tensor] = {}
+    from compressor import masks as masklib
+
+    original = masklib.set_mask
+
+    def spy(model, name, mask, intersect=True):
+        original(model, name, mask, intersect=intersect)
+        current = masklib.get_mask(model, name).clone()
+        if name in seen:
+            assert not bool((current & ~seen[name]).any()), f"{name} regrew"
+        seen[name] = current
+
+    monkeypatch.setattr(masklib, "set_mask", spy)
+    step = gradual(sparsity=0.75, end=16, train={"task": TINY_TASK | {"corpus": corpus}})
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    for row in result.report.layers:
+        if row.name.startswith("rnn."):
+            # 20 rows per gate -> 5 block rows per gate; keep round(0.25 * blocks), at least 1
+            assert row.sparsity == pytest.approx(0.75, abs=0.05)
+            w = dict(result.model.named_parameters())[row.name]
+            assert torch.equal(w != 0, result.masks[row.name] & (w != 0))
+    assert len(seen) == 4
+
+
+def test_masked_weights_stay_zero_through_adam_momentum(load_fixture, tmp_path):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    step = gradual(sparsity=0.5, end=4, freq=1, train={"steps": 20, "task": TINY_TASK | {"corpus": corpus}})
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    for name, mask in result.masks.items():
+        w = dict(result.model.named_parameters())[name]
+        assert bool((w[~mask] == 0).all())
+
+
+def test_group_lasso_proximal_zeroes_blocks_and_reports_norms(load_fixture, tmp_path):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    step = {"pass": "group_lasso", "targets": ["rnn"], "block": [4, 4], "lambda_g": 20.0,
+            "train": {"steps": 10, "lr": 0.01, "schedule": "constant", "eval_every": 0, "checkpoint_every": 0,
+                      "task": TINY_TASK | {"corpus": corpus}}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    metrics = result.report.passes[0]["metrics"]
+    before, after = metrics["block_norms_before"], metrics["block_norms_after"]
+    assert before["zero_fraction"] == 0.0 and after["zero_fraction"] > 0.5
+    assert after["median"] < before["median"]
+    for row in result.report.layers:
+        if row.name.startswith("rnn."):
+            w = dict(result.model.named_parameters())[row.name].detach()
+            blocks = w.reshape(-1, 4, w.shape[1] // 4, 4).permute(0, 2, 1, 3).reshape(-1, 16)
+            zero_blocks = float((blocks.abs().sum(1) == 0).float().mean())
+            assert row.sparsity == pytest.approx(zero_blocks, abs=1e-6)  # whole blocks were zeroed
+
+
+def test_group_lasso_smoothed_penalty_shrinks_norms(load_fixture, tmp_path):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    step = {"pass": "group_lasso", "targets": ["rnn"], "block": [4, 4], "lambda_g": 0.05, "method": "smoothed",
+            "train": {"steps": 15, "lr": 0.01, "eval_every": 0, "checkpoint_every": 0, "task": TINY_TASK | {"corpus": corpus}}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    m = result.report.passes[0]["metrics"]
+    assert m["block_norms_after"]["median"] < m["block_norms_before"]["median"]
+
+
+def test_distill_task_trains_towards_the_teacher(load_fixture):
+    spec = load_fixture("mlp")
+    step = {"pass": "gradual_block_prune", "block": [4, 4], "sparsity": 0.5, "freq": 2, "end": 6,
+            "train": {"steps": 40, "lr": 0.01, "eval_every": 40, "checkpoint_every": 0,
+                      "task": {"name": "distill", "loss": "mse", "batch_size": 16}}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    history = result.report.passes[0]["metrics"]["history"]
+    assert history["loss"][-1] < max(history["loss"][6:12])  # recovers after pruning stops
+    assert "distill_loss" in history["eval"][-1]
+
+
+@pytest.mark.parametrize("train,where", [
+    ({"steps": 0}, "train.steps"),
+    ({"lr": 0}, "train.lr"),
+    ({"lr": -1.0}, "train.lr"),
+    ({"warmup": 50, "steps": 10}, "train.warmup"),
+    ({"task": {"name": "nonsense"}}, "train.task.name"),
+    ({"task": {"seq_len": 1}}, "train.task.seq_len"),
+    ({"optimiser": "adam"}, "train.optimiser"),
+])
+def test_invalid_training_settings(train, where):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe({"version": 1, "passes": [{"pass": "gradual_block_prune", "train": train}]})
+    assert info.value.path == f"passes[0].{where}"
+
+
+def test_schedule_must_fit_in_the_steps():
+    with pytest.raises(RecipeError, match=r"passes\[0\]\.end"):
+        parse_recipe({"version": 1, "passes": [{"pass": "gradual_block_prune", "end": 500, "train": {"steps": 100}}]})
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"\x00\x01\x02binary", "binary"), (b"ab", "too short")])
+def test_bad_corpus_files(load_fixture, tmp_path, content, match):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(content)
+    step = gradual(train={"task": TINY_TASK | {"corpus": str(corpus)}})
+    with pytest.raises((CompressorError, ValueError), match=match):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("lstm_lm"), console=QUIET)
+
+
+def test_missing_corpus_file(load_fixture, tmp_path):
+    step = gradual(train={"task": TINY_TASK | {"corpus": str(tmp_path / "none.txt")}})
+    with pytest.raises(FileNotFoundError, match="corpus file not found"):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("lstm_lm"), console=QUIET)
+
+
+def test_distill_without_inputs_is_an_error(load_fixture):
+    spec = load_fixture("mlp")
+    spec.example_inputs = None
+    step = gradual(targets=[], train={"task": {"name": "distill"}})
+    with pytest.raises(CompressorError, match="example inputs"):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
