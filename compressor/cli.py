@@ -55,6 +55,10 @@ def _report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress report", description="Show the report of an artifact directory.")
     p.add_argument("directory")
     p.add_argument("--json", action="store_true", help="print one JSON object (layers, totals, ...)")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write a self-contained HTML report (table, charts, a mask picture per layer)")
+    p.add_argument("--compare", metavar="OTHER_DIR",
+                   help="show this artifact (A) and OTHER_DIR (B) side by side, per layer and with B/A ratios")
     return p
 
 
@@ -133,13 +137,29 @@ def _cmd_validate(args) -> int:
 
 def _cmd_report(args) -> int:
     from .artifacts import read_report
-    from .report import render_report
+    from .report import compare_reports, render_comparison, render_report
 
     report = read_report(args.directory)
+    view = report
+    if args.compare:
+        view = compare_reports(report, read_report(args.compare), args.directory, args.compare)
+    if args.html:
+        from .artifacts import load_masks
+        from .report_html import render_comparison_html, render_html, write_html
+
+        masks = load_masks(args.directory)
+        if args.compare:
+            write_html(args.html, render_comparison_html(view, masks, load_masks(args.compare)))
+        else:
+            write_html(args.html, render_html(report, masks))
     if args.json:
-        print(report.to_json())
+        print(view.to_json())
+    elif args.compare:
+        render_comparison(view)
     else:
         render_report(report)
+    if args.html:
+        print(f"html report: {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -1,9 +1,13 @@
-"""The per-layer report: one set of dataclasses, rendered as a rich table or JSON.
+"""The per-layer report: one set of dataclasses, rendered as a rich table, JSON or HTML.
 
 Sparsity is measured from the final weights (the fraction of exact zeros), not taken from the
 recipe. Bytes are priced in the storage format of each layer's pattern (see
 :mod:`compressor.patterns`); FLOPs are per token (per time step for recurrent weights):
 2 x multiply-adds of the matrix-vector product, dense vs the kept weights only.
+
+:class:`Comparison` puts two reports side by side (per layer A vs B and the ratio B / A); it is
+computed once here and rendered by the terminal, JSON and HTML views alike
+(:mod:`compressor.report_html` draws the HTML page).
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import torch
 
 from .patterns import Dense, Pattern
 
-__all__ = ["LayerRow", "Totals", "Report", "layer_row", "compute_totals", "render_report"]
+__all__ = [
+    "LayerRow", "Totals", "Report", "LayerComparison", "Comparison",
+    "layer_row", "compute_totals", "compare_reports", "render_report", "render_comparison",
+    "human", "ratio",
+]
 
 
 @dataclass
@@ -41,6 +49,20 @@ class LayerRow:
     speedup: float | None = None
     passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Input-dependent (gated) layers: for every block (rows = output block rows, columns = input
+    # block columns) the fraction of calibration inputs on which the gate kept it, in [0, 1].
+    # None for static patterns; the HTML report draws it as a heat map when present.
+    block_keep_frequency: list[list[float]] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerRow":
+        """Build a row from report.json, ignoring keys a newer writer may have added."""
+        return cls(**_known(cls, data))
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass
@@ -81,10 +103,9 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Report":
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["layers"] = [LayerRow(**row) for row in data.get("layers", [])]
-        data["totals"] = Totals(**data["totals"])
+        data = _known(cls, data)
+        data["layers"] = [LayerRow.from_dict(row) for row in data.get("layers", [])]
+        data["totals"] = Totals(**_known(Totals, data["totals"]))
         return cls(**data)
 
 
@@ -144,7 +165,8 @@ def compute_totals(rows: list[LayerRow], model: torch.nn.Module) -> Totals:
     )
 
 
-def _human(n: float) -> str:
+def human(n: float) -> str:
+    """A count in K/M/G units (``1.0M``), as the terminal and HTML views print it."""
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
             return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
@@ -152,7 +174,8 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def _ratio(dense: float, compressed: float) -> str:
+def ratio(dense: float, compressed: float) -> str:
+    """``dense / compressed`` as ``1.45x``, or ``-`` when ``compressed`` is 0."""
     return f"{dense / compressed:.2f}x" if compressed else "-"
 
 
@@ -176,24 +199,24 @@ def render_report(report: Report, console=None) -> None:
     for r in report.layers:
         table.add_row(
             r.name, r.kind, "x".join(map(str, r.shape)), r.pattern, f"{r.target_sparsity:.1%}", f"{r.sparsity:.1%}",
-            f"{_human(r.nonzero)} / {_human(r.params)}",
-            f"{_human(r.dense_bytes)} -> {_human(r.compressed_bytes)}",
-            f"{_human(r.dense_flops)} -> {_human(r.compressed_flops)}",
+            f"{human(r.nonzero)} / {human(r.params)}",
+            f"{human(r.dense_bytes)} -> {human(r.compressed_bytes)}",
+            f"{human(r.dense_flops)} -> {human(r.compressed_flops)}",
             r.kernel or "dense",
         )
     t = report.totals
     table.add_section()
     table.add_row(
-        "total", "", "", "", "", f"{t.sparsity:.1%}", f"{_human(t.nonzero)} / {_human(t.params)}",
-        f"{_human(t.dense_bytes)} -> {_human(t.compressed_bytes)} ({_ratio(t.dense_bytes, t.compressed_bytes)})",
-        f"{_human(t.dense_flops)} -> {_human(t.compressed_flops)} ({_ratio(t.dense_flops, t.compressed_flops)})",
+        "total", "", "", "", "", f"{t.sparsity:.1%}", f"{human(t.nonzero)} / {human(t.params)}",
+        f"{human(t.dense_bytes)} -> {human(t.compressed_bytes)} ({ratio(t.dense_bytes, t.compressed_bytes)})",
+        f"{human(t.dense_flops)} -> {human(t.compressed_flops)} ({ratio(t.dense_flops, t.compressed_flops)})",
         "", style="bold",
     )
     console.print(table)
     console.print(
         f"capture: {report.capture.get('method')}  |  layers: {len(report.layers)}  |  "
-        f"whole model parameter bytes {_human(t.model_dense_bytes)} -> {_human(t.model_compressed_bytes)} "
-        f"({_ratio(t.model_dense_bytes, t.model_compressed_bytes)})"
+        f"whole model parameter bytes {human(t.model_dense_bytes)} -> {human(t.model_compressed_bytes)} "
+        f"({ratio(t.model_dense_bytes, t.model_compressed_bytes)})"
     )
     for name, values in report.metrics.items():
         before, after = values.get("before"), values.get("after")
@@ -204,3 +227,139 @@ def render_report(report: Report, console=None) -> None:
     for r in report.layers:
         for note in r.notes:
             console.print(f"[yellow]note[/yellow] {r.name}: {note}")
+
+
+@dataclass
+class LayerComparison:
+    """One layer of two reports: its row in A and in B (None where a report lacks the layer)."""
+
+    name: str
+    a: LayerRow | None
+    b: LayerRow | None
+
+    def _ratio(self, key: str) -> float | None:
+        if self.a is None or self.b is None or not getattr(self.a, key):
+            return None
+        return getattr(self.b, key) / getattr(self.a, key)
+
+    @property
+    def bytes_ratio(self) -> float | None:
+        """Compressed bytes of B / A."""
+        return self._ratio("compressed_bytes")
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """Compressed FLOPs per token of B / A."""
+        return self._ratio("compressed_flops")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "a": asdict(self.a) if self.a else None,
+            "b": asdict(self.b) if self.b else None,
+            "bytes_ratio": self.bytes_ratio,
+            "flops_ratio": self.flops_ratio,
+        }
+
+
+@dataclass
+class Comparison:
+    """Two reports side by side; ratios are B / A (below 1: B is smaller)."""
+
+    a_label: str
+    b_label: str
+    a: Report
+    b: Report
+    layers: list[LayerComparison]
+
+    @property
+    def totals_ratio(self) -> dict[str, float | None]:
+        """B / A of the layers' compressed bytes and FLOPs, and of the whole model's bytes."""
+        ta, tb = self.a.totals, self.b.totals
+        return {
+            "compressed_bytes": tb.compressed_bytes / ta.compressed_bytes if ta.compressed_bytes else None,
+            "compressed_flops": tb.compressed_flops / ta.compressed_flops if ta.compressed_flops else None,
+            "model_compressed_bytes": (tb.model_compressed_bytes / ta.model_compressed_bytes
+                                       if ta.model_compressed_bytes else None),
+        }
+
+    @property
+    def metrics(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{metric: {"a": {before, after}, "b": {before, after}}}`` over both reports' metrics."""
+        names = list(self.a.metrics) + [m for m in self.b.metrics if m not in self.a.metrics]
+        return {m: {"a": dict(self.a.metrics.get(m, {})), "b": dict(self.b.metrics.get(m, {}))} for m in names}
+
+    def to_dict(self) -> dict:
+        return {
+            "a_label": self.a_label,
+            "b_label": self.b_label,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "totals": {"a": asdict(self.a.totals), "b": asdict(self.b.totals), "ratio": self.totals_ratio},
+            "metrics": self.metrics,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Comparison":
+        return compare_reports(Report.from_dict(data["a"]), Report.from_dict(data["b"]),
+                               data.get("a_label", "A"), data.get("b_label", "B"))
+
+
+def compare_reports(a: Report, b: Report, a_label: str = "A", b_label: str = "B") -> Comparison:
+    """Match the layers of two reports by name (A's order, then layers only B has)."""
+    rows_a = {r.name: r for r in a.layers}
+    rows_b = {r.name: r for r in b.layers}
+    names = list(rows_a) + [n for n in rows_b if n not in rows_a]
+    return Comparison(a_label, b_label, a, b, [LayerComparison(n, rows_a.get(n), rows_b.get(n)) for n in names])
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def render_comparison(comparison: Comparison, console=None) -> None:
+    """Print two reports side by side: per layer A vs B and B / A, then the metrics of each."""
+    from rich.table import Table
+
+    console = console or _console()
+    c = comparison
+    table = Table(title=f"compressor compare: A = {c.a_label}  vs  B = {c.b_label}")
+    for col in ("layer", "pattern A", "pattern B", "sparsity A", "sparsity B", "bytes A", "bytes B", "B/A",
+                "FLOPs A", "FLOPs B", "B/A"):
+        table.add_column(col, justify="left" if col.startswith(("layer", "pattern")) else "right")
+
+    def cells(row: LayerRow | None, fmt) -> str:
+        return "-" if row is None else fmt(row)
+
+    for layer in c.layers:
+        a, b = layer.a, layer.b
+        table.add_row(
+            layer.name, cells(a, lambda r: r.pattern), cells(b, lambda r: r.pattern),
+            cells(a, lambda r: f"{r.sparsity:.1%}"), cells(b, lambda r: f"{r.sparsity:.1%}"),
+            cells(a, lambda r: human(r.compressed_bytes)), cells(b, lambda r: human(r.compressed_bytes)),
+            _x(layer.bytes_ratio),
+            cells(a, lambda r: human(r.compressed_flops)), cells(b, lambda r: human(r.compressed_flops)),
+            _x(layer.flops_ratio),
+        )
+    ta, tb, tr = c.a.totals, c.b.totals, c.totals_ratio
+    table.add_section()
+    table.add_row("total", "", "", f"{ta.sparsity:.1%}", f"{tb.sparsity:.1%}", human(ta.compressed_bytes),
+                  human(tb.compressed_bytes), _x(tr["compressed_bytes"]), human(ta.compressed_flops),
+                  human(tb.compressed_flops), _x(tr["compressed_flops"]), style="bold")
+    console.print(table)
+    if c.metrics:
+        metrics = Table(title="metrics")
+        for col in ("metric", "A before", "A after", "B before", "B after"):
+            metrics.add_column(col, justify="left" if col == "metric" else "right")
+        for name, values in c.metrics.items():
+            metrics.add_row(name, _metric(values["a"].get("before")), _metric(values["a"].get("after")),
+                            _metric(values["b"].get("before")), _metric(values["b"].get("after")))
+        console.print(metrics)
