@@ -1,0 +1,112 @@
+"""Exact transposable solvers against brute force (2:4) and scipy MILP (8x8, 6x6, 16x16 tiles)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.solvers import is_transposable_nm, kept_magnitude, transposable_nm_mask, transposable_nm_solve
+from compressor.solvers.enumerate import enumerate_tiles
+from compressor.solvers.mincostflow import mincostflow_tiles
+from compressor.solvers.tiles import make_problem
+
+from .conftest import assert_exact_transposable, milp_tile
+
+EXACT = ("exact", "enumerate", "mincostflow")
+
+
+def _tiles_to_matrix(tiles: np.ndarray) -> torch.Tensor:
+    """Stack (K, 4, 4) tiles side by side along the columns: a (4, 4K) matrix."""
+    return torch.from_numpy(np.concatenate(list(tiles), axis=1))
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_every_2_4_pattern_is_recovered(method, patterns_2_4):
+    # A tile that is large exactly on pattern p has p as its unique optimum.
+    assert len(patterns_2_4) == 90
+    rng = np.random.default_rng(0)
+    weights = np.where(patterns_2_4, 10.0, 1.0) + rng.uniform(0, 0.5, patterns_2_4.shape)
+    signs = rng.choice([-1.0, 1.0], patterns_2_4.shape)
+    w = _tiles_to_matrix(weights * signs).float()  # (4, 360)
+    mask = transposable_nm_mask(w, 2, 4, method=method)
+    assert torch.equal(mask, _tiles_to_matrix(patterns_2_4))
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_random_2_4_tiles_match_brute_force(method, patterns_2_4):
+    rng = np.random.default_rng(1)
+    tiles = rng.standard_normal((200, 4, 4))
+    w = _tiles_to_matrix(tiles)  # float64
+    mask = transposable_nm_mask(w, 2, 4, method=method).numpy()
+    for k in range(200):
+        got = mask[:, 4 * k : 4 * k + 4]
+        best = (np.abs(tiles[k])[None] * patterns_2_4).sum((1, 2)).max()
+        assert got.sum(0).tolist() == [2] * 4 and got.sum(1).tolist() == [2] * 4
+        assert np.abs(tiles[k])[got].sum() == pytest.approx(best, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,m", [(4, 8), (2, 8), (3, 6), (8, 16)])
+def test_mincostflow_matches_milp(n, m):
+    rng = np.random.default_rng(n * 100 + m)
+    count = 12 if m <= 8 else 3
+    w = torch.from_numpy(rng.standard_normal((m, m * count)))
+    mask = transposable_nm_mask(w, n, m, method="exact").numpy()
+    bound = n * m / 2**24  # documented relative precision of the integer costs
+    for k in range(count):
+        vals = np.abs(w.numpy()[:, m * k : m * (k + 1)])
+        ref = milp_tile(vals, n)
+        got = mask[:, m * k : m * (k + 1)]
+        assert (got.sum(0) == n).all() and (got.sum(1) == n).all()
+        assert vals[got].sum() >= vals[ref].sum() * (1 - bound) - 1e-12
+
+
+def test_enumerate_and_mincostflow_agree_on_value():
+    torch.manual_seed(3)
+    w = torch.randn(64, 96)
+    problem = make_problem(w, 2, 4)
+    a = problem.to_matrix(enumerate_tiles(problem))
+    b = problem.to_matrix(mincostflow_tiles(problem))
+    assert kept_magnitude(w, a) == pytest.approx(kept_magnitude(w, b), rel=1e-6)
+
+
+def test_tiles_are_m_rows_by_m_columns():
+    # Weights large on a transposable block-diagonal layout: only a solver that tiles M rows x
+    # M columns (not M*M consecutive weights of a row) keeps exactly the large entries.
+    w = torch.full((8, 8), 0.1)
+    big = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], dtype=torch.bool)
+    for i0 in (0, 4):
+        for j0 in (0, 4):
+            w[i0 : i0 + 4, j0 : j0 + 4][big] = 5.0
+    for method in EXACT:
+        mask = transposable_nm_mask(w, 2, 4, method=method)
+        assert torch.equal(mask, w > 1)
+
+
+def test_workers_give_the_same_mask():
+    torch.manual_seed(4)
+    w = torch.randn(64, 128)
+    from compressor.solvers.mincostflow import mincostflow_tiles as mcf
+
+    problem = make_problem(w, 4, 8)
+    one = mcf(problem, workers=1, chunk_arcs=64 * 16)
+    two = mcf(problem, workers=2, chunk_arcs=64 * 16)
+    assert torch.equal(one, two)
+    assert_exact_transposable(problem.to_matrix(one), 4, 8)
+
+
+@pytest.mark.parametrize("method", EXACT + ("greedy", "sinkhorn"))
+def test_ties_and_constant_weights_are_deterministic(method):
+    for w in (torch.ones(16, 24), torch.zeros(16, 24), torch.tensor([[1.0, -1.0] * 12] * 16)):
+        a = transposable_nm_mask(w, 2, 4, method=method)
+        b = transposable_nm_mask(w.clone(), 2, 4, method=method)
+        assert torch.equal(a, b)
+        assert is_transposable_nm(a, 2, 4) and is_transposable_nm(a.T, 2, 4)
+        assert_exact_transposable(a, 2, 4)
+
+
+def test_mask_dtype_device_shape():
+    w = torch.randn(12, 20, dtype=torch.float16)
+    mask, info = transposable_nm_solve(w, 2, 4)
+    assert mask.dtype == torch.bool and mask.shape == w.shape and mask.device == w.device
+    assert info["tiles"] == 15
