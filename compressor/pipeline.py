@@ -21,7 +21,7 @@ from . import masks as masklib
 from .artifacts import check_output_dir, save_artifacts
 from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
-from .errors import ArtifactError
+from .errors import ArtifactError, CompressorError
 from .loading import ModelSpec, check_finite
 from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
@@ -229,14 +229,21 @@ class Pipeline:
         captured = capture(model, spec.example_inputs)
         plan = self.plan(captured)
         state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
-        if trains:
+        if any(p.needs_reference for p in plan_specs):
             state.reference = copy.deepcopy(model).eval()
 
         metrics: dict[str, dict[str, float]] = {}
         reference = None
         if spec.example_inputs is not None:
             with torch.no_grad():
-                reference = [o.clone() for o in _flat_outputs(model(*spec.example_inputs)) if o.is_floating_point()]
+                try:
+                    outputs = model(*spec.example_inputs)
+                except Exception as exc:
+                    shapes = ", ".join(f"{list(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in spec.example_inputs)
+                    raise CompressorError(
+                        f"the example inputs do not fit the model ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    ) from None
+                reference = [o.clone() for o in _flat_outputs(outputs) if o.is_floating_point()]
         if spec.evaluate is not None:
             with console.status("evaluating the original model"):
                 for k, v in spec.evaluate(model).items():

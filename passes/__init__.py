@@ -19,6 +19,8 @@ PASS_MODULES = (
     "nm_prune",
     "gradual_block_prune",
     "group_lasso",
+    "finetune",
+    "nm_convert",
 )
 
 _loaded = False

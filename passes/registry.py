@@ -68,15 +68,19 @@ class PassSpec:
     doc: str
     #: trains the model: the pipeline keeps a dense teacher and checkpoints for --resume
     trains: bool = False
+    #: reads the dense model as it was before any pass (calibration data, teacher)
+    needs_reference: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
 
 
-def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KINDS, trains: bool = False):
+def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KINDS, trains: bool = False,
+                  needs_reference: bool = False):
     """Decorator registering ``fn(state, config, targets) -> PassResult`` under ``name``.
 
     ``trains``: the pass runs the fine-tuning loop (:func:`compressor.training.fine_tune`).
+    ``needs_reference``: the pass reads ``state.reference``, the dense model before any pass.
     """
     if not issubclass(config_cls, PassConfig):
         raise TypeError(f"config class of pass {name!r} must extend PassConfig")
@@ -84,7 +88,7 @@ def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KIND
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} is registered twice")
-        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains)
+        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains, needs_reference or trains)
         return fn
 
     return decorate

@@ -164,3 +164,18 @@ def test_distill_without_inputs_is_an_error(load_fixture):
     step = gradual(targets=[], train={"task": {"name": "distill"}})
     with pytest.raises(CompressorError, match="example inputs"):
         compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+
+
+def test_finetune_keeps_earlier_masks_and_lowers_the_loss(load_fixture, tmp_path):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    recipe = {"version": 1, "passes": [
+        {"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5},
+        {"pass": "finetune", "train": {"steps": 30, "lr": 0.01, "eval_every": 0, "checkpoint_every": 0,
+                                       "task": TINY_TASK | {"corpus": corpus}}},
+    ]}
+    result = compressor.Pipeline(parse_recipe(recipe)).run(spec, console=QUIET)
+    losses = result.report.passes[1]["metrics"]["history"]["loss"]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    for row in result.report.layers:
+        if row.name.startswith("rnn."):
+            assert row.sparsity == pytest.approx(0.5, abs=0.01) and row.passes == ["block_prune"]

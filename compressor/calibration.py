@@ -1,0 +1,90 @@
+"""Calibration inputs of each weight matrix, recorded from a model with forward hooks.
+
+Layer-wise reconstruction (Hubara et al.'s AdaPrune) needs, for a weight W, the inputs X it
+multiplies. For an ``nn.Linear`` that is the module's input. For stacked recurrent layers a
+hook only sees the whole module's input, so the per-layer inputs are recomputed: layer k's
+``weight_ih`` multiplies its input sequence (the model input, or layer k-1's outputs) and
+``weight_hh`` multiplies the previous hidden state h_{t-1} (h_{t+1} for the reverse direction).
+
+Memory stays bounded: inputs are collected for one module at a time and capped at ``rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from .errors import CompressorError
+
+__all__ = ["module_inputs", "rnn_layer_inputs"]
+
+
+@torch.no_grad()
+def rnn_layer_inputs(rnn: nn.RNNBase, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows multiplied by each ``weight_ih/hh_l{k}[_reverse]`` of ``rnn`` for input ``x``: {name: (N, in)}."""
+    if getattr(rnn, "proj_size", 0):
+        raise CompressorError("calibration of LSTMs with proj_size is not supported")
+    if not rnn.batch_first:
+        x = x.transpose(0, 1)  # (B, T, in)
+    dirs = 2 if rnn.bidirectional else 1
+    H = rnn.hidden_size
+    out: dict[str, torch.Tensor] = {}
+    seq = x
+    for k in range(rnn.num_layers):
+        single = type(rnn)(seq.shape[-1], H, 1, bias=rnn.bias, batch_first=True, bidirectional=rnn.bidirectional,
+                           **({"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}))
+        for d in range(dirs):
+            sfx = "_reverse" if d else ""
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                if hasattr(single, f"{kind}_l0{sfx}"):
+                    getattr(single, f"{kind}_l0{sfx}").copy_(getattr(rnn, f"{kind}_l{k}{sfx}"))
+        y, _ = single(seq)  # (B, T, dirs*H)
+        for d in range(dirs):
+            sfx = "_reverse" if d else ""
+            h = y[..., d * H:(d + 1) * H]
+            zero = torch.zeros_like(h[:, :1])
+            prev = torch.cat([zero, h[:, :-1]], 1) if d == 0 else torch.cat([h[:, 1:], zero], 1)
+            out[f"weight_ih_l{k}{sfx}"] = seq.reshape(-1, seq.shape[-1])
+            out[f"weight_hh_l{k}{sfx}"] = prev.reshape(-1, H)
+        seq = y
+    return out
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1, t.shape[-1])
+
+
+@torch.no_grad()
+def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int) -> dict[str, torch.Tensor]:
+    """Run ``model`` on calibration batches and collect the inputs of every weight of one module.
+
+    Returns ``{parameter name: (N, in_features)}`` with at most ``rows`` rows each.
+    """
+    module = model.get_submodule(module_path)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda mod, args, output: captured.append(args[0].detach()))
+    collected: dict[str, list[torch.Tensor]] = {}
+    count = 0
+    try:
+        for inputs in batches:
+            captured.clear()
+            try:
+                model(*inputs)
+            except Exception as exc:
+                raise CompressorError(
+                    f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                ) from None
+            for x in captured:
+                parts = rnn_layer_inputs(module, x) if isinstance(module, nn.RNNBase) else {"weight": _rows(x)}
+                for name, r in parts.items():
+                    collected.setdefault(name, []).append(r)
+                count += next(iter(parts.values())).shape[0]
+            if count >= rows:
+                break
+    finally:
+        handle.remove()
+    if not collected:
+        raise CompressorError(f"no calibration data reached {module_path!r}: the calibration batches never call it")
+    return {name: torch.cat(parts)[:rows] for name, parts in collected.items()}

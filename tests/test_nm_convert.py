@@ -1,0 +1,129 @@
+"""nm_convert: masks from the solvers, calibration inputs, reconstruction against dense math."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+from rich.console import Console
+
+import compressor
+from compressor.calibration import rnn_layer_inputs
+from compressor.errors import CompressorError, RecipeError
+from compressor.loading import ModelSpec
+from compressor.passes.nm_convert import reconstruct_adam, reconstruct_lstsq, relative_error
+from compressor.recipe import parse_recipe
+
+QUIET = Console(file=io.StringIO())
+
+
+def is_transposable(mask, n, m):
+    rows, cols = mask.shape
+    t = mask[: rows - rows % m, : cols - cols % m].reshape(rows // m, m, cols // m, m).permute(0, 2, 1, 3)
+    return bool((t.sum(-1) == n).all()) and bool((t.sum(-2) == n).all())
+
+
+def test_rnn_layer_inputs_reproduce_the_stacked_lstm():
+    """The recomputed inputs of each weight, multiplied out, rebuild the module's own gates."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+    x = torch.randn(3, 7, 6)
+    parts = rnn_layer_inputs(lstm, x)
+    assert set(parts) == {f"weight_{k}_l{i}{s}" for k in ("ih", "hh") for i in range(2) for s in ("", "_reverse")}
+    # the top layer's gates from the recorded inputs give the module's outputs (forward direction)
+    out, _ = lstm(x)
+    H = 5
+    gates = parts["weight_ih_l1"] @ lstm.weight_ih_l1.T + lstm.bias_ih_l1 + parts["weight_hh_l1"] @ lstm.weight_hh_l1.T + lstm.bias_hh_l1
+    i, f, g, o = gates.reshape(3, 7, 4 * H).split(H, -1)
+    c = torch.zeros(3, H)
+    hs = []
+    for t in range(7):
+        c = torch.sigmoid(f[:, t]) * c + torch.sigmoid(i[:, t]) * torch.tanh(g[:, t])
+        hs.append(torch.sigmoid(o[:, t]) * torch.tanh(c))
+    torch.testing.assert_close(torch.stack(hs, 1), out[..., :H], rtol=1e-5, atol=1e-5)
+
+
+def test_lstsq_reconstruction_is_optimal_per_row():
+    torch.manual_seed(1)
+    x = torch.randn(400, 16) @ torch.randn(16, 16)  # correlated inputs
+    w = torch.randn(8, 16)
+    mask = torch.rand(8, 16) > 0.5
+    got = reconstruct_lstsq(x, w, mask, damping=0.0)
+    assert bool((got[~mask] == 0).all())
+    for r in range(8):  # independent reference: scipy-free least squares on the kept columns
+        keep = mask[r]
+        sol = torch.linalg.lstsq(x[:, keep].double(), (x @ w[r]).double().unsqueeze(1)).solution.squeeze(1)
+        torch.testing.assert_close(got[r, keep].double(), sol, rtol=1e-6, atol=1e-6)
+    adam = reconstruct_adam(x, w, mask, iterations=300, lr=1e-2, batch=128)
+    assert relative_error(x, w, got) <= relative_error(x, w, adam) + 1e-6 < relative_error(x, w, w * mask)
+
+
+@pytest.mark.parametrize("reconstruct", ["adam", "lstsq"])
+def test_transposable_conversion_of_an_mlp_cuts_the_error(load_fixture, reconstruct):
+    spec = load_fixture("mlp")
+    step = {"pass": "nm_convert", "targets": ["fc1", "fc2"], "n": 2, "m": 4, "transposable": True,
+            "reconstruct": reconstruct, "iterations": 200, "lr": 0.01, "rows": 512,
+            "calibration": {"name": "distill", "batch_size": 64}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    metrics = result.report.passes[0]["metrics"]
+    for row in result.report.layers[:2]:
+        assert is_transposable(result.masks[row.name], 2, 4)
+        m = metrics[row.name]
+        assert m["reconstruction_error_after"] <= m["reconstruction_error_before"] + 1e-6
+        assert 0.5 < m["kept_magnitude_vs_plain"] <= 1.0 + 1e-9
+        assert row.pattern == "transposable 2:4"
+    # fc1 sees i.i.d. Gaussian inputs (X^T X ~ identity): nothing to gain there. fc2 sees
+    # correlated ReLU features, where reconstruction must pay off.
+    fc2 = metrics["fc2.weight"]
+    assert fc2["reconstruction_error_after"] <= 0.7 * fc2["reconstruction_error_before"]
+    assert result.report.layers[2].pattern == "dense"
+
+
+def test_prior_unstructured_mask_is_respected(load_fixture):
+    spec = load_fixture("mlp")
+    recipe = {"version": 1, "passes": [
+        {"pass": "unstructured_prune", "targets": ["fc2"], "sparsity": 0.6},
+        {"pass": "nm_convert", "targets": ["fc2"], "n": 2, "m": 4, "transposable": False, "reconstruct": "none"},
+    ]}
+    result = compressor.Pipeline(parse_recipe(recipe)).run(spec, console=QUIET)
+    w = result.model.fc2.weight
+    groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+    assert bool((groups <= 2).all())
+    # after unstructured pruning to 60%, a 2:4 mask built with the prior keeps only prior-kept weights
+    assert float((w == 0).float().mean()) >= 0.6
+
+
+def test_narrow_layers_are_skipped_and_reported():
+    model = nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 4))
+    spec = ModelSpec(model.eval(), (torch.randn(2, 3),), {"kind": "factory", "ref": "x:y"})
+    step = {"pass": "nm_convert", "n": 1, "m": 4, "reconstruct": "lstsq", "calibration": {"name": "distill", "batch_size": 8}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    first, second = result.report.layers
+    assert first.pattern == "dense" and any("narrower than m=4" in n for n in first.notes)
+    assert second.pattern == "transposable 1:4" and second.sparsity == pytest.approx(0.75)
+
+
+def test_calibration_batch_that_does_not_fit(load_fixture):
+    spec = load_fixture("mlp")
+    # character-LM batches (token ids) for a model that takes 20 float features
+    step = {"pass": "nm_convert", "targets": ["fc1"], "reconstruct": "lstsq", "calibration": {"name": "lm", "batch_size": 4}}
+    with pytest.raises(CompressorError, match="calibration batch does not fit"):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+
+
+def test_example_inputs_that_do_not_fit(load_fixture):
+    spec = load_fixture("mlp")
+    spec.example_inputs = (torch.randn(2, 7),)
+    step = {"pass": "nm_prune"}
+    with pytest.raises(CompressorError, match="example inputs do not fit"):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+
+
+@pytest.mark.parametrize("fields,where", [({"solver": "magic"}, "solver"), ({"n": 4, "m": 4}, "n"),
+                                          ({"iterations": 0}, "iterations"), ({"rows": 0}, "rows")])
+def test_bad_settings(fields, where):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe({"version": 1, "passes": [{"pass": "nm_convert", **fields}]})
+    assert info.value.path == f"passes[0].{where}"
