@@ -1,0 +1,47 @@
+"""Sparse formats, pure-torch sparse ops and the nn.Modules that use them.
+
+Formats (:mod:`.formats`): :class:`BalancedBlock`, :class:`BSR`, :class:`NMPacked`.
+Ops: :func:`balanced_block_linear`, :func:`bsr_linear` (:mod:`.block_ops`), :func:`nm_linear`
+(:mod:`.nm_ops`), :func:`gated_block_linear` with :func:`select_blocks` (:mod:`.gated_ops`).
+Modules: :class:`BlockSparseLinear`, :class:`NMLinear`, :class:`GatedBlockLinear`
+(:mod:`.modules`), :class:`SparseLSTM`, :class:`SparseGRU` (:mod:`.rnn`).
+ONNX: :func:`onnx_check` (:mod:`.onnx_check`).
+
+Papers: Narang et al. arXiv 1711.02782 (block sparsity), Hadifar et al. arXiv 2001.04686 (gated
+blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``PAPERS.md``.
+"""
+
+from ._checks import SUPPORTED_DTYPES
+from .block_ops import balanced_block_linear, bsr_linear
+from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid, is_balanced
+from .gated_ops import gate_values, gated_block_linear, kept_blocks, select_blocks
+from .modules import BlockSparseLinear, GatedBlockLinear, NMLinear
+from .nm_ops import nm_linear
+from .onnx_check import OnnxCheck, export_onnx, onnx_check, ort_session
+from .rnn import RNNStep, SparseGRU, SparseLSTM
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "BalancedBlock",
+    "BSR",
+    "NMPacked",
+    "block_mask_grid",
+    "is_balanced",
+    "balanced_block_linear",
+    "bsr_linear",
+    "nm_linear",
+    "gate_values",
+    "select_blocks",
+    "kept_blocks",
+    "gated_block_linear",
+    "BlockSparseLinear",
+    "NMLinear",
+    "GatedBlockLinear",
+    "SparseLSTM",
+    "SparseGRU",
+    "RNNStep",
+    "OnnxCheck",
+    "export_onnx",
+    "onnx_check",
+    "ort_session",
+]

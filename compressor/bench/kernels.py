@@ -1,0 +1,291 @@
+"""``compress bench kernels``: sparse kernels vs dense on CPU, in torch and in ONNX Runtime.
+
+Everything runs side by side in one process, interleaved round by round
+(:func:`compressor.bench.common.time_interleaved`), rotating ``--copies`` weight copies and
+inputs so that caches do not flatter any row; the table shows medians and ratios and the JSON has
+every row. Sections:
+
+* ``linear``: dense ``F.linear``, torch BSR (``to_sparse_bsr`` + ``torch.sparse.mm``) and our
+  :class:`~compressor.kernels.BlockSparseLinear` (balanced layout; also its BSR layout on the
+  same mask, the fallback for unbalanced masks) per sparsity and batch size;
+* ``onnx``: ONNX Runtime on a dense ``nn.Linear`` export vs on our module's export;
+* ``rnn``: one streaming step of a multi-layer LSTM: ``nn.LSTM`` one-step call, stacked
+  ``nn.LSTMCell`` s, :meth:`~compressor.kernels.SparseLSTM.step`;
+* ``gated``: dense ``F.linear`` vs :class:`~compressor.kernels.GatedBlockLinear` (gate network
+  included) per keep fraction and gating mode.
+
+Run ``python -m compressor.bench.kernels --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import machine_info, print_table, time_interleaved, write_json
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _shape(text: str) -> tuple[int, int]:
+    out, _, inp = text.lower().partition("x")
+    return int(out), int(inp)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``compress bench kernels``."""
+    parser.add_argument("--shape", type=_shape, default=(4096, 4096), help="weight OUTxIN for the linear/onnx sections")
+    parser.add_argument("--block", type=int, default=32, help="square block size for linear/onnx/rnn")
+    parser.add_argument("--sparsities", type=_floats, default=[0.9, 0.75, 0.5], help="block sparsities (fraction pruned)")
+    parser.add_argument("--batches", type=_ints, default=[1, 16], help="batch sizes for the linear section")
+    parser.add_argument("--onnx-batches", type=_ints, default=[1], help="batch sizes for the onnx section")
+    parser.add_argument("--rnn-hidden", type=int, default=1024)
+    parser.add_argument("--rnn-layers", type=int, default=2)
+    parser.add_argument("--rnn-sparsity", type=float, default=0.9)
+    parser.add_argument("--gated-shape", type=_shape, default=(4096, 1024), help="OUTxIN of the gated layer")
+    parser.add_argument("--gated-block", type=int, default=128)
+    parser.add_argument("--keeps", type=_floats, default=[0.5, 0.25], help="kept block fractions for the gated section")
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--copies", type=int, default=4, help="weight/input copies rotated per row")
+    parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
+    parser.add_argument("--sections", default="linear,onnx,rnn,gated", help="comma list of sections to run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="output JSON (default bench-results/kernels-<time>.json)")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _balanced_mask(out: int, inp: int, block: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    """Random balanced block mask: every block row keeps round((1 - sparsity) * C) blocks."""
+    R, C = -(-out // block), -(-inp // block)
+    k = max(1, round((1.0 - sparsity) * C))
+    scores = torch.rand(R, C, generator=gen)
+    grid = torch.zeros(R, C, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
+    return grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[:out, :inp]
+
+
+def _linear(out: int, inp: int, gen: torch.Generator) -> nn.Linear:
+    lin = nn.Linear(inp, out)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(out, inp, generator=gen) * inp ** -0.5)
+        lin.bias.copy_(torch.randn(out, generator=gen) * 0.1)
+    return lin
+
+
+def _row(section: str, case: str, name: str, t: dict, ref_s: float | None = None, extra: dict | None = None) -> dict:
+    r = {"section": section, "case": case, "impl": name, "median_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6,
+         "runs": t["runs"]}
+    if ref_s is not None:
+        r["speedup_vs_dense"] = ref_s / t["median_s"]
+    r.update(extra or {})
+    return r
+
+
+def _time(fns, args):
+    return time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+def bench_linear(args, gen) -> list[dict]:
+    from compressor.kernels import BlockSparseLinear
+
+    out, inp = args.shape
+    n = args.copies
+    lins = [_linear(out, inp, gen) for _ in range(n)]
+    rows = []
+    for sp in args.sparsities:
+        masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
+        ours = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
+        ours_bsr = [BlockSparseLinear.from_dense(l, m, (args.block, args.block), layout="bsr") for l, m in zip(lins, masks)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse BSR support is in beta"
+            tbsr = [(l.weight.detach() * m).to_sparse_bsr((args.block, args.block)) for l, m in zip(lins, masks)]
+        for B in args.batches:
+            xs = [torch.randn(B, inp, generator=gen) for _ in range(n)]
+            fns = {
+                "dense F.linear": lambda i: F.linear(xs[i % n], lins[i % n].weight, lins[i % n].bias),
+                "torch BSR": lambda i: torch.sparse.mm(tbsr[i % n], xs[i % n].t()).t() + lins[i % n].bias,
+                "ours BlockSparseLinear": lambda i: ours[i % n](xs[i % n]),
+                "ours, BSR layout": lambda i: ours_bsr[i % n](xs[i % n]),
+            }
+            t = _time(fns, args)
+            case = f"{out}x{inp} sp={sp:g} batch={B}"
+            d = t["dense F.linear"]["median_s"]
+            for name in fns:
+                extra = {"sparsity": sp, "batch": B}
+                if name.startswith("ours"):
+                    extra["speedup_vs_torch_bsr"] = t["torch BSR"]["median_s"] / t[name]["median_s"]
+                rows.append(_row("linear", case, name, t[name], d, extra))
+    return rows
+
+
+def bench_onnx(args, gen) -> list[dict]:
+    from compressor.kernels import BlockSparseLinear, export_onnx, ort_session
+
+    out, inp = args.shape
+    n = args.copies
+    threads = args.threads or torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_kernels_") as tmp:
+        lins = [_linear(out, inp, gen) for _ in range(n)]
+        for B in args.onnx_batches:
+            ex = torch.randn(B, inp, generator=gen)
+            dense_s = [ort_session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx")), threads) for i, l in enumerate(lins)]
+            for sp in args.sparsities:
+                masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
+                mods = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
+                ours_s = [ort_session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")), threads) for i, m in enumerate(mods)]
+                name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
+                xs = [torch.randn(B, inp, generator=gen).numpy() for _ in range(n)]
+                fns = {
+                    "ORT dense": lambda i: dense_s[i % n].run(None, {name_d: xs[i % n]}),
+                    "ORT ours": lambda i: ours_s[i % n].run(None, {name_o: xs[i % n]}),
+                }
+                t = _time(fns, args)
+                case = f"{out}x{inp} sp={sp:g} batch={B}"
+                for name in fns:
+                    rows.append(_row("onnx", case, name, t[name], t["ORT dense"]["median_s"], {"sparsity": sp, "batch": B}))
+    return rows
+
+
+def bench_rnn(args, gen) -> list[dict]:
+    from compressor.kernels import SparseLSTM
+
+    H, L, n = args.rnn_hidden, args.rnn_layers, args.copies
+    lstms, cells, sparse = [], [], []
+    for _ in range(n):
+        lstm = nn.LSTM(H, H, num_layers=L)
+        with torch.no_grad():
+            for p in lstm.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * H ** -0.5)
+        masks = {name: _balanced_mask(*getattr(lstm, name).shape, args.block, args.rnn_sparsity, gen)
+                 for name in lstm._flat_weights_names if name.startswith("weight_")}
+        lstms.append(lstm)
+        cl = []
+        for layer in range(L):
+            c = nn.LSTMCell(H, H)
+            with torch.no_grad():
+                for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(c, part).copy_(getattr(lstm, f"{part}_l{layer}"))
+            cl.append(c)
+        cells.append(cl)
+        sparse.append(SparseLSTM.from_dense(lstm, masks, block=(args.block, args.block)))
+    xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
+    hs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
+    cs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
+
+    def cell_step(i):
+        x = xs[i % n]
+        for layer, c in enumerate(cells[i % n]):
+            x, _ = c(x, (hs[i % n][layer], cs[i % n][layer]))
+        return x
+
+    fns = {
+        "nn.LSTMCell x layers": cell_step,
+        "nn.LSTM one-step call": lambda i: lstms[i % n](xs[i % n].unsqueeze(0), (hs[i % n], cs[i % n])),
+        "ours SparseLSTM.step": lambda i: sparse[i % n].step(xs[i % n], (hs[i % n], cs[i % n])),
+    }
+    t = _time(fns, args)
+    case = f"LSTM {L}x{H} sp={args.rnn_sparsity:g} batch=1 step"
+    return [_row("rnn", case, name, t[name], t["nn.LSTMCell x layers"]["median_s"], {"sparsity": args.rnn_sparsity})
+            for name in fns]
+
+
+def bench_gated(args, gen) -> list[dict]:
+    from compressor.kernels import GatedBlockLinear
+
+    out, inp = args.gated_shape
+    n = args.copies
+    lins = [_linear(out, inp, gen) for _ in range(n)]
+    xs = [torch.randn(1, inp, generator=gen) for _ in range(n)]
+    rows = []
+    for keep in args.keeps:
+        fns = {"dense F.linear": lambda i: F.linear(xs[i % n], lins[i % n].weight, lins[i % n].bias)}
+        for mode in ("global", "row"):
+            mods = [GatedBlockLinear.from_dense(l, (args.gated_block, args.gated_block), keep, mode, seed=i) for i, l in enumerate(lins)]
+            fns[f"ours gated ({mode} top-k, with gate)"] = (lambda ms: (lambda i: ms[i % n](xs[i % n])))(mods)
+        t = _time(fns, args)
+        case = f"{out}x{inp} block={args.gated_block} keep={keep:g} batch=1"
+        for name in fns:
+            rows.append(_row("gated", case, name, t[name], t["dense F.linear"]["median_s"], {"keep": keep}))
+    return rows
+
+
+SECTIONS = {"linear": bench_linear, "onnx": bench_onnx, "rnn": bench_rnn, "gated": bench_gated}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the selected sections, print one table per section, write JSON; returns 0."""
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        print(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    info = machine_info()
+    info["load_average_start"] = os.getloadavg()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in sections:
+            if s == "onnx":
+                with torch.inference_mode(False):
+                    new = SECTIONS[s](args, gen)
+            else:
+                new = SECTIONS[s](args, gen)
+            rows.extend(new)
+            _print(s, new)
+    info["load_average_end"] = os.getloadavg()
+    info["elapsed_s"] = time.perf_counter() - t0
+    path = args.json or os.path.join("bench-results", f"kernels-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    payload = {"benchmark": "kernels", "command": " ".join(sys.argv), "machine": info, "args": _jsonable(vars(args)),
+               "rows": rows}
+    print(f"wrote {write_json(path, payload)}  ({info['elapsed_s']:.0f} s; load average {info['load_average_end'][0]:.2f})")
+    return 0
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k != "func"}
+
+
+def _print(section: str, rows: list[dict]) -> None:
+    cols = ["case", "impl", "median us", "min us", "x dense"]
+    if section == "linear":
+        cols.append("x torch BSR")
+    table = []
+    for r in rows:
+        line = [r["case"], r["impl"], r["median_us"], r["min_us"], r.get("speedup_vs_dense", float("nan"))]
+        if section == "linear":
+            line.append(r.get("speedup_vs_torch_bsr", ""))
+        table.append(line)
+    print_table(f"kernels: {section}", cols, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compress bench kernels", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Block-sparse linear ops in pure torch: balanced block and general BSR.
+
+Balanced block (every block row keeps ``k`` blocks; Narang et al., arXiv 1711.02782, and the
+balanced layout of PAPERS.md section 2): the product is one gather of ``x``'s block columns and
+one batched matmul. Values are kept in the *kernel layout* ``(R, k*bw, bh)``: block row ``r``'s
+kept blocks, in the order of ``col_idx[r]``, each transposed, so that
+
+``g = x[:, col blocks] -> (R, B, k*bw)`` and ``y = bmm(g, values_t) -> (R, B, bh)`` (an ``M = B``
+GEMM per block row; measured several times faster on CPU than the ``(R, bh, k*bw) x (R, k*bw, 1)``
+orientation, which hits a slow matrix-vector path, and faster at every batch size we tried than
+``bmm(values_t^T, x^T[col blocks])``). At large batch and moderate sparsity a dense GEMM wins, so
+the ops then scatter the values into a dense matrix (see ``DENSE_BATCH``).
+
+General BSR (rows keep different numbers of blocks): for small batches one
+``F.embedding_bag`` call (its table is the stored blocks' column segments, the per-sample weights
+are the matching entries of ``x``; one bag per output block row: a fused gather + weighted sum
+with no padding and no per-call copy of the values); for large batches a per-block batched matmul
+``(nnzb, B, bw) x (nnzb, bw, bh)`` followed by ``index_add`` over block rows.
+
+All paths are differentiable w.r.t. ``x`` and the values (autograd through index_select, bmm and
+embedding_bag), so these ops can be fine-tuned. While exporting (``torch.compiler.is_exporting()``)
+the gather + matmul paths are used, which become plain ONNX Gather / MatMul / ScatterND.
+
+Inputs are padded with zeros up to the block grid and outputs are cropped back (see
+:mod:`compressor.kernels.formats`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["balanced_block_linear", "bsr_linear", "DENSE_BATCH", "DENSE_DENSITY", "LARGE_BATCH_BSR"]
+
+#: From this many rows on, block ops scatter to dense and run one GEMM when the stored density is
+#: at least DENSE_DENSITY (measured on 2 cores: our bmm over 32x32 blocks reaches about a fifth of
+#: dense GEMM efficiency at batch 256+, so sparsity below ~80% loses there).
+DENSE_BATCH = 128
+DENSE_DENSITY = 0.2
+#: Batch size from which the BSR op switches from embedding_bag to per-block bmm.
+LARGE_BATCH_BSR = 4
+
+
+def _flatten_pad(x: torch.Tensor, in_features: int, in_padded: int) -> torch.Tensor:
+    x2 = x.reshape(-1, in_features)  # (B, in)
+    if in_padded != in_features:
+        x2 = F.pad(x2, (0, in_padded - in_features))  # (B, C*bw)
+    return x2
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    if y.shape[1] != out_features:
+        y = y[:, :out_features]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+def balanced_block_linear(
+    x: torch.Tensor,
+    values_t: torch.Tensor,
+    col_idx: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+    *,
+    dense_batch: int = DENSE_BATCH,
+    dense_density: float = DENSE_DENSITY,
+) -> torch.Tensor:
+    """``y = x @ W.T + bias`` for a balanced block-sparse ``W``.
+
+    ``values_t (R, k*bw, bh)`` is the kernel layout (:meth:`BalancedBlock.values_t`),
+    ``col_idx (R, k)`` int64 block columns; ``x (..., in_features)``; returns ``(..., out_features)``.
+    From ``dense_batch`` rows on, if the stored density is at least ``dense_density``, the values
+    are scattered into a dense matrix and one GEMM runs instead.
+    """
+    R, kbw, bh = values_t.shape
+    k = col_idx.shape[1]
+    bw = kbw // k if k else 1
+    C = -(-in_features // bw)
+    x2 = _flatten_pad(x, in_features, C * bw)
+    B = x2.shape[0]
+    if k == 0:
+        y = x2.new_zeros(B, R * bh)
+    elif B >= dense_batch and k >= dense_density * C and not torch.compiler.is_exporting():
+        dense = x2.new_zeros(R, C, bw, bh).index_put_(  # (R, C, bw, bh), kept blocks filled
+            (torch.arange(R, device=x2.device).view(R, 1), col_idx), values_t.view(R, k, bw, bh)
+        )
+        y = x2 @ dense.permute(1, 2, 0, 3).reshape(C * bw, R * bh)  # (B, in_p) @ (in_p, out_p)
+    else:
+        g = x2.view(B, C, bw).index_select(1, col_idx.view(-1))  # (B, R*k, bw)
+        g = g.view(B, R, kbw).transpose(0, 1)  # (R, B, k*bw), strided view
+        y = torch.bmm(g, values_t).transpose(0, 1).reshape(B, R * bh)  # (R, B, bh) -> (B, out_p)
+    return _finish(y, x, out_features, bias)
+
+
+def bsr_linear(
+    x: torch.Tensor,
+    values_t: torch.Tensor,
+    crow_indices: torch.Tensor,
+    col_indices: torch.Tensor,
+    row_indices: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+    *,
+    large_batch: int = LARGE_BATCH_BSR,
+    dense_batch: int = DENSE_BATCH,
+    dense_density: float = DENSE_DENSITY,
+) -> torch.Tensor:
+    """``y = x @ W.T + bias`` for a BSR ``W`` with blocks stored transposed: ``values_t (nnzb, bw, bh)``.
+
+    ``crow_indices (R+1,)``, ``col_indices (nnzb,)`` and ``row_indices (nnzb,)`` (block row of every
+    stored block) are int64.
+    """
+    nnzb, bw, bh = values_t.shape
+    R = crow_indices.numel() - 1
+    C = -(-in_features // bw)
+    x2 = _flatten_pad(x, in_features, C * bw)
+    B = x2.shape[0]
+    if nnzb == 0:
+        y = x2.new_zeros(B, R * bh)
+    elif B < large_batch and not torch.compiler.is_exporting():
+        y = _bsr_embedding_bag(x2, values_t, crow_indices, col_indices)
+    elif B >= dense_batch and nnzb >= dense_density * R * C and not torch.compiler.is_exporting():
+        dense = x2.new_zeros(R, C, bw, bh).index_put_((row_indices, col_indices), values_t)  # (R, C, bw, bh)
+        y = x2 @ dense.permute(1, 2, 0, 3).reshape(C * bw, R * bh)  # (B, in_p) @ (in_p, out_p)
+    else:
+        xb = x2.view(B, C, bw).index_select(1, col_indices).transpose(0, 1)  # (nnzb, B, bw)
+        prod = torch.bmm(xb, values_t)  # (nnzb, B, bh)
+        y = x2.new_zeros(R, B, bh).index_add(0, row_indices, prod)  # (R, B, bh)
+        y = y.transpose(0, 1).reshape(B, R * bh)
+    return _finish(y, x, out_features, bias)
+
+
+def _bsr_embedding_bag(x2, values_t, crow_indices, col_indices):
+    """One embedding_bag: table rows are the stored blocks' columns (length bh); bag = (example, block row)."""
+    nnzb, bw, bh = values_t.shape
+    B = x2.shape[0]
+    R = crow_indices.numel() - 1
+    span = torch.arange(bw, device=x2.device)
+    cols = (col_indices.view(nnzb, 1) * bw + span).view(-1)  # (nnzb*bw,) input column of each table row
+    psw = x2.index_select(1, cols).reshape(-1)  # (B*nnzb*bw,)
+    rows = torch.arange(nnzb * bw, device=x2.device)
+    if B > 1:
+        rows = rows.repeat(B)
+    offsets = (crow_indices[:-1].view(1, R) * bw + torch.arange(B, device=x2.device).view(B, 1) * (nnzb * bw)).view(-1)
+    offsets = torch.cat([offsets, offsets.new_full((1,), B * nnzb * bw)])  # end offset: fast fbgemm path
+    y = F.embedding_bag(rows, values_t.reshape(nnzb * bw, bh), offsets, mode="sum", per_sample_weights=psw,
+                        include_last_offset=True)
+    return y.view(B, R * bh)  # (B*R, bh) -> (B, out_p)

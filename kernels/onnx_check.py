@@ -1,0 +1,117 @@
+"""Export a module with ``torch.onnx.export(..., dynamo=True)`` and compare ONNX Runtime with torch.
+
+Used by the kernel tests and the benchmark: the sparse modules must export as standard ONNX ops
+(Gather, MatMul, TopK, ScatterElements, ...; no custom domain) and stock ONNX Runtime
+(``CPUExecutionProvider``) must reproduce torch's outputs on fresh random inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["OnnxCheck", "export_onnx", "ort_session", "onnx_check"]
+
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """Result of :func:`onnx_check`: worst errors over all trials and outputs, and the graph's ops."""
+
+    max_abs: float
+    max_rel: float
+    op_types: tuple[str, ...]
+    custom_ops: tuple[str, ...]
+
+
+def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: int | None = None) -> str:
+    """Export ``module(*args)`` to ``path`` (static shapes, dynamo exporter); return the path."""
+    kwargs = {"dynamo": True, "external_data": False, "verbose": False}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation chatter, not about the model
+        torch.onnx.export(module, tuple(args), str(path), **kwargs)
+    return str(path)
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` on the CPU provider (optionally with ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _graph_ops(model) -> tuple[list[str], list[str]]:
+    ops, custom = [], []
+    graphs = [model.graph] + [f for f in model.functions]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            ops.append(node.op_type)
+            if node.domain not in _STANDARD_DOMAINS and not any(node.domain == f.domain for f in model.functions):
+                custom.append(f"{node.domain}::{node.op_type}")
+            for attr in node.attribute:
+                if attr.type == attr.GRAPH:
+                    graphs.append(attr.g)
+    return ops, custom
+
+
+def _fresh(example: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if example.is_floating_point():
+        return torch.randn(example.shape, generator=gen, dtype=torch.float64).to(example.dtype)
+    return example.clone()
+
+
+def _flat(outputs) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    flat = []
+    for o in outputs:
+        flat.extend(_flat(o))
+    return flat
+
+
+def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, trials: int = 2, seed: int = 0,
+               opset: int | None = None) -> OnnxCheck:
+    """Export ``module`` to a temporary file, run ORT on ``trials`` fresh random inputs of the
+    example shapes/dtypes, and return the worst max-abs / max-rel error against torch.
+
+    Relative error is ``|ort - torch| / max(|torch|, 1e-6 * max|torch| + tiny)`` taken elementwise.
+    """
+    import onnx
+
+    example_inputs = tuple(example_inputs)
+    gen = torch.Generator().manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="onnx_check_") as tmp:
+        path = export_onnx(module, example_inputs, os.path.join(tmp, "model.onnx"), opset)
+        ops, custom = _graph_ops(onnx.load(path))
+        sess = ort_session(path)
+        names = [i.name for i in sess.get_inputs()]
+        max_abs = max_rel = 0.0
+        for _ in range(trials):
+            inputs = tuple(_fresh(x, gen) for x in example_inputs)
+            with torch.no_grad():
+                expected = [t.detach().double().numpy() for t in _flat(module(*inputs))]
+            feed = {n: x.numpy() for n, x in zip(names, inputs)}
+            got = sess.run(None, feed)
+            if len(got) != len(expected):
+                raise RuntimeError(f"ONNX model returned {len(got)} outputs, torch {len(expected)}")
+            for e, o in zip(expected, got):
+                err = np.abs(o.astype(np.float64) - e)
+                scale = np.maximum(np.abs(e), 1e-6 * (np.abs(e).max(initial=0.0)) + 1e-30)
+                max_abs = max(max_abs, float(err.max(initial=0.0)))
+                max_rel = max(max_rel, float((err / scale).max(initial=0.0)))
+    return OnnxCheck(max_abs, max_rel, tuple(sorted(set(ops))), tuple(sorted(set(custom))))

@@ -1,0 +1,237 @@
+"""Sparse recurrent layers: ``SparseLSTM`` and ``SparseGRU``, drop-ins for ``nn.LSTM`` / ``nn.GRU``.
+
+Narang et al., "Block-Sparse Recurrent Neural Networks" (arXiv 1711.02782): the input and
+recurrent weights of every layer and direction are block sparse. Each weight becomes a
+:class:`~compressor.kernels.modules.BlockSparseLinear` (or stays a dense ``nn.Linear`` when no
+mask is given for it). The input projection ``W_ih x + b_ih`` runs once for the whole sequence
+(a large-batch product), the recurrent product ``W_hh h + b_hh`` once per time step; gate math
+follows the PyTorch documentation of ``nn.LSTM`` / ``nn.GRU`` (gate order i, f, g, o and r, z, n;
+GRU's ``b_hn`` inside ``r * (W_hn h + b_hn)``), so with nothing pruned the results equal
+``nn.LSTM`` / ``nn.GRU`` up to float rounding.
+
+``forward(input, hx)`` has ``nn.LSTM``'s signature and shapes (batch_first, bidirectional,
+multi-layer, unbatched input, inter-layer dropout in training mode). ``step(x_t, state)`` is the
+streaming API for unidirectional models: one time step through all layers,
+``x_t (B, input_size) -> y_t (B, hidden_size)``. ``step_module()`` wraps it as an
+``nn.Module`` with tensor-only inputs/outputs for ONNX export. ``proj_size`` is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .modules import BlockSparseLinear
+
+__all__ = ["SparseLSTM", "SparseGRU", "RNNStep"]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+class _SparseRNN(nn.Module):
+    _base: type[nn.RNNBase]
+    _gates: int
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool,
+                 bidirectional: bool, dropout: float, cells: dict[str, nn.Module]):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional, self.dropout = bias, batch_first, bidirectional, dropout
+        self.num_directions = 2 if bidirectional else 1
+        self.proj = nn.ModuleDict(cells)  # "ih_l0", "hh_l0", "ih_l0_reverse", ...
+
+    @classmethod
+    def from_dense(cls, rnn: nn.RNNBase, masks: dict[str, torch.Tensor] | None = None, block=(32, 32),
+                   layout: str = "auto"):
+        """Build from an ``nn.LSTM`` / ``nn.GRU``; ``masks`` maps weight names (``weight_hh_l0``,
+        ``weight_ih_l1_reverse``, ...) to bool masks of whole ``block`` blocks. Weights without a mask
+        stay dense. Deterministic (a loader can rebuild from dense masked weights + masks)."""
+        if not isinstance(rnn, cls._base):
+            raise TypeError(f"rnn must be an nn.{cls._base.__name__}, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError(f"rnn.proj_size={rnn.proj_size} is not supported (only proj_size=0)")
+        masks = dict(masks or {})
+        names = [n for n in rnn._flat_weights_names if n.startswith("weight_")]
+        unknown = sorted(set(masks) - set(names))
+        if unknown:
+            raise ValueError(f"masks has unknown weight names {unknown}; valid names: {names}")
+        cells = {}
+        for name in names:
+            part = name[len("weight_"):]  # "ih_l0", "hh_l1_reverse"
+            weight = getattr(rnn, name).detach()
+            bias = getattr(rnn, "bias_" + part).detach() if rnn.bias else None
+            lin = _linear(weight, bias)
+            cells[part] = lin if masks.get(name) is None else BlockSparseLinear.from_dense(lin, masks[name], block, layout)
+        return cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first, rnn.bidirectional,
+                   float(rnn.dropout), cells)
+
+    # -- dense round trip -------------------------------------------------------------------
+    def to_dense(self) -> nn.RNNBase:
+        """An ``nn.LSTM`` / ``nn.GRU`` with the (masked) weights of this module."""
+        p = next(self.parameters())
+        rnn = self._base(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                         dropout=self.dropout, bidirectional=self.bidirectional, dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            for part, mod in self.proj.items():
+                w = mod.to_dense_weight() if isinstance(mod, BlockSparseLinear) else mod.weight
+                getattr(rnn, "weight_" + part).copy_(w)
+                if self.bias:
+                    getattr(rnn, "bias_" + part).copy_(mod.bias)
+        return rnn
+
+    # -- full sequence ----------------------------------------------------------------------
+    def _zeros(self, B: int, ref: torch.Tensor) -> torch.Tensor:
+        return ref.new_zeros(self.num_layers * self.num_directions, B, self.hidden_size)
+
+    def forward(self, input: torch.Tensor, hx=None):
+        """Same inputs and outputs as ``nn.LSTM`` / ``nn.GRU`` (``proj_size=0``)."""
+        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must be (T, B, {self.input_size}), (B, T, {self.input_size}) or "
+                             f"(T, {self.input_size}), got shape {tuple(input.shape)}")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)  # (T, B, in)
+        state = self._init_state(hx, x, unbatched)
+        finals: list = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                sfx = f"l{layer}" + ("_reverse" if d else "")
+                xproj = self.proj["ih_" + sfx](x)  # (T, B, G*H): whole sequence at once
+                out, last = self._run_direction(xproj, self.proj["hh_" + sfx], self._layer_state(state, layer * self.num_directions + d), reverse=bool(d))
+                outs.append(out)
+                finals.append(last)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        out = x.squeeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
+        return out, self._pack_final(finals, unbatched)
+
+    def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
+        T = xproj.shape[0]
+        hs = []
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            state = self._cell(xproj[t], hh, state)
+            hs.append(self._hidden(state))
+        if reverse:
+            hs.reverse()
+        return torch.stack(hs, dim=0), state  # (T, B, H)
+
+    # -- streaming --------------------------------------------------------------------------
+    def step(self, x_t: torch.Tensor, state=None):
+        """One time step through all layers: ``x_t (B, input_size)`` -> ``(y_t (B, hidden), state)``.
+
+        ``state`` is what ``forward`` returns as its second output (``(h, c)`` for LSTM, ``h`` for
+        GRU, each ``(num_layers, B, hidden)``), or None for zeros. Unidirectional models only.
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional model (bidirectional=False)")
+        if x_t.dim() != 2 or x_t.shape[1] != self.input_size:
+            raise ValueError(f"x_t must be (B, {self.input_size}), got shape {tuple(x_t.shape)}")
+        state = self._init_state(state, x_t.unsqueeze(0), False)
+        finals = []
+        x = x_t
+        for layer in range(self.num_layers):
+            sfx = f"l{layer}"
+            s = self._cell(self.proj["ih_" + sfx](x), self.proj["hh_" + sfx], self._layer_state(state, layer))
+            finals.append(s)
+            x = self._hidden(s)
+        return x, self._pack_final(finals, False)
+
+    def step_module(self) -> "RNNStep":
+        """``nn.Module`` with tensor inputs/outputs around :meth:`step` (for ONNX export)."""
+        return RNNStep(self)
+
+
+class SparseLSTM(_SparseRNN):
+    """Block-sparse drop-in for ``nn.LSTM`` (build with :meth:`from_dense`)."""
+
+    _base = nn.LSTM
+    _gates = 4
+
+    def _init_state(self, hx, x, unbatched):
+        if hx is None:
+            z = self._zeros(x.shape[1], x)
+            return z, z
+        h, c = hx
+        return (h.unsqueeze(1), c.unsqueeze(1)) if unbatched else (h, c)
+
+    @staticmethod
+    def _layer_state(state, i):
+        return state[0][i], state[1][i]
+
+    @staticmethod
+    def _cell(xproj_t, hh, state):
+        h, c = state
+        gates = xproj_t + hh(h)  # (B, 4H)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    @staticmethod
+    def _hidden(state):
+        return state[0]
+
+    @staticmethod
+    def _pack_final(finals, unbatched):
+        h = torch.stack([s[0] for s in finals], dim=0)  # (L*D, B, H)
+        c = torch.stack([s[1] for s in finals], dim=0)
+        return (h.squeeze(1), c.squeeze(1)) if unbatched else (h, c)
+
+
+class SparseGRU(_SparseRNN):
+    """Block-sparse drop-in for ``nn.GRU`` (build with :meth:`from_dense`)."""
+
+    _base = nn.GRU
+    _gates = 3
+
+    def _init_state(self, hx, x, unbatched):
+        if hx is None:
+            return self._zeros(x.shape[1], x)
+        return hx.unsqueeze(1) if unbatched else hx
+
+    @staticmethod
+    def _layer_state(state, i):
+        return state[i]
+
+    @staticmethod
+    def _cell(xproj_t, hh, h):
+        hp = hh(h)  # (B, 3H), includes b_hh
+        xr, xz, xn = xproj_t.chunk(3, dim=1)
+        hr, hz, hn = hp.chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return n + z * (h - n)  # (1 - z) * n + z * h
+
+    @staticmethod
+    def _hidden(state):
+        return state
+
+    @staticmethod
+    def _pack_final(finals, unbatched):
+        h = torch.stack(finals, dim=0)  # (L*D, B, H)
+        return h.squeeze(1) if unbatched else h
+
+
+class RNNStep(nn.Module):
+    """Tensor-only wrapper of ``rnn.step``: LSTM ``(x_t, h, c) -> (y_t, h, c)``, GRU ``(x_t, h) -> (y_t, h)``."""
+
+    def __init__(self, rnn: _SparseRNN):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x_t: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None = None):
+        if isinstance(self.rnn, SparseLSTM):
+            y, (h2, c2) = self.rnn.step(x_t, (h, c))
+            return y, h2, c2
+        y, h2 = self.rnn.step(x_t, h)
+        return y, h2

@@ -1,0 +1,35 @@
+"""Smoke test of ``compress bench kernels`` on tiny sizes (benchmarks are not tests: no timing asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from compressor.bench import kernels as bench
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_bench_kernels_tiny(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "k.json"
+    args = parser.parse_args([
+        "--shape", "96x80", "--block", "16", "--sparsities", "0.5", "--batches", "1,3", "--rnn-hidden", "32",
+        "--rnn-layers", "2", "--gated-shape", "64x48", "--gated-block", "16", "--keeps", "0.5", "--repeats", "2",
+        "--warmup", "1", "--copies", "1", "--json", str(out),
+    ])
+    assert bench.run(args) == 0
+    payload = json.loads(out.read_text())
+    sections = {r["section"] for r in payload["rows"]}
+    assert sections == {"linear", "onnx", "rnn", "gated"}
+    assert all(r["median_us"] > 0 for r in payload["rows"])
+    assert "kernels: linear" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_section(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--sections", "linear,gpu", "--json", str(tmp_path / "x.json")])) == 2

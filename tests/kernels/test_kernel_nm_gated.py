@@ -1,0 +1,169 @@
+"""NMLinear and GatedBlockLinear against independent dense references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from compressor.kernels import GatedBlockLinear, NMLinear, kept_blocks, nm_linear, select_blocks
+
+# -- N:M -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,m,inp", [(2, 4, 30), (4, 8, 37), (1, 4, 16)])
+@pytest.mark.parametrize("batch", [1, 2, 9])  # small batch gathers; >= LARGE_BATCH_NM scatters to dense
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nm_linear_matches_dense(n, m, inp, batch, dtype, nm_mask, dense_ref, tol):
+    lin = nn.Linear(inp, 11).to(dtype)
+    mask = nm_mask(lin.weight.detach(), n, m)
+    mod = NMLinear.from_dense(lin, mask, n, m)
+    x = torch.randn(batch, inp).to(dtype)
+    with torch.no_grad():
+        got = mod(x)
+        ref_dtype = torch.float32 if dtype == torch.bfloat16 else dtype  # bf16: fp32 reference
+        want = dense_ref(x.to(ref_dtype), lin.weight.to(ref_dtype), mask, lin.bias.to(ref_dtype)).to(dtype)
+    assert_close(got, want, **tol(dtype))
+    assert torch.equal(mod.to_dense_weight(), lin.weight.detach() * mask)
+    assert torch.equal(mod.mask(), mask)
+
+
+@pytest.mark.parametrize("batch", [2, 9])
+def test_nm_gradients(batch, nm_mask, dense_ref):
+    lin = nn.Linear(21, 7).double()
+    mask = nm_mask(lin.weight.detach(), 2, 4)
+    mod = NMLinear.from_dense(lin, mask, 2, 4)
+    x = torch.randn(batch, 21, dtype=torch.float64, requires_grad=True)
+    mod(x).pow(2).sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    w = lin.weight.detach().clone().requires_grad_(True)
+    dense_ref(x, w, mask, lin.bias.detach()).pow(2).sum().backward()
+    assert_close(gx, x.grad)
+    with torch.no_grad():
+        mod.values.copy_(mod.values.grad)
+    assert_close(mod.to_dense_weight(), w.grad * mask)
+
+
+def test_nm_functional_and_errors(nm_mask):
+    w = torch.randn(5, 8)
+    mask = nm_mask(w, 2, 4)
+    mod = NMLinear.from_dense(nn.Linear(8, 5), mask)
+    x = torch.randn(3, 8)
+    y = nm_linear(x, mod.values, mod.columns, None, 8, 8, large_batch=100)
+    assert_close(y, F.linear(x, mod.to_dense_weight()))
+    with pytest.raises(ValueError, match="not 2:4"):
+        NMLinear.from_dense(nn.Linear(8, 5), torch.ones(5, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="last dimension 8"):
+        mod(torch.randn(2, 9))
+
+
+# -- gated block linear ----------------------------------------------------------------------------
+
+
+def _reference(x, weight, bias, gate, block, keep, mode):
+    """Independent reference: per example a dense gate matrix G (out, in) with g at kept blocks."""
+    bh, bw = block
+    out, inp = weight.shape
+    Ro, Ci = math.ceil(out / bh), math.ceil(inp / bw)
+    K = Ro * Ci
+    s = F.softplus(gate(x))  # (B, K)
+    ys = []
+    for b in range(x.shape[0]):
+        grid = torch.zeros(Ro, Ci, dtype=x.dtype)
+        sb = s[b].view(Ro, Ci)
+        if mode == "global":
+            k = math.ceil(keep * K)
+            kept = torch.zeros(K, dtype=torch.bool)
+            kept[torch.argsort(s[b], descending=True)[:k]] = True
+            kept = kept.view(Ro, Ci)
+        else:
+            k = math.ceil(keep * Ci)
+            kept = torch.zeros(Ro, Ci, dtype=torch.bool)
+            for j in range(Ro):
+                kept[j, torch.argsort(sb[j], descending=True)[:k]] = True
+        total = sb[kept].sum()
+        grid = torch.where(kept, sb * K / total, grid)
+        gfull = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:out, :inp]
+        ys.append(F.linear(x[b], weight * gfull, bias))
+    return torch.stack(ys)
+
+
+@pytest.mark.parametrize("mode", ["global", "row"])
+@pytest.mark.parametrize("path", ["ebag", "bmm"])
+@pytest.mark.parametrize("shape,block,keep", [((45, 70), (16, 32), 0.5), ((64, 48), (16, 16), 0.25), ((30, 20), (8, 8), 1.0)])
+def test_gated_matches_reference(mode, path, shape, block, keep):
+    out, inp = shape
+    lin = nn.Linear(inp, out).double()
+    mod = GatedBlockLinear.from_dense(lin, block, keep, mode)
+    x = torch.randn(5, inp, dtype=torch.float64)
+    want = _reference(x, lin.weight, lin.bias, mod.gate, block, keep, mode)
+    assert_close(mod(x, path=path), want)
+    assert torch.equal(mod.to_dense_weight(), lin.weight.detach())
+
+
+@pytest.mark.parametrize("mode", ["global", "row"])
+@pytest.mark.parametrize("path", ["ebag", "bmm"])
+def test_gated_gradients(mode, path):
+    lin = nn.Linear(40, 36).double()
+    mod = GatedBlockLinear.from_dense(lin, (8, 16), 0.5, mode)
+    x = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 36, dtype=torch.float64)
+    (mod(x, path=path) * up).sum().backward()
+    got = {"x": x.grad.clone(), "gate_w": mod.gate.weight.grad.clone(), "gate_b": mod.gate.bias.grad.clone(),
+           "bias": mod.bias.grad.clone()}
+    assert mod.blocks.grad is not None and float(mod.gate.weight.grad.abs().sum()) > 0
+    x.grad = None
+    w = lin.weight.detach().clone().requires_grad_(True)
+    gate = nn.Linear(40, mod.gate.out_features).double()
+    gate.load_state_dict(mod.gate.state_dict())
+    b = lin.bias.detach().clone().requires_grad_(True)
+    (_reference(x, w, b, gate, (8, 16), 0.5, mode) * up).sum().backward()
+    assert_close(got["x"], x.grad)
+    assert_close(got["gate_w"], gate.weight.grad)
+    assert_close(got["gate_b"], gate.bias.grad)
+    assert_close(got["bias"], b.grad)
+    with torch.no_grad():
+        mod.blocks.copy_(mod.blocks.grad)
+    assert_close(mod.to_dense_weight(), w.grad)
+
+
+def test_gated_float32_and_bf16():
+    lin = nn.Linear(70, 45)
+    mod = GatedBlockLinear.from_dense(lin, (16, 32), 0.5)
+    x = torch.randn(3, 70)
+    with torch.no_grad():
+        want = _reference(x, lin.weight, lin.bias, mod.gate, (16, 32), 0.5, "global")
+        assert_close(mod(x), want, atol=2e-5, rtol=1e-4)
+        mb = GatedBlockLinear.from_dense(lin.to(torch.bfloat16), (16, 32), 0.5)
+        assert mb(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_select_blocks_row_mode_layout():
+    scores = torch.rand(2, 12)
+    idx, g = select_blocks(scores, 2, (3, 4), "row")
+    assert idx.shape == (2, 6)
+    assert torch.equal(idx.div(4, rounding_mode="floor"), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2))
+    kept = torch.gather(scores, 1, idx)
+    assert_close(g, kept * 12 / kept.sum(1, keepdim=True))
+
+
+def test_gated_deterministic_and_errors():
+    lin = nn.Linear(32, 32)
+    a = GatedBlockLinear.from_dense(lin, 8, 0.5)
+    b = GatedBlockLinear.from_dense(lin, 8, 0.5)
+    for (k1, v1), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert kept_blocks(0.5, (4, 4), "global") == 8 and kept_blocks(0.3, (4, 4), "row") == 2
+    with pytest.raises(ValueError, match="keep"):
+        GatedBlockLinear.from_dense(lin, 8, 0.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        GatedBlockLinear.from_dense(lin, 8, 0.5, mode="column")
+    with pytest.raises(ValueError, match="gate must be"):
+        GatedBlockLinear.from_dense(lin, 8, 0.5, gate=nn.Linear(32, 3))
+    with pytest.raises(ValueError, match="path must be"):
+        a(torch.randn(1, 32), path="triton")
