@@ -29,9 +29,10 @@ import torch.nn as nn
 from .errors import ArtifactError
 from .loading import apply_state_dict, rebuild_model
 from .masks import set_mask
+from .swaps import replay
 from .report import Report
 
-__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "atomic_directory", "save_artifacts", "load", "load_masks", "read_report"]
+__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "atomic_directory", "save_artifacts", "load", "load_masks", "read_report", "read_metadata"]
 
 FORMAT_VERSION = 1
 MASK_PREFIX = "__mask__."
@@ -101,6 +102,8 @@ def save_artifacts(
     report: Report,
     force: bool = False,
     extra: dict[str, Callable[[Path], None]] | None = None,
+    replacements: list[dict] | None = None,
+    inputs: list[dict] | None = None,
 ) -> Path:
     """Write an artifact directory atomically. ``extra`` maps file names to writer callables."""
     from safetensors.torch import save_file
@@ -110,14 +113,15 @@ def save_artifacts(
         state, tied = _dedupe_state(model)
         for name, mask in masks.items():
             state[MASK_PREFIX + name] = mask.detach().to(torch.bool).contiguous().cpu()
-        meta = {"format": FORMAT_VERSION, "source": source, "tied": tied, "patterns": patterns}
+        meta = {"format": FORMAT_VERSION, "source": source, "tied": tied, "patterns": patterns,
+                "replacements": list(replacements or []), "inputs": list(inputs or [])}
         save_file(state, str(tmp / WEIGHTS), metadata={"compressor": json.dumps(meta)})
         (tmp / "recipe.resolved.yaml").write_text(recipe_yaml, encoding="utf-8")
-        (tmp / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
         if source.get("kind") == "pickle":
             torch.save(model, tmp / "module.pt")
         for name, writer in (extra or {}).items():
-            writer(tmp / name)
+            writer(tmp / name)  # may add figures to the report (ONNX errors), so it is written last
+        (tmp / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
     return out
 
 
@@ -149,7 +153,8 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
 
     Its outputs equal those of the in-memory model the pipeline produced. With
     ``with_masks`` the masks are re-installed as parametrizations (for further fine-tuning);
-    otherwise the model is plain, with the pruned weights stored as zeros.
+    otherwise the model is plain, with the pruned weights stored as zeros. Sparse kernel
+    modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and masks.
     """
     directory = Path(directory)
     meta, state = _read(directory)
@@ -158,11 +163,20 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
         state[alias] = state[kept]
     model = rebuild_model(meta["source"], allow_pickle=allow_pickle, directory=directory)
     apply_state_dict(model, state, str(directory / WEIGHTS))
+    replacements = meta.get("replacements", [])
     if with_masks:
+        if replacements:
+            raise ArtifactError(f"{directory} has sparse kernel modules installed; load it without with_masks")
         for name, mask in masks.items():
             set_mask(model, name, mask)
+    replay(model, replacements, masks)
     model.eval()
     return model
+
+
+def read_metadata(directory: str | Path) -> dict:
+    """The artifact's metadata record (source, patterns, replacements, example input specs, ...)."""
+    return _read(Path(directory))[0]
 
 
 def read_report(directory: str | Path) -> Report:

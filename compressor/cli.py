@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=N -m compressor --recipe R ...   (training passes run data-parallel)
     compress validate R [R ...]      check recipes without running them (--list: the passes)
     compress report DIR [--json]     the per-layer report of an artifact directory
-    compress bench NAME [...]        benchmarks (solvers, kernels, ...)
+    compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
+    compress bench NAME [...]        benchmarks (solvers, kernels, quality)
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("validate", "report", "bench")
+SUBCOMMANDS = ("validate", "report", "bench", "export")
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,32 @@ def _report_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="OTHER_DIR",
                    help="show this artifact (A) and OTHER_DIR (B) side by side, per layer and with B/A ratios")
     return p
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress export", description="Export an artifact to ONNX, verified in ONNX Runtime.")
+    p.add_argument("directory")
+    p.add_argument("--no-step", action="store_true", help="skip the single-step graphs of recurrent modules")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest error relative to the output scale")
+    p.add_argument("--force", action="store_true", help="replace existing .onnx files")
+    return p
+
+
+def _cmd_export(args) -> int:
+    from .artifacts import load, read_metadata
+    from .errors import ArtifactError
+    from .export import export_model
+
+    meta = read_metadata(args.directory)
+    existing = sorted(p.name for p in Path(args.directory).glob("*.onnx"))
+    if existing and not args.force:
+        raise ArtifactError(f"{args.directory} already has {', '.join(existing)}; pass --force to replace")
+    results = export_model(load(args.directory), meta.get("inputs", []), args.directory, step=not args.no_step,
+                           tolerance=args.tolerance)
+    for r in results.values():
+        print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "
+              f"(ONNX Runtime vs torch, {r['trials']} fresh inputs)")
+    return 0
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -177,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser}
-    handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench}
+    parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser, "export": _export_parser}
+    handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench, "export": _cmd_export}
     if command is None:
         args = _run_parser().parse_args(argv)
         handler = _cmd_run

@@ -27,6 +27,8 @@ from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row
+from .export import export_model, input_specs
+from .swaps import dense_weight, densify
 from .targeting import resolve_targets
 
 __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "output_error"]
@@ -41,6 +43,8 @@ class LayerRecord:
     target_sparsity: float = 0.0
     passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kernel: str | None = None
+    speedup: float | None = None
 
 
 class CompressionState:
@@ -66,6 +70,9 @@ class CompressionState:
         self.pass_log: list[dict] = []
         self.resume: dict | None = None
         self._tasks: dict = {}
+        #: sparse kernel modules installed (replayed by compressor.load) and the masks they baked in
+        self.replacements: list[dict] = []
+        self.baked_masks: dict[str, torch.Tensor] = {}
 
     def task(self, config):
         """The task a training pass asks for (built once per config)."""
@@ -270,7 +277,7 @@ class Pipeline:
                     state.save_checkpoint()
                 progress.advance(task)
 
-        final_masks = masklib.finalize(model)
+        final_masks = {**state.baked_masks, **masklib.finalize(model)}
         if reference is not None:
             metrics["output_rel_error"] = {"after": output_error(reference, model, spec.example_inputs)}
         if spec.evaluate is not None:
@@ -278,10 +285,12 @@ class Pipeline:
                 for k, v in spec.evaluate(model).items():
                     metrics.setdefault(k, {})["after"] = v
 
-        rows = [
-            layer_row(t, self._weight(model, t), r.pattern, r.target_sparsity, r.passes, r.notes)
-            for t, r in ((state.targets[n], state.layers[n]) for n in state.targets)
-        ]
+        rows = []
+        for name, t in state.targets.items():
+            r = state.layers[name]
+            row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes, r.notes)
+            row.kernel, row.speedup = r.kernel, r.speedup
+            rows.append(row)
         report = Report(
             model=spec.description or spec.source.get("kind", "model"),
             capture={"method": captured.method, "attempts": [list(a) for a in captured.attempts]},
@@ -295,7 +304,22 @@ class Pipeline:
         )
         if out is not None and info.is_main:
             patterns = {n: r.pattern.to_dict() for n, r in state.layers.items()}
-            save_artifacts(out, model, final_masks, spec.source, patterns, self.recipe.to_yaml(), report, force)
+            specs = input_specs(spec.example_inputs)
+            extra = {}
+            if self.recipe.export.onnx:
+                ex = self.recipe.export
+
+                def write_onnx(path: Path) -> None:
+                    results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance)
+                    report.metrics["onnx"] = {k: v["max_rel_error"] for k, v in results.items()}
+                    for name, r in results.items():
+                        console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
+                                      f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
+
+                extra["model.onnx"] = write_onnx
+            save_artifacts(out, densify(model) if state.replacements else model, final_masks, spec.source, patterns,
+                           self.recipe.to_yaml(), report, force, extra=extra, replacements=state.replacements,
+                           inputs=specs)
             ckptlib.remove_work_dir(work_dir)
         return PipelineResult(model, final_masks, report, out if info.is_main else None)
 
@@ -303,8 +327,11 @@ class Pipeline:
     def _merge(state: CompressionState, name: str, result, seconds: float) -> None:
         for target, info in result.layers.items():
             record = state.layers[target]
-            record.pattern = info["pattern"]
-            record.target_sparsity = info["target_sparsity"]
+            if "pattern" in info:
+                record.pattern = info["pattern"]
+                record.target_sparsity = info["target_sparsity"]
+            record.kernel = info.get("kernel", record.kernel)
+            record.speedup = info.get("speedup", record.speedup)
             record.passes.append(name)
             record.notes += info.get("notes", [])
         for target, reason in result.skipped.items():
@@ -314,6 +341,3 @@ class Pipeline:
             "notes": result.notes, "metrics": result.metrics, "seconds": round(seconds, 3),
         })
 
-    @staticmethod
-    def _weight(model: nn.Module, target: Target) -> torch.Tensor:
-        return getattr(model.get_submodule(target.module_path), target.param_name).detach()

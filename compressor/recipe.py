@@ -12,6 +12,8 @@ passes:
     targets: ["re:rnn\\..*"]
     block: [16, 16]
     sparsity: 0.8
+export:
+  onnx: true            # model.onnx (+ a step graph per LSTM/GRU), verified in ONNX Runtime
 ```
 
 :func:`load_recipe` validates everything it can without a model: the YAML itself, unknown
@@ -33,10 +35,10 @@ from .config import config_to_dict, parse_config
 from .errors import RecipeError
 from .passes import PassConfig, get_pass
 
-__all__ = ["Recipe", "PassEntry", "ModelSection", "load_recipe", "parse_recipe", "parse_input_spec", "RECIPE_VERSION"]
+__all__ = ["Recipe", "PassEntry", "ModelSection", "ExportSection", "load_recipe", "parse_recipe", "parse_input_spec", "RECIPE_VERSION"]
 
 RECIPE_VERSION = 1
-_TOP_KEYS = ("version", "model", "seed", "passes")
+_TOP_KEYS = ("version", "model", "seed", "passes", "export")
 _INPUT_SPEC = re.compile(r"^(\d+(?:x\d+)*)(?::(float32|float64|float16|bfloat16|int64|int32|bool))?$")
 
 
@@ -64,6 +66,20 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class ExportSection:
+    """``onnx``: write model.onnx into the artifact (verified in ONNX Runtime); ``step``: also a
+    single-step graph per LSTM/GRU; ``tolerance``: largest allowed error relative to the output scale."""
+
+    onnx: bool = False
+    step: bool = True
+    tolerance: float = 1e-4
+
+    def validate(self, path: str) -> None:
+        if not self.tolerance > 0:
+            raise RecipeError(f"{path}.tolerance", f"{self.tolerance} is invalid; must be > 0")
+
+
+@dataclass(frozen=True)
 class PassEntry:
     """One step of a recipe: the pass's registered name and its validated config."""
 
@@ -83,6 +99,7 @@ class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     seed: int = 0
     source: str | None = None
+    export: ExportSection = field(default_factory=ExportSection)
 
     def to_dict(self) -> dict:
         """The resolved recipe: every default filled in (written as recipe.resolved.yaml)."""
@@ -91,6 +108,7 @@ class Recipe:
             "model": config_to_dict(self.model),
             "seed": self.seed,
             "passes": [p.to_dict() for p in self.passes],
+            "export": config_to_dict(self.export),
         }
 
     def to_yaml(self) -> str:
@@ -126,7 +144,8 @@ def parse_recipe(data: Any, source: str | None = None) -> Recipe:
             raise RecipeError(f"{path}.pass", "missing: every step names its pass, e.g. 'pass: block_prune'")
         spec = get_pass(raw["pass"], f"{path}.pass")
         entries.append(PassEntry(spec.name, parse_config(spec.config_cls, raw, path, skip=("pass",))))
-    return Recipe(tuple(entries), RECIPE_VERSION, model, seed, source)
+    export = parse_config(ExportSection, data.get("export"), "export")
+    return Recipe(tuple(entries), RECIPE_VERSION, model, seed, source, export)
 
 
 def load_recipe(path: str | Path) -> Recipe:

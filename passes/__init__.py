@@ -21,6 +21,7 @@ PASS_MODULES = (
     "group_lasso",
     "finetune",
     "nm_convert",
+    "swap_kernels",
 )
 
 _loaded = False

@@ -1,0 +1,144 @@
+"""Swap in sparse kernel modules where they are really faster, and say so per layer.
+
+For every selected layer whose pattern has a kernel (block and balanced block -> 
+:class:`~compressor.kernels.BlockSparseLinear`, N:M -> :class:`~compressor.kernels.NMLinear`,
+block-pruned ``nn.LSTM``/``nn.GRU`` -> :class:`~compressor.kernels.SparseLSTM`/``SparseGRU``) the
+pass builds the sparse module, times it against the dense module on the layer's own shape
+(interleaved, medians, rotating inputs), and installs it only if it is at least
+``min_speedup`` times faster. Every decision, with the measured speed-up, goes to the report;
+``force: true`` installs regardless (the report still shows the measured ratio).
+
+``measure``: recurrent modules are timed on what the model calls (``forward``: a sequence of
+``seq_len`` steps at ``batch``) or on one streaming ``step``. ``backend``: ``torch`` (CPU
+reference kernels, also on GPU), ``triton`` (GPU kernels), ``auto`` (triton on CUDA when
+available, torch otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import masks as masklib
+from ..bench.common import time_interleaved
+from ..errors import CompressorError, RecipeError
+from ..patterns import NM, Block
+from ..swaps import build_replacement, set_module
+from .registry import PassConfig, PassResult, register_pass
+
+__all__ = ["SwapKernelsConfig", "swap_kernels"]
+
+
+@dataclass(frozen=True)
+class SwapKernelsConfig(PassConfig):
+    """Where and when to install sparse kernels (see the module docstring)."""
+
+    backend: Literal["auto", "torch", "triton"] = "auto"
+    batch: int = 1
+    seq_len: int = 32
+    measure: Literal["forward", "step"] = "forward"
+    min_speedup: float = 1.05
+    repeats: int = 20
+    force: bool = False
+
+    def validate(self, path: str) -> None:
+        for key in ("batch", "seq_len", "repeats"):
+            if getattr(self, key) < 1:
+                raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= 1")
+        if self.min_speedup <= 0:
+            raise RecipeError(f"{path}.min_speedup", f"{self.min_speedup} is invalid; must be > 0")
+
+
+def _backend(config: SwapKernelsConfig) -> str:
+    if config.backend == "triton":
+        raise CompressorError("swap_kernels backend 'triton' is not available yet (the GPU kernels are a separate "
+                              "issue); use backend: torch or auto")
+    return "torch"
+
+
+def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
+    """(replacement kind, options, reason if none) for one module and its targets."""
+    module = state.model.get_submodule(module_path)
+    patterns = {t.name: state.layers[t.name].pattern for t in targets}
+    if any(t.aliases for t in targets):
+        return None, {}, "tied weight: left dense"
+    if isinstance(module, nn.Linear):
+        p = patterns[targets[0].name]
+        if isinstance(p, Block):
+            return "block_sparse_linear", {"block": [p.h, p.w]}, ""
+        if isinstance(p, NM):
+            return "nm_linear", {"n": p.n, "m": p.m}, ""
+        return None, {}, f"no sparse kernel for pattern '{p.describe()}'"
+    if isinstance(module, (nn.LSTM, nn.GRU)) and not getattr(module, "proj_size", 0):
+        blocks = {(p.h, p.w) for p in patterns.values() if isinstance(p, Block)}
+        others = [p.describe() for p in patterns.values() if not isinstance(p, Block) and p.kind != "dense"]
+        if others or len(blocks) != 1:
+            return None, {}, "recurrent kernels need every pruned weight in one block pattern"
+        kind = "sparse_lstm" if isinstance(module, nn.LSTM) else "sparse_gru"
+        return kind, {"block": list(blocks.pop())}, ""
+    return None, {}, f"no sparse kernel for {type(module).__name__}"
+
+
+def _timers(dense: nn.Module, sparse: nn.Module, config: SwapKernelsConfig, recurrent: bool):
+    copies = 4
+    if not recurrent:
+        w, b = dense.weight.detach(), None if dense.bias is None else dense.bias.detach()
+        xs = [torch.randn(config.batch, dense.in_features, dtype=w.dtype) for _ in range(copies)]
+        return {"dense": lambda r: F.linear(xs[r % copies], w, b), "sparse": lambda r: sparse(xs[r % copies])}
+    dtype = next(dense.parameters()).dtype
+    if config.measure == "step":
+        baseline = type(sparse).from_dense(dense, {})  # dense projections, one step at a time (like LSTMCell)
+        xs = [torch.randn(config.batch, dense.input_size, dtype=dtype) for _ in range(copies)]
+        return {"dense": lambda r: baseline.step(xs[r % copies]), "sparse": lambda r: sparse.step(xs[r % copies])}
+    shape = (config.batch, config.seq_len, dense.input_size) if dense.batch_first else (config.seq_len, config.batch, dense.input_size)
+    xs = [torch.randn(shape, dtype=dtype) for _ in range(copies)]
+    return {"dense": lambda r: dense(xs[r % copies]), "sparse": lambda r: sparse(xs[r % copies])}
+
+
+@register_pass("swap_kernels", SwapKernelsConfig, kinds=("linear", "lstm", "gru"))
+@torch.no_grad()
+def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
+    """Install sparse kernel modules where measured faster; report every decision."""
+    _backend(config)
+    result = PassResult()
+    by_module: dict[str, list] = {}
+    for t in targets:
+        if state.layers[t.name].pattern.kind != "dense":
+            by_module.setdefault(t.module_path, []).append(t)
+    for t in targets:
+        if t.module_path not in by_module:
+            result.skipped[t.name] = "dense layer: nothing to swap"
+    for module_path, group in by_module.items():
+        kind, options, reason = _plan(state, module_path, group)
+        if kind is None:
+            for t in group:
+                result.layers[t.name] = {"kernel": f"dense ({reason})"}
+            continue
+        module = state.model.get_submodule(module_path)
+        was_training = module.training
+        module.eval()
+        baked = masklib.finalize(module)  # dense module with zeros where pruned; masks kept below
+        sparse = build_replacement(module, kind, baked, options).eval()
+        timing = time_interleaved(_timers(module, sparse, config, kind.startswith("sparse_")), repeats=config.repeats)
+        speedup = timing["dense"]["median_s"] / timing["sparse"]["median_s"]
+        install = config.force or speedup >= config.min_speedup
+        if install:
+            set_module(state.model, module_path, sparse.train(was_training))
+            state.replacements.append({"module": module_path, "kind": kind, "options": options})
+            for name, mask in baked.items():
+                state.baked_masks[f"{module_path}.{name}"] = mask
+        else:
+            for name, mask in baked.items():  # keep the masks as they were
+                masklib.set_mask(module, name, mask)
+            module.train(was_training)
+        label = kind if install else f"dense (declined {kind}: {speedup:.2f}x < {config.min_speedup}x)"
+        for t in group:
+            result.layers[t.name] = {"kernel": label, "speedup": round(speedup, 3)}
+        result.metrics[module_path] = {"kind": kind, "installed": install, "speedup": speedup,
+                                       "dense_ms": timing["dense"]["median_s"] * 1e3,
+                                       "sparse_ms": timing["sparse"]["median_s"] * 1e3}
+    return result

@@ -1,0 +1,166 @@
+"""swap_kernels decisions and replay; ONNX export checked in a real ONNX Runtime session."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from rich.console import Console
+
+import compressor
+from compressor.errors import CompressorError, RecipeError
+from compressor.export import ExportError, export_model, input_specs
+from compressor.kernels import BlockSparseLinear, NMLinear, SparseLSTM
+from compressor.loading import ModelSpec
+from compressor.recipe import parse_recipe
+
+QUIET = Console(file=io.StringIO())
+
+
+def run(spec, passes, out=None, export=None):
+    recipe = {"version": 1, "passes": passes} | ({"export": export} if export else {})
+    return compressor.Pipeline(parse_recipe(recipe)).run(spec, out=out, console=QUIET)
+
+
+def test_forced_swaps_keep_outputs_and_replay_on_load(load_fixture, tmp_path):
+    spec = load_fixture("lstm_lm")
+    x = spec.example_inputs[0]
+    with torch.no_grad():
+        dense_masked = None
+    result = run(spec, [
+        {"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
+        {"pass": "nm_prune", "targets": ["decoder"]},
+        {"pass": "swap_kernels", "force": True, "repeats": 2},
+    ], out=tmp_path / "art")
+    model = result.model
+    assert isinstance(model.rnn, SparseLSTM) and isinstance(model.decoder, NMLinear)
+    # reference: the dense model with the saved masks applied
+    reference = compressor.load(tmp_path / "art")
+    assert isinstance(reference.rnn, SparseLSTM)
+    plain = load_fixture("lstm_lm").model  # same init is not guaranteed: build the dense reference from the weights
+    state = compressor.load(tmp_path / "art").state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), model(x), rtol=0, atol=0)
+    rows = {r.name: r for r in result.report.layers}
+    assert rows["decoder.weight"].kernel == "nm_linear" and rows["rnn.weight_hh_l0"].kernel == "sparse_lstm"
+    assert rows["rnn.weight_hh_l0"].speedup > 0
+    # the saved weights are the dense masked ones, whatever kernels were installed
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "art" / "model.safetensors"))
+    assert "rnn.weight_hh_l0" in saved and "decoder.weight" in saved
+    assert torch.equal(saved["rnn.weight_hh_l0"] != 0, saved["__mask__.rnn.weight_hh_l0"] & (saved["rnn.weight_hh_l0"] != 0))
+    del plain, state, dense_masked
+
+
+def test_swap_declines_a_slower_kernel_and_reports_it(load_fixture):
+    spec = load_fixture("mlp")
+    result = run(spec, [
+        {"pass": "nm_prune", "targets": ["fc1"]},
+        {"pass": "swap_kernels", "min_speedup": 1000.0, "repeats": 2},
+    ])
+    row = result.report.layers[0]
+    assert row.kernel.startswith("dense (declined nm_linear") and isinstance(result.model.fc1, nn.Linear)
+    # declined: the mask is still there and the weights stay pruned
+    assert float((result.model.fc1.weight == 0).float().mean()) == pytest.approx(0.5)
+
+
+def test_swap_installs_when_the_measured_ratio_clears_the_bar():
+    # the decision itself, without betting on timings: any measured ratio clears a tiny bar
+    # (speed figures live in `compress bench kernels`, not in tests)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 192)).eval()
+    spec = ModelSpec(model, (torch.randn(1, 256),), {"kind": "factory", "ref": "x:y"})
+    x = torch.randn(3, 256)
+    result = run(spec, [{"pass": "block_prune", "block": [32, 32], "sparsity": 0.75, "balanced": True},
+                        {"pass": "swap_kernels", "min_speedup": 1e-9, "repeats": 2}])
+    assert isinstance(result.model[0], BlockSparseLinear)
+    assert result.report.layers[0].kernel == "block_sparse_linear"
+    assert result.report.passes[-1]["metrics"]["0"]["installed"] is True
+    w = result.model[0].to_dense_weight()
+    torch.testing.assert_close(result.model(x), x @ w.T + result.model[0].bias, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_backend_without_gpu_is_a_clear_error(load_fixture):
+    with pytest.raises(CompressorError, match="triton"):
+        run(load_fixture("mlp"), [{"pass": "nm_prune"}, {"pass": "swap_kernels", "backend": "triton"}])
+    with pytest.raises(RecipeError, match=r"passes\[0\]\.backend"):
+        parse_recipe({"version": 1, "passes": [{"pass": "swap_kernels", "backend": "cuda"}]})
+
+
+def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    spec = load_fixture("lstm_lm")
+    run(spec, [{"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
+               {"pass": "swap_kernels", "force": True, "repeats": 2}],
+        out=tmp_path / "art", export={"onnx": True})
+    files = set(os.listdir(tmp_path / "art"))
+    assert {"model.onnx", "rnn.step.onnx"} <= files
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node}
+    assert not any(n.domain not in ("", "ai.onnx") for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node)
+    assert "Gather" in ops or "GatherElements" in ops
+    # an independent check: run the graph ourselves against the loaded model
+    model = compressor.load(tmp_path / "art")
+    x = torch.randint(0, 30, (2, 7))
+    sess = ort.InferenceSession(str(tmp_path / "art" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
+    report = compressor.read_report(tmp_path / "art")
+    assert report.metrics["onnx"]["model"] < 1e-4
+
+
+def test_step_graph_matches_the_full_sequence(tmp_path):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 8, num_layers=2)
+    model = nn.Sequential()
+    model.add_module("rnn", lstm)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = lstm
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    results = export_model(Wrap().eval(), input_specs((torch.randn(5, 2, 6),)), tmp_path)
+    assert results["rnn.step.onnx"]["max_rel_error"] < 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "rnn.step.onnx"), providers=["CPUExecutionProvider"])
+    seq = torch.randn(5, 2, 6)
+    h = c = torch.zeros(2, 2, 8).numpy()
+    outs = []
+    for t in range(5):  # stream the sequence through the step graph
+        y, h, c = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], [seq[t].numpy(), h, c])))
+        outs.append(torch.from_numpy(y))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.stack(outs), lstm(seq)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_failed_verification_leaves_no_file(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    with pytest.raises(ExportError, match="nothing written"):
+        export_model(model, input_specs((torch.randn(2, 4),)), tmp_path, tolerance=-1.0)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_cli(load_fixture, tmp_path):
+    import subprocess
+    import sys
+
+    spec = load_fixture("mlp")
+    run(spec, [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], out=tmp_path / "art")
+    proc = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.onnx: max abs error" in proc.stdout
+    again = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--force" in again.stderr
