@@ -102,3 +102,11 @@ def test_export_capture_agrees_with_fx_on_the_builtin_model():
     ex = capture(model, model.example_inputs(), methods=("export",))
     assert fx.targets == ex.targets
     assert len(fx.targets) == 5
+
+
+def test_builtin_encoder_captures_every_projection():
+    spec = compressor.load_model("tiny-encoder")
+    result = capture(spec.model, spec.example_inputs)
+    assert result.method == "fx"
+    expected = [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("q", "k", "v", "o", "fc1", "fc2")]
+    assert names(result) == expected

@@ -15,6 +15,7 @@ __all__ = ["BENCHMARKS", "load_benchmark"]
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "solvers": ("compressor.bench.solvers", "N:M and transposable N:M mask solvers: time and kept magnitude"),
     "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
+    "nm": ("compressor.bench.nm", "plain vs transposable N:M conversion, with and without reconstruction"),
     "quality": ("compressor.bench.quality", "perplexity of dense vs block-sparse fine-tuning on the LM (Narang et al.)"),
 }
 

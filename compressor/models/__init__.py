@@ -33,8 +33,21 @@ def _lstm_lm(config: dict | None = None, pretrained: bool = True):
     )
 
 
+def _tiny_encoder(config: dict | None = None, pretrained: bool = True):
+    import torch
+
+    from ..loading import ModelSpec
+    from .encoder import EncoderConfig, TinyEncoder
+
+    torch.manual_seed(0)  # "pretrained" = the fixed seed-0 initialisation
+    model = TinyEncoder(EncoderConfig(**(config or {}))).eval()
+    source = {"kind": "builtin", "name": "tiny-encoder", "config": dict(model.config.__dict__)}
+    return ModelSpec(model, model.example_inputs(), source,
+                     description="tiny-encoder: 2-block transformer-style encoder (seed-0 weights)")
+
+
 #: name -> builder(config: dict | None, pretrained: bool) -> ModelSpec
-BUILTIN_MODELS: dict[str, Callable] = {"lstm-lm": _lstm_lm}
+BUILTIN_MODELS: dict[str, Callable] = {"lstm-lm": _lstm_lm, "tiny-encoder": _tiny_encoder}
 
 
 def build_builtin(name: str):

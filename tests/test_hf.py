@@ -1,0 +1,38 @@
+"""A Hugging Face model directory: symbolic tracing fails, torch.export finds the layers, it compresses."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+
+import compressor
+from compressor.recipe import parse_recipe
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_bert_directory_compresses_and_round_trips(tmp_path):
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    spec = compressor.load_model(str(tmp_path / "bert"))
+    captured = compressor.capture(spec.model, spec.example_inputs)
+    assert captured.method in ("export", "walk") and captured.attempts[0][0] == "fx"
+    names = [t.name for t in captured.targets]
+    for layer in range(2):
+        for part in ("attention.self.query", "attention.self.key", "attention.self.value",
+                     "attention.output.dense", "intermediate.dense", "output.dense"):
+            assert f"encoder.layer.{layer}.{part}.weight" in names
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [{"pass": "nm_prune", "ignore": ["pooler"]}]})).run(
+        spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
+    rows = {r.name: r for r in result.report.layers}
+    assert rows["encoder.layer.0.attention.self.query.weight"].sparsity == pytest.approx(0.5)
+    assert rows["pooler.dense.weight"].pattern == "dense"
+    x = spec.example_inputs[0]
+    loaded = compressor.load(tmp_path / "art")
+    with torch.no_grad():
+        assert torch.equal(loaded(x).last_hidden_state, result.model(x).last_hidden_state)
