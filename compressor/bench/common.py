@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_info", "time_interleaved", "print_table", "write_json"]
+__all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone"]
 
 
 def machine_info() -> dict:
@@ -78,3 +78,12 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
         fh.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def standalone(name: str, add_arguments, run, doc: str) -> int:
+    """``python -m compressor.bench.NAME`` entry: the same arguments as ``compress bench NAME``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"compress bench {name}", description=(doc or name).strip().splitlines()[0])
+    add_arguments(parser)
+    return int(run(parser.parse_args()) or 0)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .common import machine_info, print_table, write_json
+from .common import machine_info, print_table, standalone, write_json
 
 __all__ = ["add_arguments", "run"]
 
@@ -88,6 +88,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    add_arguments(p)
-    raise SystemExit(run(p.parse_args()))
+    raise SystemExit(standalone("nm", add_arguments, run, __doc__))

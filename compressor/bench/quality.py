@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .common import machine_info, print_table, write_json
+from .common import machine_info, print_table, standalone, write_json
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
 
@@ -95,6 +95,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    add_arguments(p)
-    raise SystemExit(run(p.parse_args()))
+    raise SystemExit(standalone("quality", add_arguments, run, __doc__))
