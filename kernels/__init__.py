@@ -6,6 +6,11 @@ Ops: :func:`balanced_block_linear`, :func:`bsr_linear` (:mod:`.block_ops`), :fun
 Modules: :class:`BlockSparseLinear`, :class:`NMLinear`, :class:`GatedBlockLinear`
 (:mod:`.modules`), :class:`SparseLSTM`, :class:`SparseGRU` (:mod:`.rnn`).
 ONNX: :func:`onnx_check` (:mod:`.onnx_check`).
+GPU: backends ``auto | torch | triton`` (:func:`resolve_backend`, :mod:`.triton_common`); Triton
+kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_block`) and
+``compressor::gated_block_gemv`` (:mod:`.triton_gated`), imported on first use so that
+``import compressor.kernels`` does not import triton; 2:4 semi-structured on CUDA
+(:mod:`.semi_structured`).
 
 Papers: Narang et al. arXiv 1711.02782 (block sparsity), Hadifar et al. arXiv 2001.04686 (gated
 blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``PAPERS.md``.
@@ -19,6 +24,8 @@ from .modules import BlockSparseLinear, GatedBlockLinear, NMLinear
 from .nm_ops import nm_linear
 from .onnx_check import OnnxCheck, export_onnx, onnx_check, ort_session
 from .rnn import RNNStep, SparseGRU, SparseLSTM
+from .semi_structured import SemiStructuredWeight, is_transposable_2to4
+from .triton_common import BACKENDS, TritonUnavailableError, resolve_backend
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -44,4 +51,9 @@ __all__ = [
     "export_onnx",
     "onnx_check",
     "ort_session",
+    "BACKENDS",
+    "resolve_backend",
+    "TritonUnavailableError",
+    "SemiStructuredWeight",
+    "is_transposable_2to4",
 ]

@@ -18,6 +18,15 @@ otherwise the BSR layout (embedding_bag below batch 4, per-block bmm above; no p
 2-core development machine the BSR paths measured 25-50% slower than the balanced one on the same
 blocks (4096x4096, batch 1 and 16), so padding pays while it adds less than that; see
 ``BENCHMARKS.md``.
+
+Backends: every module has a ``backend`` attribute, ``auto`` (default), ``torch`` or ``triton``
+(rules in :mod:`compressor.kernels.triton_common`). ``auto`` runs the Triton kernels
+(:mod:`.triton_block`, :mod:`.triton_gated`) when the input is on CUDA and the block sizes suit
+them, the pure-torch ops otherwise, so CPU behaviour is unchanged. ``triton`` on a CPU tensor runs
+only under ``TRITON_INTERPRET=1`` and is a clear error otherwise. :class:`NMLinear` has no Triton
+kernel: on CUDA its ``auto``/``triton`` backends use torch's 2:4 semi-structured tensors
+(:mod:`.semi_structured`) for inference where the layer is 2:4 fp16/bf16, the torch op otherwise.
+:class:`GatedBlockLinear` applies ``backend`` when ``path="auto"``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from .block_ops import balanced_block_linear, bsr_linear
 from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid
 from .gated_ops import GATE_MODES, gate_values, gated_block_linear, kept_blocks, select_blocks
 from .nm_ops import nm_linear
+from .semi_structured import SemiStructuredWeight, semi_structured_unavailable_reason
+from .triton_common import BACKENDS, block_supported, resolve_backend
 
 __all__ = ["BlockSparseLinear", "NMLinear", "GatedBlockLinear", "MAX_PAD_OVERHEAD"]
 
@@ -47,9 +58,21 @@ def _bias(bias: torch.Tensor | None) -> nn.Parameter | None:
     return None if bias is None else nn.Parameter(bias.detach().clone())
 
 
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _triton_dtype(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
 class _SparseLinearBase(nn.Module):
     in_features: int
     out_features: int
+    #: ``auto | torch | triton`` (see the module docstring); an instance attribute once built.
+    backend: str = "auto"
 
     def to_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with the masked weight (exact round trip)."""
@@ -93,6 +116,7 @@ class BlockSparseLinear(_SparseLinearBase):
         else:
             raise TypeError(f"fmt must be a BalancedBlock or BSR, got {type(fmt).__name__}")
         self.bias = _bias(bias)
+        self.backend = "auto"
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, block=(32, 32), layout: str = "auto") -> "BlockSparseLinear":
@@ -128,6 +152,13 @@ class BlockSparseLinear(_SparseLinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        supported = block_supported(*self.block) and _triton_dtype(x.dtype)
+        if resolve_backend(self.backend, x, supported=supported, what="BlockSparseLinear") == "triton":
+            from .triton_block import block_sparse_linear_triton
+
+            crow = None if self.layout == "balanced" else self.crow_indices
+            cols = self.col_idx if self.layout == "balanced" else self.col_indices
+            return block_sparse_linear_triton(x, self.values, cols, crow, self.bias, self.in_features, self.out_features)
         if self.layout == "balanced":
             return balanced_block_linear(x, self.values, self.col_idx, self.bias, self.in_features, self.out_features)
         return bsr_linear(
@@ -178,6 +209,8 @@ class NMLinear(_SparseLinearBase):
         self.register_buffer("counts", fmt.counts.clone())
         self.register_buffer("columns", fmt.column_indices(), persistent=False)
         self.bias = _bias(bias)
+        self.backend = "auto"
+        self._semi = SemiStructuredWeight()
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, n: int = 2, m: int = 4) -> "NMLinear":
@@ -186,8 +219,24 @@ class NMLinear(_SparseLinearBase):
         fmt = NMPacked.from_dense(linear.weight.detach(), mask, n, m)
         return cls(fmt, None if linear.bias is None else linear.bias.detach())
 
+    def semi_structured_reason(self, x: torch.Tensor) -> str | None:
+        """Why ``x`` does not take the 2:4 semi-structured path (None: it does)."""
+        if _check_backend(self.backend) == "torch":
+            return "backend is 'torch'"
+        if torch.compiler.is_exporting():
+            return "exporting"
+        if torch.is_grad_enabled() and self.values.requires_grad:
+            return "training through the packed values (the semi-structured path is inference only)"
+        return semi_structured_unavailable_reason(self.n, self.m, x.dtype, x.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if x.is_cuda and self.semi_structured_reason(x) is None:
+            if not hasattr(self, "_semi"):  # modules pickled before the attribute existed
+                self._semi = SemiStructuredWeight()
+            return self._semi.linear(x, self.values, self.to_dense_weight, self.bias, self.in_features,
+                                     self.out_features)
+        _check_backend(self.backend)
         return nm_linear(x, self.values, self.columns, self.bias, self.in_features, self.in_padded)
 
     def to_format(self) -> NMPacked:
@@ -213,6 +262,8 @@ class GatedBlockLinear(nn.Module):
     (of all K in ``global`` mode, of every block row's ``Ci`` in ``row`` mode).
     """
 
+    backend: str = "auto"
+
     def __init__(self, in_features: int, out_features: int, block=(128, 128), keep: float = 0.5, mode: str = "global",
                  bias: bool = True, dtype: torch.dtype = torch.float32, seed: int = 0):
         super().__init__()
@@ -230,6 +281,7 @@ class GatedBlockLinear(nn.Module):
         self.blocks = nn.Parameter((torch.rand(K, bw, bh, generator=gen, dtype=torch.float64) * 2 - 1).mul(bound).to(dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
         self.gate = nn.Linear(in_features, K, dtype=dtype)
+        self.backend = "auto"  # auto | torch | triton; applies when forward's path is "auto"
         with torch.no_grad():  # deterministic gate init: uniform(-1/sqrt(in), 1/sqrt(in)), zero bias
             self.gate.weight.copy_((torch.rand(K, in_features, generator=gen, dtype=torch.float64) * 2 - 1).mul(bound))
             self.gate.bias.zero_()
@@ -261,6 +313,14 @@ class GatedBlockLinear(nn.Module):
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (B, in)
         idx, g = self.select(x2)
+        supported = block_supported(*self.block) and _triton_dtype(x2.dtype)
+        if path == "auto" and resolve_backend(self.backend, x2, supported=supported,
+                                              what="GatedBlockLinear") == "triton":
+            from .triton_gated import gated_block_linear_triton
+
+            y = gated_block_linear_triton(x2, self.blocks, idx, g, self.grid, self.mode, self.bias,
+                                          self.in_features, self.out_features)
+            return y.reshape(*x.shape[:-1], self.out_features)
         y = gated_block_linear(x2, self.blocks, idx, g, self.grid, self.mode, self.bias, self.in_features,
                                self.out_features, path=path)
         return y.reshape(*x.shape[:-1], self.out_features)

@@ -54,10 +54,23 @@ class SwapKernelsConfig(PassConfig):
 
 
 def _backend(config: SwapKernelsConfig) -> str:
+    """The backend the installed modules run: ``torch`` or ``triton`` (clear error if triton cannot run).
+
+    ``triton`` needs the ``triton`` package and a CUDA device, or ``TRITON_INTERPRET=1`` (the Triton
+    interpreter on CPU). ``auto`` is ``triton`` where CUDA and triton are present, else ``torch``;
+    the modules themselves keep ``backend='auto'`` and pick the Triton kernels for CUDA inputs.
+    """
+    from ..kernels.triton_common import triton_importable, triton_unavailable_reason
+
+    if config.backend == "torch":
+        return "torch"
     if config.backend == "triton":
-        raise CompressorError("swap_kernels backend 'triton' is not available yet (the GPU kernels are a separate "
-                              "issue); use backend: torch or auto")
-    return "torch"
+        reason = triton_unavailable_reason()
+        if reason is not None:
+            raise CompressorError(f"swap_kernels backend 'triton' cannot run here: {reason}; use backend: torch "
+                                  f"or auto")
+        return "triton"
+    return "triton" if torch.cuda.is_available() and triton_importable() else "torch"
 
 
 def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
@@ -85,25 +98,34 @@ def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
 
 def _timers(dense: nn.Module, sparse: nn.Module, config: SwapKernelsConfig, recurrent: bool):
     copies = 4
+    p = next(dense.parameters())
+    like = {"dtype": p.dtype, "device": p.device}  # time on the layer's own device and dtype
+    sync = torch.cuda.synchronize if p.is_cuda else (lambda: None)
+
+    def timed(fn):
+        def run(r):
+            fn(r)
+            sync()
+        return run
+
     if not recurrent:
         w, b = dense.weight.detach(), None if dense.bias is None else dense.bias.detach()
-        xs = [torch.randn(config.batch, dense.in_features, dtype=w.dtype) for _ in range(copies)]
-        return {"dense": lambda r: F.linear(xs[r % copies], w, b), "sparse": lambda r: sparse(xs[r % copies])}
-    dtype = next(dense.parameters()).dtype
+        xs = [torch.randn(config.batch, dense.in_features, **like) for _ in range(copies)]
+        return {"dense": timed(lambda r: F.linear(xs[r % copies], w, b)), "sparse": timed(lambda r: sparse(xs[r % copies]))}
     if config.measure == "step":
         baseline = type(sparse).from_dense(dense, {})  # dense projections, one step at a time (like LSTMCell)
-        xs = [torch.randn(config.batch, dense.input_size, dtype=dtype) for _ in range(copies)]
-        return {"dense": lambda r: baseline.step(xs[r % copies]), "sparse": lambda r: sparse.step(xs[r % copies])}
+        xs = [torch.randn(config.batch, dense.input_size, **like) for _ in range(copies)]
+        return {"dense": timed(lambda r: baseline.step(xs[r % copies])), "sparse": timed(lambda r: sparse.step(xs[r % copies]))}
     shape = (config.batch, config.seq_len, dense.input_size) if dense.batch_first else (config.seq_len, config.batch, dense.input_size)
-    xs = [torch.randn(shape, dtype=dtype) for _ in range(copies)]
-    return {"dense": lambda r: dense(xs[r % copies]), "sparse": lambda r: sparse(xs[r % copies])}
+    xs = [torch.randn(shape, **like) for _ in range(copies)]
+    return {"dense": timed(lambda r: dense(xs[r % copies])), "sparse": timed(lambda r: sparse(xs[r % copies]))}
 
 
 @register_pass("swap_kernels", SwapKernelsConfig, kinds=("linear", "lstm", "gru"))
 @torch.no_grad()
 def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
     """Install sparse kernel modules where measured faster; report every decision."""
-    _backend(config)
+    backend = _backend(config)
     result = PassResult()
     by_module: dict[str, list] = {}
     for t in targets:
@@ -122,6 +144,7 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
         was_training = module.training
         module.eval()
         baked = masklib.finalize(module)  # dense module with zeros where pruned; masks kept below
+        options = {**options, "backend": backend}
         sparse = build_replacement(module, kind, baked, options).eval()
         timing = time_interleaved(_timers(module, sparse, config, kind.startswith("sparse_")), repeats=config.repeats)
         speedup = timing["dense"]["median_s"] / timing["sparse"]["median_s"]

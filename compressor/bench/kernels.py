@@ -14,6 +14,10 @@ every row. Sections:
 * ``gated``: dense ``F.linear`` vs :class:`~compressor.kernels.GatedBlockLinear` (gate network
   included) per keep fraction and gating mode.
 
+With ``--device cuda`` the GPU benchmark runs instead (:mod:`compressor.bench.kernels_gpu`: cuBLAS,
+torch's Triton BSR, torch 2:4 semi-structured and our Triton kernels); without CUDA it exits with
+status 2 and one line on stderr. The CPU behaviour (``--device cpu``, the default) is unchanged.
+
 Run ``python -m compressor.bench.kernels --help``.
 """
 
@@ -31,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import machine_info, print_table, time_interleaved, write_json
+from .kernels_gpu import add_gpu_arguments
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -68,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", default="linear,onnx,rnn,gated", help="comma list of sections to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default bench-results/kernels-<time>.json)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: the sections above; cuda: the GPU benchmark (flags marked [cuda])")
+    add_gpu_arguments(parser)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -234,6 +242,8 @@ SECTIONS = {"linear": bench_linear, "onnx": bench_onnx, "rnn": bench_rnn, "gated
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected sections, print one table per section, write JSON; returns 0."""
+    if getattr(args, "device", "cpu") == "cuda":
+        return _run_cuda(args)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
@@ -262,6 +272,22 @@ def run(args: argparse.Namespace) -> int:
                "rows": rows}
     print(f"wrote {write_json(path, payload)}  ({info['elapsed_s']:.0f} s; load average {info['load_average_end'][0]:.2f})")
     return 0
+
+
+def _run_cuda(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("compress bench kernels --device cuda: no CUDA device is available here (torch.cuda.is_available() "
+              "is False); run it on a machine with an NVIDIA GPU", file=sys.stderr)
+        return 2
+    from compressor.kernels.triton_common import triton_importable
+
+    if not triton_importable():
+        print("compress bench kernels --device cuda: the 'triton' package is not installed (pip install -e '.[gpu]')",
+              file=sys.stderr)
+        return 2
+    from .kernels_gpu import run_gpu
+
+    return run_gpu(args)
 
 
 def _jsonable(d: dict) -> dict:
