@@ -154,7 +154,9 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     Its outputs equal those of the in-memory model the pipeline produced. With
     ``with_masks`` the masks are re-installed as parametrizations (for further fine-tuning);
     otherwise the model is plain, with the pruned weights stored as zeros. Sparse kernel
-    modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and masks.
+    modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and masks;
+    structural replacements (``dynamic_gate``'s gated modules, which hold parameters of their own)
+    are rebuilt as fresh modules before the saved state is loaded into them.
     """
     directory = Path(directory)
     meta, state = _read(directory)
@@ -162,10 +164,12 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
     model = rebuild_model(meta["source"], allow_pickle=allow_pickle, directory=directory)
-    apply_state_dict(model, state, str(directory / WEIGHTS))
     replacements = meta.get("replacements", [])
+    # structural replacements (gated modules) add parameters: rebuild them before loading the state
+    replay(model, replacements, masks, structural=True)
+    apply_state_dict(model, state, str(directory / WEIGHTS))
     if with_masks:
-        if replacements:
+        if any(not r.get("structural") for r in replacements):
             raise ArtifactError(f"{directory} has sparse kernel modules installed; load it without with_masks")
         for name, mask in masks.items():
             set_mask(model, name, mask)

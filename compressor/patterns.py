@@ -8,7 +8,8 @@ loaded model knows its patterns without recomputing anything.
 Patterns: :class:`Dense`, :class:`Unstructured`, :class:`Block` (h x w blocks, any number per
 block row), :class:`BalancedBlock` (the same number of kept blocks in every block row: the
 layout the sparse kernels run fastest), :class:`NM` (N of every M consecutive weights along
-the input dimension; ``transposable`` when W^T is N:M too).
+the input dimension; ``transposable`` when W^T is N:M too), :class:`Gated` (input-dependent block
+gating, Hadifar et al.: every weight is stored, plus a gate network per matrix).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from .solvers import reduce_block_mask
 
-__all__ = ["Pattern", "Dense", "Unstructured", "Block", "BalancedBlock", "NM", "pattern_from_dict"]
+__all__ = ["Pattern", "Dense", "Unstructured", "Block", "BalancedBlock", "NM", "Gated", "pattern_from_dict"]
 
 INDEX_BYTES = 4  # int32 indices in every index-based format
 
@@ -113,7 +114,56 @@ class NM(Pattern):
         return nnz * elem_bytes + math.ceil(nnz * math.ceil(math.log2(self.m)) / 8)
 
 
-_KINDS = {cls.kind: cls for cls in (Dense, Unstructured, Block, BalancedBlock, NM)}
+@dataclass(frozen=True)
+class Gated(Pattern):
+    """``h x w`` blocks chosen per example by a gate network (Hadifar et al., PAPERS.md section 2).
+
+    Nothing is pruned: storage is the dense weight plus the gate network's parameters (``in*K + K``
+    for the full gate, ``in*rank + rank*K + K`` with a bottleneck). Compute per example (:meth:`flops`)
+    is the kept fraction of the blocks plus the gate's multiply-adds.
+    """
+
+    kind: ClassVar[str] = "gated"
+    h: int = 64
+    w: int = 64
+    keep: float = 0.5
+    mode: str = "global"
+    rank: int = 0
+
+    def describe(self):
+        extra = (" per row" if self.mode == "row" else "") + (f" rank {self.rank}" if self.rank else "")
+        return f"gated {self.h}x{self.w} keep {self.keep:g}{extra}"
+
+    def grid(self, shape) -> tuple[int, int]:
+        """``(Ro, Ci)``: block rows and block columns of an ``(out, in)`` weight (edge blocks padded)."""
+        return math.ceil(shape[0] / self.h), math.ceil(shape[1] / self.w)
+
+    def kept(self, shape) -> tuple[int, int]:
+        """``(n_kept, K)``: blocks kept per example and blocks in all (``ceil(keep * n)``, as the kernels)."""
+        Ro, Ci = self.grid(shape)
+        n = Ro * Ci if self.mode == "global" else Ci
+        k = max(1, min(n, math.ceil(self.keep * n - 1e-9)))
+        return (k if self.mode == "global" else k * Ro), Ro * Ci
+
+    def gate_params(self, shape) -> int:
+        K = math.prod(self.grid(shape))
+        return shape[1] * K + K if not self.rank else shape[1] * self.rank + self.rank * K + K
+
+    def gate_macs(self, shape) -> int:
+        """Multiply-adds of the gate network per example."""
+        K = math.prod(self.grid(shape))
+        return shape[1] * K if not self.rank else shape[1] * self.rank + self.rank * K
+
+    def flops(self, shape) -> int:
+        """FLOPs per example: 2 x (kept fraction x weight entries + gate multiply-adds)."""
+        n_kept, K = self.kept(shape)
+        return 2 * (round(shape[0] * shape[1] * n_kept / K) + self.gate_macs(shape))
+
+    def storage_bytes(self, mask, elem_bytes):
+        return (mask.numel() + self.gate_params(tuple(mask.shape))) * elem_bytes
+
+
+_KINDS = {cls.kind: cls for cls in (Dense, Unstructured, Block, BalancedBlock, NM, Gated)}
 
 
 def pattern_from_dict(data: dict) -> Pattern:

@@ -28,7 +28,7 @@ from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row
 from .export import export_model, input_specs
-from .swaps import dense_weight, densify
+from .swaps import dense_weight, densify, replay
 from .targeting import resolve_targets
 
 __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "output_error"]
@@ -45,6 +45,8 @@ class LayerRecord:
     notes: list[str] = field(default_factory=list)
     kernel: str | None = None
     speedup: float | None = None
+    #: report-row fields a pass measured itself (a gated layer's compressed_flops, block_keep_frequency)
+    row: dict = field(default_factory=dict)
 
 
 class CompressionState:
@@ -105,7 +107,8 @@ class CompressionState:
             "model": self.model.state_dict(),
             "masks": dict(masklib.iter_masks(self.model)),
             "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
-                           "passes": r.passes, "notes": r.notes} for n, r in self.layers.items()},
+                           "passes": r.passes, "notes": r.notes, "row": r.row} for n, r in self.layers.items()},
+            "replacements": [r for r in self.replacements if r.get("structural")],
             "pass_log": self.pass_log,
             "rng": torch.get_rng_state(),
             **loop_state,
@@ -114,6 +117,9 @@ class CompressionState:
 
     def restore(self, payload: dict) -> int:
         """Load a checkpoint into the model and records; returns the pass index to continue at."""
+        # modules with parameters of their own (gated layers) first, so the saved state fits
+        self.replacements = list(payload.get("replacements", []))
+        replay(self.model, self.replacements, structural=True)
         for name, mask in payload["masks"].items():
             masklib.set_mask(self.model, name, mask, intersect=False)
         self.model.load_state_dict(payload["model"])
@@ -122,6 +128,7 @@ class CompressionState:
             record.pattern = pattern_from_dict(rec["pattern"])
             record.target_sparsity = rec["target_sparsity"]
             record.passes, record.notes = list(rec["passes"]), list(rec["notes"])
+            record.row = dict(rec.get("row", {}))
         self.pass_log = list(payload["pass_log"])
         torch.set_rng_state(payload["rng"])
         self.resume = payload
@@ -290,6 +297,8 @@ class Pipeline:
             r = state.layers[name]
             row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes, r.notes)
             row.kernel, row.speedup = r.kernel, r.speedup
+            for key, value in r.row.items():
+                setattr(row, key, value)
             rows.append(row)
         report = Report(
             model=spec.description or spec.source.get("kind", "model"),
@@ -334,6 +343,7 @@ class Pipeline:
             record.speedup = info.get("speedup", record.speedup)
             record.passes.append(name)
             record.notes += info.get("notes", [])
+            record.row.update(info.get("row", {}))
         for target, reason in result.skipped.items():
             state.layers[target].notes.append(f"{name} skipped: {reason}")
         state.pass_log.append({

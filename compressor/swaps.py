@@ -4,6 +4,12 @@ A replacement is a small JSON-able record ``{"module": path, "kind": ..., "optio
 Artifacts always store the dense (masked) weights and the masks; :func:`compressor.load`
 rebuilds the dense model and replays the records with the kernels' deterministic
 ``from_dense``, so the file format does not depend on which kernels were installed.
+
+Structural replacements (``"structural": true``; the ``dynamic_gate`` pass's ``gated_linear``,
+``gated_lstm``, ``gated_gru``) add parameters the dense model does not have (gate networks), so
+they have no dense equivalent: :func:`densify` leaves them as they are, artifacts store their own
+parameters, and the loader replays them (fresh modules of the right shapes) BEFORE it loads the
+saved state (:func:`replay` with ``structural=True``), the kernel swaps after.
 """
 
 from __future__ import annotations
@@ -13,23 +19,52 @@ import copy
 import torch
 import torch.nn as nn
 
-from .kernels import BlockSparseLinear, NMLinear, SparseGRU, SparseLSTM
+from .kernels import BlockSparseLinear, GatedBlockLinear, GatedGRU, GatedLSTM, NMLinear, SparseGRU, SparseLSTM, gated_linear
 
-__all__ = ["REPLACEMENT_KINDS", "build_replacement", "set_module", "densify", "dense_weight", "replay"]
+__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "build_replacement", "build_gated", "set_module", "densify",
+           "dense_weight", "replay"]
 
-REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_gru")
+REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_gru", "gated_linear", "gated_lstm",
+                     "gated_gru")
+#: kinds whose modules have parameters of their own (no dense equivalent)
+STRUCTURAL_KINDS = ("gated_linear", "gated_lstm", "gated_gru")
 _SPARSE_RNN = (SparseLSTM, SparseGRU)
+_GATED = (GatedBlockLinear, GatedLSTM, GatedGRU)
+
+
+def build_gated(module: nn.Module, options: dict) -> nn.Module:
+    """The gated module for a dense ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` (dynamic_gate options)."""
+    block, keep, mode, rank = tuple(options["block"]), options["keep"], options["mode"], options["rank"]
+    init, seed = options.get("init", "random"), options.get("seed", 0)
+    if isinstance(module, nn.Linear):
+        return gated_linear(module, block, keep, mode, rank, init, seed)
+    if isinstance(module, (nn.LSTM, nn.GRU)):
+        cls = GatedLSTM if isinstance(module, nn.LSTM) else GatedGRU
+        return cls.from_dense(module, options.get("weights"), block, keep, mode, rank, init, seed)
+    raise TypeError(f"cannot gate a {type(module).__name__}; only nn.Linear, nn.LSTM and nn.GRU")
 
 
 def build_replacement(module: nn.Module, kind: str, masks: dict[str, torch.Tensor], options: dict) -> nn.Module:
     """The sparse module for dense ``module`` whose weights hold the masked values.
 
-    ``masks`` maps the module's own parameter names (``weight``, ``weight_hh_l0``) to bool masks.
+    ``masks`` maps the module's own parameter names (``weight``, ``weight_hh_l0``) to bool masks;
+    ``options["backend"]`` (``torch``/``triton``/``auto``) is set on every kernel module inside.
     """
+    new = _build(module, kind, masks, options)
+    if "backend" in options:
+        for sub in new.modules():
+            if hasattr(sub, "backend"):
+                sub.backend = options["backend"]
+    return new
+
+
+def _build(module: nn.Module, kind: str, masks: dict[str, torch.Tensor], options: dict) -> nn.Module:
     if kind == "block_sparse_linear":
         return BlockSparseLinear.from_dense(module, masks["weight"], tuple(options["block"]), options.get("layout", "auto"))
     if kind == "nm_linear":
         return NMLinear.from_dense(module, masks["weight"], options["n"], options["m"])
+    if kind in STRUCTURAL_KINDS:
+        return build_gated(module, options)
     if kind in ("sparse_lstm", "sparse_gru"):
         cls = SparseLSTM if kind == "sparse_lstm" else SparseGRU
         return cls.from_dense(module, masks, tuple(options["block"]), options.get("layout", "auto"))
@@ -43,6 +78,13 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _dense_equivalent(module: nn.Module) -> nn.Module | None:
+    """The dense module with this module's (masked) weights; gated modules give every stored weight."""
+    if isinstance(module, GatedBlockLinear):
+        lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        lin.weight = nn.Parameter(module.to_dense_weight().clone())
+        if module.bias is not None:
+            lin.bias = nn.Parameter(module.bias.detach().clone())
+        return lin
     if isinstance(module, (BlockSparseLinear, NMLinear)):
         return module.to_linear()
     if isinstance(module, _SPARSE_RNN):
@@ -51,12 +93,18 @@ def _dense_equivalent(module: nn.Module) -> nn.Module | None:
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every sparse kernel module replaced by its dense equivalent."""
+    """A copy of ``model`` with every sparse kernel module replaced by its dense equivalent.
+
+    Gated modules (structural replacements) stay as they are: their gates have no dense form.
+    """
     dense = copy.deepcopy(model)
     replaced: list[str] = []
     for path, module in list(dense.named_modules()):
         if any(path.startswith(p + ".") for p in replaced):
             continue  # inside a module already replaced as a whole (SparseLSTM's projections)
+        if isinstance(module, _GATED):
+            replaced.append(path)  # kept whole, projections included
+            continue
         equivalent = _dense_equivalent(module)
         if equivalent is not None and path:
             set_module(dense, path, equivalent)
@@ -71,9 +119,14 @@ def dense_weight(model: nn.Module, module_path: str, param_name: str) -> torch.T
     return getattr(equivalent if equivalent is not None else module, param_name).detach()
 
 
-def replay(model: nn.Module, records: list[dict], masks: dict[str, torch.Tensor]) -> None:
-    """Re-install recorded replacements on a dense model (artifact loading)."""
+def replay(model: nn.Module, records: list[dict], masks: dict[str, torch.Tensor] | None = None,
+           structural: bool = False) -> None:
+    """Re-install recorded replacements on a dense model (artifact loading): the structural ones
+    (``structural=True``, before the saved state is loaded) or the kernel swaps (after)."""
+    masks = masks or {}
     for rec in records:
+        if bool(rec.get("structural")) != structural:
+            continue
         path = rec["module"]
         prefix = f"{path}."
         own = {k[len(prefix):]: v for k, v in masks.items() if k.startswith(prefix) and "." not in k[len(prefix):]}

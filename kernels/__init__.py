@@ -4,7 +4,8 @@ Formats (:mod:`.formats`): :class:`BalancedBlock`, :class:`BSR`, :class:`NMPacke
 Ops: :func:`balanced_block_linear`, :func:`bsr_linear` (:mod:`.block_ops`), :func:`nm_linear`
 (:mod:`.nm_ops`), :func:`gated_block_linear` with :func:`select_blocks` (:mod:`.gated_ops`).
 Modules: :class:`BlockSparseLinear`, :class:`NMLinear`, :class:`GatedBlockLinear`
-(:mod:`.modules`), :class:`SparseLSTM`, :class:`SparseGRU` (:mod:`.rnn`).
+(:mod:`.modules`), :class:`SparseLSTM`, :class:`SparseGRU` (:mod:`.rnn`), :class:`GatedLSTM`,
+:class:`GatedGRU`, :func:`gated_linear`, :func:`build_gate` (:mod:`.gated_rnn`).
 ONNX: :func:`onnx_check` (:mod:`.onnx_check`).
 GPU: backends ``auto | torch | triton`` (:func:`resolve_backend`, :mod:`.triton_common`); Triton
 kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_block`) and
@@ -26,6 +27,7 @@ from .onnx_check import OnnxCheck, export_onnx, onnx_check, ort_session
 from .rnn import RNNStep, SparseGRU, SparseLSTM
 from .semi_structured import SemiStructuredWeight, is_transposable_2to4
 from .triton_common import BACKENDS, TritonUnavailableError, resolve_backend
+from .gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear, kept_fraction
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -47,6 +49,15 @@ __all__ = [
     "SparseLSTM",
     "SparseGRU",
     "RNNStep",
+    "GatedLinear",
+    "GatedLSTM",
+    "GatedGRU",
+    "LowRankGate",
+    "build_gate",
+    "gate_macs",
+    "gated_linear",
+    "kept_fraction",
+    "GATE_INITS",
     "OnnxCheck",
     "export_onnx",
     "onnx_check",

@@ -22,6 +22,7 @@ PASS_MODULES = (
     "finetune",
     "nm_convert",
     "swap_kernels",
+    "dynamic_gate",
 )
 
 _loaded = False

@@ -9,6 +9,22 @@ fine-tuning steps on the benchmark corpus (Shakespeare and Milton by default, do
 - ``lasso90``: gradual block pruning to 90% combined with a group-lasso penalty.
 
 It reports test perplexity, the relative gap to dense, sparsity and wall time, and writes JSON.
+
+``--gates`` reproduces instead the claim of Hadifar et al. (PAPERS.md section 2) at ``--keep`` (0.5:
+half the compute), every variant with the same step budget on the LSTM (``rnn``) weights:
+
+- ``dense``: plain fine-tuning;
+- ``dynamic``: the ``dynamic_gate`` pass (``--gate-block`` blocks, ``--gate-rank``, ``--gate-mode``);
+- ``static``: gradual magnitude block pruning (same block size) to the density of equal compute,
+  ``(kept blocks + gate multiply-adds) / dense`` of the dynamic variant: the gate's cost counts;
+- ``blockdiag``: a fixed block-diagonal mask (an n x n grid of blocks per matrix, n = round(1/keep),
+  the diagonal kept), then fine-tuning.
+
+It also reports the test perplexity of the gated model at step 0 with either gate initialisation
+(``norm`` and ``random``) next to one-shot static pruning, and the measured batch-1 streaming-step
+latency (median, interleaved) of the gated LSTM vs the dense step (gate included), of the
+static model with block-sparse kernels, and of a 2-layer LSTM of the paper's size (hidden 1536,
+block 128, random weights) for scale.
 """
 
 from __future__ import annotations
@@ -21,9 +37,10 @@ import torch
 
 from .common import machine_info, print_table, standalone, write_json
 
-__all__ = ["add_arguments", "run", "VARIANTS"]
+__all__ = ["add_arguments", "run", "VARIANTS", "GATE_VARIANTS", "blockdiag_mask"]
 
 VARIANTS = ("dense", "block80", "block90", "lasso90")
+GATE_VARIANTS = ("dense", "dynamic", "static", "blockdiag")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lasso", type=float, default=2e-5, help="group-lasso strength of the lasso90 variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} "
+                        f"(with --gates: of {','.join(GATE_VARIANTS)})")
+    parser.add_argument("--gates", action="store_true", help="dynamic block gating vs dense, static and block-diagonal")
+    parser.add_argument("--keep", type=float, default=0.5, help="--gates: kept fraction of blocks")
+    parser.add_argument("--gate-block", type=int, default=64, help="--gates: square block size of the gates")
+    parser.add_argument("--gate-rank", type=int, default=0, help="--gates: gate bottleneck (0: full Linear gate)")
+    parser.add_argument("--gate-mode", default="global", choices=("global", "row"))
+    parser.add_argument("--gate-init", default="random", choices=("random", "norm"), help="--gates: gate initialisation")
+    parser.add_argument("--latency-repeats", type=int, default=200, help="--gates: timing rounds of the batch-1 step")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--json", default="bench-results/quality.json")
 
@@ -64,7 +89,9 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [v for v in args.variants.split(",") if v]
+    if args.gates:
+        return run_gates(args)
+    variants = [v for v in (args.variants or ",".join(VARIANTS)).split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -89,6 +116,151 @@ def run(args) -> int:
         rows.append([variant, f"{r['lstm_sparsity']:.1%}", r["test_perplexity"], gap, f"{r['seconds']:.0f}"])
     print_table(f"LM quality after {args.steps} fine-tuning steps on {args.corpus} (test perplexity)",
                 ["variant", "LSTM sparsity", "test ppl", "vs dense", "wall s"], rows)
+    write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
+    print(f"wrote {args.json}")
+    return 0
+
+
+# -- --gates: dynamic block gating (Hadifar et al.) ---------------------------------------------
+
+
+def blockdiag_mask(shape: tuple[int, int], n: int) -> torch.Tensor:
+    """Bool ``(out, in)`` mask: an ``n x n`` grid of blocks, the diagonal blocks kept (fraction 1/n)."""
+    rows = torch.arange(shape[0]) * n // shape[0]  # (out,) block row of every row
+    cols = torch.arange(shape[1]) * n // shape[1]  # (in,)
+    return rows[:, None] == cols[None, :]
+
+
+def _gate_recipe(variant: str, args, static_sparsity: float) -> dict:
+    task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0}
+    train = {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
+    block = [args.gate_block, args.gate_block]
+    if variant in ("dense", "blockdiag"):
+        step = {"pass": "finetune", "train": train}
+    elif variant == "dynamic":
+        step = {"pass": "dynamic_gate", "targets": ["rnn"], "block": block, "keep": args.keep, "mode": args.gate_mode,
+                "rank": args.gate_rank, "init": args.gate_init, "latency_repeats": 0, "train": train}
+    else:
+        step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": block, "sparsity": round(static_sparsity, 6),
+                "end": (3 * args.steps) // 4, "freq": max(1, args.steps // 40), "train": train}
+    return {"version": 1, "passes": [step]}
+
+
+def _rnn_weights(rnn) -> dict:
+    return {n: p for n, p in rnn.named_parameters() if n.startswith("weight_")}
+
+
+def _step_timings(model_rnn, static_rnn, block: int, args) -> dict:
+    """Batch-1 streaming-step medians (ms): dense, gated, static block-sparse; one interleaved run."""
+    from ..kernels import GatedLSTM, SparseLSTM
+    from .common import time_interleaved
+
+    dense = SparseLSTM.from_dense(model_rnn.to_dense(), {}).eval()
+    fns = {"dense": dense.step, "gated": model_rnn.eval().step}
+    if static_rnn is not None:
+        masks = {n: w.detach() != 0 for n, w in _rnn_weights(static_rnn).items()}
+        fns["static"] = SparseLSTM.from_dense(static_rnn, masks, (block, block)).eval().step
+    xs = [torch.randn(1, dense.input_size) for _ in range(4)]
+    with torch.no_grad():
+        t = time_interleaved({k: (lambda r, f=f: f(xs[r % 4])) for k, f in fns.items()}, repeats=args.latency_repeats)
+    out = {k: v["median_s"] * 1e3 for k, v in t.items()}
+    # the paper's size, random weights, for scale
+    big = torch.nn.LSTM(1536, 1536, 2)
+    gated = GatedLSTM.from_dense(big, None, (128, 128), args.keep, args.gate_mode, args.gate_rank).eval()
+    big_dense = SparseLSTM.from_dense(big, {}).eval()
+    xb = [torch.randn(1, 1536) for _ in range(4)]
+    with torch.no_grad():
+        t = time_interleaved({"dense": lambda r: big_dense.step(xb[r % 4]), "gated": lambda r: gated.step(xb[r % 4])},
+                             repeats=max(10, args.latency_repeats // 4))
+    out["paper_size_dense"], out["paper_size_gated"] = t["dense"]["median_s"] * 1e3, t["gated"]["median_s"] * 1e3
+    return out
+
+
+def run_gates(args) -> int:
+    """The --gates benchmark (see the module docstring)."""
+    import copy
+
+    from rich.console import Console
+
+    from .. import Pipeline, capture, load_model
+    from .. import masks as masklib
+    from ..corpus import corpus_text
+    from ..kernels import GatedLSTM
+    from ..passes.block_prune import layer_block_mask
+    from ..patterns import Gated
+    from ..recipe import parse_recipe
+    from ..tasks import LMTask, TaskConfig
+
+    variants = [v for v in (args.variants or ",".join(GATE_VARIANTS)).split(",") if v]
+    unknown = [v for v in variants if v not in GATE_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(GATE_VARIANTS)}")
+    if args.json == "bench-results/quality.json":
+        args.json = "bench-results/quality-gates.json"
+    corpus_text(args.corpus)
+    spec = load_model("lstm-lm")
+    task = LMTask(TaskConfig(corpus=args.corpus, seq_len=args.seq_len, batch_size=args.batch, eval_tokens=0), spec.vocab)
+    pattern = Gated(args.gate_block, args.gate_block, args.keep, args.gate_mode, args.gate_rank)
+    shapes = [tuple(w.shape) for w in _rnn_weights(spec.model.rnn).values()]
+    dense_macs = sum(o * i for o, i in shapes)
+    gated_frac = sum(pattern.flops(s) for s in shapes) / (2 * dense_macs)
+    gate_frac = sum(pattern.gate_macs(s) for s in shapes) / dense_macs
+    static_sparsity = 1.0 - gated_frac
+    print(f"LSTM weights {dense_macs / 1e3:.0f}K MACs/token; dynamic keep {args.keep} with {args.gate_block}x{args.gate_block} "
+          f"blocks costs {gated_frac:.1%} of dense (gates {gate_frac:.1%}) -> static block pruning to sparsity "
+          f"{static_sparsity:.1%} at equal compute", flush=True)
+    results: dict = {"equal_compute": {"dynamic_fraction": gated_frac, "gate_fraction": gate_frac,
+                                       "static_sparsity": static_sparsity}}
+    # step 0: how the gate initialisation starts (no training)
+    init = {"dense": task.perplexity(spec.model, task.test_ids)}
+    for how in ("norm", "random"):
+        m = copy.deepcopy(spec.model)
+        m.rnn = GatedLSTM.from_dense(m.rnn, None, (args.gate_block,) * 2, args.keep, args.gate_mode, args.gate_rank, how)
+        init[f"gated_{how}_init"] = task.perplexity(m, task.test_ids)
+    m = copy.deepcopy(spec.model)
+    for t in [t for t in capture(m, spec.example_inputs).targets if t.module_path == "rnn"]:
+        w = getattr(m.rnn, t.param_name)
+        with torch.no_grad():
+            w.mul_(layer_block_mask(w.detach(), t, (args.gate_block,) * 2, "max_abs", static_sparsity, False, False))
+    init["static_oneshot"] = task.perplexity(m, task.test_ids)
+    results["step0"] = init
+    print("step 0 test perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in init.items()), flush=True)
+    models = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        spec = load_model("lstm-lm")
+        n = round(1 / args.keep)
+        if variant == "blockdiag":
+            for name, w in _rnn_weights(spec.model.rnn).items():
+                masklib.set_mask(spec.model, f"rnn.{name}", blockdiag_mask(tuple(w.shape), n))
+        t0 = time.perf_counter()
+        result = Pipeline(parse_recipe(_gate_recipe(variant, args, static_sparsity))).run(spec, console=Console(file=io.StringIO()))
+        seconds = time.perf_counter() - t0
+        models[variant] = result.model
+        ppl = task.perplexity(result.model, task.test_ids)
+        if variant == "dynamic":
+            compute = gated_frac
+        else:
+            ws = _rnn_weights(result.model.rnn)
+            compute = sum(float((w != 0).sum()) for w in ws.values()) / dense_macs
+        results[variant] = {"test_perplexity": ppl, "compute_fraction": compute, "seconds": seconds}
+        print(f"{variant}: test perplexity {ppl:.4f}, LSTM compute {compute:.1%} of dense, {seconds:.0f}s", flush=True)
+    if "dynamic" in models:
+        lat = _step_timings(models["dynamic"].rnn, models["static"].rnn if "static" in models else None, args.gate_block, args)
+        results["step_latency_ms"] = lat
+        print("batch-1 step (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in lat.items()), flush=True)
+    dense = results.get("dense", {}).get("test_perplexity")
+    lat = results.get("step_latency_ms", {})
+    speed = {"dynamic": ("dense", "gated"), "static": ("dense", "static")}
+    rows = []
+    for v in variants:
+        r = results[v]
+        gap = f"{(r['test_perplexity'] / dense - 1):+.1%}" if dense else "-"
+        pair = speed.get(v)
+        sp = f"{lat[pair[0]] / lat[pair[1]]:.2f}x" if pair and pair[1] in lat else ("1.00x" if v == "dense" and lat else "-")
+        rows.append([v, f"{r['compute_fraction']:.1%}", r["test_perplexity"], gap, sp, f"{r['seconds']:.0f}"])
+    print_table(f"LSTM LM after {args.steps} steps on {args.corpus}, keep {args.keep} (test perplexity)",
+                ["variant", "LSTM compute", "test ppl", "vs dense", "batch-1 step speed-up", "wall s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"wrote {args.json}")
     return 0
