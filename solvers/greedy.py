@@ -52,13 +52,24 @@ def single_thread():
 def _row_col_index(order: torch.Tensor, M: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, M*M) flat in-tile positions -> two (M*M, T) int32 indices into (T*M,) row/column counters."""
     T = order.shape[0]
-    o = order.to(torch.int32).T.contiguous()  # (M*M, T)
+    # Transpose in the narrowest dtype that holds M*M - 1 (the transpose copy is the cost here).
+    small = torch.uint8 if M * M <= 256 else torch.int16
+    o = order.to(small).T.contiguous()  # (M*M, T)
     if M & (M - 1) == 0:
         rows, cols = o >> (M.bit_length() - 1), o & (M - 1)
     else:
         rows, cols = o // M, o % M
+    rows, cols = rows.to(torch.int32), cols.to(torch.int32)
     base = torch.arange(0, T * M, M, dtype=torch.int32, device=order.device)  # (T,)
     return rows.add_(base), cols.add_(base)
+
+
+def _sort_key(scores: torch.Tensor) -> torch.Tensor:
+    """Integer view of non-negative float scores with the same order (IEEE-754 bits of
+    non-negative floats sort like the floats; sorting int32 is about 30% faster than float32 on
+    CPU). Other dtypes are returned as they are."""
+    view = {torch.float32: torch.int32, torch.float64: torch.int64}.get(scores.dtype)
+    return scores.view(view) if view is not None else scores
 
 
 def greedy_fill(scores: torch.Tensor, n: int, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,7 +78,7 @@ def greedy_fill(scores: torch.Tensor, n: int, keep: torch.Tensor | None = None) 
     mask with row/column counts <= n; entries are only added. Returns (T, M, M) bool."""
     T, M, _ = scores.shape
     dev = scores.device
-    order = torch.argsort(scores.reshape(T, M * M), dim=1, descending=True, stable=True)  # (T, M*M)
+    order = torch.argsort(_sort_key(scores.reshape(T, M * M)), dim=1, descending=True, stable=True)  # (T, M*M)
     row_idx, col_idx = _row_col_index(order, M)  # (M*M, T) each
     if keep is None:
         row_cnt = torch.zeros(T * M, dtype=torch.uint8, device=dev)
@@ -90,7 +101,7 @@ def greedy_fill(scores: torch.Tensor, n: int, keep: torch.Tensor | None = None) 
     if already is not None:
         take |= already
     kept = torch.zeros(T, M * M, dtype=torch.bool, device=dev)
-    kept.scatter_(1, order, take.T)
+    kept.scatter_(1, order, take.T.contiguous())
     return kept.reshape(T, M, M)
 
 
@@ -123,14 +134,15 @@ def repair_swaps(keep: torch.Tensor, scores: torch.Tensor, n: int, max_rounds: i
     limit = max_rounds if max_rounds is not None else n * M
     sub_all = keep[idx]  # (K, M, M) the broken tiles, repaired in place
     sc_all = scores[idx]  # (K, M, M)
-    live = torch.arange(idx.numel(), device=keep.device)  # rows of sub_all still broken
+    live = None  # indices into sub_all of the tiles still broken; None = all of them
     rounds = 0
     with single_thread():
-        while live.numel():
+        while live is None or live.numel():
             if rounds >= limit:
                 raise RuntimeError(f"repair did not converge in {limit} rounds: the start mask is not greedy-maximal")
-            sub, sc = sub_all[live], sc_all[live]  # (K, M, M)
-            K = live.numel()
+            # The first round works on sub_all itself (no gather/scatter copies of every broken tile).
+            sub, sc = (sub_all, sc_all) if live is None else (sub_all[live], sc_all[live])  # (K, M, M)
+            K = sub.shape[0]
             ar = torch.arange(K, device=keep.device)
             rows, cols = row_col_counts(sub)  # (K, M) each
             r = (rows < n).to(torch.int8).argmax(1)  # (K,) first short row
@@ -138,17 +150,21 @@ def repair_swaps(keep: torch.Tensor, scores: torch.Tensor, n: int, max_rounds: i
             row_r = sub[ar, r]  # (K, M) over c'
             col_c = sub[ar, :, c]  # (K, M) over r'
             valid = (~row_r)[:, None, :] & sub & (~col_c)[:, :, None]  # (K, r', c')
-            if not bool(valid.reshape(K, -1).any(1).all()):
+            gain = torch.add(sc[ar, r][:, None, :], sc[ar, :, c][:, :, None]).sub_(sc)  # (K, r', c')
+            gain.masked_fill_(~valid, float("-inf"))  # scores are finite: -inf marks "no swap here"
+            best_gain, best = gain.reshape(K, M * M).max(1)  # (K,) each
+            if bool(torch.isneginf(best_gain).any()):
                 raise RuntimeError("repair found a tile without an augmenting swap: the start mask is not greedy-maximal")
-            gain = sc[ar, r][:, None, :] - sc + sc[ar, :, c][:, :, None]  # (K, r', c')
-            gain = torch.where(valid, gain, torch.full_like(gain, float("-inf")))
-            best = gain.reshape(K, M * M).argmax(1)  # (K,)
             rp, cp = best // M, best % M
             sub[ar, r, cp] = True
             sub[ar, rp, cp] = False
             sub[ar, rp, c] = True
-            sub_all[live] = sub
-            live = live[_broken(sub, n)]
+            still = torch.nonzero(_broken(sub, n)).reshape(-1)
+            if live is None:
+                live = still
+            else:
+                sub_all[live] = sub
+                live = live[still]
             rounds += 1
     keep[idx] = sub_all
     return keep
