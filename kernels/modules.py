@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import ceil_div, check_block, check_float_dtype, pad_to_blocks
-from .block_ops import balanced_block_linear, bsr_linear
+from .block_ops import BagIndex, bag_index_bsr, balanced_block_linear, bsr_linear
 from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid
 from .gated_ops import GATE_MODES, gate_values, gated_block_linear, kept_blocks, select_blocks
 from .nm_ops import nm_linear
@@ -117,6 +117,21 @@ class BlockSparseLinear(_SparseLinearBase):
             raise TypeError(f"fmt must be a BalancedBlock or BSR, got {type(fmt).__name__}")
         self.bias = _bias(bias)
         self.backend = "auto"
+        self._bag_cache: tuple[tuple, BagIndex] | None = None
+
+    def _bag_index(self) -> BagIndex:
+        """The BSR batch-1 index tensors, rebuilt only when the pattern buffers change (moved to
+        another device, replaced, written in place or loaded by ``load_state_dict``)."""
+        pattern = (self.crow_indices, self.col_indices)
+        # Inference tensors have no version counter; loads clear the cache in _load_from_state_dict.
+        key = tuple((t.data_ptr(), t.device, -1 if t.is_inference() else t._version) for t in pattern)
+        if self._bag_cache is None or self._bag_cache[0] != key:
+            self._bag_cache = (key, bag_index_bsr(*pattern, self.block[1]))
+        return self._bag_cache[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._bag_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, block=(32, 32), layout: str = "auto") -> "BlockSparseLinear":
@@ -161,8 +176,11 @@ class BlockSparseLinear(_SparseLinearBase):
             return block_sparse_linear_triton(x, self.values, cols, crow, self.bias, self.in_features, self.out_features)
         if self.layout == "balanced":
             return balanced_block_linear(x, self.values, self.col_idx, self.bias, self.in_features, self.out_features)
+        # The BSR batch-1 index is cached on the module; while exporting the op takes the bmm path.
+        bag = self._bag_index() if x.numel() == x.shape[-1] and not torch.compiler.is_exporting() else None
         return bsr_linear(
-            x, self.values, self.crow_indices, self.col_indices, self.row_indices, self.bias, self.in_features, self.out_features
+            x, self.values, self.crow_indices, self.col_indices, self.row_indices, self.bias, self.in_features,
+            self.out_features, bag_index=bag,
         )
 
     def to_format(self) -> BalancedBlock | BSR:

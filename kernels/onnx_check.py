@@ -44,13 +44,21 @@ def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: 
     return str(path)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` on the CPU provider (optionally with ``threads`` intra-op threads)."""
+def ort_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):
+    """An ``onnxruntime.InferenceSession`` on the CPU provider (optionally with ``threads`` intra-op threads).
+
+    ``spin=False`` stops the intra-op threads from busy-waiting after each run (ORT's
+    ``session.intra_op.allow_spinning``): needed when several sessions share few cores, as in the
+    benchmark, where one session's spinning threads otherwise slow the next session's run several
+    times over (measured on 2 cores: ORT dense median 7.4 ms against a 1.5 ms minimum).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -33,16 +34,22 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20,
     """Time several callables side by side, interleaved round by round.
 
     Each callable takes the round index (use it to rotate among input or weight copies so that
-    caches do not flatter the result). Returns ``{name: {"median_s", "min_s", "runs"}}``.
+    caches do not flatter the result). The order within a round is shuffled (seeded, so runs are
+    repeatable): a call that runs right after a dense GEMM finds the caches flushed by its weight
+    stream, and a fixed order would charge that to whichever callable comes next.
+    Returns ``{name: {"median_s", "min_s", "runs"}}``.
     """
     for i in range(warmup):
         for fn in fns.values():
             fn(i)
+    names = list(fns)
+    order_rng = random.Random(0)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
-        for name, fn in fns.items():
+        order_rng.shuffle(names)
+        for name in names:
             t0 = time.perf_counter()
-            fn(r)
+            fns[name](r)
             samples[name].append(time.perf_counter() - t0)
     return {
         name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s)} for name, s in samples.items()

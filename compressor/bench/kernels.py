@@ -156,11 +156,14 @@ def bench_onnx(args, gen) -> list[dict]:
         lins = [_linear(out, inp, gen) for _ in range(n)]
         for B in args.onnx_batches:
             ex = torch.randn(B, inp, generator=gen)
-            dense_s = [ort_session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx")), threads) for i, l in enumerate(lins)]
+            # No spinning: 2n sessions share the cores, and idle sessions' spinning threads would be timed.
+            dense_s = [ort_session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx")), threads, spin=False)
+                       for i, l in enumerate(lins)]
             for sp in args.sparsities:
                 masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
                 mods = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
-                ours_s = [ort_session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")), threads) for i, m in enumerate(mods)]
+                ours_s = [ort_session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")), threads, spin=False)
+                          for i, m in enumerate(mods)]
                 name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
                 xs = [torch.randn(B, inp, generator=gen).numpy() for _ in range(n)]
                 fns = {

@@ -79,7 +79,7 @@ def test_round_trip_and_rebuild(layout, block_mask):
 
 
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
-@pytest.mark.parametrize("batch", [2, 6, 130])
+@pytest.mark.parametrize("batch", [1, 2, 6, 130])  # 1: the embedding_bag path
 def test_gradients_match_dense_reference(layout, batch, block_mask, dense_ref):
     torch.manual_seed(1)
     lin = _linear(40, 50, torch.float64)
@@ -104,15 +104,36 @@ def test_gradients_match_dense_reference(layout, batch, block_mask, dense_ref):
 def test_functional_ops_direct(block_mask, dense_ref):
     w, b = torch.randn(30, 50), torch.randn(30)
     mask = block_mask(30, 50, 8, keep=0.5)
-    x = torch.randn(3, 50)
     bal = BalancedBlock.from_dense(w, mask, 8)
-    y = balanced_block_linear(x, bal.values_t(), bal.col_idx, b, 50, 30)
-    assert_close(y, dense_ref(x, w, mask, b), atol=2e-5, rtol=1e-4)
     bsr = BSR.from_dense(w, mask, 8)
-    for large in (1, 10**6):  # both the per-block bmm and the embedding_bag paths
-        y = bsr_linear(x, bsr.values.transpose(1, 2).contiguous(), bsr.crow_indices, bsr.col_indices,
-                       bsr.row_indices(), b, 50, 30, large_batch=large)
+    for x in (torch.randn(3, 50), torch.randn(1, 50)):  # batch 1: the embedding_bag path, index built per call
+        y = balanced_block_linear(x, bal.values_t(), bal.col_idx, b, 50, 30)
         assert_close(y, dense_ref(x, w, mask, b), atol=2e-5, rtol=1e-4)
+        for large in (1, 10**6):  # both the per-block bmm and the embedding_bag paths
+            y = bsr_linear(x, bsr.values.transpose(1, 2).contiguous(), bsr.crow_indices, bsr.col_indices,
+                           bsr.row_indices(), b, 50, 30, large_batch=large)
+            assert_close(y, dense_ref(x, w, mask, b), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["balanced", "bsr"])
+def test_batch1_index_cache_follows_the_pattern(layout, block_mask, dense_ref):
+    """The BSR batch-1 path caches index tensors built from the pattern buffers: loading another
+    pattern's state (same shapes) or writing the buffers in place must not reuse a stale index."""
+    torch.manual_seed(3)
+    lin = _linear(48, 64)
+    masks = [block_mask(48, 64, 16, keep=0.5, seed=s) for s in range(2)]
+    assert not torch.equal(masks[0], masks[1])
+    mods = [BlockSparseLinear.from_dense(lin, m, 16, layout=layout) for m in masks]
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        assert_close(mods[0](x), dense_ref(x, lin.weight, masks[0], lin.bias), atol=2e-5, rtol=1e-4)
+        mods[0].load_state_dict(mods[1].state_dict())
+        assert_close(mods[0](x), dense_ref(x, lin.weight, masks[1], lin.bias), atol=2e-5, rtol=1e-4)
+        with torch.inference_mode():
+            assert_close(mods[0](x), dense_ref(x, lin.weight, masks[1], lin.bias), atol=2e-5, rtol=1e-4)
+        double = mods[0].to(torch.float64)
+        xd = x.double()
+        assert_close(double(xd), dense_ref(xd, lin.weight.double(), masks[1], lin.bias.double()))
 
 
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
