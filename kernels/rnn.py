@@ -116,9 +116,10 @@ class _SparseRNN(nn.Module):
 
     def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
         T = xproj.shape[0]
+        steps = xproj.unbind(0)  # not xproj[t]: the backward of T selects builds T full-size zero tensors (O(T^2))
         hs = []
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            state = self._cell(xproj[t], hh, state)
+            state = self._cell(steps[t], hh, state)
             hs.append(self._hidden(state))
         if reverse:
             hs.reverse()
