@@ -41,7 +41,7 @@ import torch.nn as nn
 from ._checks import ceil_div
 from .gated_ops import kept_blocks
 from .modules import GatedBlockLinear
-from .rnn import SparseGRU, SparseLSTM, _linear
+from .rnn import SparseGRU, SparseLSTM
 
 __all__ = ["GatedLinear", "LowRankGate", "build_gate", "gate_macs", "gated_linear", "kept_fraction", "GatedLSTM", "GatedGRU",
            "GATE_INITS"]
@@ -156,53 +156,17 @@ def gated_linear(linear: nn.Linear, block, keep: float, mode: str = "global", ra
 
 
 class _GatedMixin:
-    """What gated recurrent layers add to the sparse ones: building from dense, dense round trip."""
+    """What gated recurrent layers add to the sparse ones: building from dense with gated projections."""
 
     @classmethod
     def from_dense(cls, rnn: nn.RNNBase, weights=None, block=(32, 32), keep: float = 0.5, mode: str = "global",
                    rank: int = 0, init: str = "random", seed: int = 0):
         """Gate the weights named in ``weights`` (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...; None:
         every one) of an ``nn.LSTM`` / ``nn.GRU``; the others stay dense ``nn.Linear``."""
-        if not isinstance(rnn, cls._base):
-            raise TypeError(f"rnn must be an nn.{cls._base.__name__}, got {type(rnn).__name__}")
-        if getattr(rnn, "proj_size", 0):
-            raise ValueError(f"rnn.proj_size={rnn.proj_size} is not supported (only proj_size=0)")
-        names = [n for n in rnn._flat_weights_names if n.startswith("weight_")]
-        chosen = list(names if weights is None else weights)
-        unknown = sorted(set(chosen) - set(names))
-        if unknown:
-            raise ValueError(f"unknown weight names {unknown}; valid names: {names}")
-        cells = {}
-        for i, name in enumerate(names):
-            part = name[len("weight_"):]  # "ih_l0", "hh_l1_reverse"
-            lin = _linear(getattr(rnn, name).detach(), getattr(rnn, "bias_" + part).detach() if rnn.bias else None)
-            cells[part] = gated_linear(lin, block, keep, mode, rank, init, seed + i) if name in chosen else lin
-        return cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first, rnn.bidirectional,
-                   float(rnn.dropout), cells)
-
-    def to_dense(self) -> nn.RNNBase:
-        """An ``nn.LSTM`` / ``nn.GRU`` with every stored weight (for measuring; gating is lost)."""
-        p = next(self.parameters())
-        rnn = self._base(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                         dropout=self.dropout, bidirectional=self.bidirectional, dtype=p.dtype, device=p.device)
-        with torch.no_grad():
-            for part, mod in self.proj.items():
-                w = mod.to_dense_weight() if isinstance(mod, GatedBlockLinear) else mod.weight
-                getattr(rnn, "weight_" + part).copy_(w)
-                if self.bias:
-                    getattr(rnn, "bias_" + part).copy_(mod.bias)
-        return rnn
-
-    def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
-        # unbind, not xproj[t]: the backward of T selects would build T full-size zero tensors (O(T^2))
-        steps = xproj.unbind(0)
-        hs = []
-        for x_t in (reversed(steps) if reverse else steps):
-            state = self._cell(x_t, hh, state)
-            hs.append(self._hidden(state))
-        if reverse:
-            hs.reverse()
-        return torch.stack(hs, dim=0), state  # (T, B, H)
+        chosen = None if weights is None else set(weights)
+        return cls._from_cells(
+            rnn, chosen, lambda i, name, lin: gated_linear(lin, block, keep, mode, rank, init, seed + i)
+        )
 
     def gated(self) -> dict[str, GatedBlockLinear]:
         """The gated projections by weight name (``weight_hh_l0`` -> module)."""

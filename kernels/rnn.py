@@ -54,34 +54,45 @@ class _SparseRNN(nn.Module):
         """Build from an ``nn.LSTM`` / ``nn.GRU``; ``masks`` maps weight names (``weight_hh_l0``,
         ``weight_ih_l1_reverse``, ...) to bool masks of whole ``block`` blocks. Weights without a mask
         stay dense. Deterministic (a loader can rebuild from dense masked weights + masks)."""
+        masks = dict(masks or {})
+
+        def sparse(i, name, lin):
+            return lin if masks[name] is None else BlockSparseLinear.from_dense(lin, masks[name], block, layout)
+
+        return cls._from_cells(rnn, set(masks), sparse, "masks has ")
+
+    @classmethod
+    def _from_cells(cls, rnn: nn.RNNBase, chosen: set[str] | None, make, what: str = ""):
+        """Shared by the sparse and gated builders: one projection per weight of ``rnn``
+        (``nn.Linear`` copies), ``make(i, name, linear)`` replacing those named in ``chosen``
+        (None: every weight). ``what`` prefixes the unknown-name error."""
         if not isinstance(rnn, cls._base):
             raise TypeError(f"rnn must be an nn.{cls._base.__name__}, got {type(rnn).__name__}")
         if getattr(rnn, "proj_size", 0):
             raise ValueError(f"rnn.proj_size={rnn.proj_size} is not supported (only proj_size=0)")
-        masks = dict(masks or {})
         names = [n for n in rnn._flat_weights_names if n.startswith("weight_")]
-        unknown = sorted(set(masks) - set(names))
+        chosen = set(names) if chosen is None else chosen
+        unknown = sorted(chosen - set(names))
         if unknown:
-            raise ValueError(f"masks has unknown weight names {unknown}; valid names: {names}")
+            raise ValueError(f"{what}unknown weight names {unknown}; valid names: {names}")
         cells = {}
-        for name in names:
+        for i, name in enumerate(names):
             part = name[len("weight_"):]  # "ih_l0", "hh_l1_reverse"
-            weight = getattr(rnn, name).detach()
-            bias = getattr(rnn, "bias_" + part).detach() if rnn.bias else None
-            lin = _linear(weight, bias)
-            cells[part] = lin if masks.get(name) is None else BlockSparseLinear.from_dense(lin, masks[name], block, layout)
+            lin = _linear(getattr(rnn, name).detach(), getattr(rnn, "bias_" + part).detach() if rnn.bias else None)
+            cells[part] = make(i, name, lin) if name in chosen else lin
         return cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first, rnn.bidirectional,
                    float(rnn.dropout), cells)
 
     # -- dense round trip -------------------------------------------------------------------
     def to_dense(self) -> nn.RNNBase:
-        """An ``nn.LSTM`` / ``nn.GRU`` with the (masked) weights of this module."""
+        """An ``nn.LSTM`` / ``nn.GRU`` with the (masked) weights of this module (a gated module
+        gives its stored weights: the gating is lost)."""
         p = next(self.parameters())
         rnn = self._base(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
                          dropout=self.dropout, bidirectional=self.bidirectional, dtype=p.dtype, device=p.device)
         with torch.no_grad():
             for part, mod in self.proj.items():
-                w = mod.to_dense_weight() if isinstance(mod, BlockSparseLinear) else mod.weight
+                w = mod.to_dense_weight() if hasattr(mod, "to_dense_weight") else mod.weight
                 getattr(rnn, "weight_" + part).copy_(w)
                 if self.bias:
                     getattr(rnn, "bias_" + part).copy_(mod.bias)
