@@ -5,7 +5,12 @@ Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every sel
 1. choose the mask: plain N:M along the input dimension, or transposable N:M (every M x M tile
    keeps N per row and per column, so W^T is N:M too) with a solver from
    :mod:`compressor.solvers` (``exact`` or ``greedy``, ...). An existing mask (an
-   unstructured-sparse model) is passed as the solvers' ``prior``: kept weights are preferred;
+   unstructured-sparse model) is passed as the solvers' ``prior``: kept weights are preferred.
+   The solvers keep the largest scores: ``score: magnitude`` (default) scores ``|W_ij|``;
+   ``score: activation`` scores ``|W_ij| * ||X_j||`` with the calibration inputs' column norms
+   (the activation-aware criterion of Sun et al., "Wanda", arXiv 2306.11695: a weight matters in
+   proportion to the input that it multiplies; not part of PAPERS.md, offered because it is
+   cheap once X is recorded). Weights whose inputs no hook sees fall back to magnitude;
 2. record calibration inputs X of the layer from the original (dense) model, one module at a
    time (:mod:`compressor.calibration`);
 3. reconstruct: minimise ``||X W^T - X (S * W')^T||^2`` over the kept weights W', with Adam
@@ -14,7 +19,8 @@ Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every sel
 4. optionally correct the bias by the mean output error; re-estimate BatchNorm statistics.
 
 The report carries, per layer, the kept magnitude of the chosen mask relative to plain N:M and
-the relative reconstruction error before and after. Layers narrower than M, and F.linear weights
+the relative reconstruction error before and after (and, with ``score: activation``, the error of
+the magnitude-only mask of the same pattern, ``reconstruction_error_magnitude_mask``). Layers narrower than M, and F.linear weights
 (whose inputs no hook can see), are handled as documented in the report notes.
 """
 
@@ -35,7 +41,10 @@ from ..solvers.registry import SOLVER_NAMES
 from ..tasks import TaskConfig
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error"]
+__all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error", "SCORES"]
+
+#: Mask criteria of ``nm_convert`` (see the module docstring).
+SCORES = ("magnitude", "activation")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class NMConvertConfig(PassConfig):
     transposable: bool = True
     solver: str = "exact"
     use_prior: bool = True
+    score: Literal["magnitude", "activation"] = "magnitude"
     reconstruct: Literal["adam", "lstsq", "none"] = "adam"
     iterations: int = 300
     lr: float = 1e-3
@@ -62,6 +72,8 @@ class NMConvertConfig(PassConfig):
             raise RecipeError(f"{path}.m", f"{self.m} is invalid; m must be at least 2")
         if not 0 < self.n < self.m:
             raise RecipeError(f"{path}.n", f"{self.n} is invalid; n must satisfy 0 < n < m (m = {self.m})")
+        if self.score not in SCORES:
+            raise RecipeError(f"{path}.score", f"{self.score!r} is not a score; choose from {', '.join(SCORES)}")
         if self.solver not in SOLVER_NAMES:
             raise RecipeError(f"{path}.solver", f"{self.solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
         for key in ("iterations", "batch", "rows"):
@@ -138,23 +150,29 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
         by_module.setdefault(t.module_path, []).append(t)
     for module_path, group in by_module.items():
         hookable = not any(t.kind == "functional" for t in group)
+        needs_inputs = c.reconstruct != "none" or c.score == "activation"
         inputs = module_inputs(state.reference, module_path, _calibration_batches(state, c), c.rows) \
-            if hookable and c.reconstruct != "none" else {}
+            if hookable and needs_inputs else {}
         for t in group:
             w_ref = state.weight(t).clone()
             prior = state.mask(t) if c.use_prior else None
-            if c.transposable:
-                mask = transposable_nm_mask(w_ref, c.n, c.m, method=c.solver, prior=prior)
-            else:
-                mask = nm_mask(w_ref, c.n, c.m, prior=prior)
-            plain = nm_mask(w_ref, c.n, c.m)
-            info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
-            metrics = {"kept_magnitude_vs_plain": kept_magnitude(w_ref, mask) / max(kept_magnitude(w_ref, plain), 1e-30)}
             x = inputs.get(t.param_name)
+            x = None if x is None else x.to(w_ref.dtype)
+            info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
+            mask = _choose_mask(c, w_ref, prior)
+            if c.score == "activation":
+                if x is not None:
+                    magnitude_mask, mask = mask, _choose_mask(c, w_ref.abs() * x.norm(dim=0), prior)
+                else:
+                    magnitude_mask = None
+                    info["notes"].append("score: activation needs the layer's inputs, which no hook sees: magnitude used")
+            plain = nm_mask(w_ref, c.n, c.m)
+            metrics = {"kept_magnitude_vs_plain": kept_magnitude(w_ref, mask) / max(kept_magnitude(w_ref, plain), 1e-30)}
             new_w = w_ref * mask
             if x is not None:
-                x = x.to(w_ref.dtype)
                 metrics["reconstruction_error_before"] = relative_error(x, w_ref, new_w)
+                if c.score == "activation":
+                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_ref, w_ref * magnitude_mask)
                 if c.reconstruct == "adam":
                     new_w = reconstruct_adam(x, w_ref, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed)
                 elif c.reconstruct == "lstsq":
@@ -172,6 +190,13 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             result.metrics[t.name] = metrics
     _reestimate_norm_stats(state, c)
     return result
+
+
+def _choose_mask(c: NMConvertConfig, scores: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    """The N:M (or transposable N:M) mask keeping the largest ``|scores|``."""
+    if c.transposable:
+        return transposable_nm_mask(scores, c.n, c.m, method=c.solver, prior=prior)
+    return nm_mask(scores, c.n, c.m, prior=prior)
 
 
 def _correct_bias(state, target, x, w_ref, new_w, info) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -95,6 +96,46 @@ def test_prior_unstructured_mask_is_respected(load_fixture):
     assert float((w == 0).float().mean()) >= 0.6
 
 
+class _Scale(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize("transposable", [False, True])
+def test_activation_score_keeps_weights_on_large_inputs(transposable):
+    """Input feature 0 is 100x larger than the others and its weights 10x smaller: magnitude drops
+    them, ``score: activation`` (|W| x input column norm) must keep them and lower the error."""
+    torch.manual_seed(0)
+    fc = nn.Linear(8, 8)
+    with torch.no_grad():
+        fc.weight.copy_(torch.rand(8, 8) * 0.5 + 0.5)  # |w| in [0.5, 1]
+        fc.weight[:, 0] = 0.05
+    scale = torch.ones(8)
+    scale[0] = 100.0
+    model = nn.Sequential(_Scale(scale), fc).eval()
+    masks = {}
+    for score in ("magnitude", "activation"):
+        spec = ModelSpec(copy.deepcopy(model), (torch.randn(2, 8),), {"kind": "factory", "ref": "x:y"})  # runs edit it
+        step = {"pass": "nm_convert", "n": 2, "m": 4, "transposable": transposable, "score": score,
+                "reconstruct": "none", "rows": 256, "calibration": {"name": "distill", "batch_size": 32}}
+        result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+        masks[score] = result.masks["1.weight"]
+        metrics = result.report.passes[0]["metrics"]["1.weight"]
+    if transposable:
+        # every column keeps exactly 2 of each 4-row tile whatever the score, so the scaled column
+        # cannot win more entries; the score only moves choices within the tiles
+        assert is_transposable(masks["activation"], 2, 4) and is_transposable(masks["magnitude"], 2, 4)
+        assert metrics["reconstruction_error_before"] <= metrics["reconstruction_error_magnitude_mask"] + 1e-6
+    else:
+        assert not bool(masks["magnitude"][:, 0].any())  # the smallest weights of every group
+        assert bool(masks["activation"][:, 0].all())
+        assert metrics["reconstruction_error_before"] < 0.5 * metrics["reconstruction_error_magnitude_mask"]
+
+
 def test_narrow_layers_are_skipped_and_reported():
     model = nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 4))
     spec = ModelSpec(model.eval(), (torch.randn(2, 3),), {"kind": "factory", "ref": "x:y"})
@@ -122,7 +163,8 @@ def test_example_inputs_that_do_not_fit(load_fixture):
 
 
 @pytest.mark.parametrize("fields,where", [({"solver": "magic"}, "solver"), ({"n": 4, "m": 4}, "n"),
-                                          ({"iterations": 0}, "iterations"), ({"rows": 0}, "rows")])
+                                          ({"iterations": 0}, "iterations"), ({"rows": 0}, "rows"),
+                                          ({"score": "wanda"}, "score")])
 def test_bad_settings(fields, where):
     with pytest.raises(RecipeError) as info:
         parse_recipe({"version": 1, "passes": [{"pass": "nm_convert", **fields}]})

@@ -3,8 +3,10 @@
 Hubara et al. (PAPERS.md section 3) on two models: the built-in character LSTM (test
 perplexity) and the transformer-style ``tiny-encoder`` (relative output error against the
 dense model on fresh inputs). For each N:M in ``--patterns`` and each of plain / transposable,
-the ``nm_convert`` pass runs without reconstruction (magnitude-only masks) and with it; the
-table shows the quality and the mean per-layer reconstruction error before/after.
+the ``nm_convert`` pass runs without reconstruction and with it, for each mask score in
+``--scores`` (``magnitude``: |W|; ``activation``: |W| x input column norm); the table shows the
+quality and the mean per-layer output error of the magnitude-only mask of the same pattern against
+the error after the pass (mask score and reconstruction together).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="lstm-lm,tiny-encoder")
     parser.add_argument("--patterns", default="2:4,4:8")
     parser.add_argument("--reconstruct", default="lstsq", choices=["lstsq", "adam"])
+    parser.add_argument("--scores", default="magnitude,activation", help="mask scores to compare (nm_convert score)")
     parser.add_argument("--rows", type=int, default=4096, help="calibration rows per layer")
     parser.add_argument("--json", default="bench-results/nm.json")
 
@@ -49,18 +52,20 @@ def run(args) -> int:
         for pattern in args.patterns.split(","):
             n, m = (int(v) for v in pattern.split(":"))
             for transposable in (False, True):
-                for reconstruct in ("none", args.reconstruct):
+                for score, reconstruct in [(sc, rc) for sc in args.scores.split(",") for rc in ("none", args.reconstruct)]:
                     spec = load_model(model_name)
                     dense = copy.deepcopy(spec.model)
                     calibration = ({"name": "lm", "batch_size": 16, "seq_len": 64} if model_name == "lstm-lm"
                                    else {"name": "distill", "batch_size": 16})
                     step = {"pass": "nm_convert", "n": n, "m": m, "transposable": transposable,
-                            "reconstruct": reconstruct, "rows": args.rows, "calibration": calibration}
+                            "score": score, "reconstruct": reconstruct, "rows": args.rows, "calibration": calibration}
                     t0 = time.perf_counter()
                     result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
                     seconds = time.perf_counter() - t0
                     layer = result.report.passes[0]["metrics"]
-                    before = [v["reconstruction_error_before"] for v in layer.values() if "reconstruction_error_before" in v]
+                    # the reference is always the magnitude-only mask of the same pattern
+                    before = [v.get("reconstruction_error_magnitude_mask", v["reconstruction_error_before"])
+                              for v in layer.values() if "reconstruction_error_before" in v]
                     after = [v["reconstruction_error_after"] for v in layer.values() if "reconstruction_error_after" in v]
                     kept = [v["kept_magnitude_vs_plain"] for v in layer.values()]
                     if model_name == "lstm-lm":
@@ -70,18 +75,20 @@ def run(args) -> int:
                         metric, value = "output rel err", _output_error(dense, result.model, spec.model.config.vocab_size)
                         base = 0.0
                     entry = {"model": model_name, "pattern": pattern, "transposable": transposable,
-                             "reconstruct": reconstruct, "metric": metric, "value": value, "dense": base,
+                             "score": score, "reconstruct": reconstruct, "metric": metric, "value": value, "dense": base,
                              "layer_error_before": sum(before) / len(before) if before else None,
                              "layer_error_after": sum(after) / len(after) if after else None,
                              "kept_magnitude_vs_plain": sum(kept) / len(kept), "seconds": seconds}
                     results.append(entry)
-                    rows.append([model_name, ("T" if transposable else "") + pattern, reconstruct, metric, value,
+                    rows.append([model_name, ("T" if transposable else "") + pattern, score, reconstruct, metric, value,
                                  entry["kept_magnitude_vs_plain"],
                                  "-" if not after else f"{entry['layer_error_before']:.3f} -> {entry['layer_error_after']:.3f}",
                                  f"{seconds:.0f}"])
-                    print(f"{model_name} {'transposable ' if transposable else ''}{pattern} {reconstruct}: {metric} {value:.4f}", flush=True)
+                    print(f"{model_name} {'transposable ' if transposable else ''}{pattern} {score} {reconstruct}: "
+                          f"{metric} {value:.4f}", flush=True)
     print_table("N:M conversion (T = transposable)",
-                ["model", "pattern", "reconstruct", "metric", "value", "kept |w| vs plain", "layer err before -> after", "s"], rows)
+                ["model", "pattern", "score", "reconstruct", "metric", "value", "kept |w| vs plain",
+                 "layer err magnitude mask -> after", "s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"wrote {args.json}")
     return 0

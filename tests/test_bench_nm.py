@@ -1,0 +1,29 @@
+"""Smoke test of ``compress bench nm`` on the built-in LM (benchmarks are not tests: the figures
+themselves are not asserted, only what must hold whatever the machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compressor.bench import nm as bench
+
+
+def test_bench_nm_lstm_small(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "nm.json"
+    args = parser.parse_args(["--models", "lstm-lm", "--patterns", "2:4", "--rows", "512", "--json", str(out)])
+    assert bench.run(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert {(r["transposable"], r["score"], r["reconstruct"]) for r in results} == {
+        (t, s, r) for t in (False, True) for s in ("magnitude", "activation") for r in ("none", "lstsq")
+    }
+    for r in results:
+        # least squares on the calibration rows can only lower their error against the same mask
+        if r["reconstruct"] == "lstsq" and r["score"] == "magnitude":
+            assert r["layer_error_after"] < r["layer_error_before"]
+        assert r["value"] > 1.0  # a perplexity
+        if not r["transposable"] and r["score"] == "magnitude":
+            assert r["kept_magnitude_vs_plain"] == 1.0
+    assert "N:M conversion" in capsys.readouterr().out
