@@ -58,8 +58,9 @@ LARGE_BATCH_BSR = 4
 
 
 class BagIndex(NamedTuple):
-    """Index tensors of the BSR batch-1 ``embedding_bag`` product, which depend only on the sparsity
-    pattern (build once per module: building them per call costs as much as the product).
+    """Index tensors of the BSR small-batch ``embedding_bag`` product, which depend only on the
+    sparsity pattern (a module builds them once: per call, building them took as long as the
+    product itself at batch 1 with the weights in cache).
 
     The table is the stored values viewed ``(L, bh)`` (``L`` = stored blocks x ``bw``: one table
     row per stored block column); ``cols (L,)`` is the input column each table row multiplies,
@@ -77,13 +78,6 @@ def bag_index_bsr(crow_indices: torch.Tensor, col_indices: torch.Tensor, bw: int
     span = torch.arange(bw, device=col_indices.device)
     cols = (col_indices.view(-1, 1) * bw + span).view(-1)
     return BagIndex(cols, torch.arange(cols.numel(), device=cols.device), crow_indices * bw)
-
-
-def _bag_batch1(x2: torch.Tensor, table: torch.Tensor, index: BagIndex) -> torch.Tensor:
-    """(1, C*bw) input -> (1, R*bh): one bag per output block row, a fused gather + weighted sum."""
-    psw = x2.view(-1).index_select(0, index.cols)  # (L,)
-    y = F.embedding_bag(index.rows, table, index.offsets, mode="sum", per_sample_weights=psw, include_last_offset=True)
-    return y.view(1, -1)
 
 
 def _flatten_pad(x: torch.Tensor, in_features: int, in_padded: int) -> torch.Tensor:
@@ -158,7 +152,8 @@ def bsr_linear(
     """``y = x @ W.T + bias`` for a BSR ``W`` with blocks stored transposed: ``values_t (nnzb, bw, bh)``.
 
     ``crow_indices (R+1,)``, ``col_indices (nnzb,)`` and ``row_indices (nnzb,)`` (block row of every
-    stored block) are int64. ``bag_index``: the cached :func:`bag_index_bsr` for batch 1.
+    stored block) are int64. ``bag_index``: the module's cached :func:`bag_index_bsr` (built here
+    when not given).
     """
     nnzb, bw, bh = values_t.shape
     R = crow_indices.numel() - 1
@@ -167,10 +162,8 @@ def bsr_linear(
     B = x2.shape[0]
     if nnzb == 0:
         y = x2.new_zeros(B, R * bh)
-    elif B == 1 and not torch.compiler.is_exporting():
-        y = _bag_batch1(x2, values_t.reshape(nnzb * bw, bh), bag_index or bag_index_bsr(crow_indices, col_indices, bw))
     elif B < large_batch and not torch.compiler.is_exporting():
-        y = _bsr_embedding_bag(x2, values_t, crow_indices, col_indices)
+        y = _bsr_embedding_bag(x2, values_t, bag_index or bag_index_bsr(crow_indices, col_indices, bw))
     elif B >= dense_batch and nnzb >= dense_density * R * C and not torch.compiler.is_exporting():
         dense = x2.new_zeros(R, C, bw, bh).index_put_((row_indices, col_indices), values_t)  # (R, C, bw, bh)
         y = x2 @ dense.permute(1, 2, 0, 3).reshape(C * bw, R * bh)  # (B, in_p) @ (in_p, out_p)
@@ -182,19 +175,17 @@ def bsr_linear(
     return _finish(y, x, out_features, bias)
 
 
-def _bsr_embedding_bag(x2, values_t, crow_indices, col_indices):
+def _bsr_embedding_bag(x2: torch.Tensor, values_t: torch.Tensor, index: BagIndex) -> torch.Tensor:
     """One embedding_bag: table rows are the stored blocks' columns (length bh); bag = (example, block row)."""
     nnzb, bw, bh = values_t.shape
-    B = x2.shape[0]
-    R = crow_indices.numel() - 1
-    span = torch.arange(bw, device=x2.device)
-    cols = (col_indices.view(nnzb, 1) * bw + span).view(-1)  # (nnzb*bw,) input column of each table row
-    psw = x2.index_select(1, cols).reshape(-1)  # (B*nnzb*bw,)
-    rows = torch.arange(nnzb * bw, device=x2.device)
-    if B > 1:
+    B, L = x2.shape[0], index.cols.numel()
+    R = index.offsets.numel() - 1
+    psw = x2.index_select(1, index.cols).reshape(-1)  # (B*L,)
+    rows, offsets = index.rows, index.offsets
+    if B > 1:  # the same bags for every example, shifted by L per example
         rows = rows.repeat(B)
-    offsets = (crow_indices[:-1].view(1, R) * bw + torch.arange(B, device=x2.device).view(B, 1) * (nnzb * bw)).view(-1)
-    offsets = torch.cat([offsets, offsets.new_full((1,), B * nnzb * bw)])  # end offset: fast fbgemm path
+        shift = torch.arange(B, device=x2.device).view(B, 1) * L
+        offsets = torch.cat([(offsets[:-1].view(1, R) + shift).view(-1), offsets.new_full((1,), B * L)])
     y = F.embedding_bag(rows, values_t.reshape(nnzb * bw, bh), offsets, mode="sum", per_sample_weights=psw,
-                        include_last_offset=True)
+                        include_last_offset=True)  # the end offset selects the fast fbgemm path
     return y.view(B, R * bh)  # (B*R, bh) -> (B, out_p)

@@ -120,8 +120,8 @@ class BlockSparseLinear(_SparseLinearBase):
         self._bag_cache: tuple[tuple, BagIndex] | None = None
 
     def _bag_index(self) -> BagIndex:
-        """The BSR batch-1 index tensors, rebuilt only when the pattern buffers change (moved to
-        another device, replaced, written in place or loaded by ``load_state_dict``)."""
+        """The BSR embedding_bag index tensors, rebuilt only when the pattern buffers change (moved
+        to another device, replaced, written in place or loaded by ``load_state_dict``)."""
         pattern = (self.crow_indices, self.col_indices)
         # Inference tensors have no version counter; loads clear the cache in _load_from_state_dict.
         key = tuple((t.data_ptr(), t.device, -1 if t.is_inference() else t._version) for t in pattern)
@@ -176,8 +176,8 @@ class BlockSparseLinear(_SparseLinearBase):
             return block_sparse_linear_triton(x, self.values, cols, crow, self.bias, self.in_features, self.out_features)
         if self.layout == "balanced":
             return balanced_block_linear(x, self.values, self.col_idx, self.bias, self.in_features, self.out_features)
-        # The BSR batch-1 index is cached on the module; while exporting the op takes the bmm path.
-        bag = self._bag_index() if x.numel() == x.shape[-1] and not torch.compiler.is_exporting() else None
+        # The small-batch index is cached on the module; while exporting the op takes the bmm path.
+        bag = None if torch.compiler.is_exporting() else self._bag_index()
         return bsr_linear(
             x, self.values, self.crow_indices, self.col_indices, self.row_indices, self.bias, self.in_features,
             self.out_features, bag_index=bag,

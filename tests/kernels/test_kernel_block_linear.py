@@ -117,7 +117,7 @@ def test_functional_ops_direct(block_mask, dense_ref):
 
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
 def test_batch1_index_cache_follows_the_pattern(layout, block_mask, dense_ref):
-    """The BSR batch-1 path caches index tensors built from the pattern buffers: loading another
+    """The BSR embedding_bag path caches index tensors built from the pattern buffers: loading another
     pattern's state (same shapes) or writing the buffers in place must not reuse a stale index."""
     torch.manual_seed(3)
     lin = _linear(48, 64)
@@ -125,10 +125,12 @@ def test_batch1_index_cache_follows_the_pattern(layout, block_mask, dense_ref):
     assert not torch.equal(masks[0], masks[1])
     mods = [BlockSparseLinear.from_dense(lin, m, 16, layout=layout) for m in masks]
     x = torch.randn(1, 64)
+    x3 = torch.randn(3, 64)  # batch 3: the same cached index, repeated per example
     with torch.no_grad():
         assert_close(mods[0](x), dense_ref(x, lin.weight, masks[0], lin.bias), atol=2e-5, rtol=1e-4)
         mods[0].load_state_dict(mods[1].state_dict())
         assert_close(mods[0](x), dense_ref(x, lin.weight, masks[1], lin.bias), atol=2e-5, rtol=1e-4)
+        assert_close(mods[0](x3), dense_ref(x3, lin.weight, masks[1], lin.bias), atol=2e-5, rtol=1e-4)
         with torch.inference_mode():
             assert_close(mods[0](x), dense_ref(x, lin.weight, masks[1], lin.bias), atol=2e-5, rtol=1e-4)
         double = mods[0].to(torch.float64)
