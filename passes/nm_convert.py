@@ -20,8 +20,9 @@ Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every sel
 
 The report carries, per layer, the kept magnitude of the chosen mask relative to plain N:M and
 the relative reconstruction error before and after (and, with ``score: activation``, the error of
-the magnitude-only mask of the same pattern, ``reconstruction_error_magnitude_mask``). Layers narrower than M, and F.linear weights
-(whose inputs no hook can see), are handled as documented in the report notes.
+the magnitude-only mask of the same pattern, ``reconstruction_error_magnitude_mask``, which costs
+one more mask solve per layer). Layers narrower than M, and F.linear weights (whose inputs no hook
+can see), are handled as documented in the report notes.
 """
 
 from __future__ import annotations
