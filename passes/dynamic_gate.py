@@ -218,8 +218,10 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
                      f"of dense (gate {pattern.gate_macs(t.shape) / (t.shape[0] * t.shape[1]):.1%})"]
             if lat is not None:
                 what = "streaming step (all layers)" if t.kind != "linear" else "forward"
+                slower = "; SLOWER than dense at this size: per-op overhead outweighs the skipped blocks" \
+                    if lat["speedup"] < 1 else ""
                 notes.append(f"batch-1 {what}: gated {lat['gated_ms']:.3f} ms vs dense {lat['dense_ms']:.3f} ms "
-                             f"({lat['speedup']:.2f}x, gate included)")
+                             f"({lat['speedup']:.2f}x, gate included{slower})")
             row = {"compressed_flops": flops}
             if t.name in freq:
                 row["block_keep_frequency"] = freq[t.name]
