@@ -18,39 +18,7 @@ from compressor.kernels import GatedGRU, GatedLinear, GatedLSTM, gated_linear
 from compressor.patterns import Gated, pattern_from_dict
 from compressor.recipe import parse_recipe
 from compressor.swaps import densify
-
-# -- independent references ---------------------------------------------------------------------
-
-
-def gate_matrix(x, gate, shape, block, keep, mode):
-    """Per example a dense (out, in) matrix: g at the kept blocks, 0 elsewhere, built by hand."""
-    (out, inp), (bh, bw) = shape, block
-    Ro, Ci = math.ceil(out / bh), math.ceil(inp / bw)
-    K = Ro * Ci
-    s = F.softplus(gate(x))  # (B, K)
-    mats = []
-    for b in range(x.shape[0]):
-        grid = torch.zeros(Ro, Ci, dtype=x.dtype)
-        sb = s[b].view(Ro, Ci)
-        if mode == "global":
-            k = math.ceil(keep * K - 1e-9)
-            order = sorted(range(K), key=lambda i: -float(s[b, i]))[:k]
-            kept = [(i // Ci, i % Ci) for i in order]
-        else:
-            k = math.ceil(keep * Ci - 1e-9)
-            kept = [(j, i) for j in range(Ro) for i in sorted(range(Ci), key=lambda i: -float(sb[j, i]))[:k]]
-        total = sum(float(sb[j, i]) for j, i in kept)
-        for j, i in kept:
-            grid[j, i] = sb[j, i] * K / total
-        mats.append(grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:out, :inp])
-    return torch.stack(mats)  # (B, out, in)
-
-
-def ref_linear(x, weight, bias, gate, block, keep, mode):
-    G = gate_matrix(x, gate, tuple(weight.shape), block, keep, mode)
-    y = torch.einsum("boi,oi,bi->bo", G, weight, x)
-    return y + bias if bias is not None else y
-
+from gated_reference import gated_linear_reference  # tests/gated_reference.py
 
 # -- gated Linear ---------------------------------------------------------------------------------
 
@@ -66,7 +34,7 @@ def test_gated_linear_matches_reference(mode, rank, init):
             p.add_(torch.randn_like(p) * 0.3)  # make the gate input-dependent whatever the init
     x = torch.randn(5, 37, dtype=torch.float64)
     with torch.no_grad():
-        want = ref_linear(x, mod.to_dense_weight(), mod.bias, mod.gate, (8, 8), 0.5, mode)
+        want = gated_linear_reference(x, mod.to_dense_weight(), mod.bias, mod.gate, (8, 8), 0.5, mode)
         for path in ("dense", "ebag", "bmm"):
             assert_close(mod(x, path=path), want)
         assert_close(mod(x), want)
@@ -114,8 +82,8 @@ def ref_rnn(cell, rnn, gated, x, block, keep, mode):
     ih, hh = gated["weight_ih_l0"], gated["weight_hh_l0"]
     outs = []
     for t in range(T):
-        xp = ref_linear(x[:, t], rnn.weight_ih_l0, rnn.bias_ih_l0, ih.gate, block, keep, mode)
-        hp = ref_linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0, hh.gate, block, keep, mode)
+        xp = gated_linear_reference(x[:, t], rnn.weight_ih_l0, rnn.bias_ih_l0, ih.gate, block, keep, mode)
+        hp = gated_linear_reference(h, rnn.weight_hh_l0, rnn.bias_hh_l0, hh.gate, block, keep, mode)
         if cell == "lstm":
             i, f, g, o = (xp + hp).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

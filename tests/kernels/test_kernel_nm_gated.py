@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from compressor.kernels import GatedBlockLinear, NMLinear, kept_blocks, nm_linear, select_blocks
+from gated_reference import gated_linear_reference  # tests/gated_reference.py
 
 # -- N:M -----------------------------------------------------------------------------------------
 
@@ -65,43 +65,15 @@ def test_nm_functional_and_errors(nm_mask):
 # -- gated block linear ----------------------------------------------------------------------------
 
 
-def _reference(x, weight, bias, gate, block, keep, mode):
-    """Independent reference: per example a dense gate matrix G (out, in) with g at kept blocks."""
-    bh, bw = block
-    out, inp = weight.shape
-    Ro, Ci = math.ceil(out / bh), math.ceil(inp / bw)
-    K = Ro * Ci
-    s = F.softplus(gate(x))  # (B, K)
-    ys = []
-    for b in range(x.shape[0]):
-        grid = torch.zeros(Ro, Ci, dtype=x.dtype)
-        sb = s[b].view(Ro, Ci)
-        if mode == "global":
-            k = math.ceil(keep * K)
-            kept = torch.zeros(K, dtype=torch.bool)
-            kept[torch.argsort(s[b], descending=True)[:k]] = True
-            kept = kept.view(Ro, Ci)
-        else:
-            k = math.ceil(keep * Ci)
-            kept = torch.zeros(Ro, Ci, dtype=torch.bool)
-            for j in range(Ro):
-                kept[j, torch.argsort(sb[j], descending=True)[:k]] = True
-        total = sb[kept].sum()
-        grid = torch.where(kept, sb * K / total, grid)
-        gfull = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:out, :inp]
-        ys.append(F.linear(x[b], weight * gfull, bias))
-    return torch.stack(ys)
-
-
 @pytest.mark.parametrize("mode", ["global", "row"])
 @pytest.mark.parametrize("path", ["ebag", "bmm"])
 @pytest.mark.parametrize("shape,block,keep", [((45, 70), (16, 32), 0.5), ((64, 48), (16, 16), 0.25), ((30, 20), (8, 8), 1.0)])
-def test_gated_matches_reference(mode, path, shape, block, keep):
+def test_gated_matchesgated_linear_reference(mode, path, shape, block, keep):
     out, inp = shape
     lin = nn.Linear(inp, out).double()
     mod = GatedBlockLinear.from_dense(lin, block, keep, mode)
     x = torch.randn(5, inp, dtype=torch.float64)
-    want = _reference(x, lin.weight, lin.bias, mod.gate, block, keep, mode)
+    want = gated_linear_reference(x, lin.weight, lin.bias, mod.gate, block, keep, mode)
     assert_close(mod(x, path=path), want)
     assert torch.equal(mod.to_dense_weight(), lin.weight.detach())
 
@@ -122,7 +94,7 @@ def test_gated_gradients(mode, path):
     gate = nn.Linear(40, mod.gate.out_features).double()
     gate.load_state_dict(mod.gate.state_dict())
     b = lin.bias.detach().clone().requires_grad_(True)
-    (_reference(x, w, b, gate, (8, 16), 0.5, mode) * up).sum().backward()
+    (gated_linear_reference(x, w, b, gate, (8, 16), 0.5, mode) * up).sum().backward()
     assert_close(got["x"], x.grad)
     assert_close(got["gate_w"], gate.weight.grad)
     assert_close(got["gate_b"], gate.bias.grad)
@@ -137,7 +109,7 @@ def test_gated_float32_and_bf16():
     mod = GatedBlockLinear.from_dense(lin, (16, 32), 0.5)
     x = torch.randn(3, 70)
     with torch.no_grad():
-        want = _reference(x, lin.weight, lin.bias, mod.gate, (16, 32), 0.5, "global")
+        want = gated_linear_reference(x, lin.weight, lin.bias, mod.gate, (16, 32), 0.5, "global")
         assert_close(mod(x), want, atol=2e-5, rtol=1e-4)
         mb = GatedBlockLinear.from_dense(lin.to(torch.bfloat16), (16, 32), 0.5)
         assert mb(x.to(torch.bfloat16)).dtype == torch.bfloat16
