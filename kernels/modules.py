@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import ceil_div, check_block, check_float_dtype, pad_to_blocks
-from .block_ops import BagIndex, bag_index_bsr, balanced_block_linear, bsr_linear
+from .block_ops import LARGE_BATCH_BSR, BagIndex, bag_index_bsr, balanced_block_linear, bsr_linear
 from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid
 from .gated_ops import GATE_MODES, gate_values, gated_block_linear, kept_blocks, select_blocks
 from .nm_ops import nm_linear
@@ -176,8 +176,9 @@ class BlockSparseLinear(_SparseLinearBase):
             return block_sparse_linear_triton(x, self.values, cols, crow, self.bias, self.in_features, self.out_features)
         if self.layout == "balanced":
             return balanced_block_linear(x, self.values, self.col_idx, self.bias, self.in_features, self.out_features)
-        # The small-batch index is cached on the module; while exporting the op takes the bmm path.
-        bag = None if torch.compiler.is_exporting() else self._bag_index()
+        # The small-batch (embedding_bag) index is cached on the module; only that path uses it.
+        small = x.numel() < LARGE_BATCH_BSR * max(1, x.shape[-1])
+        bag = self._bag_index() if small and not torch.compiler.is_exporting() else None
         return bsr_linear(
             x, self.values, self.crow_indices, self.col_indices, self.row_indices, self.bias, self.in_features,
             self.out_features, bag_index=bag,
