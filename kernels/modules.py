@@ -25,7 +25,8 @@ Backends: every module has a ``backend`` attribute, ``auto`` (default), ``torch`
 them, the pure-torch ops otherwise, so CPU behaviour is unchanged. ``triton`` on a CPU tensor runs
 only under ``TRITON_INTERPRET=1`` and is a clear error otherwise. :class:`NMLinear` has no Triton
 kernel: on CUDA its ``auto``/``triton`` backends use torch's 2:4 semi-structured tensors
-(:mod:`.semi_structured`) for inference where the layer is 2:4 fp16/bf16, the torch op otherwise.
+(:mod:`.semi_structured`) where the layer is 2:4 fp16/bf16 (for training too, forward and backward,
+when the mask is transposable 2:4), the torch op otherwise.
 :class:`GatedBlockLinear` applies ``backend`` when ``path="auto"``.
 """
 
@@ -39,7 +40,12 @@ from .block_ops import LARGE_BATCH_BSR, BagIndex, bag_index_bsr, balanced_block_
 from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid
 from .gated_ops import GATE_MODES, gate_values, gated_block_linear, kept_blocks, select_blocks
 from .nm_ops import nm_linear
-from .semi_structured import SemiStructuredWeight, semi_structured_unavailable_reason
+from .semi_structured import (
+    SemiStructuredWeight,
+    is_transposable_2to4,
+    semi_structured_linear_trainable,
+    semi_structured_unavailable_reason,
+)
 from .triton_common import BACKENDS, block_supported, resolve_backend
 
 __all__ = ["BlockSparseLinear", "NMLinear", "GatedBlockLinear", "MAX_PAD_OVERHEAD"]
@@ -229,6 +235,8 @@ class NMLinear(_SparseLinearBase):
         self.register_buffer("columns", fmt.column_indices(), persistent=False)
         self.bias = _bias(bias)
         self.backend = "auto"
+        #: W and W^T both 2:4: training can run forward and backward on the 2:4 sparse kernels
+        self.transposable = (self.n, self.m) == (2, 4) and is_transposable_2to4(fmt.to_mask())
         self._semi = SemiStructuredWeight()
 
     @classmethod
@@ -244,19 +252,39 @@ class NMLinear(_SparseLinearBase):
             return "backend is 'torch'"
         if torch.compiler.is_exporting():
             return "exporting"
-        if torch.is_grad_enabled() and self.values.requires_grad:
-            return "training through the packed values (the semi-structured path is inference only)"
+        if self._training_values() and not getattr(self, "transposable", False):
+            return "training needs a transposable 2:4 mask (W^T compressed for the backward product)"
         return semi_structured_unavailable_reason(self.n, self.m, x.dtype, x.device)
+
+    def _training_values(self) -> bool:
+        return torch.is_grad_enabled() and self.values.requires_grad
+
+    def _trainable_values(self) -> torch.Tensor:
+        """``values`` times the real-slot mask: spare slots (groups keeping fewer than ``n``) get no
+        gradient, so training cannot grow weights at positions the mask prunes."""
+        out, G, n = self.indices.shape
+        real = torch.arange(n, device=self.counts.device) < self.counts.unsqueeze(2).long()  # (out, G, n)
+        return self.values * real.view(out, G * n)
+
+    def trainable_dense_weight(self) -> torch.Tensor:
+        """``(out, in)`` masked weight built differentiably from ``values`` (gradients reach only the
+        real slots)."""
+        dense = self.values.new_zeros(self.out_features, self.in_padded).scatter(1, self.columns, self._trainable_values())
+        return dense[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if x.is_cuda and self.semi_structured_reason(x) is None:
             if not hasattr(self, "_semi"):  # modules pickled before the attribute existed
                 self._semi = SemiStructuredWeight()
+            if self._training_values():
+                return semi_structured_linear_trainable(x, self.trainable_dense_weight(), self._semi, self.values,
+                                                        self.bias)
             return self._semi.linear(x, self.values, self.to_dense_weight, self.bias, self.in_features,
                                      self.out_features)
         _check_backend(self.backend)
-        return nm_linear(x, self.values, self.columns, self.bias, self.in_features, self.in_padded)
+        values = self._trainable_values() if self._training_values() else self.values
+        return nm_linear(x, values, self.columns, self.bias, self.in_features, self.in_padded)
 
     def to_format(self) -> NMPacked:
         out, G, n = self.indices.shape

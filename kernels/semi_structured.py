@@ -9,18 +9,21 @@ stays on the pure-torch op. Nothing here runs on CPU: :func:`semi_structured_una
 says why, and the tests skip cleanly.
 
 Shapes: the compressed weight needs rows a multiple of 32 and columns a multiple of 64 (the
-stricter CUTLASS limits); :class:`SemiStructuredWeight` pads the weight with zero rows/columns
-(still 2:4) and pads ``x`` / crops ``y`` to match.
+stricter CUTLASS limits); :class:`SemiStructuredWeight` pads the weight with zero rows/columns to
+multiples of 64 on both sides (still 2:4, and its transpose meets the same limits) and pads ``x`` /
+crops ``y`` to match.
 
 Whether it is faster than dense depends on the shape (small batches or small layers often are not):
 the ``swap_kernels`` pass measures the module against dense on the layer's own shape and installs
 it only where it wins, and ``compress bench kernels --device cuda`` reports the 2:4 rows.
 
-Transposable masks (Hubara et al., arXiv 2102.08124): when the 2:4 mask of ``W`` is also 2:4 along
-the other dimension (``nm_convert`` with ``transposable: true``), ``W^T`` can be compressed too, so
-the backward product ``grad_x = grad_y @ W`` could also run on sparse tensor cores
-(:func:`is_transposable_2to4` checks it). This wrapper does not do that yet: it is inference only,
-and training falls back to the torch op (dense math for gradients).
+Training (Hubara et al., arXiv 2102.08124): when the 2:4 mask of ``W`` is also 2:4 along the other
+dimension (``nm_convert`` with ``transposable: true``; :func:`is_transposable_2to4` checks it),
+``W^T`` compresses too, so both products of a training step with ``W`` run on sparse tensor cores:
+the forward ``y = x W^T`` (compressed ``W``) and the backward ``grad_x = grad_y W`` (compressed
+``W^T``). :func:`semi_structured_linear_trainable` does that; the weight gradient
+``grad_W = grad_y^T x`` is a dense product whose pruned entries are dropped by the packed layout.
+Both compressed copies are rebuilt when the weight changes (once per optimizer step).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ __all__ = [
     "semi_structured_unavailable_reason",
     "is_transposable_2to4",
     "SemiStructuredWeight",
+    "semi_structured_linear_trainable",
 ]
 
 SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
-_ROW_MULT, _COL_MULT = 32, 64
+_MULT = 64  # pad both dims: W (rows % 32, cols % 64) and W^T meet CUTLASS's limits
 
 
 def semi_structured_unavailable_reason(n: int, m: int, dtype: torch.dtype, device: torch.device | str) -> str | None:
@@ -68,46 +72,91 @@ def is_transposable_2to4(mask: torch.Tensor) -> bool:
 
 
 class SemiStructuredWeight:
-    """A cached compressed 2:4 copy of a layer's masked weight, rebuilt when its source changes.
+    """Cached compressed 2:4 copies of a layer's masked weight (and of its transpose, for training),
+    rebuilt when their source changes.
 
     ``source`` is the tensor the dense weight is derived from (NMLinear's packed ``values``); the
     cache key is its storage pointer and version counter, so an in-place update (an optimizer step,
-    ``copy_``) rebuilds the compressed weight on the next call.
+    ``copy_``) rebuilds the compressed weights on the next call.
     """
 
     def __init__(self):
         self._key = None
         self._sparse = None
+        self._sparse_t = None
         self.padded_shape: tuple[int, int] | None = None
 
     def __deepcopy__(self, memo):  # a copied module rebuilds its own cache
         return SemiStructuredWeight()
 
     def __getstate__(self):  # nothing device-specific is pickled
-        return {"_key": None, "_sparse": None, "padded_shape": None}
+        return {"_key": None, "_sparse": None, "_sparse_t": None, "padded_shape": None}
 
-    def get(self, source: torch.Tensor, make_dense: Callable[[], torch.Tensor]):
-        """The semi-structured tensor of ``make_dense()`` (an ``(out, in)`` masked weight), padded."""
+    def get(self, source: torch.Tensor, make_dense: Callable[[], torch.Tensor], transposed: bool = False):
+        """The semi-structured tensor of ``make_dense()`` (an ``(out, in)`` masked weight), padded
+        to multiples of 64; with ``transposed`` the pair (W, W^T), both compressed."""
         key = (source.data_ptr(), source._version, source.dtype, source.device)
-        if key != self._key:
+        if key != self._key or (transposed and self._sparse_t is None):
             weight = make_dense().detach()
             out, inp = weight.shape
-            po, pi = (-out) % _ROW_MULT, (-inp) % _COL_MULT
-            w = F.pad(weight, (0, pi, 0, po)).contiguous()  # (out_p, in_p); zero padding is 2:4
+            w = F.pad(weight, (0, (-inp) % _MULT, 0, (-out) % _MULT)).contiguous()  # (out_p, in_p); zeros are 2:4
             self._sparse = torch.sparse.to_sparse_semi_structured(w)
+            self._sparse_t = torch.sparse.to_sparse_semi_structured(w.t().contiguous()) if transposed else None
             self.padded_shape = tuple(w.shape)
             self._key = key
-        return self._sparse
+        return (self._sparse, self._sparse_t) if transposed else self._sparse
 
     def linear(self, x: torch.Tensor, source: torch.Tensor, make_dense: Callable[[], torch.Tensor],
                bias: torch.Tensor | None, in_features: int, out_features: int) -> torch.Tensor:
         """``F.linear(x, W, bias)`` with the compressed ``W``; ``x (..., in)`` -> ``(..., out)``."""
         ws = self.get(source, make_dense)
-        in_p = self.padded_shape[1]
-        x2 = x.reshape(-1, in_features)  # (B, in)
-        if in_p != in_features:
-            x2 = F.pad(x2, (0, in_p - in_features))  # (B, in_p)
+        x2 = _pad_cols(x.reshape(-1, in_features), self.padded_shape[1])  # (B, in_p)
         y = F.linear(x2, ws)[:, :out_features]  # (B, out)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], out_features)
+
+
+def _pad_cols(t: torch.Tensor, width: int) -> torch.Tensor:
+    return t if t.shape[1] == width else F.pad(t, (0, width - t.shape[1]))
+
+
+class _SparseWeightLinear(torch.autograd.Function):
+    """``y = x W^T`` whose forward and input-gradient products use given operators for ``W`` and ``W^T``.
+
+    ``w_op`` ``(out_p, in_p)`` and ``wt_op`` ``(in_p, out_p)`` are anything ``F.linear`` accepts as
+    a weight (compressed semi-structured tensors on CUDA), zero padded; ``weight`` ``(out, in)`` is
+    the dense weight the operators were built from, the input through which ``grad_W`` flows.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, weight, w_op, wt_op):
+        ctx.save_for_backward(x2)
+        ctx.wt_op, ctx.in_features = wt_op, x2.shape[1]
+        out = weight.shape[0]
+        return F.linear(_pad_cols(x2, w_op.shape[1]), w_op)[:, :out]  # (B, out)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x2,) = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:  # (B, out) x W -> (B, in), through the compressed W^T
+            grad_x = F.linear(_pad_cols(grad_y, ctx.wt_op.shape[1]), ctx.wt_op)[:, : ctx.in_features]
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_y.t() @ x2  # (out, in), dense
+        return grad_x, grad_w, None, None
+
+
+def semi_structured_linear_trainable(x: torch.Tensor, weight: torch.Tensor, cache: SemiStructuredWeight,
+                                     source: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for training, forward and input gradient on 2:4 sparse kernels.
+
+    ``weight`` ``(out, in)`` is the masked weight built differentiably from ``source`` (the packed
+    values), so ``grad_W`` reaches only the kept entries; its mask must be transposable 2:4.
+    """
+    out, inp = weight.shape
+    w_op, wt_op = cache.get(source, lambda: weight, transposed=True)
+    y = _SparseWeightLinear.apply(x.reshape(-1, inp), weight, w_op, wt_op)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], out)

@@ -12,6 +12,10 @@ Rows, side by side per case (bf16 by default, weight ``--shape``):
   on the Triton backend, gate network included.
 * ``nm``: dense vs torch 2:4 semi-structured (``to_sparse_semi_structured``) at ``--tokens`` and
   each GEMV batch.
+* ``nm-train``: one training step's products at ``--tokens`` (forward, then backward to ``x`` and
+  the weight): dense ``nn.Linear`` vs :class:`~compressor.kernels.NMLinear` with a transposable 2:4
+  mask (greedy solver) on the semi-structured kernels (``W`` forward, ``W^T`` for ``grad_x``;
+  the compressed copies are rebuilt per step, as after every optimizer update).
 
 Timing: ``triton.testing.do_bench`` (CUDA events, median, its own L2 flush between runs) over
 callables that rotate among ``--copies`` weight/input sets so no row runs from a warm cache. A
@@ -44,7 +48,7 @@ def add_gpu_arguments(parser) -> None:
     parser.add_argument("--gemv-batches", type=_ints, default=[1, 16], help="[cuda] batch sizes for the GEMV section")
     parser.add_argument("--gpu-block", type=int, default=64, help="[cuda] square block size")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16", help="[cuda] dtype")
-    parser.add_argument("--gpu-sections", default="gemm,gemv,gated,nm", help="[cuda] comma list of sections")
+    parser.add_argument("--gpu-sections", default="gemm,gemv,gated,nm,nm-train", help="[cuda] comma list of sections")
 
 
 def _bench(fn, args) -> float:
@@ -176,12 +180,55 @@ def bench_nm(args, gen) -> list[dict]:
     return rows
 
 
+def bench_nm_train(args, gen) -> list[dict]:
+    from compressor.kernels import NMLinear
+    from compressor.solvers import transposable_nm_mask
+
+    dtype, dev, n = _DTYPES[args.dtype], "cuda", args.copies
+    out, inp = args.shape
+    case = f"{out}x{inp} {args.dtype} transposable 2:4 fwd+bwd B={args.tokens}"
+    rows: list[dict] = []
+    with torch.inference_mode(False):  # the section runs inside run_gpu's inference mode
+        dense, sparse, xs, gs = [], [], [], []
+        for _ in range(n):
+            w = torch.randn(out, inp, generator=gen)
+            mask = transposable_nm_mask(w, 2, 4, method="greedy")
+            lin = torch.nn.Linear(inp, out).to(dev, dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w * mask)
+            dense.append(lin)
+            sparse.append(NMLinear.from_dense(lin, mask.to(dev), 2, 4))
+            xs.append(torch.randn(args.tokens, inp, generator=gen).to(dev, dtype).requires_grad_(True))
+            gs.append(torch.randn(args.tokens, out, generator=gen).to(dev, dtype))
+        reason = sparse[0].semi_structured_reason(xs[0])
+        if reason is not None:
+            return [{"section": "nm-train", "case": case, "impl": "ours NMLinear semi-structured",
+                     "median_us": float("nan"), "error": reason}]
+
+        def step(mods, i):
+            mods[i](xs[i]).backward(gs[i])
+            mods[i].zero_grad(set_to_none=True)
+            xs[i].grad = None
+
+        def sparse_step(i):
+            with torch.no_grad():  # an in-place update, as an optimizer step: both compressed copies rebuild
+                sparse[i].values.mul_(1.0)
+            step(sparse, i)
+
+        _try(rows, "nm-train", case, "dense nn.Linear fwd+bwd", _rotating(lambda i: step(dense, i), n), args)
+        _try(rows, "nm-train", case, "ours NMLinear semi-structured fwd+bwd (recompress)", _rotating(sparse_step, n), args)
+        _try(rows, "nm-train", case, "ours NMLinear semi-structured fwd+bwd (cached)",
+             _rotating(lambda i: step(sparse, i), n), args)
+    _ratios(rows, case)
+    return rows
+
+
 def run_gpu(args) -> int:
     """Run the GPU sections (caller has checked that CUDA is available); print tables, write JSON."""
     sections = [s.strip() for s in args.gpu_sections.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in ("gemm", "gemv", "gated", "nm")]
+    unknown = [s for s in sections if s not in ("gemm", "gemv", "gated", "nm", "nm-train")]
     if unknown:
-        print(f"unknown GPU section(s) {unknown}; choose from gemm, gemv, gated, nm", file=sys.stderr)
+        print(f"unknown GPU section(s) {unknown}; choose from gemm, gemv, gated, nm, nm-train", file=sys.stderr)
         return 2
     gen = torch.Generator().manual_seed(args.seed)
     info = machine_info()
@@ -203,6 +250,8 @@ def run_gpu(args) -> int:
                 new = bench_block(args, gen, args.gemv_batches, "gemv", bandwidth)
             elif s == "gated":
                 new = bench_gated(args, gen)
+            elif s == "nm-train":
+                new = bench_nm_train(args, gen)
             else:
                 new = bench_nm(args, gen)
             rows.extend(new)

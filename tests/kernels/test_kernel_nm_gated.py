@@ -139,3 +139,56 @@ def test_gated_deterministic_and_errors():
         GatedBlockLinear.from_dense(lin, 8, 0.5, gate=nn.Linear(32, 3))
     with pytest.raises(ValueError, match="path must be"):
         a(torch.randn(1, 32), path="triton")
+
+
+def test_nm_training_cannot_grow_pruned_weights(dense_ref):
+    """Groups keeping fewer than n weights have spare slots; they get no gradient, so an optimizer
+    step leaves every pruned position at zero."""
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 6).double()
+    mask = torch.zeros(6, 16, dtype=torch.bool)
+    mask[:, 0::4] = True  # 1 of every 4: each group has one spare slot for n=2
+    mask[:3, 1::4] = True  # rows 0-2 keep 2 of 4
+    mod = NMLinear.from_dense(lin, mask, 2, 4)
+    x = torch.randn(5, 16, dtype=torch.float64)
+    mod(x).pow(2).sum().backward()
+    w = lin.weight.detach().clone().requires_grad_(True)
+    dense_ref(x, w, mask, lin.bias.detach()).pow(2).sum().backward()
+    with torch.no_grad():
+        mod.values.sub_(mod.values.grad)
+    assert torch.equal(mod.to_dense_weight() != 0, mask & (lin.weight.detach() - w.grad != 0))
+    assert_close(mod.to_dense_weight(), (lin.weight.detach() - w.grad) * mask)
+    assert_close(mod.trainable_dense_weight(), mod.to_dense_weight())
+
+
+def test_sparse_weight_linear_autograd_with_dense_operators():
+    """The training function of the 2:4 path (forward through W, grad_x through W^T, grad_W dense),
+    run with plain padded dense operators, against autograd on F.linear."""
+    from compressor.kernels.semi_structured import _SparseWeightLinear
+
+    torch.manual_seed(0)
+    w = torch.randn(10, 12, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+    w_pad = F.pad(w.detach(), (0, 52, 0, 54))  # (64, 64), as the semi-structured cache pads
+    y = _SparseWeightLinear.apply(x, w, w_pad, w_pad.t().contiguous())
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    y_ref = F.linear(x, w)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), g)
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+    assert_close(gw, gw_ref)
+
+
+def test_nm_semi_structured_training_needs_transposable_mask(nm_mask):
+    tile = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    lin = nn.Linear(16, 8).half()
+    x = torch.randn(3, 16, dtype=torch.float16)
+    transposable = NMLinear.from_dense(lin, tile.repeat(2, 4), 2, 4)
+    rows_only = NMLinear.from_dense(lin, torch.tensor([[1, 1, 0, 0]], dtype=torch.bool).repeat(8, 4), 2, 4)
+    assert transposable.transposable and not rows_only.transposable
+    assert "transposable 2:4" in rows_only.semi_structured_reason(x)  # training: W^T must be 2:4 too
+    with torch.no_grad():  # inference needs only W to be 2:4
+        assert "transposable" not in (rows_only.semi_structured_reason(x) or "")
+    if not torch.cuda.is_available():
+        assert "CUDA only" in transposable.semi_structured_reason(x)
