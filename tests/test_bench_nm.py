@@ -27,3 +27,18 @@ def test_bench_nm_lstm_small(tmp_path, capsys):
         if not r["transposable"] and r["score"] == "magnitude":
             assert r["kept_magnitude_vs_plain"] == 1.0
     assert "N:M conversion" in capsys.readouterr().out
+
+
+def test_bench_nm_char_encoder_small(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "nm.json"
+    args = parser.parse_args(["--models", "char-encoder", "--patterns", "2:4", "--scores", "magnitude",
+                              "--rows", "256", "--json", str(out)])
+    assert bench.run(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 4 and {r["metric"] for r in results} == {"masked test ppl"}
+    for r in results:
+        assert r["dense"] > 1.0 and r["value"] > 1.0
+        if r["reconstruct"] == "lstsq":
+            assert r["layer_error_after"] < r["layer_error_before"]

@@ -46,8 +46,30 @@ def _tiny_encoder(config: dict | None = None, pretrained: bool = True):
                      description="tiny-encoder: 2-block transformer-style encoder (seed-0 weights)")
 
 
+def _char_encoder(config: dict | None = None, pretrained: bool = True):
+    from ..corpus import pydoc_text, split_text
+    from ..loading import ModelSpec
+    from .char_encoder import CharEncoder, load_pretrained, masked_perplexity
+    from .encoder import EncoderConfig
+
+    if pretrained:
+        model, vocab = load_pretrained()
+    else:
+        model, vocab = CharEncoder(EncoderConfig(**(config or {}))), None
+    source = {"kind": "builtin", "name": "char-encoder", "config": dict(model.config.__dict__)}
+
+    def evaluate(m):
+        test_ids = vocab.encode(split_text(pydoc_text()).test)
+        return {"masked_perplexity": masked_perplexity(m, test_ids, model.mask_id, model.config.max_len)}
+
+    return ModelSpec(model, model.example_inputs(), source, evaluate=evaluate if vocab is not None else None,
+                     description="char-encoder: 2-block transformer encoder trained as a masked character model "
+                                 "on the Python docs",
+                     vocab=vocab)
+
+
 #: name -> builder(config: dict | None, pretrained: bool) -> ModelSpec
-BUILTIN_MODELS: dict[str, Callable] = {"lstm-lm": _lstm_lm, "tiny-encoder": _tiny_encoder}
+BUILTIN_MODELS: dict[str, Callable] = {"lstm-lm": _lstm_lm, "tiny-encoder": _tiny_encoder, "char-encoder": _char_encoder}
 
 
 def build_builtin(name: str):
