@@ -107,7 +107,13 @@ def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0) -> torch.Ten
 
 
 def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
-    """Exact per-row least squares on the Gram matrix G = X^T X (rows grouped by kept count)."""
+    """Exact per-row least squares on the Gram matrix G = X^T X (rows grouped by kept count).
+
+    Each row's system is a principal submatrix of the damped Gram matrix, symmetric positive
+    definite when ``damping > 0``, so it is solved by a batched Cholesky factorisation. (Batched LU,
+    ``torch.linalg.solve``, also returns wrong pivots on the MKL CPU build once the process has
+    changed its thread count, as the greedy solvers do: measured with torch 2.13.0.)
+    """
     x = x.double()
     gram = x.T @ x  # (in, in)
     gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
@@ -124,8 +130,13 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
             r, i = rows[s:s + step], idx[s:s + step]
             a = gram[i[:, :, None], i[:, None, :]]  # (R, k, k)
             b = torch.gather(rhs_full[r], 1, i)  # (R, k)
-            sol = torch.linalg.solve(a, b)
-            out[r[:, None], i] = sol
+            chol, info = torch.linalg.cholesky_ex(a)
+            if bool((info != 0).any()):
+                raise ValueError(
+                    f"nm_convert: the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
+                    f"({x.shape[0]} calibration rows for {x.shape[1]} inputs, damping={damping}); "
+                    "set damping > 0 or record more calibration rows")
+            out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     return out.to(w_ref.dtype)
 
 

@@ -61,6 +61,34 @@ def test_lstsq_reconstruction_is_optimal_per_row():
     assert relative_error(x, w, got) <= relative_error(x, w, adam) + 1e-6 < relative_error(x, w, w * mask)
 
 
+def test_lstsq_is_right_after_a_greedy_solve_changed_the_thread_count():
+    """Regression: the greedy solvers run on one thread and restore the count; after that, torch's
+    batched LU (MKL) returned bad pivots for systems of a few hundred unknowns. Checked against numpy."""
+    import numpy as np
+
+    from compressor.solvers import transposable_nm_mask
+
+    transposable_nm_mask(torch.randn(16, 16), 2, 4, method="greedy")  # enters and leaves single_thread
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(700, 600, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 600, generator=gen, dtype=torch.float64)
+    mask = torch.zeros(4, 600, dtype=torch.bool)
+    mask[:, ::2] = True  # 300 kept inputs per row: the size that failed
+    got = reconstruct_lstsq(x, w, mask, damping=0.0)
+    xn, wn = x.numpy(), w.numpy()
+    for r in range(4):
+        keep = mask[r].numpy()
+        ref = np.linalg.lstsq(xn[:, keep], xn @ wn[r], rcond=None)[0]
+        np.testing.assert_allclose(got[r, mask[r]].numpy(), ref, rtol=1e-7, atol=1e-9)
+
+
+def test_lstsq_without_damping_on_too_few_rows_is_a_clear_error():
+    x = torch.randn(10, 32)
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    with pytest.raises(ValueError, match="damping > 0"):
+        reconstruct_lstsq(x, torch.randn(4, 32), mask, damping=0.0)
+
+
 @pytest.mark.parametrize("reconstruct", ["adam", "lstsq"])
 def test_transposable_conversion_of_an_mlp_cuts_the_error(load_fixture, reconstruct):
     spec = load_fixture("mlp")
