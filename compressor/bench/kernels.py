@@ -12,7 +12,8 @@ every row. Sections:
 * ``rnn``: one streaming step of a multi-layer LSTM: ``nn.LSTM`` one-step call, stacked
   ``nn.LSTMCell`` s, :meth:`~compressor.kernels.SparseLSTM.step`;
 * ``gated``: dense ``F.linear`` vs :class:`~compressor.kernels.GatedBlockLinear` (gate network
-  included) per keep fraction and gating mode.
+  included) per keep fraction and gating mode, with its default path (the compiled kernel of
+  :mod:`compressor.kernels.native` where it builds) and its pure-torch ``ebag`` path.
 
 With ``--device cuda`` the GPU benchmark runs instead (:mod:`compressor.bench.kernels_gpu`: cuBLAS,
 torch's Triton BSR, torch 2:4 semi-structured and our Triton kernels); without CUDA it exits with
@@ -233,6 +234,8 @@ def bench_gated(args, gen) -> list[dict]:
         for mode in ("global", "row"):
             mods = [GatedBlockLinear.from_dense(l, (args.gated_block, args.gated_block), keep, mode, seed=i) for i, l in enumerate(lins)]
             fns[f"ours gated ({mode} top-k, with gate)"] = (lambda ms: (lambda i: ms[i % n](xs[i % n])))(mods)
+            # the pure-torch path beside the default (the compiled kernel where it builds)
+            fns[f"ours gated, torch ebag path ({mode})"] = (lambda ms: (lambda i: ms[i % n](xs[i % n], path="ebag")))(mods)
         t = _time(fns, args)
         case = f"{out}x{inp} block={args.gated_block} keep={keep:g} batch=1"
         for name in fns:

@@ -66,7 +66,7 @@ def test_nm_functional_and_errors(nm_mask):
 
 
 @pytest.mark.parametrize("mode", ["global", "row"])
-@pytest.mark.parametrize("path", ["ebag", "bmm"])
+@pytest.mark.parametrize("path", ["ebag", "bmm", "native"])
 @pytest.mark.parametrize("shape,block,keep", [((45, 70), (16, 32), 0.5), ((64, 48), (16, 16), 0.25), ((30, 20), (8, 8), 1.0)])
 def test_gated_matchesgated_linear_reference(mode, path, shape, block, keep):
     out, inp = shape
@@ -74,12 +74,73 @@ def test_gated_matchesgated_linear_reference(mode, path, shape, block, keep):
     mod = GatedBlockLinear.from_dense(lin, block, keep, mode)
     x = torch.randn(5, inp, dtype=torch.float64)
     want = gated_linear_reference(x, lin.weight, lin.bias, mod.gate, block, keep, mode)
-    assert_close(mod(x, path=path), want)
+    with torch.no_grad():  # the native kernel is inference-only
+        assert_close(mod(x, path=path), want)
     assert torch.equal(mod.to_dense_weight(), lin.weight.detach())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("mode", ["global", "row"])
-@pytest.mark.parametrize("path", ["ebag", "bmm"])
+def test_native_gated_kernel_fp32_batches_and_threads(threads, mode):
+    """The compiled kernel against the dense reference in fp32, batch 1 and 3, one and two threads
+    (threads split the block rows)."""
+    from compressor.kernels import native
+
+    assert native.library() is not None, native.unavailable_reason()  # CI machines have a C compiler
+    lin = nn.Linear(200, 136)
+    mod = GatedBlockLinear.from_dense(lin, (16, 32), 0.5, mode)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, 3):
+            x = torch.randn(batch, 200)
+            with torch.no_grad():
+                want = gated_linear_reference(x.double(), lin.weight.double(), lin.bias.double(), mod.gate.double(),
+                                              (16, 32), 0.5, mode).float()
+                mod.gate.float()
+                assert_close(mod(x, path="native"), want, rtol=1e-4, atol=1e-5)
+                assert_close(mod(x), want, rtol=1e-4, atol=1e-5)  # auto takes the native kernel here
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_native_gated_kernel_refuses_training_and_auto_falls_back():
+    mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)
+    x = torch.randn(2, 40)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        mod(x, path="native")
+    y = mod(x)  # auto under autograd: the differentiable ebag path
+    assert y.requires_grad
+    with pytest.raises(TypeError, match="fp32 or fp64"):
+        mod.to(torch.bfloat16)(x.bfloat16(), path="native")
+
+
+def test_native_kernel_can_be_disabled(tmp_path):
+    """COMPRESSOR_NATIVE=0: no build, a reason, and the torch path gives the same outputs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch.nn as nn\n"
+        "from compressor.kernels import GatedBlockLinear, native\n"
+        "torch.manual_seed(0)\n"
+        "mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)\n"
+        "with torch.no_grad():\n"
+        "    y = mod(torch.randn(1, 40))\n"
+        "print(native.library() is None, native.unavailable_reason(), float(y.abs().sum()))\n")
+    env = dict(os.environ, COMPRESSOR_NATIVE="0", COMPRESSOR_CACHE=str(tmp_path))
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert not (tmp_path / "native").exists()
+    env["COMPRESSOR_NATIVE"] = "1"
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert off[0] == "True" and "COMPRESSOR_NATIVE=0" in " ".join(off)
+    assert on[0] == "False" and len(list((tmp_path / "native").glob("*.so"))) == 1  # built into the cache
+    assert abs(float(off[-1]) - float(on[-1])) < 1e-4 * abs(float(off[-1]))
+
+
+@pytest.mark.parametrize("mode", ["global", "row"])
+@pytest.mark.parametrize("path", ["ebag", "bmm", "auto"])
 def test_gated_gradients(mode, path):
     lin = nn.Linear(40, 36).double()
     mod = GatedBlockLinear.from_dense(lin, (8, 16), 0.5, mode)
