@@ -13,7 +13,11 @@ every row. Sections:
   ``nn.LSTMCell`` s, :meth:`~compressor.kernels.SparseLSTM.step`;
 * ``gated``: dense ``F.linear`` vs :class:`~compressor.kernels.GatedBlockLinear` (gate network
   included) per keep fraction and gating mode, with its default path (the compiled kernel of
-  :mod:`compressor.kernels.native` where it builds) and its pure-torch ``ebag`` path.
+  :mod:`compressor.kernels.native` where it builds) and its pure-torch ``ebag`` path;
+* ``gated-rnn``: one streaming step of a multi-layer :class:`~compressor.kernels.GatedLSTM`
+  (``--rnn-hidden``, ``--rnn-layers``, ``--gated-block``, ``--keeps``, ``--gate-rank``; every
+  weight gated, gates included) vs the same weights' dense step and stacked ``nn.LSTMCell`` s
+  (not in the default sections).
 
 With ``--device cuda`` the GPU benchmark runs instead (:mod:`compressor.bench.kernels_gpu`: cuBLAS,
 torch's Triton BSR, torch 2:4 semi-structured and our Triton kernels); without CUDA it exits with
@@ -66,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rnn-sparsity", type=float, default=0.9)
     parser.add_argument("--gated-shape", type=_shape, default=(4096, 1024), help="OUTxIN of the gated layer")
     parser.add_argument("--gated-block", type=int, default=128)
-    parser.add_argument("--keeps", type=_floats, default=[0.5, 0.25], help="kept block fractions for the gated section")
+    parser.add_argument("--keeps", type=_floats, default=[0.5, 0.25], help="kept block fractions for the gated sections")
+    parser.add_argument("--gate-rank", type=int, default=0, help="gated-rnn: gate bottleneck rank (0: full Linear gate)")
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--copies", type=int, default=4, help="weight/input copies rotated per row")
@@ -191,27 +196,14 @@ def bench_rnn(args, gen) -> list[dict]:
         masks = {name: _balanced_mask(*getattr(lstm, name).shape, args.block, args.rnn_sparsity, gen)
                  for name in lstm._flat_weights_names if name.startswith("weight_")}
         lstms.append(lstm)
-        cl = []
-        for layer in range(L):
-            c = nn.LSTMCell(H, H)
-            with torch.no_grad():
-                for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(c, part).copy_(getattr(lstm, f"{part}_l{layer}"))
-            cl.append(c)
-        cells.append(cl)
+        cells.append(_cells(lstm))
         sparse.append(SparseLSTM.from_dense(lstm, masks, block=(args.block, args.block)))
     xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
     hs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
     cs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
 
-    def cell_step(i):
-        x = xs[i % n]
-        for layer, c in enumerate(cells[i % n]):
-            x, _ = c(x, (hs[i % n][layer], cs[i % n][layer]))
-        return x
-
     fns = {
-        "nn.LSTMCell x layers": cell_step,
+        "nn.LSTMCell x layers": lambda i: _cell_step(cells[i % n], xs[i % n], (hs[i % n], cs[i % n])),
         "nn.LSTM one-step call": lambda i: lstms[i % n](xs[i % n].unsqueeze(0), (hs[i % n], cs[i % n])),
         "ours SparseLSTM.step": lambda i: sparse[i % n].step(xs[i % n], (hs[i % n], cs[i % n])),
     }
@@ -243,7 +235,62 @@ def bench_gated(args, gen) -> list[dict]:
     return rows
 
 
-SECTIONS = {"linear": bench_linear, "onnx": bench_onnx, "rnn": bench_rnn, "gated": bench_gated}
+def bench_gated_rnn(args, gen) -> list[dict]:
+    """Streaming step of a gated LSTM (every weight gated, gates included) vs the dense step."""
+    from compressor.kernels import GatedLSTM, SparseLSTM
+
+    H, L, n, b = args.rnn_hidden, args.rnn_layers, args.copies, args.gated_block
+    lstms = []
+    for _ in range(n):
+        lstm = nn.LSTM(H, H, num_layers=L)
+        with torch.no_grad():
+            for p in lstm.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * H ** -0.5)
+        lstms.append(lstm)
+    dense = [SparseLSTM.from_dense(lstm, {}) for lstm in lstms]  # plain nn.Linear projections
+    cells = [_cells(lstm) for lstm in lstms]
+    xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
+    states = [(torch.randn(L, 1, H, generator=gen), torch.randn(L, 1, H, generator=gen)) for _ in range(n)]
+    rows = []
+    for keep in args.keeps:
+        fns = {
+            "nn.LSTMCell x layers": lambda i: _cell_step(cells[i % n], xs[i % n], states[i % n]),
+            "dense step (SparseLSTM, nn.Linear)": lambda i: dense[i % n].step(xs[i % n], states[i % n]),
+        }
+        for mode in ("global", "row"):
+            gated = [GatedLSTM.from_dense(lstm, None, (b, b), keep, mode, rank=args.gate_rank, seed=i).eval()
+                     for i, lstm in enumerate(lstms)]
+            fns[f"ours GatedLSTM.step ({mode} top-k, with gates)"] = (
+                lambda gs: (lambda i: gs[i % n].step(xs[i % n], states[i % n])))(gated)
+        t = _time(fns, args)
+        case = f"gated LSTM {L}x{H} block={b} keep={keep:g} rank={args.gate_rank} batch=1 step"
+        base = t["dense step (SparseLSTM, nn.Linear)"]["median_s"]
+        rows += [_row("gated-rnn", case, name, t[name], base, {"keep": keep}) for name in fns]
+    return rows
+
+
+def _cells(lstm: nn.LSTM) -> list[nn.LSTMCell]:
+    """One ``nn.LSTMCell`` per layer with the LSTM's weights."""
+    cells = []
+    for layer in range(lstm.num_layers):
+        c = nn.LSTMCell(lstm.input_size if layer == 0 else lstm.hidden_size, lstm.hidden_size)
+        with torch.no_grad():
+            for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(c, part).copy_(getattr(lstm, f"{part}_l{layer}"))
+        cells.append(c)
+    return cells
+
+
+def _cell_step(cells: list[nn.LSTMCell], x: torch.Tensor, state) -> torch.Tensor:
+    """One step through stacked cells (state ``(L, 1, H)`` pairs)."""
+    h, c = state
+    for layer, cell in enumerate(cells):
+        x, _ = cell(x, (h[layer], c[layer]))
+    return x
+
+
+SECTIONS = {"linear": bench_linear, "onnx": bench_onnx, "rnn": bench_rnn, "gated": bench_gated,
+            "gated-rnn": bench_gated_rnn}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,12 +19,14 @@ def test_bench_kernels_tiny(tmp_path, capsys):
     args = parser.parse_args([
         "--shape", "96x80", "--block", "16", "--sparsities", "0.5", "--batches", "1,3", "--rnn-hidden", "32",
         "--rnn-layers", "2", "--gated-shape", "64x48", "--gated-block", "16", "--keeps", "0.5", "--repeats", "2",
-        "--warmup", "1", "--copies", "1", "--json", str(out),
+        "--warmup", "1", "--copies", "1", "--sections", "linear,onnx,rnn,gated,gated-rnn", "--json", str(out),
     ])
     assert bench.run(args) == 0
     payload = json.loads(out.read_text())
     sections = {r["section"] for r in payload["rows"]}
-    assert sections == {"linear", "onnx", "rnn", "gated"}
+    assert sections == {"linear", "onnx", "rnn", "gated", "gated-rnn"}
+    impls = {r["impl"] for r in payload["rows"] if r["section"] == "gated-rnn"}
+    assert {"dense step (SparseLSTM, nn.Linear)", "ours GatedLSTM.step (row top-k, with gates)"} <= impls
     assert all(r["median_us"] > 0 for r in payload["rows"])
     assert "kernels: linear" in capsys.readouterr().out
 
