@@ -34,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .native import gated_block_matvec, native_eligible
+
 __all__ = ["GATE_MODES", "PATHS", "gate_values", "select_blocks", "gated_block_linear", "kept_blocks"]
 
 GATE_MODES = ("global", "row")
@@ -73,7 +75,8 @@ def select_blocks(scores: torch.Tensor, k: int, grid: tuple[int, int], mode: str
         v = v.reshape(B, Ro * k)
     else:
         raise ValueError(f"mode must be one of {GATE_MODES}, got {mode!r}")
-    g = v * (K / v.sum(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
+    # v / (sum / K), not v * (K / sum): a scalar divided by a tensor goes through Python (Tensor.__rdiv__)
+    g = v / (v.sum(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny) / K)
     return idx, g
 
 
@@ -101,8 +104,6 @@ def gated_block_linear(
     if path == "auto" and torch.compiler.is_exporting():
         path = "bmm"
     if path in ("auto", "native"):
-        from .native import gated_block_matvec, native_eligible
-
         if path == "native" or native_eligible(x, blocks_t, g):
             return _finish(gated_block_matvec(_pad_input(x, grid[1] * blocks_t.shape[1], in_features), blocks_t,
                                               idx, g, grid), out_features, bias)

@@ -360,9 +360,10 @@ class GatedBlockLinear(nn.Module):
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (B, in)
         idx, g = self.select(x2)
-        supported = block_supported(*self.block) and _triton_dtype(x2.dtype)
-        if path == "auto" and resolve_backend(self.backend, x2, supported=supported,
-                                              what="GatedBlockLinear") == "triton":
+        # (the Triton check only where it can matter: it costs microseconds on every CPU step)
+        if path == "auto" and self.backend != "torch" and (x2.is_cuda or self.backend != "auto") and resolve_backend(
+                self.backend, x2, supported=block_supported(*self.block) and _triton_dtype(x2.dtype),
+                what="GatedBlockLinear") == "triton":
             from .triton_gated import gated_block_linear_triton
 
             y = gated_block_linear_triton(x2, self.blocks, idx, g, self.grid, self.mode, self.bias,

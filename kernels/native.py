@@ -188,10 +188,8 @@ def gated_block_matvec(x: torch.Tensor, blocks_t: torch.Tensor, idx: torch.Tenso
     if x.shape != (B, Ci * bw) or K != Ro * Ci or g.shape != (B, n):
         raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, blocks {tuple(blocks_t.shape)}, grid {grid}, "
                          f"idx {tuple(idx.shape)}, g {tuple(g.shape)}")
-    x = x.contiguous()
-    blocks_t = blocks_t.detach().contiguous()
-    idx = idx.to(torch.int64).contiguous()
-    g = g.detach().to(x.dtype).contiguous()
+    x, blocks_t, g = x.contiguous(), blocks_t.contiguous(), g.contiguous()  # no copies when already so
+    idx = idx.contiguous() if idx.dtype == torch.int64 else idx.to(torch.int64).contiguous()
     y = torch.zeros(B, Ro * bh, dtype=x.dtype)
     fn = lib.gated_block_matvec_f32 if x.dtype == torch.float32 else lib.gated_block_matvec_f64
     fn(x.data_ptr(), x.stride(0), blocks_t.data_ptr(), idx.data_ptr(), g.data_ptr(), B, n, Ro, Ci, bw, bh,
