@@ -15,15 +15,13 @@ windows of the corpus, the masked-character loss and the masked perplexity on th
 Calibrating on unmasked text instead fits every layer to inputs without ``[MASK]`` tokens, exactly
 the positions the metric scores (``compress bench nm`` measured that as a 5x worse perplexity).
 
-``scripts/train_char_encoder.py`` retrains it; the checkpoint ships as ``char_encoder.safetensors``
+``scripts/train_builtin.py char-encoder`` retrains it; the checkpoint ships as ``char_encoder.safetensors``
 with the vocabulary and hyper-parameters in its metadata.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..corpus import CharVocab, pydoc_text, split_text
+from .checkpoint import load_checkpoint, save_checkpoint
 from .encoder import EncoderConfig, TinyEncoder
 
 __all__ = ["CharEncoder", "CHECKPOINT", "MASK_FRACTION", "mask_tokens", "masked_perplexity", "masked_lm_task", "train",
@@ -153,8 +152,6 @@ def train(out: Path = CHECKPOINT, steps: int = 2000, batch: int = 32, seq_len: i
 
     Deterministic for a given seed and torch build. Returns the metadata written with the weights.
     """
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     text = pydoc_text()
     vocab = CharVocab.from_text(text)
@@ -179,30 +176,11 @@ def train(out: Path = CHECKPOINT, steps: int = 2000, batch: int = 32, seq_len: i
         if step % log_every == 0 or step == steps:
             ppl = masked_perplexity(model, valid_ids[:20000], model.mask_id, seq_len)
             print(f"step {step}/{steps} loss {loss.item():.3f} valid masked ppl {ppl:.3f}", flush=True)
-    meta = {
-        "config": json.dumps(asdict(config)),
-        "vocab": json.dumps(vocab.chars),
-        "trained": json.dumps({"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
-                               "valid_masked_perplexity": masked_perplexity(model, valid_ids, model.mask_id, seq_len)}),
-    }
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(out)
-    return meta
+    trained = {"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
+               "valid_masked_perplexity": masked_perplexity(model, valid_ids, model.mask_id, seq_len)}
+    return save_checkpoint(out, model, config, vocab, trained)
 
 
 def load_pretrained(path: Path = CHECKPOINT) -> tuple[CharEncoder, CharVocab]:
     """The shipped checkpoint as a model in eval mode, plus its vocabulary."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"built-in checkpoint missing: {path}; train it with `python scripts/train_char_encoder.py`")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-    model = CharEncoder(EncoderConfig(**json.loads(meta["config"])))
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
-    return model, CharVocab(json.loads(meta["vocab"]))
+    return load_checkpoint(path, CharEncoder, EncoderConfig, "char-encoder")

@@ -3,15 +3,14 @@
 Character level keeps the vocabulary tiny (about 100 symbols, no tokenizer) so almost all
 parameters sit in the LSTM weights the toolkit compresses: embedding 64, hidden 256, two
 layers, a Linear decoder. It is trained on the Python documentation text of the standard
-library (:func:`compressor.corpus.pydoc_text`) by ``scripts/train_lstm_lm.py``; the checkpoint
+library (:func:`compressor.corpus.pydoc_text`) by ``scripts/train_builtin.py lstm-lm``; the checkpoint
 ships as ``lstm_lm.safetensors`` with its vocabulary and hyper-parameters in the metadata.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..corpus import CharVocab, pydoc_text, split_text
+from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["LSTMConfig", "LSTMLanguageModel", "CHECKPOINT", "perplexity", "train", "load_pretrained"]
 
@@ -100,8 +100,6 @@ def train(
     Deterministic for a given seed and torch build (fixed data order, fixed init).
     Returns the metadata written next to the weights (config, vocab, perplexities).
     """
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     text = pydoc_text()
     vocab = CharVocab.from_text(text)
@@ -120,32 +118,11 @@ def train(
         sched.step()
         if step % log_every == 0 or step == steps:
             print(f"step {step}/{steps} loss {loss.item():.3f} valid ppl {perplexity(model, valid_ids[:20000]):.3f}", flush=True)
-    meta = {
-        "config": json.dumps(asdict(model.config)),
-        "vocab": json.dumps(vocab.chars),
-        "trained": json.dumps({"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
-                               "valid_perplexity": perplexity(model, valid_ids)}),
-    }
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(out)
-    return meta
+    trained = {"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
+               "valid_perplexity": perplexity(model, valid_ids)}
+    return save_checkpoint(out, model, model.config, vocab, trained)
 
 
 def load_pretrained(path: Path = CHECKPOINT) -> tuple[LSTMLanguageModel, CharVocab]:
     """The shipped checkpoint as a model in eval mode, plus its vocabulary."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"built-in checkpoint missing: {path}; train it with `python scripts/train_lstm_lm.py`"
-        )
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-    model = LSTMLanguageModel(LSTMConfig(**json.loads(meta["config"])))
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
-    return model, CharVocab(json.loads(meta["vocab"]))
+    return load_checkpoint(path, LSTMLanguageModel, LSTMConfig, "lstm-lm")
