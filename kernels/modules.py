@@ -39,6 +39,7 @@ from ._checks import ceil_div, check_block, check_float_dtype, pad_to_blocks
 from .block_ops import LARGE_BATCH_BSR, BagIndex, bag_index_bsr, balanced_block_linear, bsr_linear
 from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid
 from .gated_ops import GATE_MODES, gate_values, gated_block_linear, kept_blocks, select_blocks
+from .native import gated_linear_fused
 from .nm_ops import nm_linear
 from .semi_structured import (
     SemiStructuredWeight,
@@ -359,6 +360,11 @@ class GatedBlockLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (B, in)
+        if (path == "native" or (path == "auto" and self.backend == "auto")) and not x2.is_cuda:
+            # CPU inference: gate, top-k and kept blocks in one compiled call where it can run (kernels/native.py)
+            fused = gated_linear_fused(self, x2)
+            if fused is not None:
+                return fused[0].reshape(*x.shape[:-1], self.out_features)
         idx, g = self.select(x2)
         # (the Triton check only where it can matter: it costs microseconds on every CPU step)
         if path == "auto" and self.backend != "torch" and (x2.is_cuda or self.backend != "auto") and resolve_backend(

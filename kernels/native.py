@@ -34,47 +34,141 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec"]
+__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused"]
 
-_SOURCE = r"""
+_HEADER = r"""
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+"""
 
-/* y[b, j*bh + r] += sum over kept blocks t of block row j:
- *   g[b, t] * sum_c x[b, i*bw + c] * blocks[k, c, r]      with k = idx[b, t], j = k / Ci, i = k % Ci.
- * blocks (K, bw, bh) contiguous (each block stored transposed); y must be zeroed by the caller.
- * Threads split the block rows, so no two threads write the same output. */
-#define GATED_KERNEL(NAME, T)                                                                      \
-void NAME(const T* x, int64_t x_stride, const T* blocks, const int64_t* idx, const T* g,          \
-          int64_t B, int64_t n, int64_t Ro, int64_t Ci, int64_t bw, int64_t bh,                    \
-          T* y, int64_t y_stride, int64_t threads) {                                               \
-  for (int64_t b = 0; b < B; ++b) {                                                                \
-    const T* xb = x + b * x_stride; T* yb = y + b * y_stride;                                      \
-    const int64_t* ib = idx + b * n; const T* gb = g + b * n;                                      \
-    int64_t nt = threads < Ro ? threads : Ro;                                                      \
-    if (nt < 1) nt = 1;                                                                            \
-    _Pragma("omp parallel for num_threads(nt) schedule(static) if(nt > 1)")                        \
-    for (int64_t part = 0; part < nt; ++part) {                                                    \
-      for (int64_t t = 0; t < n; ++t) {                                                            \
-        const int64_t k = ib[t], j = k / Ci;                                                       \
-        if (j % nt != part) continue;                                                              \
-        const T* w = blocks + k * bw * bh; const T* xs = xb + (k % Ci) * bw; T* ys = yb + j * bh;  \
-        const T gv = gb[t];                                                                        \
-        for (int64_t c = 0; c < bw; ++c) {                                                         \
-          const T s = gv * xs[c]; const T* wr = w + c * bh;                                        \
-          for (int64_t r = 0; r < bh; ++r) ys[r] += s * wr[r];                                     \
-        }                                                                                          \
-      }                                                                                            \
-    }                                                                                              \
-  }                                                                                                \
+# Written once for a scalar type `real` (suffix @S@); instantiated for float and double below.
+_BODY = r"""
+/* Block products of one example: ys[j*bh + r] += g[t] * sum_c x[i*bw + c] * blocks[k, c, r] over the
+ * kept blocks t (k = idx[t], j = k / Ci, i = k % Ci). blocks (K, bw, bh) contiguous, each block stored
+ * transposed, so a block is one contiguous tile streamed column by column. Threads split the block
+ * rows: no two threads write the same output. */
+static void blocks_@S@(const real* xb, const real* blocks, const int64_t* ib, const real* gb, int64_t n,
+                       int64_t Ro, int64_t Ci, int64_t bw, int64_t bh, real* yb, int64_t nt) {
+  if (nt > Ro) nt = Ro;
+  if (nt < 1) nt = 1;
+  #pragma omp parallel for num_threads(nt) schedule(static) if(nt > 1)
+  for (int64_t part = 0; part < nt; ++part) {
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t k = ib[t], j = k / Ci;
+      if (j % nt != part) continue;
+      const real* w = blocks + k * bw * bh; const real* xs = xb + (k % Ci) * bw; real* ys = yb + j * bh;
+      const real gv = gb[t];
+      for (int64_t c = 0; c < bw; ++c) {
+        const real s = gv * xs[c]; const real* wr = w + c * bh;
+        #pragma omp simd
+        for (int64_t r = 0; r < bh; ++r) ys[r] += s * wr[r];
+      }
+    }
+  }
 }
 
-GATED_KERNEL(gated_block_matvec_f32, float)
-GATED_KERNEL(gated_block_matvec_f64, double)
+/* y (B, Ro*bh), zeroed by the caller, += the kept blocks given as idx (B, n) and g (B, n). */
+void gated_block_matvec_@S@(const real* x, int64_t x_stride, const real* blocks, const int64_t* idx, const real* g,
+                            int64_t B, int64_t n, int64_t Ro, int64_t Ci, int64_t bw, int64_t bh,
+                            real* y, int64_t y_stride, int64_t threads) {
+  for (int64_t b = 0; b < B; ++b)
+    blocks_@S@(x + b * x_stride, blocks, idx + b * n, g + b * n, n, Ro, Ci, bw, bh, y + b * y_stride, threads);
+}
+
+/* out[o] = bias[o] + sum_i w[o*ld + i] * v[i] for o < rows (bias may be NULL). */
+static void gemv_@S@(const real* w, int64_t ld, const real* bias, const real* v, int64_t rows, int64_t cols,
+                     real* out, int64_t nt) {
+  #pragma omp parallel for num_threads(nt) schedule(static) if(nt > 1 && rows * cols > 65536)
+  for (int64_t o = 0; o < rows; ++o) {
+    const real* wr = w + o * ld;
+    real acc = 0;
+    #pragma omp simd reduction(+:acc)
+    for (int64_t i = 0; i < cols; ++i) acc += wr[i] * v[i];
+    out[o] = bias ? acc + bias[o] : acc;
+  }
+}
+
+/* Reorder idx[0..n) so that its first k entries index the k largest s (quickselect; order within
+ * the kept set is unspecified, as for any top-k whose result is summed). */
+static void select_top_@S@(const real* s, int64_t* idx, int64_t n, int64_t k) {
+  int64_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const real pivot = s[idx[lo + (hi - lo) / 2]];
+    int64_t i = lo, j = hi;
+    while (i <= j) {
+      while (s[idx[i]] > pivot) ++i;
+      while (s[idx[j]] < pivot) --j;
+      if (i <= j) { const int64_t tmp = idx[i]; idx[i] = idx[j]; idx[j] = tmp; ++i; --j; }
+    }
+    if (k - 1 <= j) hi = j;
+    else if (k - 1 >= i) lo = i;
+    else break;
+  }
+}
+
+/* The whole gated linear for B examples, as GatedBlockLinear computes it:
+ *   logits = gate(x)           full gate: gw (K, in) + gb;  rank r > 0: gw (K, r) @ (down (r, in) @ x) + gb
+ *   s = softplus(logits)       torch's: logits above 20 pass through
+ *   keep the top k of s over all K blocks, or the top k of every block row (row_mode)
+ *   g = s_kept / (sum(s_kept) / K);  y = bias + sum over kept blocks of g * W_block x_segment.
+ * x (B, Ci*bw) padded; y (B, Ro*bh); idx_out / g_out (B, n) receive the kept blocks and gates. */
+void gated_linear_@S@(const real* x, int64_t x_stride, int64_t B, int64_t in_f,
+                      const real* down, int64_t rank, const real* gw, const real* gb,
+                      const real* blocks, int64_t Ro, int64_t Ci, int64_t bw, int64_t bh, int64_t k, int64_t row_mode,
+                      const real* bias, int64_t out_f, real* y, int64_t y_stride,
+                      int64_t* idx_out, real* g_out, int64_t threads) {
+  const int64_t K = Ro * Ci, n = row_mode ? Ro * k : k, nt = threads < 1 ? 1 : threads;
+  real* s = (real*)malloc(sizeof(real) * (size_t)(K + rank));
+  int64_t* order = (int64_t*)malloc(sizeof(int64_t) * (size_t)K);
+  for (int64_t b = 0; b < B; ++b) {
+    const real* xb = x + b * x_stride;
+    if (rank > 0) {
+      gemv_@S@(down, in_f, NULL, xb, rank, in_f, s + K, nt);
+      gemv_@S@(gw, rank, gb, s + K, K, rank, s, nt);
+    } else {
+      gemv_@S@(gw, in_f, gb, xb, K, in_f, s, nt);
+    }
+    for (int64_t o = 0; o < K; ++o) {
+      s[o] = s[o] > 20 ? s[o] : @LOG1P@(@EXP@(s[o]));
+      order[o] = o;
+    }
+    int64_t* ib = idx_out + b * n;
+    real* gbuf = g_out + b * n;
+    if (row_mode) {
+      for (int64_t j = 0; j < Ro; ++j) {
+        select_top_@S@(s, order + j * Ci, Ci, k);
+        for (int64_t t = 0; t < k; ++t) ib[j * k + t] = order[j * Ci + t];
+      }
+    } else {
+      select_top_@S@(s, order, K, k);
+      for (int64_t t = 0; t < k; ++t) ib[t] = order[t];
+    }
+    real total = 0;
+    for (int64_t t = 0; t < n; ++t) total += s[ib[t]];
+    const real tiny = @TINY@;
+    const real mean = (total > tiny ? total : tiny) / (real)K;
+    for (int64_t t = 0; t < n; ++t) gbuf[t] = s[ib[t]] / mean;
+    real* yb = y + b * y_stride;
+    for (int64_t o = 0; o < Ro * bh; ++o) yb[o] = (bias && o < out_f) ? bias[o] : 0;
+    blocks_@S@(xb, blocks, ib, gbuf, n, Ro, Ci, bw, bh, yb, nt);
+  }
+  free(order);
+  free(s);
+}
 """
+
+
+def _instantiate(real: str, suffix: str, log1p: str, exp: str, tiny: str) -> str:
+    body = _BODY.replace("@S@", suffix).replace("@LOG1P@", log1p).replace("@EXP@", exp).replace("@TINY@", tiny)
+    return f"#define real {real}\n{body}\n#undef real\n"
+
+
+_SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "1.17549435e-38f")
+           + _instantiate("double", "f64", "log1p", "exp", "2.2250738585072014e-308"))
 
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
@@ -116,7 +210,7 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
                     src = Path(tmp) / "gated_block.c"
                     src.write_text(_SOURCE)
                     out = Path(tmp) / "lib.so"
-                    proc = subprocess.run([cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out)],
+                    proc = subprocess.run([cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out), "-lm"],
                                           capture_output=True, text=True, timeout=120)
                     if proc.returncode != 0:
                         errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:]}")
@@ -131,9 +225,12 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
             errors.append(f"{lib_path}: {exc}")
             continue
         P, I = ctypes.c_void_p, ctypes.c_int64
-        for name in ("gated_block_matvec_f32", "gated_block_matvec_f64"):
-            fn = getattr(lib, name)
+        for suffix in ("f32", "f64"):
+            fn = getattr(lib, f"gated_block_matvec_{suffix}")
             fn.argtypes = [P, I, P, P, P, I, I, I, I, I, I, P, I, I]
+            fn.restype = None
+            fn = getattr(lib, f"gated_linear_{suffix}")
+            fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
             fn.restype = None
         return lib, None
     return None, "could not build the native kernel: " + "; ".join(errors)
@@ -155,7 +252,10 @@ def unavailable_reason() -> str | None:
 
 
 def native_eligible(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
-    """Whether the native kernel can run these inputs: CPU, fp32/fp64, no autograd needed, built."""
+    """Whether the native kernel can run these inputs: CPU, fp32/fp64, no autograd needed, built,
+    and not being traced (export and torch.compile see the torch ops)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)):
@@ -195,3 +295,75 @@ def gated_block_matvec(x: torch.Tensor, blocks_t: torch.Tensor, idx: torch.Tenso
     fn(x.data_ptr(), x.stride(0), blocks_t.data_ptr(), idx.data_ptr(), g.data_ptr(), B, n, Ro, Ci, bw, bh,
        y.data_ptr(), y.stride(0), torch.get_num_threads())
     return y
+
+
+_LOW_RANK_GATE: list = []  # the LowRankGate class, imported on first use (gated_rnn imports this module)
+
+
+def _gate_parts(gate) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None] | None:
+    """``(down, weight, bias)`` of a gate the fused kernel knows (``nn.Linear`` or a low-rank gate), else None."""
+    if not _LOW_RANK_GATE:
+        from .gated_rnn import LowRankGate
+
+        _LOW_RANK_GATE.append(LowRankGate)
+    if type(gate) is torch.nn.Linear:
+        return None, gate.weight, gate.bias
+    if isinstance(gate, _LOW_RANK_GATE[0]) and gate.down.bias is None:
+        return gate.down.weight, gate.up.weight, gate.up.bias
+    return None
+
+
+def _fused_parts(module, x2: torch.Tensor):
+    """The tensors of ``module``'s fused call, or None when the fused kernel cannot run it (see
+    :func:`fused_eligible`)."""
+    gate = module.gate
+    if gate._forward_hooks or gate._forward_pre_hooks or torch.nn.modules.module._global_forward_hooks \
+            or torch.nn.modules.module._global_forward_pre_hooks:
+        return None
+    parts = _gate_parts(gate)
+    if parts is None:
+        return None
+    down, gw, gb = parts
+    blocks, bias = module.blocks, module.bias
+    tensors = [t for t in (down, gw, gb, blocks, bias) if t is not None]
+    if not all(t.is_contiguous() for t in tensors) or not native_eligible(x2, *tensors):
+        return None
+    return down, gw, gb, blocks, bias
+
+
+def fused_eligible(module, x2: torch.Tensor) -> bool:
+    """Whether :func:`gated_linear_fused` can run ``module`` (a GatedBlockLinear) on ``x2``.
+
+    Besides :func:`native_eligible`: the gate is an ``nn.Linear`` or a low-rank gate with
+    contiguous weights, and nothing hooks the gate module (the fused kernel does not call it, so
+    hooks such as the keep-frequency counter would miss it).
+    """
+    return _fused_parts(module, x2) is not None
+
+
+def gated_linear_fused(module, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``module``'s whole forward in one native call: gate, softplus, top-k, rescale, kept blocks, bias.
+
+    ``x2 (B, in)``; returns ``y (B, out)`` and the kept blocks ``idx``, gates ``g`` ``(B, n)`` (the
+    same choice as :func:`~compressor.kernels.gated_ops.select_blocks`, up to exact ties and the
+    order within the kept set), or None where :func:`fused_eligible` is false.
+    """
+    parts = _fused_parts(module, x2)
+    if parts is None:
+        return None
+    down, gw, gb, blocks, bias = parts
+    (Ro, Ci), k, out_f = module.grid, module.k, module.out_features
+    K, bw, bh = blocks.shape
+    B, width = x2.shape[0], Ci * bw
+    x = x2.contiguous() if x2.shape[1] == width else torch.nn.functional.pad(x2, (0, width - x2.shape[1]))
+    row = module.mode == "row"
+    n = k * Ro if row else k
+    y = torch.empty(B, Ro * bh, dtype=x.dtype)
+    idx = torch.empty(B, n, dtype=torch.int64)
+    g = torch.empty(B, n, dtype=x.dtype)
+    fn = _state["lib"].gated_linear_f32 if x.dtype == torch.float32 else _state["lib"].gated_linear_f64
+    fn(x.data_ptr(), width, B, module.in_features, None if down is None else down.data_ptr(),
+       0 if down is None else down.shape[0], gw.data_ptr(), None if gb is None else gb.data_ptr(), blocks.data_ptr(),
+       Ro, Ci, bw, bh, k, row, None if bias is None else bias.data_ptr(), out_f, y.data_ptr(), Ro * bh,
+       idx.data_ptr(), g.data_ptr(), torch.get_num_threads())
+    return (y if Ro * bh == out_f else y[:, :out_f]), idx, g

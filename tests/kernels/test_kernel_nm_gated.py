@@ -87,21 +87,66 @@ def test_native_gated_kernel_fp32_batches_and_threads(threads, mode):
     from compressor.kernels import native
 
     assert native.library() is not None, native.unavailable_reason()  # CI machines have a C compiler
-    lin = nn.Linear(200, 136)
-    mod = GatedBlockLinear.from_dense(lin, (16, 32), 0.5, mode)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for batch in (1, 3):
-            x = torch.randn(batch, 200)
-            with torch.no_grad():
-                want = gated_linear_reference(x.double(), lin.weight.double(), lin.bias.double(), mod.gate.double(),
-                                              (16, 32), 0.5, mode).float()
-                mod.gate.float()
-                assert_close(mod(x, path="native"), want, rtol=1e-4, atol=1e-5)
-                assert_close(mod(x), want, rtol=1e-4, atol=1e-5)  # auto takes the native kernel here
+        for inp, out in ((200, 136), (512, 300)):  # the second is large enough for a threaded gate GEMV
+            lin = nn.Linear(inp, out)
+            mod = GatedBlockLinear.from_dense(lin, (16, 32), 0.5, mode)
+            for batch in (1, 3):
+                x = torch.randn(batch, inp)
+                with torch.no_grad():
+                    want = gated_linear_reference(x.double(), lin.weight.double(), lin.bias.double(),
+                                                  mod.gate.double(), (16, 32), 0.5, mode).float()
+                    mod.gate.float()
+                    assert_close(mod(x, path="native"), want, rtol=1e-4, atol=1e-5)
+                    assert_close(mod(x), want, rtol=1e-4, atol=1e-5)  # auto takes the native kernel here
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("mode", ["global", "row"])
+@pytest.mark.parametrize("rank", [0, 5])
+def test_fused_native_gated_linear_matches_torch_selection(mode, rank):
+    """The one-call kernel (gate GEMV, softplus, top-k, rescale, blocks, bias) chooses the same
+    blocks with the same gates as select_blocks, and its output equals the dense reference (fp64,
+    odd shapes that need padding, batch 4)."""
+    from compressor.kernels.gated_rnn import gated_linear
+    from compressor.kernels.native import fused_eligible, gated_linear_fused
+
+    lin = nn.Linear(70, 45).double()
+    mod = gated_linear(lin, (16, 32), 0.4, mode, rank).double()
+    with torch.no_grad():
+        for p in mod.gate.parameters():
+            p.add_(torch.randn_like(p))  # spread the scores: no near-ties
+        x = torch.randn(4, 70, dtype=torch.float64)
+        assert fused_eligible(mod, x)
+        y, idx, g = gated_linear_fused(mod, x)
+        want_idx, want_g = mod.select(x)
+        for b in range(4):
+            order, want_order = idx[b].argsort(), want_idx[b].argsort()
+            assert torch.equal(idx[b][order], want_idx[b][want_order])
+            assert_close(g[b][order], want_g[b][want_order])
+        want = gated_linear_reference(x, mod.to_dense_weight(), mod.bias, mod.gate, (16, 32), 0.4, mode)
+        assert_close(y, want)
+        assert_close(mod(x), want)
+
+
+def test_fused_kernel_steps_aside_for_gate_hooks():
+    """A hook on the gate (the keep-frequency counter uses one) must see the gate run: no fused call."""
+    from compressor.kernels.native import fused_eligible
+
+    mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)
+    seen = []
+    handle = mod.gate.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        x = torch.randn(1, 40)
+        assert not fused_eligible(mod, x)
+        mod(x)
+    handle.remove()
+    assert seen == [torch.Size([1, mod.grid[0] * mod.grid[1]])]
+    with torch.no_grad():
+        assert fused_eligible(mod, x)
 
 
 def test_native_gated_kernel_refuses_training_and_auto_falls_back():
