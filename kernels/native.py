@@ -1,4 +1,9 @@
-"""A small C kernel for the gated block product on CPU, compiled on first use and called through ctypes.
+"""Small C kernels for gated block layers on CPU, compiled on first use and called through ctypes.
+
+Two entry points: :func:`gated_linear_fused` runs a whole :class:`GatedBlockLinear` forward
+(gate network, softplus, top-k, rescaling, kept blocks, bias) in one call, which is what the module
+uses for CPU inference; :func:`gated_block_matvec` applies given kept blocks and gates (the
+``path="native"`` of :func:`~compressor.kernels.gated_ops.gated_block_linear`).
 
 Why: at batch 1 the eager gated path (:func:`~compressor.kernels.gated_ops.gated_block_linear`,
 ``path="ebag"``) is a dozen small torch ops per matrix plus an ``embedding_bag`` over 256-byte

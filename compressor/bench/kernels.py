@@ -15,7 +15,7 @@ every row. Sections:
   included) per keep fraction and gating mode, with its default path (the compiled kernel of
   :mod:`compressor.kernels.native` where it builds) and its pure-torch ``ebag`` path;
 * ``gated-rnn``: one streaming step of a multi-layer :class:`~compressor.kernels.GatedLSTM`
-  (``--rnn-hidden``, ``--rnn-layers``, ``--gated-block``, ``--keeps``, ``--gate-rank``; every
+  (``--rnn-hidden``, ``--rnn-input``, ``--rnn-layers``, ``--gated-block``, ``--keeps``, ``--gate-rank``; every
   weight gated, gates included) vs the same weights' dense step and stacked ``nn.LSTMCell`` s
   (not in the default sections).
 
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=_ints, default=[1, 16], help="batch sizes for the linear section")
     parser.add_argument("--onnx-batches", type=_ints, default=[1], help="batch sizes for the onnx section")
     parser.add_argument("--rnn-hidden", type=int, default=1024)
+    parser.add_argument("--rnn-input", type=int, default=None, help="gated-rnn: input size of the first layer (default: hidden)")
     parser.add_argument("--rnn-layers", type=int, default=2)
     parser.add_argument("--rnn-sparsity", type=float, default=0.9)
     parser.add_argument("--gated-shape", type=_shape, default=(4096, 1024), help="OUTxIN of the gated layer")
@@ -240,16 +241,17 @@ def bench_gated_rnn(args, gen) -> list[dict]:
     from compressor.kernels import GatedLSTM, SparseLSTM
 
     H, L, n, b = args.rnn_hidden, args.rnn_layers, args.copies, args.gated_block
+    I = args.rnn_input or H
     lstms = []
     for _ in range(n):
-        lstm = nn.LSTM(H, H, num_layers=L)
+        lstm = nn.LSTM(I, H, num_layers=L)
         with torch.no_grad():
             for p in lstm.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * H ** -0.5)
         lstms.append(lstm)
     dense = [SparseLSTM.from_dense(lstm, {}) for lstm in lstms]  # plain nn.Linear projections
     cells = [_cells(lstm) for lstm in lstms]
-    xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
+    xs = [torch.randn(1, I, generator=gen) for _ in range(n)]
     states = [(torch.randn(L, 1, H, generator=gen), torch.randn(L, 1, H, generator=gen)) for _ in range(n)]
     rows = []
     for keep in args.keeps:
@@ -263,7 +265,7 @@ def bench_gated_rnn(args, gen) -> list[dict]:
             fns[f"ours GatedLSTM.step ({mode} top-k, with gates)"] = (
                 lambda gs: (lambda i: gs[i % n].step(xs[i % n], states[i % n])))(gated)
         t = _time(fns, args)
-        case = f"gated LSTM {L}x{H} block={b} keep={keep:g} rank={args.gate_rank} batch=1 step"
+        case = f"gated LSTM {L}x{H} (input {I}) block={b} keep={keep:g} rank={args.gate_rank} batch=1 step"
         base = t["dense step (SparseLSTM, nn.Linear)"]["median_s"]
         rows += [_row("gated-rnn", case, name, t[name], base, {"keep": keep}) for name in fns]
     return rows

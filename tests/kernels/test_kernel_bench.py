@@ -17,7 +17,7 @@ def test_bench_kernels_tiny(tmp_path, capsys):
     bench.add_arguments(parser)
     out = tmp_path / "k.json"
     args = parser.parse_args([
-        "--shape", "96x80", "--block", "16", "--sparsities", "0.5", "--batches", "1,3", "--rnn-hidden", "32",
+        "--shape", "96x80", "--block", "16", "--sparsities", "0.5", "--batches", "1,3", "--rnn-hidden", "32", "--rnn-input", "24",
         "--rnn-layers", "2", "--gated-shape", "64x48", "--gated-block", "16", "--keeps", "0.5", "--repeats", "2",
         "--warmup", "1", "--copies", "1", "--sections", "linear,onnx,rnn,gated,gated-rnn", "--json", str(out),
     ])
