@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused"]
+__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused", "cpu_inference_path"]
 
 _HEADER = r"""
 #include <math.h>
@@ -372,3 +372,17 @@ def gated_linear_fused(module, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Te
        Ro, Ci, bw, bh, k, row, None if bias is None else bias.data_ptr(), out_f, y.data_ptr(), Ro * bh,
        idx.data_ptr(), g.data_ptr(), torch.get_num_threads())
     return (y if Ro * bh == out_f else y[:, :out_f]), idx, g
+
+
+def cpu_inference_path(module) -> str:
+    """How ``module`` (a GatedBlockLinear) runs batch-1 CPU inference, for reports:
+    ``"native"`` or ``"torch (<why not native>)"``."""
+    with torch.no_grad():
+        x = torch.zeros(1, module.in_features, dtype=module.blocks.dtype)
+        if fused_eligible(module, x):
+            return "native"
+    if library() is None:
+        return f"torch ({unavailable_reason()})"
+    if _gate_parts(module.gate) is None:
+        return f"torch (gate {type(module.gate).__name__} is not a Linear or low-rank gate)"
+    return f"torch ({module.blocks.dtype} on {module.blocks.device.type}, or a hook on the gate)"

@@ -41,6 +41,7 @@ from ..config import check_range
 from ..errors import RecipeError
 from ..kernels import GatedBlockLinear, GatedGRU, GatedLSTM, SparseGRU, SparseLSTM, kept_blocks, select_blocks
 from ..kernels.gated_ops import gate_values
+from ..kernels.native import cpu_inference_path
 from ..patterns import Gated
 from ..swaps import build_gated, set_module
 from ..training import TrainConfig, TrainHooks, fine_tune
@@ -225,7 +226,8 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
             row = {"compressed_flops": flops}
             if t.name in freq:
                 row["block_keep_frequency"] = freq[t.name]
+            cpu_path = cpu_inference_path(mods[t.name])
             result.layers[t.name] = {"pattern": pattern, "target_sparsity": 0.0, "notes": notes, "row": row,
-                                     "kernel": "gated blocks (torch)",
+                                     "kernel": f"gated blocks ({cpu_path})",
                                      "speedup": round(lat["speedup"], 3) if lat is not None else None}
     return result

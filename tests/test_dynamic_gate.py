@@ -183,6 +183,7 @@ def test_roundtrip_report_and_onnx(load_fixture, tmp_path, fixture, rank, onnx):
     assert freq.shape == (math.ceil(row.shape[0] / 8), math.ceil(H / 4))
     assert abs(float(freq.sum()) - math.ceil(0.5 * K)) < 1e-2  # every example keeps exactly k blocks
     assert any("batch-1 streaming step" in n for n in row.notes)
+    assert row.kernel == "gated blocks (native)"  # the report names the CPU path the latency used
     lat = result.report.passes[0]["metrics"]["latency"]["rnn"]
     note = next(n for n in row.notes if "batch-1" in n)
     assert ("SLOWER than dense" in note) == (lat["speedup"] < 1)  # the report says so when it is

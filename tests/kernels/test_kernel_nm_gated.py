@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from compressor.kernels import GatedBlockLinear, NMLinear, kept_blocks, nm_linear, select_blocks
+from compressor.kernels import GatedBlockLinear, NMLinear, gated_block_linear, kept_blocks, nm_linear, select_blocks
 from gated_reference import gated_linear_reference  # tests/gated_reference.py
 
 # -- N:M -----------------------------------------------------------------------------------------
@@ -147,6 +147,20 @@ def test_fused_kernel_steps_aside_for_gate_hooks():
     assert seen == [torch.Size([1, mod.grid[0] * mod.grid[1]])]
     with torch.no_grad():
         assert fused_eligible(mod, x)
+
+
+def test_cpu_inference_path_names_the_path_and_why():
+    from compressor.kernels.native import cpu_inference_path
+
+    mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)
+    assert cpu_inference_path(mod) == "native"
+    mod.gate = nn.Sequential(nn.Linear(40, mod.gate.out_features))  # a gate the kernel does not know
+    assert cpu_inference_path(mod).startswith("torch (gate Sequential")
+    with torch.no_grad():  # and the module still runs, on the torch path
+        x = torch.randn(2, 40)
+        idx, g = select_blocks(F.softplus(mod.gate(x)), mod.k, mod.grid, mod.mode)
+        want = gated_block_linear(x, mod.blocks, idx, g, mod.grid, mod.mode, mod.bias, 40, 36, path="bmm")
+        assert_close(mod(x), want)
 
 
 def test_native_gated_kernel_refuses_training_and_auto_falls_back():
