@@ -7,7 +7,8 @@ from the layer's own input, the top ``k`` are kept per example and rescaled
 (``g = s_kept / (sum(s_kept) / K)``, scores ``softplus`` of the gate's logits).
 
 * :class:`GatedLinear` -- a ``GatedBlockLinear`` that picks its compute path by batch: the gathered
-  kernels (embedding_bag; TopK + Gather + MatMul in ONNX) for small batches, the streaming batch-1 case
+  kernels (the compiled CPU kernel of :mod:`.native` for inference, else embedding_bag; TopK +
+  Gather + MatMul in ONNX) for small batches, the streaming batch-1 case
   the method is for, and while exporting; for large batches and in training a masked dense form
   (per example a block-gate matrix ``G (B, Ro, Ci)`` with ``g`` at the kept blocks, zeros elsewhere,
   one batched matmul per block row) that computes the same function with dense GEMMs and cheap
