@@ -256,18 +256,22 @@ def unavailable_reason() -> str | None:
     return _state["why"]  # type: ignore[return-value]
 
 
-def native_eligible(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
+def native_eligible(x: torch.Tensor, *tensors: torch.Tensor, contiguous: bool = False) -> bool:
     """Whether the native kernel can run these inputs: CPU, fp32/fp64, no autograd needed, built,
-    and not being traced (export and torch.compile see the torch ops)."""
+    and not being traced (export and torch.compile see the torch ops); with ``contiguous``, also
+    that ``tensors`` are contiguous. (One plain loop: this runs on every batch-1 call.)"""
+    dtype = x.dtype
+    if not x.is_cpu or (dtype is not torch.float32 and dtype is not torch.float64):
+        return False
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)):
-        return False
-    if any(t.dtype != x.dtype or t.device.type != "cpu" for t in tensors):
-        return False
-    return library() is not None
+    for t in tensors:
+        if t.dtype is not dtype or not t.is_cpu or (grad and t.requires_grad) or (contiguous and not t.is_contiguous()):
+            return False
+    return (_state["lib"] if "lib" in _state else library()) is not None
 
 
 def gated_block_matvec(x: torch.Tensor, blocks_t: torch.Tensor, idx: torch.Tensor, g: torch.Tensor,
@@ -311,8 +315,10 @@ def _gate_parts(gate) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor |
         from .gated_rnn import LowRankGate
 
         _LOW_RANK_GATE.append(LowRankGate)
+    # _parameters / _modules directly: nn.Module.__getattr__ costs about a microsecond per lookup
     if type(gate) is torch.nn.Linear:
-        return None, gate.weight, gate.bias
+        p = gate._parameters
+        return None, p["weight"], p.get("bias")
     if isinstance(gate, _LOW_RANK_GATE[0]) and gate.down.bias is None:
         return gate.down.weight, gate.up.weight, gate.up.bias
     return None
@@ -321,7 +327,7 @@ def _gate_parts(gate) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor |
 def _fused_parts(module, x2: torch.Tensor):
     """The tensors of ``module``'s fused call, or None when the fused kernel cannot run it (see
     :func:`fused_eligible`)."""
-    gate = module.gate
+    gate = module._modules["gate"]
     if gate._forward_hooks or gate._forward_pre_hooks or torch.nn.modules.module._global_forward_hooks \
             or torch.nn.modules.module._global_forward_pre_hooks:
         return None
@@ -329,11 +335,11 @@ def _fused_parts(module, x2: torch.Tensor):
     if parts is None:
         return None
     down, gw, gb = parts
-    blocks, bias = module.blocks, module.bias
-    tensors = [t for t in (down, gw, gb, blocks, bias) if t is not None]
-    if not all(t.is_contiguous() for t in tensors) or not native_eligible(x2, *tensors):
+    blocks, bias = module._parameters.get("blocks"), module._parameters.get("bias")
+    if blocks is None:
         return None
-    return down, gw, gb, blocks, bias
+    tensors = (gw, blocks) + tuple(t for t in (down, gb, bias) if t is not None)
+    return (down, gw, gb, blocks, bias) if native_eligible(x2, *tensors, contiguous=True) else None
 
 
 def fused_eligible(module, x2: torch.Tensor) -> bool:
