@@ -297,6 +297,8 @@ def gated_block_matvec(x: torch.Tensor, blocks_t: torch.Tensor, idx: torch.Tenso
     if x.shape != (B, Ci * bw) or K != Ro * Ci or g.shape != (B, n):
         raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, blocks {tuple(blocks_t.shape)}, grid {grid}, "
                          f"idx {tuple(idx.shape)}, g {tuple(g.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= K):  # C reads no bounds: check here
+        raise ValueError(f"idx must hold block indices in [0, {K}), got {int(idx.min())}..{int(idx.max())}")
     x, blocks_t, g = x.contiguous(), blocks_t.contiguous(), g.contiguous()  # no copies when already so
     idx = idx.contiguous() if idx.dtype == torch.int64 else idx.to(torch.int64).contiguous()
     y = torch.zeros(B, Ro * bh, dtype=x.dtype)
@@ -337,6 +339,15 @@ def _fused_parts(module, x2: torch.Tensor):
     down, gw, gb = parts
     blocks, bias = module._parameters.get("blocks"), module._parameters.get("bias")
     if blocks is None:
+        return None
+    # the C code trusts every size: anything a user reshaped by hand goes the torch way (which raises)
+    (Ro, Ci), in_f = module.grid, module.in_features
+    K, bw, bh = blocks.shape
+    width = in_f if down is None else down.shape[0]
+    if K != Ro * Ci or Ci * bw < in_f or x2.shape[1] != in_f or gw.shape != (K, width) \
+            or (down is not None and down.shape != (width, in_f)) or (gb is not None and gb.shape != (K,)) \
+            or (bias is not None and bias.shape != (module.out_features,)) or Ro * bh < module.out_features \
+            or not 1 <= module.k <= (Ci if module.mode == "row" else K):
         return None
     tensors = (gw, blocks) + tuple(t for t in (down, gb, bias) if t is not None)
     return (down, gw, gb, blocks, bias) if native_eligible(x2, *tensors, contiguous=True) else None

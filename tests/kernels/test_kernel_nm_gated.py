@@ -163,6 +163,23 @@ def test_cpu_inference_path_names_the_path_and_why():
         assert_close(mod(x), want)
 
 
+def test_native_kernels_check_sizes_they_cannot_see():
+    """The C code reads no bounds: bad indices are an error, and a module whose tensors no longer
+    fit its grid is not given to the fused kernel."""
+    from compressor.kernels.native import fused_eligible, gated_block_matvec
+
+    blocks = torch.randn(6, 8, 4)
+    x, g = torch.randn(1, 16), torch.ones(1, 2)
+    with pytest.raises(ValueError, match=r"block indices in \[0, 6\)"):
+        gated_block_matvec(x, blocks, torch.tensor([[0, 6]]), g, (3, 2))
+    mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)
+    with torch.no_grad():
+        x = torch.randn(1, 40)
+        assert fused_eligible(mod, x)
+        mod.gate = nn.Linear(40, mod.gate.out_features - 1)  # one score short of the blocks
+        assert not fused_eligible(mod, x)
+
+
 def test_native_gated_kernel_refuses_training_and_auto_falls_back():
     mod = GatedBlockLinear.from_dense(nn.Linear(40, 36), (8, 16), 0.5)
     x = torch.randn(2, 40)
