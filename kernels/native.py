@@ -9,9 +9,10 @@ Why: at batch 1 the eager gated path (:func:`~compressor.kernels.gated_ops.gated
 ``path="ebag"``) is a dozen small torch ops per matrix plus an ``embedding_bag`` over 256-byte
 column segments; at the built-in LM's size (1024 x 256 matrices) that is about twice the time of
 the dense GEMV it is meant to beat. This kernel walks the kept blocks once, each block a contiguous
-``bw x bh`` tile streamed with FMA, and accumulates straight into the output rows (measured with 4
-rotated weight copies, 1 thread, keep 0.5: 1024 x 256 in 16 us against 30 us dense and 62 us for
-``ebag``; 4096 x 1024 in ~380 us against ~1060 us dense and ~690 us ``ebag``).
+``bw x bh`` tile streamed with FMA, and accumulates straight into the output rows. Measured
+(``compress bench kernels --sections gated``, 4 rotated weight copies, 2 threads, 4096 x 1024,
+128-blocks, keep 0.5, gate included): 306 us against 1120 us dense and 633 us on the ``ebag``
+path; see BENCHMARKS.md.
 
 How: the C source below is compiled with the system C compiler (``$CC``, else ``cc``) into
 ``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``), keyed by a hash of the source,
