@@ -7,6 +7,8 @@ Modules: :class:`BlockSparseLinear`, :class:`NMLinear`, :class:`GatedBlockLinear
 (:mod:`.modules`), :class:`SparseLSTM`, :class:`SparseGRU` (:mod:`.rnn`), :class:`GatedLSTM`,
 :class:`GatedGRU`, :func:`gated_linear`, :func:`build_gate` (:mod:`.gated_rnn`).
 ONNX: :func:`onnx_check` (:mod:`.onnx_check`).
+CPU native: gated layers' inference runs a small C kernel compiled on first use (:mod:`.native`;
+falls back to the torch ops without a C compiler or with ``COMPRESSOR_NATIVE=0``).
 GPU: backends ``auto | torch | triton`` (:func:`resolve_backend`, :mod:`.triton_common`); Triton
 kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_block`) and
 ``compressor::gated_block_gemv`` (:mod:`.triton_gated`), imported on first use so that
