@@ -362,14 +362,13 @@ class GatedBlockLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (B, in)
         if (path == "native" or (path == "auto" and self.backend == "auto")) and not x2.is_cuda:
             # CPU inference: gate, top-k and kept blocks in one compiled call where it can run (kernels/native.py)
-            fused = gated_linear_fused(self, x2)
+            fused = gated_linear_fused(self, x2, selection=False)
             if fused is not None:
                 return fused[0].reshape(*x.shape[:-1], self.out_features)
         idx, g = self.select(x2)
-        # (the Triton check only where it can matter: it costs microseconds on every CPU step)
-        if path == "auto" and self.backend != "torch" and (x2.is_cuda or self.backend != "auto") and resolve_backend(
-                self.backend, x2, supported=block_supported(*self.block) and _triton_dtype(x2.dtype),
-                what="GatedBlockLinear") == "triton":
+        supported = block_supported(*self.block) and _triton_dtype(x2.dtype)
+        if path == "auto" and resolve_backend(self.backend, x2, supported=supported,
+                                              what="GatedBlockLinear") == "triton":
             from .triton_gated import gated_block_linear_triton
 
             y = gated_block_linear_triton(x2, self.blocks, idx, g, self.grid, self.mode, self.bias,

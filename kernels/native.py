@@ -121,15 +121,17 @@ static void select_top_@S@(const real* s, int64_t* idx, int64_t n, int64_t k) {
  *   s = softplus(logits)       torch's: logits above 20 pass through
  *   keep the top k of s over all K blocks, or the top k of every block row (row_mode)
  *   g = s_kept / (sum(s_kept) / K);  y = bias + sum over kept blocks of g * W_block x_segment.
- * x (B, Ci*bw) padded; y (B, Ro*bh); idx_out / g_out (B, n) receive the kept blocks and gates. */
+ * x (B, Ci*bw) padded; y (B, Ro*bh); idx_out / g_out (B, n) receive the kept blocks and gates
+ * (both NULL: not wanted, kept in scratch). */
 void gated_linear_@S@(const real* x, int64_t x_stride, int64_t B, int64_t in_f,
                       const real* down, int64_t rank, const real* gw, const real* gb,
                       const real* blocks, int64_t Ro, int64_t Ci, int64_t bw, int64_t bh, int64_t k, int64_t row_mode,
                       const real* bias, int64_t out_f, real* y, int64_t y_stride,
                       int64_t* idx_out, real* g_out, int64_t threads) {
   const int64_t K = Ro * Ci, n = row_mode ? Ro * k : k, nt = threads < 1 ? 1 : threads;
-  real* s = (real*)malloc(sizeof(real) * (size_t)(K + rank));
-  int64_t* order = (int64_t*)malloc(sizeof(int64_t) * (size_t)K);
+  real* s = (real*)malloc(sizeof(real) * (size_t)(K + rank + (g_out ? 0 : n)));
+  int64_t* order = (int64_t*)malloc(sizeof(int64_t) * (size_t)(K + (idx_out ? 0 : n)));
+  const int keep_selection = idx_out != NULL && g_out != NULL;  /* else one example's scratch, reused */
   for (int64_t b = 0; b < B; ++b) {
     const real* xb = x + b * x_stride;
     if (rank > 0) {
@@ -142,8 +144,8 @@ void gated_linear_@S@(const real* x, int64_t x_stride, int64_t B, int64_t in_f,
       s[o] = s[o] > 20 ? s[o] : @LOG1P@(@EXP@(s[o]));
       order[o] = o;
     }
-    int64_t* ib = idx_out + b * n;
-    real* gbuf = g_out + b * n;
+    int64_t* ib = keep_selection ? idx_out + b * n : order + K;
+    real* gbuf = keep_selection ? g_out + b * n : s + K + rank;
     if (row_mode) {
       for (int64_t j = 0; j < Ro; ++j) {
         select_top_@S@(s, order + j * Ci, Ci, k);
@@ -205,9 +207,10 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
     from compressor.corpus import cache_dir
 
     folder = cache_dir() / "native"
+    machine = [_SOURCE, cc, _cpu_key(), platform.platform()]  # read once, not per flag set
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_key(), platform.platform()]).encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([*machine, *flags]).encode()).hexdigest()[:16]
         lib_path = folder / f"gated_block_{key}.so"
         if not lib_path.exists():
             try:
@@ -364,12 +367,13 @@ def fused_eligible(module, x2: torch.Tensor) -> bool:
     return _fused_parts(module, x2) is not None
 
 
-def gated_linear_fused(module, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def gated_linear_fused(module, x2: torch.Tensor, selection: bool = True):
     """``module``'s whole forward in one native call: gate, softplus, top-k, rescale, kept blocks, bias.
 
     ``x2 (B, in)``; returns ``y (B, out)`` and the kept blocks ``idx``, gates ``g`` ``(B, n)`` (the
     same choice as :func:`~compressor.kernels.gated_ops.select_blocks`, up to exact ties and the
-    order within the kept set), or None where :func:`fused_eligible` is false.
+    order within the kept set; ``None, None`` with ``selection=False``, which the module's forward
+    uses), or None where :func:`fused_eligible` is false.
     """
     parts = _fused_parts(module, x2)
     if parts is None:
@@ -382,13 +386,13 @@ def gated_linear_fused(module, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     row = module.mode == "row"
     n = k * Ro if row else k
     y = torch.empty(B, Ro * bh, dtype=x.dtype)
-    idx = torch.empty(B, n, dtype=torch.int64)
-    g = torch.empty(B, n, dtype=x.dtype)
+    idx = torch.empty(B, n, dtype=torch.int64) if selection else None
+    g = torch.empty(B, n, dtype=x.dtype) if selection else None
     fn = _state["lib"].gated_linear_f32 if x.dtype == torch.float32 else _state["lib"].gated_linear_f64
     fn(x.data_ptr(), width, B, module.in_features, None if down is None else down.data_ptr(),
        0 if down is None else down.shape[0], gw.data_ptr(), None if gb is None else gb.data_ptr(), blocks.data_ptr(),
        Ro, Ci, bw, bh, k, row, None if bias is None else bias.data_ptr(), out_f, y.data_ptr(), Ro * bh,
-       idx.data_ptr(), g.data_ptr(), torch.get_num_threads())
+       idx.data_ptr() if selection else None, g.data_ptr() if selection else None, torch.get_num_threads())
     return (y if Ro * bh == out_f else y[:, :out_f]), idx, g
 
 

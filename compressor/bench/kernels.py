@@ -190,10 +190,7 @@ def bench_rnn(args, gen) -> list[dict]:
     H, L, n = args.rnn_hidden, args.rnn_layers, args.copies
     lstms, cells, sparse = [], [], []
     for _ in range(n):
-        lstm = nn.LSTM(H, H, num_layers=L)
-        with torch.no_grad():
-            for p in lstm.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * H ** -0.5)
+        lstm = _random_lstm(H, H, L, gen)
         masks = {name: _balanced_mask(*getattr(lstm, name).shape, args.block, args.rnn_sparsity, gen)
                  for name in lstm._flat_weights_names if name.startswith("weight_")}
         lstms.append(lstm)
@@ -242,13 +239,7 @@ def bench_gated_rnn(args, gen) -> list[dict]:
 
     H, L, n, b = args.rnn_hidden, args.rnn_layers, args.copies, args.gated_block
     I = args.rnn_input or H
-    lstms = []
-    for _ in range(n):
-        lstm = nn.LSTM(I, H, num_layers=L)
-        with torch.no_grad():
-            for p in lstm.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * H ** -0.5)
-        lstms.append(lstm)
+    lstms = [_random_lstm(I, H, L, gen) for _ in range(n)]
     dense = [SparseLSTM.from_dense(lstm, {}) for lstm in lstms]  # plain nn.Linear projections
     cells = [_cells(lstm) for lstm in lstms]
     xs = [torch.randn(1, I, generator=gen) for _ in range(n)]
@@ -269,6 +260,15 @@ def bench_gated_rnn(args, gen) -> list[dict]:
         base = t["dense step (SparseLSTM, nn.Linear)"]["median_s"]
         rows += [_row("gated-rnn", case, name, t[name], base, {"keep": keep}) for name in fns]
     return rows
+
+
+def _random_lstm(input_size: int, hidden: int, layers: int, gen) -> nn.LSTM:
+    """An ``nn.LSTM`` with seeded N(0, 1/hidden) weights."""
+    lstm = nn.LSTM(input_size, hidden, num_layers=layers)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * hidden ** -0.5)
+    return lstm
 
 
 def _cells(lstm: nn.LSTM) -> list[nn.LSTMCell]:
