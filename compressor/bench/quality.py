@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lasso", type=float, default=2e-5, help="group-lasso strength of the lasso90 variant")
+    parser.add_argument("--prune-end", type=float, default=0.75,
+                        help="fraction of --steps at which pruning ends (masks frozen after it)")
+    parser.add_argument("--hidden", type=int, default=0,
+                        help="train an LSTM LM of this hidden size from scratch (same seed for every variant) "
+                             "instead of fine-tuning the shipped hidden-256 checkpoint")
+    parser.add_argument("--unbalanced", action="store_true",
+                        help="free block pattern (default: balanced, every block row keeps as many blocks)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} "
                         f"(with --gates: of {','.join(GATE_VARIANTS)})")
     parser.add_argument("--gates", action="store_true", help="dynamic block gating vs dense, static and block-diagonal")
@@ -72,8 +79,8 @@ def _recipe(variant: str, args) -> dict:
     else:
         sparsity = {"block80": 0.8, "block90": 0.9, "lasso90": 0.9}[variant]
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": [args.block, args.block],
-                "sparsity": sparsity, "end": (3 * args.steps) // 4, "freq": max(1, args.steps // 40),
-                "balanced": True, "train": train}
+                "sparsity": sparsity, "end": max(1, int(args.prune_end * args.steps)),
+                "freq": max(1, args.steps // 40), "balanced": not args.unbalanced, "train": train}
         if variant == "lasso90":
             step["group_lasso"] = args.lasso
     return {"version": 1, "passes": [step]}
@@ -91,6 +98,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.gates:
         return run_gates(args)
+    if not 0.0 < args.prune_end <= 1.0:
+        raise SystemExit(f"--prune-end {args.prune_end} is invalid; it is a fraction of --steps in (0, 1]")
     variants = [v for v in (args.variants or ",".join(VARIANTS)).split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -100,6 +109,8 @@ def run(args) -> int:
     for variant in variants:
         torch.manual_seed(0)
         spec = load_model("lstm-lm")
+        if args.hidden:
+            spec = _fresh_lm(spec, args.hidden)
         task = LMTask(TaskConfig(corpus=args.corpus, seq_len=args.seq_len, batch_size=args.batch, eval_tokens=0), spec.vocab)
         before = task.perplexity(spec.model, task.test_ids)
         t0 = time.perf_counter()
@@ -122,6 +133,19 @@ def run(args) -> int:
 
 
 # -- --gates: dynamic block gating (Hadifar et al.) ---------------------------------------------
+
+
+def _fresh_lm(spec, hidden: int):
+    """The built-in LM's architecture and vocabulary at another hidden size, randomly initialised
+    (seeded by the caller), for measuring how the pruning gap depends on model size."""
+    import dataclasses
+
+    from ..models.lstm_lm import LSTMLanguageModel
+
+    model = LSTMLanguageModel(dataclasses.replace(spec.model.config, hidden=hidden))
+    source = {**spec.source, "config": {**spec.source["config"], "hidden": hidden}}
+    return dataclasses.replace(spec, model=model, example_inputs=model.example_inputs(), source=source,
+                               evaluate=None)
 
 
 def blockdiag_mask(shape: tuple[int, int], n: int) -> torch.Tensor:
