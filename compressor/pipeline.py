@@ -104,11 +104,14 @@ class CompressionState:
             "fingerprint": self.fingerprint,
             "pass_index": self.pass_index if step is not None else self.pass_index + 1,
             "step": step,
-            "model": self.model.state_dict(),
+            # kernel modules (swap_kernels) are saved in their dense form, as in an artifact, and
+            # rebuilt on restore from these weights and the masks they baked in
+            "model": (densify(self.model) if self.replacements else self.model).state_dict(),
             "masks": dict(masklib.iter_masks(self.model)),
+            "baked_masks": dict(self.baked_masks),
             "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
                            "passes": r.passes, "notes": r.notes, "row": r.row} for n, r in self.layers.items()},
-            "replacements": [r for r in self.replacements if r.get("structural")],
+            "replacements": list(self.replacements),
             "pass_log": self.pass_log,
             "rng": torch.get_rng_state(),
             **loop_state,
@@ -123,6 +126,8 @@ class CompressionState:
         for name, mask in payload["masks"].items():
             masklib.set_mask(self.model, name, mask, intersect=False)
         self.model.load_state_dict(payload["model"])
+        self.baked_masks = dict(payload.get("baked_masks", {}))
+        replay(self.model, self.replacements, self.baked_masks)  # kernel swaps, on the loaded weights
         for name, rec in payload["layers"].items():
             record = self.layers[name]
             record.pattern = pattern_from_dict(rec["pattern"])

@@ -164,3 +164,43 @@ def test_export_cli(load_fixture, tmp_path):
     again = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_resume_after_a_crash_past_the_swap_pass(load_fixture, tmp_path, monkeypatch):
+    """The checkpoint taken after swap_kernels (the last pass of a training recipe) resumes: the
+    kernel modules and the masks they baked in come back, and the artifact equals an
+    uninterrupted run's."""
+    import compressor.pipeline as pipeline
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 300)
+    recipe = parse_recipe({"version": 1, "passes": [
+        {"pass": "gradual_block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True,
+         "freq": 2, "train": {"steps": 6, "eval_every": 0, "checkpoint_every": 0,
+                              "task": {"name": "lm", "corpus": str(corpus), "batch_size": 4, "seq_len": 16}}},
+        {"pass": "nm_prune", "targets": ["decoder"]},
+        {"pass": "swap_kernels", "force": True, "repeats": 2},
+    ]})
+
+    def model():
+        torch.manual_seed(0)  # the fixture is randomly initialised: the same weights for every run
+        return load_fixture("lstm_lm")
+
+    compressor.Pipeline(recipe).run(model(), out=tmp_path / "ref", console=QUIET)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")  # stands in for a crash while the artifact is written
+
+    monkeypatch.setattr(pipeline, "save_artifacts", crash)
+    with pytest.raises(OSError):
+        compressor.Pipeline(recipe).run(model(), out=tmp_path / "run", console=QUIET)
+    monkeypatch.undo()
+    result = compressor.Pipeline(recipe).run(model(), out=tmp_path / "run", resume=True, console=QUIET)
+    assert isinstance(result.model.rnn, SparseLSTM) and isinstance(result.model.decoder, NMLinear)
+    ref_masks, run_masks = compressor.load_masks(tmp_path / "ref"), compressor.load_masks(tmp_path / "run")
+    assert ref_masks.keys() == run_masks.keys() and ref_masks
+    for name in ref_masks:
+        assert torch.equal(ref_masks[name], run_masks[name]), name
+    x = model().example_inputs[0]
+    with torch.no_grad():
+        torch.testing.assert_close(compressor.load(tmp_path / "run")(x), compressor.load(tmp_path / "ref")(x))
