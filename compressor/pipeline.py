@@ -106,7 +106,8 @@ class CompressionState:
             "step": step,
             # kernel modules (swap_kernels) are saved in their dense form, as in an artifact, and
             # rebuilt on restore from these weights and the masks they baked in
-            "model": (densify(self.model) if self.replacements else self.model).state_dict(),
+            "model": (densify(self.model) if any(not r.get("structural") for r in self.replacements)
+                      else self.model).state_dict(),
             "masks": dict(masklib.iter_masks(self.model)),
             "baked_masks": dict(self.baked_masks),
             "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
