@@ -52,12 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lasso", type=float, default=2e-5, help="group-lasso strength of the lasso90 variant")
     parser.add_argument("--prune-end", type=float, default=0.75,
-                        help="fraction of --steps at which pruning ends (masks frozen after it)")
+                        help="block variants: fraction of --steps at which pruning ends (masks frozen after it; "
+                             "the masks are updated every steps/40 whatever the fraction)")
     parser.add_argument("--hidden", type=int, default=0,
-                        help="train an LSTM LM of this hidden size from scratch (same seed for every variant) "
+                        help="block variants: train an LSTM LM of this hidden size from scratch (same seed for every variant) "
                              "instead of fine-tuning the shipped hidden-256 checkpoint")
     parser.add_argument("--unbalanced", action="store_true",
-                        help="free block pattern (default: balanced, every block row keeps as many blocks)")
+                        help="block variants: free block pattern (default: balanced, every block row keeps as many blocks)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} "
                         f"(with --gates: of {','.join(GATE_VARIANTS)})")
     parser.add_argument("--gates", action="store_true", help="dynamic block gating vs dense, static and block-diagonal")
