@@ -37,7 +37,8 @@ __all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold",
 
 @dataclass(frozen=True)
 class GradualBlockPruneConfig(PassConfig):
-    """``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means 3/4 of ``train.steps``;
+    """``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means a third of ``train.steps``,
+    where pruning measured best at two budgets, BENCHMARKS.md;
     ``ramp`` 0 means a third of the way from start to end); ``freq``: steps between mask updates."""
 
     block: tuple[int, int] = (16, 16)
@@ -57,7 +58,7 @@ class GradualBlockPruneConfig(PassConfig):
 
     def resolved(self) -> tuple[int, int, int]:
         """(start, ramp, end) with the defaults filled in."""
-        end = self.end or max(self.start + 1, (3 * self.train.steps) // 4)
+        end = self.end or max(self.start + 1, self.train.steps // 3)
         ramp = self.ramp or self.start + (end - self.start) // 3
         return self.start, ramp, end
 
