@@ -21,11 +21,12 @@ from ..config import check_range
 from ..errors import RecipeError
 from ..patterns import BalancedBlock, Block
 from ..solvers import block_scores, expand_block_mask, rowwise_topk_mask, topk_mask
-from ..solvers.ranking import global_topk_masks
+from ..solvers.ranking import balanced_block_counts, global_topk_masks
 from ._magnitude import keep_count, row_segments
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["BlockPruneConfig", "block_prune", "layer_block_mask", "segment_block_scores", "expand_segments"]
+__all__ = ["BlockPruneConfig", "block_prune", "layer_block_mask", "global_block_masks", "segment_block_scores",
+           "expand_segments"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,31 @@ def layer_block_mask(weight: torch.Tensor, target, block, score: str, sparsity: 
     return expand_segments(block_mask, sizes, target, block, cross_gates, weight.shape)
 
 
+def global_block_masks(weights, targets, block, score: str, sparsity: float, balanced: bool, cross_gates: bool,
+                       current=None) -> list[torch.Tensor]:
+    """Element masks of several layers ranked together, ``sparsity`` of all their blocks pruned.
+
+    Free pattern: one top-k over every block of every layer. Balanced: each layer keeps the same
+    number of blocks in all its block rows, the numbers chosen under the one budget by
+    :func:`compressor.solvers.ranking.balanced_block_counts` (the kept sparsity is then at least
+    ``sparsity``, up to one block row's worth of blocks). ``current`` (masks now installed) caps
+    every layer's count so that a schedule that tightens masks never regrows a block.
+    """
+    scored = [segment_block_scores(w, t, block, score, cross_gates) for w, t in zip(weights, targets)]
+    budget = keep_count(sum(sc.numel() for sc, _ in scored), sparsity)
+    if balanced:
+        caps = None
+        if current is not None:
+            caps = [int(segment_block_scores(m.float(), t, block, "max_abs", cross_gates)[0].sum(dim=1).max())
+                    for m, t in zip(current, targets)]
+        counts = balanced_block_counts([sc for sc, _ in scored], budget, caps)
+        block_masks = [rowwise_topk_mask(sc, k) for (sc, _), k in zip(scored, counts)]
+    else:
+        block_masks = global_topk_masks([sc for sc, _ in scored], budget)
+    return [expand_segments(bm, sizes, t, block, cross_gates, w.shape)
+            for bm, (_, sizes), t, w in zip(block_masks, scored, targets, weights)]
+
+
 @register_pass("block_prune", BlockPruneConfig)
 def block_prune(state, config: BlockPruneConfig, targets) -> PassResult:
     """Zero the lowest-scoring blocks of every selected layer."""
@@ -84,19 +110,14 @@ def block_prune(state, config: BlockPruneConfig, targets) -> PassResult:
     pattern = (BalancedBlock if config.balanced else Block)(*config.block)
     weights = [state.weight(t) for t in targets]
     if config.ranking == "layer":
-        for target, weight in zip(targets, weights):
-            mask = layer_block_mask(weight, target, config.block, config.score, config.sparsity,
-                                    config.balanced, config.cross_gates)
-            state.set_mask(target, mask)
-            result.layers[target.name] = {"pattern": pattern, "target_sparsity": config.sparsity}
-        return result
-    # global ranking: one threshold over every selected layer's blocks
-    scored = [segment_block_scores(w, t, config.block, config.score, config.cross_gates) for w, t in zip(weights, targets)]
-    total = sum(sc.numel() for sc, _ in scored)
-    keeps = global_topk_masks([sc for sc, _ in scored], keep_count(total, config.sparsity))
-    for target, weight, (scores, sizes), keep in zip(targets, weights, scored, keeps):
-        frac = 1.0 - float(keep.float().mean())
-        block_mask = rowwise_topk_mask(scores, keep_count(scores.shape[1], frac)) if config.balanced else keep
-        state.set_mask(target, expand_segments(block_mask, sizes, target, config.block, config.cross_gates, weight.shape))
-        result.layers[target.name] = {"pattern": pattern, "target_sparsity": round(frac, 6)}
+        masks = [layer_block_mask(w, t, config.block, config.score, config.sparsity, config.balanced, config.cross_gates)
+                 for w, t in zip(weights, targets)]
+    else:  # global ranking: one budget over every selected layer's blocks
+        masks = global_block_masks(weights, targets, config.block, config.score, config.sparsity, config.balanced,
+                                   config.cross_gates)
+    for target, mask in zip(targets, masks):
+        state.set_mask(target, mask)
+        measured = round(1.0 - float(mask.float().mean()), 6)
+        result.layers[target.name] = {"pattern": pattern,
+                                      "target_sparsity": config.sparsity if config.ranking == "layer" else measured}
     return result

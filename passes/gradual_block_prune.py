@@ -7,7 +7,10 @@ continues to ``train.steps``.
 
 - ``target``: the kept fraction follows a cubic ramp from 1 to ``1 - sparsity`` between
   ``start`` and ``end`` (Zhu & Gupta's gradual schedule); at each update every layer keeps its
-  top-scoring blocks. The final sparsity is the one asked for.
+  top-scoring blocks. The final sparsity is the one asked for. With ``ranking: global`` the
+  blocks of all the selected layers are ranked together instead, so the layers end at different
+  sparsities whose total is the one asked for (balanced: whole block rows' worth of blocks per
+  layer under one budget, :func:`compressor.passes.block_prune.global_block_masks`).
 - ``narang``: the paper's threshold. With ``q`` the ``percentile``-th percentile of |w| of each
   layer's dense weights at the start, ``theta = 2 q freq / (2 (ramp - start) + 3 (end - ramp))``
   and ``phi = mult * theta``; the threshold is ``theta (t - start + 1) / freq`` before ``ramp`` and
@@ -29,7 +32,7 @@ from ..errors import RecipeError
 from ..patterns import BalancedBlock, Block
 from ..training import TrainConfig, TrainHooks, fine_tune
 from ._magnitude import block_sq_norms
-from .block_prune import expand_segments, layer_block_mask, segment_block_scores
+from .block_prune import expand_segments, global_block_masks, layer_block_mask, segment_block_scores
 from .registry import PassConfig, PassResult, register_pass
 
 __all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold", "cubic_sparsity"]
@@ -37,7 +40,8 @@ __all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold",
 
 @dataclass(frozen=True)
 class GradualBlockPruneConfig(PassConfig):
-    """``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means a third of ``train.steps``,
+    """``ranking``: ``layer`` (every layer to ``sparsity``) or ``global`` (one ranking over all the
+    selected layers; ``target`` schedule only). ``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means a third of ``train.steps``,
     where pruning measured best at two budgets, BENCHMARKS.md;
     ``ramp`` 0 means a third of the way from start to end); ``freq``: steps between mask updates."""
 
@@ -51,6 +55,7 @@ class GradualBlockPruneConfig(PassConfig):
     mult: float = 1.5
     percentile: float = 90.0
     score: Literal["max_abs", "mean_abs", "l2"] = "max_abs"
+    ranking: Literal["layer", "global"] = "layer"
     balanced: bool = False
     cross_gates: bool = False
     group_lasso: float = 0.0
@@ -72,6 +77,8 @@ class GradualBlockPruneConfig(PassConfig):
         if self.mult <= 0 or self.group_lasso < 0:
             key = "mult" if self.mult <= 0 else "group_lasso"
             raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be positive")
+        if self.ranking == "global" and self.schedule != "target":
+            raise RecipeError(f"{path}.ranking", "global ranking needs schedule: target (the narang threshold is per layer)")
         start, ramp, end = self.resolved()
         if not 0 <= start < end <= self.train.steps:
             raise RecipeError(f"{path}.end", f"need 0 <= start ({start}) < end ({end}) <= train.steps ({self.train.steps})")
@@ -124,6 +131,14 @@ class _Hooks(TrainHooks):
         if not self.update_due(step):
             return
         c = self.config
+        if c.ranking == "global":
+            sparsity = cubic_sparsity(step + 1, c.sparsity, self.start, self.end)
+            masks = global_block_masks([self.state.weight(t) for t in self.targets], self.targets, c.block, c.score,
+                                       sparsity, c.balanced, c.cross_gates, [self.state.mask(t) for t in self.targets])
+            for t, mask in zip(self.targets, masks):
+                self.state.set_mask(t, mask)
+            self.state.sync_masks()
+            return
         for t in self.targets:
             w = self.state.weight(t)
             if c.schedule == "target":
@@ -155,8 +170,10 @@ def gradual_block_prune(state, config: GradualBlockPruneConfig, targets) -> Pass
     for t in targets:
         mask = state.mask(t)
         measured = 1.0 - float(mask.float().mean()) if mask is not None else 0.0
-        target_sparsity = config.sparsity if config.schedule == "target" else round(measured, 6)
-        notes = [] if config.schedule == "target" else ["narang threshold schedule: the sparsity is its outcome"]
+        per_layer = config.schedule == "target" and config.ranking == "layer"
+        target_sparsity = config.sparsity if per_layer else round(measured, 6)
+        notes = [] if per_layer else ["narang threshold schedule: the sparsity is its outcome" if config.schedule == "narang"
+                                      else f"global ranking: {config.sparsity:g} over all the selected layers together"]
         result.layers[t.name] = {"pattern": pattern, "target_sparsity": target_sparsity, "notes": notes}
     result.metrics = {"history": history, "schedule": {"start": hooks.start, "ramp": hooks.ramp, "end": hooks.end}}
     return result

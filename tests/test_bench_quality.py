@@ -27,6 +27,9 @@ def test_recipe_follows_prune_end_and_pattern():
     parse_recipe(recipe)  # a valid recipe
     assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["end"] == 225  # default 3/4
     assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["balanced"] is True
+    assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["ranking"] == "layer"
+    parse_recipe(glob := bench._recipe("block90", _args("--steps", "300", "--ranking", "global")))
+    assert glob["passes"][0]["ranking"] == "global"
 
 
 def test_bad_prune_end_is_refused_before_training():

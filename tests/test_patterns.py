@@ -163,3 +163,35 @@ def test_later_pass_never_regrows_an_earlier_mask():
     w = out.model[0].weight
     assert float((w == 0).float().mean()) >= 0.75 - 1e-6  # 2:4 inside the surviving blocks
     assert out.report.layers[0].passes == ["block_prune", "nm_prune"]
+
+
+def test_block_prune_global_balanced_shares_one_budget():
+    model = nn.Sequential(nn.Linear(32, 24), nn.Linear(24, 24))
+    with torch.no_grad():
+        model[1].weight.mul_(3)  # the second layer's blocks outrank the first's
+    w0 = [model[i].weight.detach().clone() for i in range(2)]
+    out = run(model, [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.75, "ranking": "global", "balanced": True}])
+    scores = [brute_block_scores(w, 4, 4, "max_abs") for w in w0]
+    budget = round(0.25 * sum(s.numel() for s in scores))
+    counts = []
+    for i, s in enumerate(scores):
+        kept = reduce_blocks(out.model[i].weight != 0, 4)
+        per_row = kept.sum(dim=1)
+        assert bool((per_row == per_row[0]).all())  # balanced: every block row keeps as many
+        k = int(per_row[0])
+        expected = torch.zeros_like(kept)
+        expected.scatter_(1, s.argsort(dim=1, descending=True, stable=True)[:, :k], True)
+        assert torch.equal(kept, expected)  # the top-k blocks of every row
+        counts.append(k)
+    # both layers have 6 block rows: the best counts are the top columns of row-sorted score means
+    means = sorted(((float(m), i) for i, s in enumerate(scores)
+                    for m in s.sort(dim=1, descending=True).values.mean(dim=0)[1:]), reverse=True)
+    extra = (budget - 12) // 6
+    assert counts == [1 + sum(1 for _, i in means[:extra] if i == layer) for layer in range(2)]
+    assert sum(6 * k for k in counts) <= budget
+    assert [r.sparsity for r in out.report.layers] != [0.75, 0.75]
+
+
+def reduce_blocks(nonzero, b):
+    r, c = nonzero.shape
+    return nonzero.reshape(r // b, b, c // b, b).any(dim=3).any(dim=1)

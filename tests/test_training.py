@@ -50,8 +50,8 @@ def test_cubic_schedule_end_points():
     assert values == sorted(values)
 
 
-def test_gradual_target_reaches_sparsity_and_never_regrows(load_fixture, tmp_path, monkeypatch):
-    spec, corpus = lm_fixture(load_fixture, tmp_path)
+def spy_on_regrowth(monkeypatch) -> dict[str, torch.Tensor]:
+    """Fail as soon as any ``set_mask`` call lets a pruned entry back in; returns the last masks."""
     seen: dict[str, torch.Tensor] = {}
     from compressor import masks as masklib
 
@@ -65,6 +65,12 @@ def test_gradual_target_reaches_sparsity_and_never_regrows(load_fixture, tmp_pat
         seen[name] = current
 
     monkeypatch.setattr(masklib, "set_mask", spy)
+    return seen
+
+
+def test_gradual_target_reaches_sparsity_and_never_regrows(load_fixture, tmp_path, monkeypatch):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    seen = spy_on_regrowth(monkeypatch)
     step = gradual(sparsity=0.75, end=16, train={"task": TINY_TASK | {"corpus": corpus}})
     result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
     for row in result.report.layers:
@@ -74,6 +80,35 @@ def test_gradual_target_reaches_sparsity_and_never_regrows(load_fixture, tmp_pat
             w = dict(result.model.named_parameters())[row.name]
             assert torch.equal(w != 0, result.masks[row.name] & (w != 0))
     assert len(seen) == 4
+
+
+def test_gradual_global_balanced_shares_one_budget(load_fixture, tmp_path, monkeypatch):
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    seen = spy_on_regrowth(monkeypatch)
+    step = gradual(sparsity=0.6, end=16, balanced=True, ranking="global", train={"task": TINY_TASK | {"corpus": corpus}})
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    rows = [r for r in result.report.layers if r.name.startswith("rnn.")]
+    kept_blocks = total_blocks = 0
+    for row in rows:
+        mask = result.masks[row.name]
+        blocks = mask.reshape(mask.shape[0] // 4, 4, -1, 4).any(dim=3).any(dim=1) if mask.shape[1] % 4 == 0 else None
+        assert blocks is not None
+        per_row = blocks.sum(dim=1)
+        assert bool((per_row == per_row[0]).all()), f"{row.name} is not balanced"
+        assert torch.equal(mask, blocks.repeat_interleave(4, 0).repeat_interleave(4, 1))  # whole blocks
+        kept_blocks += int(blocks.sum())
+        total_blocks += blocks.numel()
+        assert any("global ranking" in note for note in row.notes)
+    # the budget over all four matrices: round(0.4 * blocks), minus at most one block row's worth
+    budget = round(0.4 * total_blocks)
+    assert budget - max(m.shape[0] // 4 for m in result.masks.values()) < kept_blocks <= budget
+    assert len({r.sparsity for r in rows}) > 1  # the layers ended at different sparsities
+    assert len(seen) == 4
+
+
+def test_global_ranking_needs_the_target_schedule():
+    with pytest.raises(RecipeError, match=r"passes\[0\]\.ranking"):
+        parse_recipe({"version": 1, "passes": [{"pass": "gradual_block_prune", "schedule": "narang", "ranking": "global"}]})
 
 
 def test_masked_weights_stay_zero_through_adam_momentum(load_fixture, tmp_path):
