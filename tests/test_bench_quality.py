@@ -47,6 +47,9 @@ def test_quality_bench_fresh_small_lm(tmp_path):
     # balanced 4x4 blocks at 90% on 32-wide matrices keep one block of 8 per block row (87.5%), and 2 of
     # 16 for the 64-wide input matrix: the measured figure lands there, not at zero or one
     assert 0.85 <= results["block90"]["lstm_sparsity"] <= 0.9
+    layers = results["block90"]["layer_sparsity"]
+    assert sorted(layers) == ["rnn.weight_hh_l0", "rnn.weight_hh_l1", "rnn.weight_ih_l0", "rnn.weight_ih_l1"]
+    assert layers["rnn.weight_ih_l0"] == pytest.approx(0.875) and layers["rnn.weight_hh_l0"] == pytest.approx(0.875)
     for r in results.values():
         assert r["test_perplexity"] > 1.0 and r["before_finetune"] > 1.0
 

@@ -123,8 +123,11 @@ def run(args) -> int:
         ppl = task.perplexity(result.model, task.test_ids)
         sparsity = sum(r.params - r.nonzero for r in result.report.layers if r.name.startswith("rnn.")) / \
             sum(r.params for r in result.report.layers if r.name.startswith("rnn."))
-        results[variant] = {"test_perplexity": ppl, "before_finetune": before, "lstm_sparsity": sparsity, "seconds": seconds}
-        print(f"{variant}: test perplexity {ppl:.4f} (before fine-tuning {before:.4f}), LSTM sparsity {sparsity:.1%}, {seconds:.0f}s", flush=True)
+        layers = {r.name: r.sparsity for r in result.report.layers if r.name.startswith("rnn.")}
+        results[variant] = {"test_perplexity": ppl, "before_finetune": before, "lstm_sparsity": sparsity,
+                            "layer_sparsity": layers, "seconds": seconds}
+        print(f"{variant}: test perplexity {ppl:.4f} (before fine-tuning {before:.4f}), LSTM sparsity {sparsity:.1%} "
+              f"({', '.join(f'{n[4:]} {v:.1%}' for n, v in layers.items())}), {seconds:.0f}s", flush=True)
     dense = results.get("dense", {}).get("test_perplexity")
     for variant, r in results.items():
         gap = f"{(r['test_perplexity'] / dense - 1):+.1%}" if dense else "-"
