@@ -41,9 +41,10 @@ __all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold",
 @dataclass(frozen=True)
 class GradualBlockPruneConfig(PassConfig):
     """``ranking``: ``layer`` (every layer to ``sparsity``) or ``global`` (one ranking over all the
-    selected layers; ``target`` schedule only). ``start``/``ramp``/``end``: steps of the schedule (``end`` 0 means a third of ``train.steps``,
-    where pruning measured best at two budgets, BENCHMARKS.md;
-    ``ramp`` 0 means a third of the way from start to end); ``freq``: steps between mask updates."""
+    selected layers; ``target`` schedule only). ``start``/``ramp``/``end``: steps of the schedule
+    (``end`` 0 means a third of ``train.steps``, where pruning measured best at two budgets,
+    BENCHMARKS.md; ``ramp`` 0 means a third of the way from start to end); ``freq``: steps between
+    mask updates."""
 
     block: tuple[int, int] = (16, 16)
     schedule: Literal["target", "narang"] = "target"
