@@ -132,23 +132,22 @@ class _Hooks(TrainHooks):
         if not self.update_due(step):
             return
         c = self.config
-        if c.ranking == "global":
+        weights = [self.state.weight(t) for t in self.targets]
+        if c.schedule == "target":
             sparsity = cubic_sparsity(step + 1, c.sparsity, self.start, self.end)
-            masks = global_block_masks([self.state.weight(t) for t in self.targets], self.targets, c.block, c.score,
-                                       sparsity, c.balanced, c.cross_gates, [self.state.mask(t) for t in self.targets])
-            for t, mask in zip(self.targets, masks):
-                self.state.set_mask(t, mask)
-            self.state.sync_masks()
-            return
-        for t in self.targets:
-            w = self.state.weight(t)
-            if c.schedule == "target":
-                sparsity = cubic_sparsity(step + 1, c.sparsity, self.start, self.end)
-                mask = layer_block_mask(w, t, c.block, c.score, sparsity, c.balanced, c.cross_gates)
+            if c.ranking == "global":
+                masks = global_block_masks(weights, self.targets, c.block, c.score, sparsity, c.balanced, c.cross_gates,
+                                           [self.state.mask(t) for t in self.targets])
             else:
+                masks = [layer_block_mask(w, t, c.block, c.score, sparsity, c.balanced, c.cross_gates)
+                         for w, t in zip(weights, self.targets)]
+        else:
+            masks = []
+            for w, t in zip(weights, self.targets):
                 scores, sizes = segment_block_scores(w, t, c.block, c.score, c.cross_gates)
                 eps = narang_threshold(step, self.q[t.name], self.start, self.ramp, self.end, c.freq, c.mult)
-                mask = expand_segments(scores >= eps, sizes, t, c.block, c.cross_gates, w.shape)
+                masks.append(expand_segments(scores >= eps, sizes, t, c.block, c.cross_gates, w.shape))
+        for t, mask in zip(self.targets, masks):
             self.state.set_mask(t, mask)
         self.state.sync_masks()
 
@@ -171,10 +170,13 @@ def gradual_block_prune(state, config: GradualBlockPruneConfig, targets) -> Pass
     for t in targets:
         mask = state.mask(t)
         measured = 1.0 - float(mask.float().mean()) if mask is not None else 0.0
-        per_layer = config.schedule == "target" and config.ranking == "layer"
-        target_sparsity = config.sparsity if per_layer else round(measured, 6)
-        notes = [] if per_layer else ["narang threshold schedule: the sparsity is its outcome" if config.schedule == "narang"
-                                      else f"global ranking: {config.sparsity:g} over all the selected layers together"]
+        if config.schedule == "narang":
+            target_sparsity, notes = round(measured, 6), ["narang threshold schedule: the sparsity is its outcome"]
+        elif config.ranking == "global":
+            target_sparsity = round(measured, 6)
+            notes = [f"global ranking: {config.sparsity:g} over all the selected layers together"]
+        else:
+            target_sparsity, notes = config.sparsity, []
         result.layers[t.name] = {"pattern": pattern, "target_sparsity": target_sparsity, "notes": notes}
     result.metrics = {"history": history, "schedule": {"start": hooks.start, "ramp": hooks.ramp, "end": hooks.end}}
     return result
