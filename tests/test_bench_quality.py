@@ -35,6 +35,14 @@ def test_recipe_follows_prune_end_and_pattern():
 def test_bad_prune_end_is_refused_before_training():
     with pytest.raises(SystemExit, match="--prune-end"):
         bench.run(_args("--prune-end", "1.5", "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="--prune-end"):
+        bench.run(_args("--gates", "--prune-end", "0", "--corpus", "pydoc"))
+
+
+def test_gates_static_baseline_follows_prune_end():
+    step = bench._gate_recipe("static", _args("--gates", "--steps", "300", "--prune-end", "0.33"), 0.5)["passes"][0]
+    assert step["pass"] == "gradual_block_prune" and step["end"] == 99
+    assert bench._gate_recipe("static", _args("--gates", "--steps", "300"), 0.5)["passes"][0]["end"] == 225
 
 
 def test_quality_bench_fresh_small_lm(tmp_path):

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lasso", type=float, default=2e-5, help="group-lasso strength of the lasso90 variant")
     parser.add_argument("--prune-end", type=float, default=0.75,
-                        help="block variants: fraction of --steps at which pruning ends (masks frozen after it; "
+                        help="block variants and the --gates static baseline: fraction of --steps at which pruning "
+                             "ends (masks frozen after it; "
                              "the masks are updated every steps/40 whatever the fraction)")
     parser.add_argument("--hidden", type=int, default=0,
                         help="block variants: train an LSTM LM of this hidden size from scratch (same seed for every variant) "
@@ -100,10 +101,10 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.gates:
-        return run_gates(args)
     if not 0.0 < args.prune_end <= 1.0:
         raise SystemExit(f"--prune-end {args.prune_end} is invalid; it is a fraction of --steps in (0, 1]")
+    if args.gates:
+        return run_gates(args)
     variants = [v for v in (args.variants or ",".join(VARIANTS)).split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -173,7 +174,7 @@ def _gate_recipe(variant: str, args, static_sparsity: float) -> dict:
                 "rank": args.gate_rank, "init": args.gate_init, "latency_repeats": 0, "train": train}
     else:
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": block, "sparsity": round(static_sparsity, 6),
-                "end": (3 * args.steps) // 4, "freq": max(1, args.steps // 40), "train": train}
+                "end": max(1, int(args.prune_end * args.steps)), "freq": max(1, args.steps // 40), "train": train}
     return {"version": 1, "passes": [step]}
 
 
