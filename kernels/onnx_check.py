@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxCheck", "export_onnx", "ort_session", "onnx_check"]
+__all__ = ["OnnxCheck", "export_onnx", "ort_session", "use_global_ort_threads", "onnx_check"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -44,22 +44,43 @@ def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: 
     return str(path)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):
+def ort_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True, shared_pool: bool = False):
     """An ``onnxruntime.InferenceSession`` on the CPU provider (optionally with ``threads`` intra-op threads).
 
     ``spin=False`` stops the intra-op threads from busy-waiting after each run (ORT's
-    ``session.intra_op.allow_spinning``): needed when several sessions share few cores, as in the
-    benchmark, where one session's spinning threads otherwise slow the next session's run several
-    times over (measured on 2 cores: ORT dense median 7.4 ms against a 1.5 ms minimum).
+    ``session.intra_op.allow_spinning``): needed when several sessions with their own thread pools
+    share few cores, where one session's spinning threads otherwise slow the next session's run
+    several times over (measured on 2 cores: ORT dense median 7.4 ms against a 1.5 ms minimum).
+    ``shared_pool=True`` runs the session on the process's global thread pool instead (see
+    :func:`use_global_ort_threads`; ``threads`` and ``spin`` are then the pool's business).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if shared_pool:
+        opts.use_per_session_threads = False
+    else:
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def use_global_ort_threads(threads: int) -> None:
+    """Give this process one ONNX Runtime intra-op thread pool of ``threads`` threads, shared by the
+    sessions made with ``ort_session(..., shared_pool=True)`` (ORT's global thread pool, spinning
+    as by default). Call it before the process's first ORT session: ORT reads the sizes when it
+    creates its environment, once; after it, ORT refuses sessions with their own pools
+    (``shared_pool=False``) in this process.
+
+    This is how a benchmark can run several sessions side by side as one deployed model runs:
+    one set of threads, spinning between calls, and no idle pool of another session competing
+    for the cores.
+    """
+    import onnxruntime as ort
+
+    ort.set_global_thread_pool_sizes(threads, 1)
 
 
 def _graph_ops(model) -> tuple[list[str], list[str]]:

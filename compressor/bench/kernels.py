@@ -29,6 +29,7 @@ Run ``python -m compressor.bench.kernels --help``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -77,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--copies", type=int, default=4, help="weight/input copies rotated per row")
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
+    parser.add_argument("--ort-pool", choices=("shared", "session"), default="session",
+                        help="onnx: all ORT sessions on one global thread pool that spins between calls (shared), "
+                             "or a pool per session without spinning (session)")
     parser.add_argument("--sections", default="linear,onnx,rnn,gated", help="comma list of sections to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default bench-results/kernels-<time>.json)")
@@ -154,22 +158,28 @@ def bench_linear(args, gen) -> list[dict]:
 
 def bench_onnx(args, gen) -> list[dict]:
     from compressor.kernels import BlockSparseLinear, export_onnx, ort_session
+    from compressor.kernels.onnx_check import use_global_ort_threads
 
     out, inp = args.shape
     n = args.copies
     threads = args.threads or torch.get_num_threads()
+    shared = args.ort_pool == "shared"
+    if shared:
+        use_global_ort_threads(threads)
+    # shared: every session on one spinning pool of `threads` threads, as one deployed model runs.
+    # session: a pool per session, without spinning (2n sessions share the cores, and idle
+    # sessions' spinning threads would be timed); each call then wakes its pool's threads.
+    session = functools.partial(ort_session, threads=threads, spin=False, shared_pool=shared)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernels_") as tmp:
         lins = [_linear(out, inp, gen) for _ in range(n)]
         for B in args.onnx_batches:
             ex = torch.randn(B, inp, generator=gen)
-            # No spinning: 2n sessions share the cores, and idle sessions' spinning threads would be timed.
-            dense_s = [ort_session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx")), threads, spin=False)
-                       for i, l in enumerate(lins)]
+            dense_s = [session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx"))) for i, l in enumerate(lins)]
             for sp in args.sparsities:
                 masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
                 mods = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
-                ours_s = [ort_session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")), threads, spin=False)
+                ours_s = [session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")))
                           for i, m in enumerate(mods)]
                 name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
                 xs = [torch.randn(B, inp, generator=gen).numpy() for _ in range(n)]

@@ -35,3 +35,19 @@ def test_bench_rejects_unknown_section(tmp_path):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     assert bench.run(parser.parse_args(["--sections", "linear,gpu", "--json", str(tmp_path / "x.json")])) == 2
+
+
+def test_bench_onnx_on_the_shared_ort_pool(tmp_path):
+    """``--ort-pool shared`` sets ORT's global pool, which must precede every session: a fresh process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.json"
+    proc = subprocess.run([sys.executable, "-m", "compressor.bench.kernels", "--sections", "onnx", "--shape", "96x80",
+                           "--block", "16", "--sparsities", "0.5", "--repeats", "2", "--warmup", "1", "--copies", "2",
+                           "--threads", "2", "--ort-pool", "shared", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    assert {r["impl"] for r in payload["rows"]} == {"ORT dense", "ORT ours"}
+    assert payload["args"]["ort_pool"] == "shared"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -61,3 +65,38 @@ def test_check_detects_disagreement():
 
     res = onnx_check(Sneaky(), (torch.randn(2, 3),))
     assert res.max_abs > 0.1
+
+
+_SHARED_POOL_SCRIPT = r"""
+import os, sys, tempfile
+import numpy as np, torch, torch.nn.functional as F
+from compressor.kernels import BlockSparseLinear, export_onnx
+from compressor.kernels.onnx_check import ort_session, use_global_ort_threads
+
+use_global_ort_threads(2)
+torch.manual_seed(0)
+lin = torch.nn.Linear(64, 48)
+mask = torch.zeros(48, 64, dtype=torch.bool)
+for r in range(3):  # balanced 16x16 blocks: each block row keeps 2 of 4 block columns
+    for c in ((r, r + 1) if r < 3 else (0, 3)):
+        mask[16 * r:16 * (r + 1), 16 * c:16 * (c + 1)] = True
+mod = BlockSparseLinear.from_dense(lin, mask, (16, 16))
+path = export_onnx(mod, (torch.randn(2, 64),), os.path.join(tempfile.mkdtemp(), "m.onnx"))
+first = ort_session(path, shared_pool=True)
+threads = len(os.listdir("/proc/self/task"))
+more = [ort_session(path, shared_pool=True) for _ in range(3)]
+print("added", len(os.listdir("/proc/self/task")) - threads)
+x = torch.randn(2, 64)
+want = F.linear(x, lin.weight * mask, lin.bias).detach().numpy()
+for s in [first] + more:
+    got = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-5, np.abs(got - want).max()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_sessions_on_the_shared_ort_pool_agree_with_torch_and_add_no_threads():
+    """``use_global_ort_threads`` must come before the process's first ORT session: a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _SHARED_POOL_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines() == ["added 0"]  # per-session pools would add a thread each
