@@ -30,6 +30,9 @@ def test_recipe_follows_prune_end_and_pattern():
     assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["ranking"] == "layer"
     parse_recipe(glob := bench._recipe("block90", _args("--steps", "300", "--ranking", "global")))
     assert glob["passes"][0]["ranking"] == "global"
+    assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["score"] == "max_abs"
+    parse_recipe(l2 := bench._recipe("block90", _args("--steps", "300", "--score", "l2")))
+    assert l2["passes"][0]["score"] == "l2"
 
 
 def test_bad_prune_end_is_refused_before_training():

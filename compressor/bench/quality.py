@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranking", default="layer", choices=("layer", "global"),
                         help="block variants: every LSTM matrix to the sparsity (layer), or the sparsity over all of "
                              "them together (global)")
+    parser.add_argument("--score", default="max_abs", choices=("max_abs", "mean_abs", "l2"),
+                        help="block variants: how a block is scored (gradual_block_prune's score)")
     parser.add_argument("--unbalanced", action="store_true",
                         help="block variants: free block pattern (default: balanced, every block row keeps as many blocks)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} "
@@ -85,7 +87,8 @@ def _recipe(variant: str, args) -> dict:
         sparsity = {"block80": 0.8, "block90": 0.9, "lasso90": 0.9}[variant]
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": [args.block, args.block],
                 "sparsity": sparsity, "end": max(1, int(args.prune_end * args.steps)),
-                "freq": max(1, args.steps // 40), "balanced": not args.unbalanced, "ranking": args.ranking, "train": train}
+                "freq": max(1, args.steps // 40), "balanced": not args.unbalanced, "ranking": args.ranking,
+                "score": args.score, "train": train}
         if variant == "lasso90":
             step["group_lasso"] = args.lasso
     return {"version": 1, "passes": [step]}
