@@ -78,17 +78,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="bench-results/quality.json")
 
 
-def _recipe(variant: str, args) -> dict:
+def _train(args) -> dict:
+    """The ``train:`` section every variant of both benches shares (same budget, task and lr)."""
     task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0}
-    train = {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
+    return {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
+
+
+def _prune_schedule(args) -> dict:
+    """``end`` and ``freq`` of every gradual_block_prune step: pruning ends at ``--prune-end`` of the
+    steps, masks are updated every steps/40."""
+    return {"end": max(1, int(args.prune_end * args.steps)), "freq": max(1, args.steps // 40)}
+
+
+def _recipe(variant: str, args) -> dict:
+    train = _train(args)
     if variant == "dense":
         step = {"pass": "finetune", "train": train}
     else:
         sparsity = {"block80": 0.8, "block90": 0.9, "lasso90": 0.9}[variant]
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": [args.block, args.block],
-                "sparsity": sparsity, "end": max(1, int(args.prune_end * args.steps)),
-                "freq": max(1, args.steps // 40), "balanced": not args.unbalanced, "ranking": args.ranking,
-                "score": args.score, "train": train}
+                "sparsity": sparsity, **_prune_schedule(args), "balanced": not args.unbalanced,
+                "ranking": args.ranking, "score": args.score, "train": train}
         if variant == "lasso90":
             step["group_lasso"] = args.lasso
     return {"version": 1, "passes": [step]}
@@ -167,8 +177,7 @@ def blockdiag_mask(shape: tuple[int, int], n: int) -> torch.Tensor:
 
 
 def _gate_recipe(variant: str, args, static_sparsity: float) -> dict:
-    task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0}
-    train = {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
+    train = _train(args)
     block = [args.gate_block, args.gate_block]
     if variant in ("dense", "blockdiag"):
         step = {"pass": "finetune", "train": train}
@@ -177,7 +186,7 @@ def _gate_recipe(variant: str, args, static_sparsity: float) -> dict:
                 "rank": args.gate_rank, "init": args.gate_init, "latency_repeats": 0, "train": train}
     else:
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": block, "sparsity": round(static_sparsity, 6),
-                "end": max(1, int(args.prune_end * args.steps)), "freq": max(1, args.steps // 40), "train": train}
+                **_prune_schedule(args), "train": train}
     return {"version": 1, "passes": [step]}
 
 
