@@ -67,6 +67,7 @@ class CompressionState:
         self.targets = captured.by_name()
         self.layers = {name: LayerRecord(t) for name, t in self.targets.items()}
         self.reference: nn.Module | None = None  # the dense model before any pass (teacher, calibration)
+        self.teacher: nn.Module | None = None  # a caller's teacher for distillation, instead of the reference
         self.progress = None  # the pipeline's rich Progress; training loops add their bars to it
         self.pass_index = 0
         self.pass_log: list[dict] = []
@@ -81,7 +82,8 @@ class CompressionState:
         from .tasks import build_task
 
         if config not in self._tasks:
-            self._tasks[config] = build_task(config, self.spec, self.reference)
+            teacher = self.teacher if self.teacher is not None else self.reference
+            self._tasks[config] = build_task(config, self.spec, teacher)
         return self._tasks[config]
 
     def sync_masks(self) -> None:
@@ -212,11 +214,13 @@ class Pipeline:
         return plan
 
     def run(self, spec: ModelSpec, out: str | Path | None = None, force: bool = False, console=None,
-            resume: bool = False) -> PipelineResult:
+            resume: bool = False, teacher: nn.Module | None = None) -> PipelineResult:
         """Compress ``spec.model`` in place and, if ``out`` is given, write the artifacts.
 
         With ``resume`` the run continues from the checkpoint a killed run with the same
-        recipe, model and ``out`` left in ``.OUT.work/``.
+        recipe, model and ``out`` left in ``.OUT.work/``. ``teacher``: the model the ``distill``
+        task and ``task.distill_weight`` match (same inputs and outputs as ``spec.model``; not
+        modified); default: a copy of ``spec.model`` as it was before any pass.
         """
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -251,6 +255,8 @@ class Pipeline:
         state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
         if any(p.needs_reference for p in plan_specs):
             state.reference = copy.deepcopy(model).eval()
+        if teacher is not None:
+            state.teacher = copy.deepcopy(teacher).eval()  # the task freezes it; the caller's stays as it was
 
         metrics: dict[str, dict[str, float]] = {}
         reference = None

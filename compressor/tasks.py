@@ -4,9 +4,12 @@
   the benchmark corpus, downloaded once; or a text file path), contiguous 90/5/5 splits,
   cross-entropy loss, perplexity on the validation split. The model maps token ids (B, T) to
   logits (B, T, V); the built-in model brings its vocabulary, other models get the corpus's
-  character vocabulary and must output that many logits.
-- ``distill``: match the dense teacher (the model as it was before any pass) on unlabeled
-  inputs, with MSE or KL on the outputs; the default when there are no labels. Inputs come
+  character vocabulary and must output that many logits. With ``distill_weight`` w > 0 the loss
+  is ``(1 - w) * cross-entropy + w * T^2 * KL(teacher || student)`` at temperature T
+  (knowledge distillation from the dense teacher alongside the labels, Hinton et al. 2015).
+- ``distill``: match the dense teacher (the model as it was before any pass, unless the caller
+  of :meth:`compressor.Pipeline.run` names another) on unlabeled inputs, with MSE or KL (at
+  ``temperature``) on the outputs; the default when there are no labels. Inputs come
   from the corpus when the model has a vocabulary, otherwise random tensors shaped like the
   example inputs.
 - ``package.module:function``: ``function(config, spec, teacher)`` returns an object with the
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from .corpus import CharVocab, corpus_text, split_text
 from .errors import CompressorError, RecipeError
 
-__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "build_task"]
+__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "build_task", "kl_distill"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class TaskConfig:
     batch_size: int = 32
     eval_tokens: int = 32768
     loss: Literal["kl", "mse"] = "kl"
+    #: ``lm``: weight of the distillation term next to the cross-entropy (0: labels only)
+    distill_weight: float = 0.0
+    #: softmax temperature of every KL distillation term
+    temperature: float = 1.0
     seed: int = 0
 
     def validate(self, path: str) -> None:
@@ -52,6 +59,13 @@ class TaskConfig:
         for key, low in (("seq_len", 2), ("batch_size", 1), ("eval_tokens", 0)):
             if getattr(self, key) < low:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= {low}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise RecipeError(f"{path}.distill_weight", f"{self.distill_weight} is invalid; must be in [0, 1]")
+        if self.distill_weight and self.name != "lm":
+            raise RecipeError(f"{path}.distill_weight", f"only the lm task mixes in distillation; task {self.name!r} "
+                              "(the distill task is pure distillation; a user task gets the teacher and this config)")
+        if not 0.0 < self.temperature <= 100.0:
+            raise RecipeError(f"{path}.temperature", f"{self.temperature} is invalid; must be in (0, 100]")
 
 
 class Task:
@@ -82,11 +96,29 @@ def _rank_slice(batch_size: int, rank: int, world: int) -> slice:
     return slice(rank * per, (rank + 1) * per)
 
 
-class LMTask(Task):
-    """Next-token prediction on a character corpus."""
+def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher || student)`` of the softened distributions over the last dimension,
+    averaged over the other positions (the T^2 keeps gradients comparable across temperatures)."""
+    s = F.log_softmax(student.reshape(-1, student.shape[-1]).float() / temperature, -1)
+    t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).float() / temperature, -1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
-    def __init__(self, config: TaskConfig, vocab: CharVocab | None = None):
+
+def _frozen(teacher: nn.Module) -> nn.Module:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+class LMTask(Task):
+    """Next-token prediction on a character corpus, optionally distilled from a teacher."""
+
+    def __init__(self, config: TaskConfig, vocab: CharVocab | None = None, teacher: nn.Module | None = None):
         self.config = config
+        if config.distill_weight and teacher is None:
+            raise CompressorError("task.distill_weight needs the dense teacher model")
+        self.teacher = _frozen(teacher) if config.distill_weight else None
         text = corpus_text(config.corpus)
         splits = split_text(text)
         self.vocab = vocab or CharVocab.from_text(splits.train)
@@ -113,7 +145,13 @@ class LMTask(Task):
             raise CompressorError(
                 f"the lm task needs logits over the {len(self.vocab)} corpus symbols; the model outputs {logits.shape[-1]}"
             )
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        w = self.config.distill_weight
+        if not w:
+            return ce
+        with torch.no_grad():
+            target = self.teacher(x)
+        return (1 - w) * ce + w * kl_distill(logits, target, self.config.temperature)
 
     @torch.no_grad()
     def perplexity(self, model, ids: torch.Tensor) -> float:
@@ -141,9 +179,7 @@ class DistillTask(Task):
 
     def __init__(self, config: TaskConfig, teacher: nn.Module, example_inputs: tuple | None, vocab: CharVocab | None):
         self.config = config
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = _frozen(teacher)
         self.lm = LMTask(config, vocab) if vocab is not None else None
         if self.lm is None and example_inputs is None:
             raise CompressorError("the distill task needs example inputs (--input) or a model with a vocabulary")
@@ -170,9 +206,7 @@ class DistillTask(Task):
             teacher = self.teacher(*batch)
         if self.config.loss == "mse":
             return F.mse_loss(student, teacher)
-        s = F.log_softmax(student.reshape(-1, student.shape[-1]), -1)  # (N, C): one distribution per position
-        t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]), -1)
-        return F.kl_div(s, t, log_target=True, reduction="batchmean")
+        return kl_distill(student, teacher, self.config.temperature)
 
     @torch.no_grad()
     def evaluate(self, model):
@@ -187,7 +221,7 @@ def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
     """Instantiate the task a training pass asks for."""
     vocab = getattr(spec, "vocab", None)
     if config.name == "lm":
-        return LMTask(config, vocab)
+        return LMTask(config, vocab, teacher)
     if config.name == "distill":
         if teacher is None:
             raise CompressorError("the distill task needs the dense teacher model")

@@ -42,6 +42,34 @@ def test_bad_prune_end_is_refused_before_training():
         bench.run(_args("--gates", "--prune-end", "0", "--corpus", "pydoc"))
 
 
+def test_distill_needs_a_teacher_before_any_training(tmp_path):
+    with pytest.raises(SystemExit, match="--distill needs a teacher"):
+        bench.run(_args("--distill", "0.5", "--variants", "block90,dense", "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.run(_args("--distill", "0.5", "--teacher", str(tmp_path / "none.pt"), "--corpus", "pydoc"))
+    args = _args("--distill", "0.5", "--temperature", "2", "--steps", "300")
+    task = bench._recipe("block90", args)["passes"][0]["train"]["task"]
+    assert task["distill_weight"] == 0.5 and task["temperature"] == 2.0
+    assert "distill_weight" not in bench._recipe("dense", args)["passes"][0]["train"]["task"]  # the baseline learns from labels
+
+
+def test_saved_dense_weights_teach_a_later_run(tmp_path):
+    """--save-dir writes the dense model; a later --distill run loads it as --teacher (a mismatched
+    file is refused), and the run with the dense variant first uses that model directly."""
+    common = ("--steps", "4", "--hidden", "32", "--block", "4", "--batch", "8", "--seq-len", "32", "--corpus", "pydoc")
+    assert bench.run(_args(*common, "--variants", "dense", "--save-dir", str(tmp_path / "m"), "--json", str(tmp_path / "d.json"))) == 0
+    saved = torch.load(tmp_path / "m" / "dense.pt", weights_only=True)
+    assert saved["rnn.weight_hh_l0"].shape == (128, 32)
+    teacher = bench._load_teacher(_args(*common, "--teacher", str(tmp_path / "m" / "dense.pt")))
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(SystemExit, match="does not fit"):
+        bench._load_teacher(_args("--teacher", str(tmp_path / "m" / "dense.pt")))  # the hidden-256 LM
+    out = tmp_path / "k.json"
+    assert bench.run(_args(*common, "--variants", "block90", "--distill", "0.5", "--teacher",
+                           str(tmp_path / "m" / "dense.pt"), "--json", str(out))) == 0
+    assert json.loads(out.read_text())["results"]["block90"]["test_perplexity"] > 1.0
+
+
 def test_gates_static_baseline_follows_prune_end():
     step = bench._gate_recipe("static", _args("--gates", "--steps", "300", "--prune-end", "0.33"), 0.5)["passes"][0]
     assert step["pass"] == "gradual_block_prune" and step["end"] == 99

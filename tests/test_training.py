@@ -166,6 +166,10 @@ def test_distill_task_trains_towards_the_teacher(load_fixture):
     ({"task": {"name": "nonsense"}}, "train.task.name"),
     ({"task": {"seq_len": 1}}, "train.task.seq_len"),
     ({"optimiser": "adam"}, "train.optimiser"),
+    ({"task": {"distill_weight": 1.5}}, "train.task.distill_weight"),
+    ({"task": {"distill_weight": -0.1}}, "train.task.distill_weight"),
+    ({"task": {"name": "distill", "distill_weight": 0.5}}, "train.task.distill_weight"),
+    ({"task": {"temperature": 0}}, "train.task.temperature"),
 ])
 def test_invalid_training_settings(train, where):
     with pytest.raises(RecipeError) as info:
@@ -214,3 +218,76 @@ def test_finetune_keeps_earlier_masks_and_lowers_the_loss(load_fixture, tmp_path
     for row in result.report.layers:
         if row.name.startswith("rnn."):
             assert row.sparsity == pytest.approx(0.5, abs=0.01) and row.passes == ["block_prune"]
+
+
+def _reference_kl(student, teacher, temperature):
+    """T^2 * mean over positions of sum_c p_t (log p_t - log p_s), in float64, written out."""
+    s = (student.double() / temperature).reshape(-1, student.shape[-1])
+    t = (teacher.double() / temperature).reshape(-1, teacher.shape[-1])
+    p_t = torch.exp(t) / torch.exp(t).sum(-1, keepdim=True)
+    log_p_s = s - torch.log(torch.exp(s).sum(-1, keepdim=True))
+    return float((p_t * (torch.log(p_t) - log_p_s)).sum(-1).mean()) * temperature**2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kl_distill_matches_the_written_out_divergence(temperature):
+    from compressor.tasks import kl_distill
+
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(2, 5, 7, generator=gen), 3 * torch.randn(2, 5, 7, generator=gen)
+    assert float(kl_distill(student, teacher, temperature)) == pytest.approx(_reference_kl(student, teacher, temperature), rel=1e-5)
+    assert float(kl_distill(teacher, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lm_loss_mixes_cross_entropy_and_distillation(load_fixture, tmp_path):
+    from compressor.tasks import LMTask, TaskConfig
+
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    torch.manual_seed(5)
+    teacher = load_fixture("lstm_lm").model
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a teacher that disagrees with the student
+    base = TaskConfig(corpus=corpus, batch_size=4, seq_len=16)
+    x, y = LMTask(base, spec.vocab).batch(0)
+    with torch.no_grad():
+        logits, target = spec.model(x), teacher(x)
+    ce = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)))
+    kl = _reference_kl(logits, target, 2.0)
+    assert kl > 0.01
+    for w in (0.0, 0.3, 1.0):
+        task = LMTask(TaskConfig(corpus=corpus, batch_size=4, seq_len=16, distill_weight=w, temperature=2.0), spec.vocab, teacher)
+        with torch.no_grad():
+            assert float(task.loss(spec.model, (x, y))) == pytest.approx((1 - w) * ce + w * kl, rel=1e-5)
+    with pytest.raises(CompressorError, match="teacher"):
+        LMTask(TaskConfig(corpus=corpus, distill_weight=0.5), spec.vocab, None)
+
+
+def test_distillation_pulls_towards_the_callers_teacher(load_fixture, tmp_path):
+    """With ``distill_weight`` 1 the loss is the KL to the teacher given to Pipeline.run: training
+    lowers it, and the caller's teacher comes back untouched."""
+    from compressor.tasks import LMTask, TaskConfig
+
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    torch.manual_seed(6)
+    teacher = load_fixture("lstm_lm").model
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    task = TINY_TASK | {"corpus": corpus, "distill_weight": 1.0, "temperature": 1.0}
+    step = {"pass": "finetune", "train": {"steps": 30, "lr": 0.01, "eval_every": 0, "checkpoint_every": 0, "task": task}}
+    probe = LMTask(TaskConfig(corpus=corpus, batch_size=16, seq_len=16), spec.vocab)
+    x = probe.batch(99)[0]
+
+    def divergence(model):
+        with torch.no_grad():
+            return _reference_kl(model.eval()(x), teacher.eval()(x), 1.0)
+
+    start = divergence(spec.model)
+    teacher.train()
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET, teacher=teacher)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    # the pipeline's own reference (the student before training) would have held it near the start
+    assert divergence(result.model) < 0.7 * start
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

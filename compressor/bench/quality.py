@@ -8,6 +8,10 @@ fine-tuning steps on the benchmark corpus (Shakespeare and Milton by default, do
 - ``block80`` / ``block90``: gradual block pruning (cubic schedule) to 80% / 90% while fine-tuning;
 - ``lasso90``: gradual block pruning to 90% combined with a group-lasso penalty.
 
+With ``--distill W`` the pruned variants also learn from a dense teacher (``task.distill_weight``):
+the dense variant trained earlier in the same run, or ``--teacher``, the ``dense.pt`` a run with
+``--save-dir`` wrote. The teacher's own training is then on top of the pruned variant's budget.
+
 It reports test perplexity, the relative gap to dense, sparsity and wall time, and writes JSON.
 
 ``--gates`` reproduces instead the claim of Hadifar et al. (PAPERS.md section 2) at ``--keep`` (0.5:
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,12 +80,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-init", default="random", choices=("random", "norm"), help="--gates: gate initialisation")
     parser.add_argument("--latency-repeats", type=int, default=200, help="--gates: timing rounds of the batch-1 step")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="block variants: weight w of distillation from the dense teacher next to the LM loss "
+                             "(task.distill_weight; 0: labels only)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="--distill: softmax temperature")
+    parser.add_argument("--teacher", default=None,
+                        help="--distill: the teacher's weights (a --save-dir dense.pt); default: the dense variant "
+                             "trained earlier in this run")
+    parser.add_argument("--save-dir", default=None,
+                        help="write each variant's trained weights to DIR/VARIANT.pt (a state dict; the dense one can "
+                             "be a later run's --teacher)")
     parser.add_argument("--json", default="bench-results/quality.json")
 
 
-def _train(args) -> dict:
-    """The ``train:`` section every variant of both benches shares (same budget, task and lr)."""
+def _train(args, distill: bool = False) -> dict:
+    """The ``train:`` section every variant of both benches shares (same budget, task and lr);
+    ``distill``: with ``--distill``'s term to the teacher."""
     task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0}
+    if distill and args.distill:
+        task |= {"distill_weight": args.distill, "temperature": args.temperature}
     return {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
 
 
@@ -91,7 +109,7 @@ def _prune_schedule(args) -> dict:
 
 
 def _recipe(variant: str, args) -> dict:
-    train = _train(args)
+    train = _train(args, distill=variant != "dense")
     if variant == "dense":
         step = {"pass": "finetune", "train": train}
     else:
@@ -107,7 +125,7 @@ def _recipe(variant: str, args) -> dict:
 def run(args) -> int:
     from rich.console import Console
 
-    from .. import Pipeline, load_model
+    from .. import Pipeline
     from ..corpus import corpus_text
     from ..recipe import parse_recipe
     from ..tasks import LMTask, TaskConfig
@@ -122,22 +140,35 @@ def run(args) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.teacher and not args.distill:
+        raise SystemExit("--teacher is the --distill teacher; give --distill W too")
+    if args.teacher and not Path(args.teacher).is_file():
+        raise SystemExit(f"--teacher {args.teacher}: no such file")
+    sparse = [v for v in variants if v != "dense"]
+    dense_first = "dense" in variants and (not sparse or variants.index("dense") < variants.index(sparse[0]))
+    if args.distill and sparse and not args.teacher and not dense_first:
+        raise SystemExit("--distill needs a teacher: --teacher FILE, or the dense variant first in --variants")
+    parse_recipe(_recipe(sparse[0] if sparse else "dense", args))  # bad --distill / --temperature: before any training
     corpus_text(args.corpus)  # fetch and cache before any timing
+    teacher = _load_teacher(args) if args.distill and args.teacher else None
     rows, results = [], {}
     for variant in variants:
         torch.manual_seed(0)
-        spec = load_model("lstm-lm")
-        if args.hidden:
-            spec = _fresh_lm(spec, args.hidden)
+        spec = _start_model(args)
         task = LMTask(TaskConfig(corpus=args.corpus, seq_len=args.seq_len, batch_size=args.batch, eval_tokens=0), spec.vocab)
         before = task.perplexity(spec.model, task.test_ids)
         t0 = time.perf_counter()
-        result = Pipeline(parse_recipe(_recipe(variant, args))).run(spec, console=Console(file=io.StringIO()))
+        result = Pipeline(parse_recipe(_recipe(variant, args))).run(
+            spec, console=Console(file=io.StringIO()), teacher=teacher if variant != "dense" else None)
         seconds = time.perf_counter() - t0
+        if variant == "dense" and args.distill and not args.teacher:
+            teacher = result.model
         ppl = task.perplexity(result.model, task.test_ids)
         sparsity = sum(r.params - r.nonzero for r in result.report.layers if r.name.startswith("rnn.")) / \
             sum(r.params for r in result.report.layers if r.name.startswith("rnn."))
         layers = {r.name: r.sparsity for r in result.report.layers if r.name.startswith("rnn.")}
+        if args.save_dir:
+            _save_weights(result.model, Path(args.save_dir) / f"{variant}.pt")
         results[variant] = {"test_perplexity": ppl, "before_finetune": before, "lstm_sparsity": sparsity,
                             "layer_sparsity": layers, "seconds": seconds}
         print(f"{variant}: test perplexity {ppl:.4f} (before fine-tuning {before:.4f}), LSTM sparsity {sparsity:.1%} "
@@ -151,6 +182,33 @@ def run(args) -> int:
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"wrote {args.json}")
     return 0
+
+
+def _start_model(args):
+    """The model every variant starts from: the shipped checkpoint, or a fresh one at ``--hidden``."""
+    from .. import load_model
+
+    spec = load_model("lstm-lm")
+    return _fresh_lm(spec, args.hidden) if args.hidden else spec
+
+
+def _load_teacher(args):
+    """The ``--teacher`` weights in the starting model's architecture."""
+    model = _start_model(args).model
+    try:
+        model.load_state_dict(torch.load(args.teacher, weights_only=True))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise SystemExit(f"--teacher {args.teacher} does not fit the LM: {str(exc).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def _save_weights(model, path: Path) -> None:
+    """The trained weights as a plain state dict (loadable with ``torch.load(weights_only=True)``),
+    written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
 
 
 # -- --gates: dynamic block gating (Hadifar et al.) ---------------------------------------------
