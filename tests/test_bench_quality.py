@@ -40,6 +40,14 @@ def test_bad_prune_end_is_refused_before_training():
         bench.run(_args("--prune-end", "1.5", "--corpus", "pydoc"))
     with pytest.raises(SystemExit, match="--prune-end"):
         bench.run(_args("--gates", "--prune-end", "0", "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="--prune-start"):
+        bench.run(_args("--prune-start", "0.4", "--prune-end", "0.33", "--corpus", "pydoc"))
+
+
+def test_recipe_follows_prune_start():
+    step = bench._recipe("block90", _args("--steps", "300", "--prune-start", "0.1", "--prune-end", "0.33"))["passes"][0]
+    assert step["start"] == 30 and step["end"] == 99
+    assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["start"] == 0
 
 
 def test_distill_needs_a_teacher_before_any_training(tmp_path):
