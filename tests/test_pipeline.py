@@ -12,7 +12,6 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 import compressor
-from compressor import artifacts
 from compressor.errors import ArtifactError, ModelLoadError, TargetError
 from compressor.recipe import parse_recipe
 
