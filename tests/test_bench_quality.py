@@ -53,6 +53,10 @@ def test_recipe_follows_prune_start():
 def test_distill_needs_a_teacher_before_any_training(tmp_path):
     with pytest.raises(SystemExit, match="--distill needs a teacher"):
         bench.run(_args("--distill", "0.5", "--variants", "block90,dense", "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="not --gates"):
+        bench.run(_args("--gates", "--distill", "0.5", "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="give --distill"):
+        bench.run(_args("--teacher", str(tmp_path / "none.pt"), "--corpus", "pydoc"))
     with pytest.raises(SystemExit, match="no such file"):
         bench.run(_args("--distill", "0.5", "--teacher", str(tmp_path / "none.pt"), "--corpus", "pydoc"))
     args = _args("--distill", "0.5", "--temperature", "2", "--steps", "300")

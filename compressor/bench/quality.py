@@ -141,6 +141,8 @@ def run(args) -> int:
     if not 0.0 <= args.prune_start < args.prune_end:
         raise SystemExit(f"--prune-start {args.prune_start} is invalid; it is a fraction of --steps in [0, --prune-end)")
     if args.gates:
+        if args.distill or args.teacher:
+            raise SystemExit("--distill and --teacher are for the block variants, not --gates")
         return run_gates(args)
     variants = [v for v in (args.variants or ",".join(VARIANTS)).split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
