@@ -46,7 +46,10 @@ def test_bad_prune_end_is_refused_before_training():
 
 def test_recipe_follows_prune_start():
     step = bench._recipe("block90", _args("--steps", "300", "--prune-start", "0.1", "--prune-end", "0.33"))["passes"][0]
-    assert step["start"] == 30 and step["end"] == 99
+    assert step["start"] == 30 and step["end"] == 99 and step["freq"] == 7  # 300 / 40 updates
+    assert bench._recipe("block90", _args("--steps", "300", "--prune-updates", "150"))["passes"][0]["freq"] == 2
+    with pytest.raises(SystemExit, match="--prune-updates"):
+        bench.run(_args("--prune-updates", "0", "--corpus", "pydoc"))
     assert bench._recipe("block90", _args("--steps", "300"))["passes"][0]["start"] == 0
 
 

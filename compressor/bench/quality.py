@@ -59,10 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-end", type=float, default=0.75,
                         help="block variants and the --gates static baseline: fraction of --steps at which pruning "
                              "ends (masks frozen after it; "
-                             "the masks are updated every steps/40 whatever the fraction)")
+                             "the masks are updated every steps/--prune-updates whatever the fraction)")
     parser.add_argument("--prune-start", type=float, default=0.0,
                         help="block variants and the --gates static baseline: fraction of --steps at which pruning "
                              "starts (dense fine-tuning before it)")
+    parser.add_argument("--prune-updates", type=int, default=40,
+                        help="block variants and the --gates static baseline: mask updates over the whole run "
+                             "(freq = steps / this)")
     parser.add_argument("--hidden", type=int, default=0,
                         help="block variants: train an LSTM LM of this hidden size from scratch (same seed for every variant) "
                              "instead of fine-tuning the shipped hidden-256 checkpoint")
@@ -107,9 +110,9 @@ def _train(args, distill: bool = False) -> dict:
 
 def _prune_schedule(args) -> dict:
     """``start``, ``end`` and ``freq`` of every gradual_block_prune step: pruning runs from
-    ``--prune-start`` to ``--prune-end`` of the steps, masks are updated every steps/40."""
+    ``--prune-start`` to ``--prune-end`` of the steps, masks are updated every steps/``--prune-updates``."""
     return {"start": int(args.prune_start * args.steps), "end": max(1, int(args.prune_end * args.steps)),
-            "freq": max(1, args.steps // 40)}
+            "freq": max(1, args.steps // args.prune_updates)}
 
 
 def _recipe(variant: str, args) -> dict:
@@ -138,6 +141,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if not 0.0 < args.prune_end <= 1.0:
         raise SystemExit(f"--prune-end {args.prune_end} is invalid; it is a fraction of --steps in (0, 1]")
+    if args.prune_updates < 1:
+        raise SystemExit(f"--prune-updates {args.prune_updates} is invalid; must be >= 1")
     if not 0.0 <= args.prune_start < args.prune_end:
         raise SystemExit(f"--prune-start {args.prune_start} is invalid; it is a fraction of --steps in [0, --prune-end)")
     if args.gates:
