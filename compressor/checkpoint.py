@@ -4,8 +4,8 @@ A run with an output directory ``OUT`` keeps its checkpoints in the sibling work
 ``.OUT.work/`` (only while training passes run; it is removed when the artifacts are written).
 A checkpoint is written to a temporary file and renamed, so a run killed at any moment (even
 with SIGKILL) leaves either the previous or the new checkpoint, never a torn one. It records
-a fingerprint of the recipe and the model source: resuming with a different recipe or model
-is refused.
+a fingerprint of the recipe, the model source and a caller's distillation teacher: resuming
+with a different recipe, model or teacher is refused.
 """
 
 from __future__ import annotations
@@ -32,10 +32,23 @@ def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.work"
 
 
-def fingerprint(recipe_yaml: str, source: dict) -> str:
-    """Identifies a run: the resolved recipe and where the model came from."""
-    blob = recipe_yaml + "\n" + json.dumps(source, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def fingerprint(recipe_yaml: str, source: dict, teacher: torch.nn.Module | None = None) -> str:
+    """Identifies a run: the resolved recipe, where the model came from and, when the caller
+    gave one, the teacher's weights (a run without one fingerprints as before)."""
+    digest = hashlib.sha256((recipe_yaml + "\n" + json.dumps(source, sort_keys=True)).encode())
+    if teacher is not None:
+        digest.update(b"\nteacher\n" + state_digest(teacher).encode())
+    return digest.hexdigest()[:16]
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def has_checkpoint(work_dir: Path) -> bool:
@@ -64,8 +77,8 @@ def load_checkpoint(work_dir: Path, expected_fingerprint: str) -> dict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("fingerprint") != expected_fingerprint:
         raise CompressorError(
-            f"--resume: the checkpoint at {path} was made with a different recipe or model; "
-            "resume with the same recipe and model, or run without --resume (with --force) to start over"
+            f"--resume: the checkpoint at {path} was made with a different recipe, model or teacher; "
+            "resume with the same ones, or run without --resume (with --force) to start over"
         )
     return payload
 

@@ -234,7 +234,7 @@ class Pipeline:
         plan_specs = [get_pass(e.name) for e in self.recipe.passes]
         trains = any(p.trains for p in plan_specs)
         work_dir = ckptlib.work_dir_for(out) if (out is not None and trains) else None
-        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source)
+        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher)
         payload = None
         if resume:
             if work_dir is None:
@@ -253,7 +253,8 @@ class Pipeline:
         captured = capture(model, spec.example_inputs)
         plan = self.plan(captured)
         state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
-        if any(p.needs_reference for p in plan_specs):
+        # the model before any pass: for calibration, and as the default teacher of training passes
+        if any(p.needs_reference for p in plan_specs) or (trains and teacher is None):
             state.reference = copy.deepcopy(model).eval()
         if teacher is not None:
             state.teacher = copy.deepcopy(teacher).eval()  # the task freezes it; the caller's stays as it was

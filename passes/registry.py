@@ -66,9 +66,10 @@ class PassSpec:
     fn: Callable[..., PassResult]
     kinds: tuple[str, ...]
     doc: str
-    #: trains the model: the pipeline keeps a dense teacher and checkpoints for --resume
+    #: trains the model: the pipeline checkpoints for --resume and, unless the caller gives a
+    #: teacher, keeps the dense model before any pass as the tasks' teacher
     trains: bool = False
-    #: reads the dense model as it was before any pass (calibration data, teacher)
+    #: reads the dense model as it was before any pass (calibration data) whatever the teacher
     needs_reference: bool = False
 
 
@@ -80,7 +81,8 @@ def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KIND
     """Decorator registering ``fn(state, config, targets) -> PassResult`` under ``name``.
 
     ``trains``: the pass runs the fine-tuning loop (:func:`compressor.training.fine_tune`).
-    ``needs_reference``: the pass reads ``state.reference``, the dense model before any pass.
+    ``needs_reference``: the pass reads ``state.reference``, the dense model before any pass
+    (a training pass gets it as its tasks' teacher without asking, unless the caller gives one).
     """
     if not issubclass(config_cls, PassConfig):
         raise TypeError(f"config class of pass {name!r} must extend PassConfig")
@@ -88,7 +90,7 @@ def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KIND
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} is registered twice")
-        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains, needs_reference or trains)
+        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains, needs_reference)
         return fn
 
     return decorate

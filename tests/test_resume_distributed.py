@@ -93,7 +93,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     other = recipe_file(tmp_path, corpus, steps=120, checkpoint_every=10, batch=16, seq_len=64, name="other.yaml")
     refused = subprocess.run(cmd("--recipe", other, "--model", model, "--out", out, "--resume"),
                              capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "different recipe or model" in refused.stderr
+    assert refused.returncode == 2 and "different recipe, model or teacher" in refused.stderr
     # starting over without --resume is refused while the checkpoint exists
     again = subprocess.run(cmd("--recipe", recipe, "--model", model, "--out", out), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -291,3 +291,46 @@ def test_distillation_pulls_towards_the_callers_teacher(load_fixture, tmp_path):
     # the pipeline's own reference (the student before training) would have held it near the start
     assert divergence(result.model) < 0.7 * start
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_resume_is_refused_with_another_teacher(load_fixture, tmp_path, monkeypatch):
+    """A caller's teacher is part of what identifies a run: resuming a crashed distillation with
+    other teacher weights is refused and keeps the checkpoint; the same weights resume to the
+    uninterrupted run's result. A run without a teacher fingerprints the recipe and model only."""
+    import hashlib
+    import json
+
+    import compressor.pipeline as pipeline
+    from compressor.checkpoint import fingerprint
+
+    spec, corpus = lm_fixture(load_fixture, tmp_path)
+    task = TINY_TASK | {"corpus": corpus, "distill_weight": 0.5}
+    recipe = parse_recipe({"version": 1, "passes": [gradual(sparsity=0.5, train={"steps": 8, "task": task})]})
+
+    def teacher(seed):
+        torch.manual_seed(seed)
+        model = load_fixture("lstm_lm").model
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        return model
+
+    def student():
+        torch.manual_seed(0)  # the fixture is randomly initialised: the same weights for every run
+        return lm_fixture(load_fixture, tmp_path)[0]
+
+    ref = compressor.Pipeline(recipe).run(student(), out=tmp_path / "ref", console=QUIET, teacher=teacher(7))
+    monkeypatch.setattr(pipeline, "save_artifacts", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        compressor.Pipeline(recipe).run(student(), out=tmp_path / "run", console=QUIET, teacher=teacher(7))
+    monkeypatch.undo()
+    with pytest.raises(CompressorError, match="different recipe, model or teacher"):
+        compressor.Pipeline(recipe).run(student(), out=tmp_path / "run", console=QUIET, teacher=teacher(8), resume=True)
+    resumed = compressor.Pipeline(recipe).run(student(), out=tmp_path / "run", console=QUIET, teacher=teacher(7), resume=True)
+    for (name, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    s = student()
+    by_hand = hashlib.sha256((recipe.to_yaml() + "\n" + json.dumps(s.source, sort_keys=True)).encode()).hexdigest()[:16]
+    assert fingerprint(recipe.to_yaml(), s.source) == by_hand
+    assert fingerprint(recipe.to_yaml(), s.source, teacher(7)) == fingerprint(recipe.to_yaml(), s.source, teacher(7)) != by_hand
