@@ -45,8 +45,8 @@ def state_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's state dict: names, dtypes, shapes and values."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim tensors cannot change dtype size
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 

@@ -334,3 +334,24 @@ def test_resume_is_refused_with_another_teacher(load_fixture, tmp_path, monkeypa
     by_hand = hashlib.sha256((recipe.to_yaml() + "\n" + json.dumps(s.source, sort_keys=True)).encode()).hexdigest()[:16]
     assert fingerprint(recipe.to_yaml(), s.source) == by_hand
     assert fingerprint(recipe.to_yaml(), s.source, teacher(7)) == fingerprint(recipe.to_yaml(), s.source, teacher(7)) != by_hand
+
+
+def test_state_digest_sees_every_value_dtype_and_shape():
+    """The teacher digest: equal for equal state dicts; any changed value (a 0-dim counter, one
+    bf16 weight), dtype or shape changes it."""
+    from compressor.checkpoint import state_digest
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).to(torch.bfloat16)
+
+    base = state_digest(model())
+    assert state_digest(model()) == base
+    counter, weight = model(), model()
+    counter[1].num_batches_tracked += 1
+    with torch.no_grad():
+        weight[0].weight[2, 1] += 1
+    reshaped = model()
+    reshaped[0].weight = torch.nn.Parameter(reshaped[0].weight.detach().reshape(3, 4))
+    assert len({base, state_digest(counter), state_digest(weight), state_digest(model().float()),
+                state_digest(reshaped)}) == 5
