@@ -83,6 +83,20 @@ def test_saved_dense_weights_teach_a_later_run(tmp_path):
     assert bench.run(_args(*common, "--variants", "block90", "--distill", "0.5", "--teacher",
                            str(tmp_path / "m" / "dense.pt"), "--json", str(out))) == 0
     assert json.loads(out.read_text())["results"]["block90"]["test_perplexity"] > 1.0
+    # --init: the variants start from the saved model (its test perplexity is the "before" figure)
+    from compressor.tasks import LMTask, TaskConfig
+
+    spec = bench._start_model(_args(*common))
+    lm = LMTask(TaskConfig(corpus="pydoc", seq_len=32, batch_size=8, eval_tokens=0), spec.vocab)
+    assert bench.run(_args(*common, "--variants", "block90", "--init", str(tmp_path / "m" / "dense.pt"),
+                           "--json", str(out))) == 0
+    before = json.loads(out.read_text())["results"]["block90"]["before_finetune"]
+    assert before == pytest.approx(lm.perplexity(teacher, lm.test_ids), rel=1e-6)
+    assert before != pytest.approx(lm.perplexity(spec.model, lm.test_ids), rel=1e-3)
+    with pytest.raises(SystemExit, match="--init .* does not fit"):
+        bench.run(_args("--init", str(tmp_path / "m" / "dense.pt"), "--corpus", "pydoc"))
+    with pytest.raises(SystemExit, match="--init .*no such file"):
+        bench.run(_args("--init", str(tmp_path / "none.pt"), "--corpus", "pydoc"))
 
 
 def test_gates_static_baseline_follows_prune_end():

@@ -11,6 +11,9 @@ fine-tuning steps on the benchmark corpus (Shakespeare and Milton by default, do
 With ``--distill W`` the pruned variants also learn from a dense teacher (``task.distill_weight``):
 the dense variant trained earlier in the same run, or ``--teacher``, the ``dense.pt`` a run with
 ``--save-dir`` wrote. The teacher's own training is then on top of the pruned variant's budget.
+``--init FILE`` starts every variant from such a file instead of the shipped checkpoint: a dense
+model trained on the corpus for S steps, pruned in ``--steps`` more, is the usual compression
+workflow, and its budget is S + ``--steps`` (compare with a dense run of that many steps).
 
 It reports test perplexity, the relative gap to dense, sparsity and wall time, and writes JSON.
 
@@ -93,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None,
                         help="--distill: the teacher's weights (a --save-dir dense.pt); default: the dense variant "
                              "trained earlier in this run")
+    parser.add_argument("--init", default=None,
+                        help="block variants and dense: start from these weights (a --save-dir dense.pt, e.g. a dense "
+                             "model already fine-tuned on the corpus: pruning a trained model) instead of the shipped "
+                             "checkpoint")
     parser.add_argument("--save-dir", default=None,
                         help="write each variant's trained weights to DIR/VARIANT.pt (a state dict; the dense one can "
                              "be a later run's --teacher)")
@@ -155,13 +162,16 @@ def run(args) -> int:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.teacher and not args.distill:
         raise SystemExit("--teacher is the --distill teacher; give --distill W too")
-    if args.teacher and not Path(args.teacher).is_file():
-        raise SystemExit(f"--teacher {args.teacher}: no such file")
+    for flag, path in (("--teacher", args.teacher), ("--init", args.init)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"{flag} {path}: no such file")
     sparse = [v for v in variants if v != "dense"]
     dense_first = "dense" in variants and (not sparse or variants.index("dense") < variants.index(sparse[0]))
     if args.distill and sparse and not args.teacher and not dense_first:
         raise SystemExit("--distill needs a teacher: --teacher FILE, or the dense variant first in --variants")
     parse_recipe(_recipe(sparse[0] if sparse else "dense", args))  # bad --distill / --temperature: before any training
+    if args.init:
+        _start_model(args)  # a file that does not fit: before any training
     corpus_text(args.corpus)  # fetch and cache before any timing
     teacher = _load_teacher(args) if args.distill and args.teacher else None
     rows, results = [], {}
@@ -198,21 +208,29 @@ def run(args) -> int:
 
 
 def _start_model(args):
-    """The model every variant starts from: the shipped checkpoint, or a fresh one at ``--hidden``."""
+    """The model every variant starts from: the shipped checkpoint, a fresh one at ``--hidden``,
+    or the ``--init`` weights in either architecture."""
     from .. import load_model
 
     spec = load_model("lstm-lm")
-    return _fresh_lm(spec, args.hidden) if args.hidden else spec
+    spec = _fresh_lm(spec, args.hidden) if args.hidden else spec
+    if args.init:
+        _load_weights(spec.model, args.init, "--init")
+    return spec
 
 
 def _load_teacher(args):
     """The ``--teacher`` weights in the starting model's architecture."""
-    model = _start_model(args).model
+    return _load_weights(_start_model(args).model, args.teacher, "--teacher").eval()
+
+
+def _load_weights(model, path, flag: str):
+    """``model`` with the state dict at ``path`` (read with weights_only); SystemExit naming ``flag``."""
     try:
-        model.load_state_dict(torch.load(args.teacher, weights_only=True))
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise SystemExit(f"--teacher {args.teacher} does not fit the LM: {str(exc).splitlines()[0][:200]}") from None
-    return model.eval()
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise SystemExit(f"{flag} {path} does not fit the LM: {str(exc).splitlines()[0][:200]}") from None
+    return model
 
 
 def _save_weights(model, path: Path) -> None:
