@@ -47,7 +47,7 @@ def state_digest(module: torch.nn.Module) -> str:
     for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim tensors cannot change dtype size
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

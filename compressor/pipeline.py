@@ -234,7 +234,8 @@ class Pipeline:
         plan_specs = [get_pass(e.name) for e in self.recipe.passes]
         trains = any(p.trains for p in plan_specs)
         work_dir = ckptlib.work_dir_for(out) if (out is not None and trains) else None
-        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher)
+        # identifies the checkpoints, so only computed when there are any (it hashes a teacher's weights)
+        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher) if work_dir is not None else ""
         payload = None
         if resume:
             if work_dir is None:

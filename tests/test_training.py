@@ -31,6 +31,16 @@ def lm_fixture(load_fixture, tmp_path):
     return load_fixture("lstm_lm"), str(corpus)
 
 
+def perturbed_lm(load_fixture, seed: int) -> torch.nn.Module:
+    """The fixture LSTM LM (seeded) with noise on every weight: a teacher that disagrees with the student."""
+    torch.manual_seed(seed)
+    model = load_fixture("lstm_lm").model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
 def test_narang_threshold_matches_the_formula():
     q, start, ramp, end, freq, mult = 0.8, 10, 40, 100, 5, 1.5
     theta = 2 * q * freq / (2 * (ramp - start) + 3 * (end - ramp))
@@ -243,11 +253,7 @@ def test_lm_loss_mixes_cross_entropy_and_distillation(load_fixture, tmp_path):
     from compressor.tasks import LMTask, TaskConfig
 
     spec, corpus = lm_fixture(load_fixture, tmp_path)
-    torch.manual_seed(5)
-    teacher = load_fixture("lstm_lm").model
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(0.3 * torch.randn_like(p))  # a teacher that disagrees with the student
+    teacher = perturbed_lm(load_fixture, 5)
     base = TaskConfig(corpus=corpus, batch_size=4, seq_len=16)
     x, y = LMTask(base, spec.vocab).batch(0)
     with torch.no_grad():
@@ -269,11 +275,7 @@ def test_distillation_pulls_towards_the_callers_teacher(load_fixture, tmp_path):
     from compressor.tasks import LMTask, TaskConfig
 
     spec, corpus = lm_fixture(load_fixture, tmp_path)
-    torch.manual_seed(6)
-    teacher = load_fixture("lstm_lm").model
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    teacher = perturbed_lm(load_fixture, 6)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     task = TINY_TASK | {"corpus": corpus, "distill_weight": 1.0, "temperature": 1.0}
     step = {"pass": "finetune", "train": {"steps": 30, "lr": 0.01, "eval_every": 0, "checkpoint_every": 0, "task": task}}
@@ -308,12 +310,7 @@ def test_resume_is_refused_with_another_teacher(load_fixture, tmp_path, monkeypa
     recipe = parse_recipe({"version": 1, "passes": [gradual(sparsity=0.5, train={"steps": 8, "task": task})]})
 
     def teacher(seed):
-        torch.manual_seed(seed)
-        model = load_fixture("lstm_lm").model
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.3 * torch.randn_like(p))
-        return model
+        return perturbed_lm(load_fixture, seed)
 
     def student():
         torch.manual_seed(0)  # the fixture is randomly initialised: the same weights for every run
