@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-init", default="random", choices=("random", "norm"), help="--gates: gate initialisation")
     parser.add_argument("--latency-repeats", type=int, default=200, help="--gates: timing rounds of the batch-1 step")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every variant: the recipe's seed, the task's batch order and a --hidden "
+                             "model's initialisation (run a setting under several seeds to tell a gain from noise)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="block variants: weight w of distillation from the dense teacher next to the LM loss "
                              "(task.distill_weight; 0: labels only)")
@@ -109,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train(args, distill: bool = False) -> dict:
     """The ``train:`` section every variant of both benches shares (same budget, task and lr);
     ``distill``: with ``--distill``'s term to the teacher."""
-    task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0}
+    task = {"name": "lm", "corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq_len, "eval_tokens": 0,
+            "seed": args.seed}
     if distill and args.distill:
         task |= {"distill_weight": args.distill, "temperature": args.temperature}
     return {"steps": args.steps, "lr": args.lr, "eval_every": 0, "checkpoint_every": 0, "task": task}
@@ -133,7 +137,7 @@ def _recipe(variant: str, args) -> dict:
                 "ranking": args.ranking, "score": args.score, "train": train}
         if variant == "lasso90":
             step["group_lasso"] = args.lasso
-    return {"version": 1, "passes": [step]}
+    return {"version": 1, "seed": args.seed, "passes": [step]}
 
 
 def run(args) -> int:
@@ -176,7 +180,7 @@ def run(args) -> int:
     teacher = _load_teacher(args) if args.distill and args.teacher else None
     rows, results = [], {}
     for variant in variants:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         spec = _start_model(args)
         task = LMTask(TaskConfig(corpus=args.corpus, seq_len=args.seq_len, batch_size=args.batch, eval_tokens=0), spec.vocab)
         before = task.perplexity(spec.model, task.test_ids)
@@ -276,7 +280,7 @@ def _gate_recipe(variant: str, args, static_sparsity: float) -> dict:
     else:
         step = {"pass": "gradual_block_prune", "targets": ["rnn"], "block": block, "sparsity": round(static_sparsity, 6),
                 **_prune_schedule(args), "train": train}
-    return {"version": 1, "passes": [step]}
+    return {"version": 1, "seed": args.seed, "passes": [step]}
 
 
 def _rnn_weights(rnn) -> dict:
@@ -360,7 +364,7 @@ def run_gates(args) -> int:
     print("step 0 test perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in init.items()), flush=True)
     models = {}
     for variant in variants:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         spec = load_model("lstm-lm")
         n = round(1 / args.keep)
         if variant == "blockdiag":
