@@ -137,6 +137,14 @@ def _from_hf_dir(path: Path) -> ModelSpec:
 
 
 def _torch_load(path: Path, allow_pickle: bool):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; files of torch < 1.6 and plain pickles start with the
+    # pickle protocol opcode. Anything else (a text file, a truncated download) is not a
+    # checkpoint, whatever the unpickler's "weights only" error would suggest.
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        raise ModelLoadError(f"{path} is not a torch checkpoint (neither a torch.save archive nor a pickle; "
+                             f"it starts with {head!r})")
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:

@@ -77,7 +77,7 @@ def test_saved_dense_weights_teach_a_later_run(tmp_path):
     assert saved["rnn.weight_hh_l0"].shape == (128, 32)
     teacher = bench._load_teacher(_args(*common, "--teacher", str(tmp_path / "m" / "dense.pt")))
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in saved.items())
-    with pytest.raises(SystemExit, match="does not fit"):
+    with pytest.raises(SystemExit, match="does not match the model"):
         bench._load_teacher(_args("--teacher", str(tmp_path / "m" / "dense.pt")))  # the hidden-256 LM
     out = tmp_path / "k.json"
     assert bench.run(_args(*common, "--variants", "block90", "--distill", "0.5", "--teacher",
@@ -93,10 +93,19 @@ def test_saved_dense_weights_teach_a_later_run(tmp_path):
     before = json.loads(out.read_text())["results"]["block90"]["before_finetune"]
     assert before == pytest.approx(lm.perplexity(teacher, lm.test_ids), rel=1e-6)
     assert before != pytest.approx(lm.perplexity(spec.model, lm.test_ids), rel=1e-3)
-    with pytest.raises(SystemExit, match="--init .* does not fit"):
+    with pytest.raises(SystemExit, match="--init .* does not match the model"):
         bench.run(_args("--init", str(tmp_path / "m" / "dense.pt"), "--corpus", "pydoc"))
     with pytest.raises(SystemExit, match="--init .*no such file"):
         bench.run(_args("--init", str(tmp_path / "none.pt"), "--corpus", "pydoc"))
+    (tmp_path / "notes.pt").write_text("not a checkpoint")  # a one-line refusal, not torch's unpickling traceback
+    with pytest.raises(SystemExit, match="--teacher .*notes.pt is not a torch checkpoint"):
+        bench._load_teacher(_args(*common, "--teacher", str(tmp_path / "notes.pt")))
+    # a safetensors file of the saved weights loads like the .pt
+    from safetensors.torch import save_file
+
+    save_file(saved, str(tmp_path / "dense.safetensors"))
+    teacher2 = bench._load_teacher(_args(*common, "--teacher", str(tmp_path / "dense.safetensors")))
+    assert all(torch.equal(teacher2.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_gates_static_baseline_follows_prune_end():

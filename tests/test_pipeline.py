@@ -172,6 +172,22 @@ def test_pickled_checkpoint_needs_allow_pickle(tmp_path):
     assert torch.equal(compressor.load(tmp_path / "art", allow_pickle=True)(x), result.model(x))
 
 
+def test_file_that_is_no_checkpoint_is_named_so(tmp_path):
+    """A text file or an empty download is not blamed on pickled objects (--allow-pickle would not
+    help); a legacy pickle of tensors still reaches torch's loader."""
+    text = tmp_path / "notes.pt"
+    text.write_text("weights are on the shared drive")
+    with pytest.raises(ModelLoadError, match=r"notes\.pt is not a torch checkpoint .*b'weig'"):
+        compressor.load_model(checkpoint=text)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is not a torch checkpoint"):
+        compressor.load_model(checkpoint=tmp_path / "empty.pt")
+    legacy = tmp_path / "legacy.pt"
+    state = {"w": torch.arange(3.0)}
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(compressor.loading.load_state_dict(legacy)["w"], state["w"])
+
+
 def test_nan_weights_are_refused(load_fixture, tmp_path):
     spec = load_fixture("mlp")
     state = {k: v.clone() for k, v in spec.model.state_dict().items()}

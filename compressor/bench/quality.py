@@ -229,11 +229,16 @@ def _load_teacher(args):
 
 
 def _load_weights(model, path, flag: str):
-    """``model`` with the state dict at ``path`` (read with weights_only); SystemExit naming ``flag``."""
+    """``model`` with the state dict at ``path``, read as every checkpoint is (``load_state_dict``:
+    safetensors or ``weights_only``); a file that is not a state dict or does not match the
+    model is a SystemExit naming ``flag``."""
+    from ..errors import ModelLoadError
+    from ..loading import apply_state_dict, load_state_dict
+
     try:
-        model.load_state_dict(torch.load(path, weights_only=True))
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        raise SystemExit(f"{flag} {path} does not fit the LM: {str(exc).splitlines()[0][:200]}") from None
+        apply_state_dict(model, load_state_dict(path), str(path))
+    except ModelLoadError as exc:
+        raise SystemExit(f"{flag} {path}: {str(exc).splitlines()[0][:300]}") from None
     return model
 
 
