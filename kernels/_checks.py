@@ -14,6 +14,7 @@ __all__ = [
     "check_weight_mask",
     "check_block",
     "pad_to_blocks",
+    "pad_columns",
     "ceil_div",
 ]
 
@@ -74,3 +75,9 @@ def pad_to_blocks(t: torch.Tensor, block: tuple[int, int], value=0) -> torch.Ten
     out = torch.full((rows + pr, cols + pc), value, dtype=t.dtype, device=t.device)
     out[:rows, :cols] = t
     return out
+
+
+def pad_columns(t: torch.Tensor, width: int) -> torch.Tensor:
+    """``t (..., n)`` zero padded on the right to ``width`` columns (an input padded to its block
+    grid's width: the padded columns meet zero weights); ``t`` itself when it is that wide."""
+    return t if t.shape[-1] == width else torch.nn.functional.pad(t, (0, width - t.shape[-1]))

@@ -39,6 +39,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._checks import pad_columns
+
 __all__ = [
     "balanced_block_linear",
     "bsr_linear",
@@ -82,10 +84,7 @@ def bag_index_bsr(crow_indices: torch.Tensor, col_indices: torch.Tensor, bw: int
 
 
 def _flatten_pad(x: torch.Tensor, in_features: int, in_padded: int) -> torch.Tensor:
-    x2 = x.reshape(-1, in_features)  # (B, in)
-    if in_padded != in_features:
-        x2 = F.pad(x2, (0, in_padded - in_features))  # (B, C*bw)
-    return x2
+    return pad_columns(x.reshape(-1, in_features), in_padded)  # (B, C*bw)
 
 
 def _finish(y: torch.Tensor, x: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:

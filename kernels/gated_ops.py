@@ -34,6 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._checks import pad_columns
 from .native import gated_block_matvec, native_eligible
 
 __all__ = ["GATE_MODES", "PATHS", "gate_values", "select_blocks", "gated_block_linear", "kept_blocks"]
@@ -105,13 +106,13 @@ def gated_block_linear(
         path = "bmm"
     if path in ("auto", "native"):
         if path == "native" or native_eligible(x, blocks_t, g):
-            return _finish(gated_block_matvec(_pad_input(x, grid[1] * blocks_t.shape[1], in_features), blocks_t,
+            return _finish(gated_block_matvec(pad_columns(x, grid[1] * blocks_t.shape[1]), blocks_t,
                                               idx, g, grid), out_features, bias)
         path = "ebag"
     K, bw, bh = blocks_t.shape
     Ro, Ci = grid
     B, n = idx.shape
-    x = _pad_input(x, Ci * bw, in_features)  # (B, Ci*bw)
+    x = pad_columns(x, Ci * bw)  # (B, Ci*bw)
     xrow = idx.remainder(Ci)  # (B, n) block column of every kept block
     if B > 1:
         xrow = xrow + torch.arange(B, device=x.device).view(B, 1) * Ci  # row of x.view(B*Ci, bw)
@@ -134,11 +135,6 @@ def gated_block_linear(
     else:
         y = _scatter_rows(out, idx, Ro, Ci)
     return _finish(y.reshape(B, Ro * bh), out_features, bias)
-
-
-def _pad_input(x: torch.Tensor, width: int, in_features: int) -> torch.Tensor:
-    """``x (B, in)`` zero padded to the block grid's width."""
-    return x if x.shape[-1] == width else F.pad(x, (0, width - in_features))
 
 
 def _finish(y: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from ._checks import pad_columns
+
 __all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused", "cpu_inference_path"]
 
 _HEADER = r"""
@@ -382,7 +384,7 @@ def gated_linear_fused(module, x2: torch.Tensor, selection: bool = True):
     (Ro, Ci), k, out_f = module.grid, module.k, module.out_features
     K, bw, bh = blocks.shape
     B, width = x2.shape[0], Ci * bw
-    x = x2.contiguous() if x2.shape[1] == width else torch.nn.functional.pad(x2, (0, width - x2.shape[1]))
+    x = pad_columns(x2, width).contiguous()
     row = module.mode == "row"
     n = k * Ro if row else k
     y = torch.empty(B, Ro * bh, dtype=x.dtype)

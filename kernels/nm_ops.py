@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import pad_columns
+
 __all__ = ["nm_linear", "LARGE_BATCH_NM"]
 
 #: Batch size from which nm_linear scatters to dense and runs one GEMM.
@@ -46,9 +48,7 @@ def nm_linear(
         dense = values.new_zeros(out, in_padded).scatter(1, columns, values)  # (out, G*m)
         y = F.linear(x2, dense[:, :in_features])
     else:
-        if in_padded != in_features:
-            x2 = F.pad(x2, (0, in_padded - in_features))  # (B, G*m)
-        g = x2[:, columns]  # (B, out, G*n)
+        g = pad_columns(x2, in_padded)[:, columns]  # (B, out, G*n)
         y = (g * values).sum(dim=2)  # (B, out)
     if bias is not None:
         y = y + bias

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ._checks import pad_columns
+
 __all__ = [
     "SEMI_STRUCTURED_DTYPES",
     "semi_structured_unavailable_reason",
@@ -110,15 +112,11 @@ class SemiStructuredWeight:
                bias: torch.Tensor | None, in_features: int, out_features: int) -> torch.Tensor:
         """``F.linear(x, W, bias)`` with the compressed ``W``; ``x (..., in)`` -> ``(..., out)``."""
         ws = self.get(source, make_dense)
-        x2 = _pad_cols(x.reshape(-1, in_features), self.padded_shape[1])  # (B, in_p)
+        x2 = pad_columns(x.reshape(-1, in_features), self.padded_shape[1])  # (B, in_p)
         y = F.linear(x2, ws)[:, :out_features]  # (B, out)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], out_features)
-
-
-def _pad_cols(t: torch.Tensor, width: int) -> torch.Tensor:
-    return t if t.shape[1] == width else F.pad(t, (0, width - t.shape[1]))
 
 
 class _SparseWeightLinear(torch.autograd.Function):
@@ -134,14 +132,14 @@ class _SparseWeightLinear(torch.autograd.Function):
         ctx.save_for_backward(x2)
         ctx.wt_op, ctx.in_features = wt_op, x2.shape[1]
         out = weight.shape[0]
-        return F.linear(_pad_cols(x2, w_op.shape[1]), w_op)[:, :out]  # (B, out)
+        return F.linear(pad_columns(x2, w_op.shape[1]), w_op)[:, :out]  # (B, out)
 
     @staticmethod
     def backward(ctx, grad_y):
         (x2,) = ctx.saved_tensors
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # (B, out) x W -> (B, in), through the compressed W^T
-            grad_x = F.linear(_pad_cols(grad_y, ctx.wt_op.shape[1]), ctx.wt_op)[:, : ctx.in_features]
+            grad_x = F.linear(pad_columns(grad_y, ctx.wt_op.shape[1]), ctx.wt_op)[:, : ctx.in_features]
         if ctx.needs_input_grad[1]:
             grad_w = grad_y.t() @ x2  # (out, in), dense
         return grad_x, grad_w, None, None

@@ -27,8 +27,8 @@ so any ``in_features`` / ``out_features`` / token count works.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ._checks import pad_columns
 from .triton_common import LazyKernel, block_supported, dot_precision, interpret_upcast
 
 try:
@@ -203,9 +203,7 @@ def block_sparse_linear_triton(x: torch.Tensor, values_t: torch.Tensor, col_indi
         col_indices = col_indices.reshape(-1)
     bw = values_t.shape[1]
     C = -(-in_features // bw)
-    x2 = x.reshape(-1, in_features)  # (B, in)
-    if C * bw != in_features:
-        x2 = F.pad(x2, (0, C * bw - in_features))  # (B, C*bw)
+    x2 = pad_columns(x.reshape(-1, in_features), C * bw)  # (B, C*bw)
     y = block_sparse_mm(x2, values_t, col_indices, crow_indices, split)  # (B, R*bh)
     if y.shape[1] != out_features:
         y = y[:, :out_features]

@@ -30,8 +30,8 @@ the blocks and the gate values ``g`` (hence the gate network); no Triton backwar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ._checks import pad_columns
 from .triton_common import LazyKernel, block_supported, dot_precision, interpret_upcast
 
 try:
@@ -153,8 +153,7 @@ def gated_block_linear_triton(x: torch.Tensor, blocks_t: torch.Tensor, idx: torc
         raise ValueError(f"mode must be 'global' or 'row', got {mode!r}")
     Ro, Ci = grid
     bw = blocks_t.shape[1]
-    if x.shape[-1] != Ci * bw:
-        x = F.pad(x, (0, Ci * bw - in_features))  # (B, Ci*bw)
+    x = pad_columns(x, Ci * bw)  # (B, Ci*bw)
     y = gated_block_gemv(x, blocks_t, idx, g.to(x.dtype), Ro, Ci, mode == "row")  # (B, Ro*bh)
     if y.shape[1] != out_features:
         y = y[:, :out_features]
