@@ -37,6 +37,7 @@ block 128, random weights) for scale.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import time
 from pathlib import Path
@@ -174,14 +175,14 @@ def run(args) -> int:
     if args.distill and sparse and not args.teacher and not dense_first:
         raise SystemExit("--distill needs a teacher: --teacher FILE, or the dense variant first in --variants")
     parse_recipe(_recipe(sparse[0] if sparse else "dense", args))  # bad --distill / --temperature: before any training
-    if args.init:
-        _start_model(args)  # a file that does not fit: before any training
+    # read once for every variant; a file that does not fit the model fails at the first variant's start
+    init = _read_weights(args.init, "--init") if args.init else None
     corpus_text(args.corpus)  # fetch and cache before any timing
     teacher = _load_teacher(args) if args.distill and args.teacher else None
     rows, results = [], {}
     for variant in variants:
         torch.manual_seed(args.seed)
-        spec = _start_model(args)
+        spec = _start_model(args, init)
         task = LMTask(TaskConfig(corpus=args.corpus, seq_len=args.seq_len, batch_size=args.batch, eval_tokens=0), spec.vocab)
         before = task.perplexity(spec.model, task.test_ids)
         t0 = time.perf_counter()
@@ -211,35 +212,50 @@ def run(args) -> int:
     return 0
 
 
-def _start_model(args):
-    """The model every variant starts from: the shipped checkpoint, a fresh one at ``--hidden``,
-    or the ``--init`` weights in either architecture."""
+def _start_model(args, init: dict | None = None):
+    """The model every variant starts from: the shipped checkpoint or a fresh one at ``--hidden``,
+    with ``init`` (the ``--init`` state dict, from :func:`_read_weights`) loaded into it."""
     from .. import load_model
+    from ..loading import apply_state_dict
 
     spec = load_model("lstm-lm")
     spec = _fresh_lm(spec, args.hidden) if args.hidden else spec
-    if args.init:
-        _load_weights(spec.model, args.init, "--init")
+    if init is not None:
+        with _refused_as("--init", args.init):
+            apply_state_dict(spec.model, init, args.init)
     return spec
 
 
 def _load_teacher(args):
     """The ``--teacher`` weights in the starting model's architecture."""
-    return _load_weights(_start_model(args).model, args.teacher, "--teacher").eval()
+    from ..loading import apply_state_dict
+
+    model = _start_model(args).model
+    state = _read_weights(args.teacher, "--teacher")
+    with _refused_as("--teacher", args.teacher):
+        apply_state_dict(model, state, args.teacher)
+    return model.eval()
 
 
-def _load_weights(model, path, flag: str):
-    """``model`` with the state dict at ``path``, read as every checkpoint is (``load_state_dict``:
-    safetensors or ``weights_only``); a file that is not a state dict or does not match the
-    model is a SystemExit naming ``flag``."""
+def _read_weights(path: str, flag: str) -> dict:
+    """The state dict at ``path``, read as every checkpoint is (``load_state_dict``: safetensors or
+    ``weights_only``)."""
+    from ..loading import load_state_dict
+
+    with _refused_as(flag, path):
+        return load_state_dict(path)
+
+
+@contextlib.contextmanager
+def _refused_as(flag: str, path: str):
+    """A ModelLoadError inside (not a checkpoint, not a state dict, keys or shapes that do not match
+    the model) becomes a one-line SystemExit naming ``flag``."""
     from ..errors import ModelLoadError
-    from ..loading import apply_state_dict, load_state_dict
 
     try:
-        apply_state_dict(model, load_state_dict(path), str(path))
+        yield
     except ModelLoadError as exc:
         raise SystemExit(f"{flag} {path}: {str(exc).splitlines()[0][:300]}") from None
-    return model
 
 
 def _save_weights(model, path: Path) -> None:
