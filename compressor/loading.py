@@ -137,14 +137,16 @@ def _from_hf_dir(path: Path) -> ModelSpec:
 
 
 def _torch_load(path: Path, allow_pickle: bool):
+    legacy_text_magic = b"L%d" % torch.serialization.MAGIC_NUMBER
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(len(legacy_text_magic))
     # torch.save writes a zip archive; files of torch < 1.6 and plain pickles start with the
-    # pickle protocol opcode. Anything else (a text file, a truncated download) is not a
+    # pickle protocol opcode (protocol 2+), or, saved with pickle_protocol 0 or 1, with torch's
+    # magic number as a text LONG. Anything else (a text file, a truncated download) is not a
     # checkpoint, whatever the unpickler's "weights only" error would suggest.
-    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+    if not (head.startswith((b"PK\x03\x04", b"\x80")) or head == legacy_text_magic):
         raise ModelLoadError(f"{path} is not a torch checkpoint (neither a torch.save archive nor a pickle; "
-                             f"it starts with {head!r})")
+                             f"it starts with {head[:4]!r})")
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:

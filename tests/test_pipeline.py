@@ -186,6 +186,12 @@ def test_file_that_is_no_checkpoint_is_named_so(tmp_path):
     state = {"w": torch.arange(3.0)}
     torch.save(state, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(compressor.loading.load_state_dict(legacy)["w"], state["w"])
+    # pickle protocol 1 writes torch's magic number as text: a checkpoint, though only the full
+    # unpickler reads it (weights_only has no LONG opcode)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False, pickle_protocol=1)
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        compressor.loading.load_state_dict(legacy)
+    assert torch.equal(compressor.loading.load_state_dict(legacy, allow_pickle=True)["w"], state["w"])
 
 
 def test_nan_weights_are_refused(load_fixture, tmp_path):
