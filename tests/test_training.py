@@ -148,6 +148,40 @@ def test_group_lasso_proximal_zeroes_blocks_and_reports_norms(load_fixture, tmp_
             assert row.sparsity == pytest.approx(zero_blocks, abs=1e-6)  # whole blocks were zeroed
 
 
+def test_combined_group_lasso_is_the_block_norm_sum_while_pruning(load_fixture):
+    """gradual_block_prune's group_lasso term is lambda * sum of the 4x4 block L2 norms of the live
+    weights (dense reference: reshape into blocks), masked blocks included at norm 0, until ``end``;
+    after ``end`` the masks are frozen and the term is off (it would only shrink kept blocks)."""
+    from compressor.capture import capture
+    from compressor.passes.gradual_block_prune import _Hooks
+    from compressor.pipeline import CompressionState, Pipeline
+
+    spec = load_fixture("lstm_lm")
+    recipe = parse_recipe({"version": 1, "passes": [gradual(sparsity=0.5, group_lasso=0.01, end=8, freq=4)]})
+    state = CompressionState(spec, capture(spec.model, spec.example_inputs), recipe)
+    entry, _, targets = Pipeline(recipe).plan(state.capture)[0]
+    hooks = _Hooks(state, entry.config, targets)
+
+    def reference():
+        total = 0.0
+        for t in targets:
+            w = state.weight(t).double()
+            blocks = w.reshape(w.shape[0] // 4, 4, w.shape[1] // 4, 4)
+            total += blocks.pow(2).sum(dim=(1, 3)).sqrt().sum().item()
+        return 0.01 * total
+
+    hooks.before_step(0)  # the first mask update: half the blocks go
+    assert any(bool((~state.mask(t)).any()) for t in targets)
+    term = hooks.extra_loss(spec.model)
+    assert term.item() == pytest.approx(reference(), rel=1e-5)
+    term.backward()  # the gradient reaches the trainable weights through the masks
+    assert all(state.original(t).grad is not None and state.original(t).grad.abs().sum() > 0 for t in targets)
+    hooks.before_step(7)
+    assert hooks.extra_loss(spec.model) is not None
+    hooks.before_step(8)  # end: masks frozen, the penalty off
+    assert hooks.extra_loss(spec.model) is None
+
+
 def test_group_lasso_smoothed_penalty_shrinks_norms(load_fixture, tmp_path):
     spec, corpus = lm_fixture(load_fixture, tmp_path)
     step = {"pass": "group_lasso", "targets": ["rnn"], "block": [4, 4], "lambda_g": 0.05, "method": "smoothed",
