@@ -136,15 +136,18 @@ def _from_hf_dir(path: Path) -> ModelSpec:
     return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
 
 
+#: how a pre-1.6 torch.save file written with pickle protocol 0 or 1 starts (its magic number as a text LONG)
+_LEGACY_TEXT_MAGIC = b"L%d" % torch.serialization.MAGIC_NUMBER
+
+
 def _torch_load(path: Path, allow_pickle: bool):
-    legacy_text_magic = b"L%d" % torch.serialization.MAGIC_NUMBER
     with open(path, "rb") as f:
-        head = f.read(len(legacy_text_magic))
+        head = f.read(len(_LEGACY_TEXT_MAGIC))
     # torch.save writes a zip archive; files of torch < 1.6 and plain pickles start with the
     # pickle protocol opcode (protocol 2+), or, saved with pickle_protocol 0 or 1, with torch's
     # magic number as a text LONG. Anything else (a text file, a truncated download) is not a
     # checkpoint, whatever the unpickler's "weights only" error would suggest.
-    if not (head.startswith((b"PK\x03\x04", b"\x80")) or head == legacy_text_magic):
+    if not (head.startswith((b"PK\x03\x04", b"\x80")) or head == _LEGACY_TEXT_MAGIC):
         raise ModelLoadError(f"{path} is not a torch checkpoint (neither a torch.save archive nor a pickle; "
                              f"it starts with {head[:4]!r})")
     try:

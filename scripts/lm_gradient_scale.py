@@ -16,7 +16,6 @@ import argparse
 import torch
 
 from compressor import load_model
-from compressor.loading import apply_state_dict, load_state_dict
 from compressor.tasks import LMTask, TaskConfig
 
 
@@ -30,12 +29,8 @@ def main() -> None:
     spec = load_model("lstm-lm")
     task = LMTask(TaskConfig(corpus="shakespeare", eval_tokens=0), getattr(spec, "vocab", None))
     per_weight = 1.0 / args.block  # lasso gradient RMS per unit lambda, square blocks
-    for label, path in (("shipped", None), ("weights", args.weights)):
-        if label == "weights" and path is None:
-            continue
-        model = load_model("lstm-lm").model
-        if path:
-            apply_state_dict(model, load_state_dict(path), path)
+    runs = [("shipped", spec.model)] + ([("weights", load_model("lstm-lm", args.weights).model)] if args.weights else [])
+    for label, model in runs:
         sums: dict[str, float] = {}
         for step in range(args.batches):
             model.zero_grad()

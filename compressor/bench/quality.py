@@ -221,25 +221,27 @@ def _start_model(args, init: dict | None = None):
     """The model every variant starts from: the shipped checkpoint or a fresh one at ``--hidden``,
     with ``init`` (the ``--init`` state dict, from :func:`_read_weights`) loaded into it."""
     from .. import load_model
-    from ..loading import apply_state_dict
 
     spec = load_model("lstm-lm")
     spec = _fresh_lm(spec, args.hidden) if args.hidden else spec
     if init is not None:
-        with _refused_as("--init", args.init):
-            apply_state_dict(spec.model, init, args.init)
+        _apply_weights(spec.model, init, "--init", args.init)
     return spec
 
 
 def _load_teacher(args):
     """The ``--teacher`` weights in the starting model's architecture."""
+    state = _read_weights(args.teacher, "--teacher")
+    return _apply_weights(_start_model(args).model, state, "--teacher", args.teacher).eval()
+
+
+def _apply_weights(model, state: dict, flag: str, path: str):
+    """``model`` with ``state`` loaded; keys or shapes that do not fit exit naming ``flag``."""
     from ..loading import apply_state_dict
 
-    model = _start_model(args).model
-    state = _read_weights(args.teacher, "--teacher")
-    with _refused_as("--teacher", args.teacher):
-        apply_state_dict(model, state, args.teacher)
-    return model.eval()
+    with _refused_as(flag, path):
+        apply_state_dict(model, state, path)
+    return model
 
 
 def _read_weights(path: str, flag: str) -> dict:
