@@ -12,7 +12,9 @@ blocks, and times them against a dense MatMul on a constant 2-D weight (which OR
 - ``gemv``: the other orientation, MatMul (R, 32, K) x (R, K, 1);
 - ``conv``: a grouped 1x1 Conv, one group per block row (ORT may lay it out as NCHWc);
 - ``mulred``: Mul then ReduceSum over K;
-- ``split``: one MatMul per block row with a constant 2-D weight each (pre-packed), then Concat.
+- ``split``: one MatMul per block row with a constant 2-D weight each (pre-packed), then Concat;
+- ``bmm-w16`` / ``bmm-w8``: ``bmm`` with every block row's 32 output columns split into 2 or 4
+  narrower MatMuls of the same gathered input (R*2 or R*4 GEMVs of width 16 or 8).
 
 Every session is checked against the dense product first. Four weight copies rotate, the order of
 the formulations is shuffled each round, and each figure is the median over rounds of the median
@@ -90,6 +92,13 @@ def build(name, vals, cols):
             nodes.append(helper.make_node("MatMul", [f"row{r}", f"V{r}"], [f"prod{r}"]))
             inits.append(numpy_helper.from_array(vals[r], f"V{r}"))
         nodes.append(helper.make_node("Concat", [f"prod{r}" for r in range(R)], ["p"], axis=1))
+    elif name.startswith("bmm-w"):
+        width = int(name[len("bmm-w"):])
+        parts = BS // width
+        nodes, inits = _gathered(np.repeat(cols, parts, axis=0), k, [R * parts, 1, K])
+        nodes.append(helper.make_node("MatMul", ["g2", "V"], ["p"]))
+        narrow = vals.reshape(R, K, parts, width).transpose(0, 2, 1, 3).reshape(R * parts, K, width)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(narrow), "V"))
     else:
         raise ValueError(name)
     tail, tail_inits = _out("p")

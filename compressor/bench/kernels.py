@@ -8,7 +8,11 @@ every row. Sections:
 * ``linear``: dense ``F.linear``, torch BSR (``to_sparse_bsr`` + ``torch.sparse.mm``) and our
   :class:`~compressor.kernels.BlockSparseLinear` (balanced layout; also its BSR layout on the
   same mask, the fallback for unbalanced masks) per sparsity and batch size;
-* ``onnx``: ONNX Runtime on a dense ``nn.Linear`` export vs on our module's export;
+* ``onnx``: ONNX Runtime on a dense ``nn.Linear`` export vs on our module's export, per
+  ``--onnx-layers`` depth: 1 = one layer per model (``--copies`` models rotated, every call on a
+  cold session); L > 1 = a stack of L layers, each with its own weights, in one model, timed per
+  layer (how a deployed model with several such layers runs: one warm session, every layer's
+  weights streamed from memory). Each model's ORT output is checked against torch first;
 * ``rnn``: one streaming step of a multi-layer LSTM: ``nn.LSTM`` one-step call, stacked
   ``nn.LSTMCell`` s, :meth:`~compressor.kernels.SparseLSTM.step`;
 * ``gated``: dense ``F.linear`` vs :class:`~compressor.kernels.GatedBlockLinear` (gate network
@@ -66,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsities", type=_floats, default=[0.9, 0.75, 0.5], help="block sparsities (fraction pruned)")
     parser.add_argument("--batches", type=_ints, default=[1, 16], help="batch sizes for the linear section")
     parser.add_argument("--onnx-batches", type=_ints, default=[1], help="batch sizes for the onnx section")
+    parser.add_argument("--onnx-layers", type=_ints, default=[1, 8],
+                        help="onnx: layers per exported model; 1 = one layer per model (--copies models rotated), "
+                             "L > 1 = L layers with their own weights stacked in one model, timed per layer "
+                             "(needs a square --shape)")
     parser.add_argument("--rnn-hidden", type=int, default=1024)
     parser.add_argument("--rnn-input", type=int, default=None, help="gated-rnn: input size of the first layer (default: hidden)")
     parser.add_argument("--rnn-layers", type=int, default=2)
@@ -172,26 +180,57 @@ def bench_onnx(args, gen) -> list[dict]:
     session = functools.partial(ort_session, threads=threads, spin=False, shared_pool=shared)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernels_") as tmp:
-        lins = [_linear(out, inp, gen) for _ in range(n)]
-        for B in args.onnx_batches:
-            ex = torch.randn(B, inp, generator=gen)
-            dense_s = [session(export_onnx(l, (ex,), os.path.join(tmp, f"dense{B}_{i}.onnx"))) for i, l in enumerate(lins)]
-            for sp in args.sparsities:
-                masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
-                mods = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
-                ours_s = [session(export_onnx(m, (ex,), os.path.join(tmp, f"ours{B}_{sp}_{i}.onnx")))
-                          for i, m in enumerate(mods)]
-                name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
-                xs = [torch.randn(B, inp, generator=gen).numpy() for _ in range(n)]
-                fns = {
-                    "ORT dense": lambda i: dense_s[i % n].run(None, {name_d: xs[i % n]}),
-                    "ORT ours": lambda i: ours_s[i % n].run(None, {name_o: xs[i % n]}),
-                }
-                t = _time(fns, args)
-                case = f"{out}x{inp} sp={sp:g} batch={B}"
-                for name in fns:
-                    rows.append(_row("onnx", case, name, t[name], t["ORT dense"]["median_s"], {"sparsity": sp, "batch": B}))
+        for L in args.onnx_layers:
+            # At least `copies` distinct weight sets rotate: `copies` one-layer models, or enough
+            # L-layer models (each layer its own weights) to hold that many layers.
+            n_models = -(-n // L)
+            dense_layers = [[_linear(out, inp, gen) for _ in range(L)] for _ in range(n_models)]
+            dense_stacks = [_stack(layers) for layers in dense_layers]
+            for B in args.onnx_batches:
+                ex = torch.randn(B, inp, generator=gen)
+                xs = [torch.randn(B, inp, generator=gen) for _ in range(n)]
+                dense_s = [_verified_session(session, export_onnx(m, (ex,), os.path.join(tmp, f"dense{L}_{B}_{i}.onnx")),
+                                             m, xs[0]) for i, m in enumerate(dense_stacks)]
+                for sp in args.sparsities:
+                    ours = [_stack([BlockSparseLinear.from_dense(lin, _balanced_mask(out, inp, args.block, sp, gen),
+                                                                 (args.block, args.block)) for lin in layers])
+                            for layers in dense_layers]
+                    ours_s = [_verified_session(session, export_onnx(m, (ex,), os.path.join(tmp, f"ours{L}_{B}_{sp}_{i}.onnx")),
+                                                m, xs[0]) for i, m in enumerate(ours)]
+                    feeds = [x.numpy() for x in xs]
+                    name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
+                    fns = {
+                        "ORT dense": lambda i: dense_s[i % n_models].run(None, {name_d: feeds[i % n]}),
+                        "ORT ours": lambda i: ours_s[i % n_models].run(None, {name_o: feeds[i % n]}),
+                    }
+                    t = {name: _per_layer(v, L) for name, v in _time(fns, args).items()}
+                    case = f"{out}x{inp} sp={sp:g} batch={B}" + (f", {L}-layer model, per layer" if L > 1 else "")
+                    for name in fns:
+                        rows.append(_row("onnx", case, name, t[name], t["ORT dense"]["median_s"],
+                                         {"sparsity": sp, "batch": B, "layers": L}))
     return rows
+
+
+def _stack(layers: list[nn.Module]) -> nn.Module:
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+def _per_layer(t: dict, layers: int) -> dict:
+    return {**t, "median_s": t["median_s"] / layers, "min_s": t["min_s"] / layers}
+
+
+def _verified_session(make_session, path: str, module: nn.Module, x: torch.Tensor, rtol: float = 1e-4):
+    """An ORT session on ``path`` whose output on ``x`` matches ``module(x)`` (max error relative to
+    the largest output); a benchmark of a wrong graph would time the wrong thing."""
+    sess = make_session(path)
+    with torch.no_grad():
+        expected = module(x).double().numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    err = float(abs(got - expected).max() / max(abs(expected).max(), 1e-30))
+    if not err <= rtol:
+        raise RuntimeError(f"bench onnx: ORT output of {os.path.basename(path)} differs from torch "
+                           f"(max error {err:.2e} of the largest output, allowed {rtol:g})")
+    return sess
 
 
 def bench_rnn(args, gen) -> list[dict]:
@@ -313,6 +352,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         print(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}", file=sys.stderr)
+        return 2
+    if "onnx" in sections and any(L > 1 for L in args.onnx_layers) and args.shape[0] != args.shape[1]:
+        print(f"--onnx-layers {','.join(map(str, args.onnx_layers))} stacks layers, which needs a square --shape "
+              f"(got {args.shape[0]}x{args.shape[1]}); pass --onnx-layers 1", file=sys.stderr)
+        return 2
+    if any(L < 1 for L in args.onnx_layers):
+        print(f"--onnx-layers must be positive (got {args.onnx_layers})", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,8 @@ def test_bench_kernels_tiny(tmp_path, capsys):
     args = parser.parse_args([
         "--shape", "96x80", "--block", "16", "--sparsities", "0.5", "--batches", "1,3", "--rnn-hidden", "32", "--rnn-input", "24",
         "--rnn-layers", "2", "--gated-shape", "64x48", "--gated-block", "16", "--keeps", "0.5", "--repeats", "2",
-        "--warmup", "1", "--copies", "1", "--sections", "linear,onnx,rnn,gated,gated-rnn", "--json", str(out),
+        "--warmup", "1", "--copies", "1", "--sections", "linear,onnx,rnn,gated,gated-rnn", "--onnx-layers", "1",
+        "--json", str(out),
     ])
     assert bench.run(args) == 0
     payload = json.loads(out.read_text())
@@ -45,9 +46,50 @@ def test_bench_onnx_on_the_shared_ort_pool(tmp_path):
     out = tmp_path / "k.json"
     proc = subprocess.run([sys.executable, "-m", "compressor.bench.kernels", "--sections", "onnx", "--shape", "96x80",
                            "--block", "16", "--sparsities", "0.5", "--repeats", "2", "--warmup", "1", "--copies", "2",
-                           "--threads", "2", "--ort-pool", "shared", "--json", str(out)],
+                           "--threads", "2", "--ort-pool", "shared", "--onnx-layers", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(out.read_text())
     assert {r["impl"] for r in payload["rows"]} == {"ORT dense", "ORT ours"}
     assert payload["args"]["ort_pool"] == "shared"
+
+
+def test_bench_onnx_stacked_models_time_per_layer(tmp_path):
+    """``--onnx-layers 1,3``: one-layer models and a 3-layer stack (2 models to rotate 4 weight
+    sets), each ORT output checked against torch before timing; the stacked rows are per layer."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "k.json"
+    args = parser.parse_args(["--sections", "onnx", "--shape", "48x48", "--block", "16", "--sparsities", "0.5",
+                              "--onnx-layers", "1,3", "--repeats", "2", "--warmup", "1", "--copies", "4",
+                              "--threads", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["layers"], r["impl"]) for r in rows) == [(1, "ORT dense"), (1, "ORT ours"), (3, "ORT dense"),
+                                                              (3, "ORT ours")]
+    assert all(("3-layer model, per layer" in r["case"]) == (r["layers"] == 3) for r in rows)
+
+
+def test_bench_onnx_stack_needs_a_square_shape(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--sections", "onnx", "--shape", "48x32", "--json", str(tmp_path / "k.json")])
+    assert bench.run(args) == 2
+    err = capsys.readouterr().err
+    assert "--onnx-layers 1,8" in err and "48x32" in err
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_bench_onnx_refuses_a_graph_that_differs_from_torch(tmp_path):
+    """The check before timing compares ORT with the module it is given: a graph of other weights fails."""
+    import torch
+
+    from compressor.kernels import export_onnx, ort_session
+
+    torch.manual_seed(0)
+    exported, other = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    path = export_onnx(exported, (torch.randn(1, 8),), tmp_path / "m.onnx")
+    x = torch.randn(1, 8)
+    assert bench._verified_session(ort_session, path, exported, x) is not None
+    with pytest.raises(RuntimeError, match="differs from torch"):
+        bench._verified_session(ort_session, path, other, x)
