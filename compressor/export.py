@@ -26,7 +26,7 @@ import torch.nn as nn
 from .errors import CompressorError
 from .kernels import SparseGRU, SparseLSTM, export_onnx, ort_session
 
-__all__ = ["ExportError", "input_specs", "export_model"]
+__all__ = ["ExportError", "input_specs", "fresh_inputs", "export_model"]
 
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
                                                      torch.int64, torch.int32, torch.bool)}
@@ -47,7 +47,8 @@ def input_specs(example_inputs) -> list[dict]:
     return specs
 
 
-def _fresh(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def fresh_inputs(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the shapes and dtypes in ``specs`` (:func:`input_specs`); integers in [0, high)."""
     out = []
     for s in specs:
         dtype = _DTYPES[s["dtype"]]
@@ -120,21 +121,22 @@ def _step_graphs(model: nn.Module):
 
 
 def export_model(model: nn.Module, specs: list[dict], directory: str | Path, step: bool = True,
-                 tolerance: float = 1e-4, trials: int = 3, seed: int = 0) -> dict:
-    """Write ``model.onnx`` (and step graphs) into ``directory``; returns the measured errors."""
+                 tolerance: float = 1e-4, trials: int = 3, seed: int = 0, step_batch: int = 2) -> dict:
+    """Write ``model.onnx`` (and step graphs, whose inputs have ``step_batch`` rows: shapes are
+    static) into ``directory``; returns the measured errors per graph."""
     if not specs:
         raise CompressorError("ONNX export needs example inputs: the artifact has none (pass --input when compressing)")
     directory = Path(directory)
     model = model.eval()
 
     def inputs(trial):
-        return _fresh(specs, torch.Generator().manual_seed(seed * 1000 + trial))
+        return fresh_inputs(specs, torch.Generator().manual_seed(seed * 1000 + trial))
 
     results = {"model": _verified(directory / "model.onnx", model, inputs, model, tolerance, trials)}
     if step:
         for path, rnn in _step_graphs(model):
             step_module = rnn.step_module().eval()
-            batch = 2
+            batch = step_batch
             n_state = 2 if isinstance(rnn, SparseLSTM) else 1
 
             def step_inputs(trial, rnn=rnn, n_state=n_state):

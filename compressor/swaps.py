@@ -92,17 +92,19 @@ def _dense_equivalent(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def densify(model: nn.Module) -> nn.Module:
+def densify(model: nn.Module, gated: bool = False) -> nn.Module:
     """A copy of ``model`` with every sparse kernel module replaced by its dense equivalent.
 
-    Gated modules (structural replacements) stay as they are: their gates have no dense form.
+    Gated modules (structural replacements) stay as they are, since their gates have no dense
+    form, unless ``gated``: then they too become dense modules holding every stored weight (the
+    dense model a gated one is timed against; its outputs differ, as no block is skipped).
     """
     dense = copy.deepcopy(model)
     replaced: list[str] = []
     for path, module in list(dense.named_modules()):
         if any(path.startswith(p + ".") for p in replaced):
             continue  # inside a module already replaced as a whole (SparseLSTM's projections)
-        if isinstance(module, _GATED):
+        if isinstance(module, _GATED) and not gated:
             replaced.append(path)  # kept whole, projections included
             continue
         equivalent = _dense_equivalent(module)

@@ -196,6 +196,20 @@ def test_densify_keeps_gated_modules_and_structural_record(load_fixture):
     assert "GatedLinear" in meta_kinds
 
 
+def test_densify_gated_gives_dense_modules_with_every_stored_weight(load_fixture):
+    """``densify(gated=True)``: the dense counterpart ``compress bench model`` times a gated model
+    against; each gated module becomes a dense one holding its stored block values."""
+    _, result = _run(load_fixture, "gru_lm", targets=["rnn", "decoder"])
+    dense = densify(result.model, gated=True)
+    assert not any(isinstance(m, (GatedLinear, GatedGRU, GatedLSTM)) for m in dense.modules())
+    assert isinstance(dense.rnn, nn.GRU) and isinstance(dense.decoder, nn.Linear)
+    gated = result.model
+    assert_close(dense.decoder.weight, gated.decoder.to_dense_weight(), rtol=0, atol=0)
+    for name, mod in gated.rnn.gated().items():
+        assert_close(getattr(dense.rnn, name), mod.to_dense_weight(), rtol=0, atol=0)
+    assert isinstance(densify(result.model).rnn, GatedGRU)  # the default still keeps them
+
+
 def test_gated_pattern_accounting():
     p = Gated(64, 64, 0.5, "global", 0)
     assert p.kept((1024, 256)) == (32, 64)

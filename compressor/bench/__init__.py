@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "solvers": ("compressor.bench.solvers", "N:M and transposable N:M mask solvers: time and kept magnitude"),
     "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
     "nm": ("compressor.bench.nm", "plain vs transposable N:M conversion, with and without reconstruction"),
+    "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT)"),
     "quality": ("compressor.bench.quality", "perplexity of dense vs block-sparse fine-tuning on the LM (Narang et al.)"),
 }
 

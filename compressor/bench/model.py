@@ -1,0 +1,271 @@
+"""``compress bench model DIR``: an artifact's compressed model against its dense counterpart.
+
+The dense counterpart is the same architecture holding the same (masked) weights in plain dense
+modules (:func:`compressor.swaps.densify`; gated modules become dense modules with every stored
+weight, so a gated model is timed against the dense model it came from). Everything runs side by
+side in one process, interleaved round by round (:func:`compressor.bench.common.time_interleaved`),
+rotating ``--copies`` copies of each model (deep copies or ONNX Runtime sessions, each with its
+own weights) and of the inputs; the table shows medians and ratios, the JSON every row. Sections:
+
+* ``torch``: the model's forward on fresh random inputs of the shapes recorded in the artifact
+  (or ``--input``);
+* ``step``: one streaming step of every unidirectional recurrent layer the compressed model runs
+  with a sparse module (``SparseLSTM``/``SparseGRU`` and the gated ones): stacked
+  ``nn.LSTMCell``/``nn.GRUCell`` with the dense weights (the ``dense`` row), the dense
+  ``nn.LSTM``/``nn.GRU`` called on a length-1 sequence, and the module's ``step``;
+* ``onnx``: ONNX Runtime on the dense counterpart's export vs on the compressed model's export,
+  and the same for each recurrent layer's single-step graph. Both are written by
+  :func:`compressor.export.export_model` to a temporary directory, so each is checked against
+  torch before it is timed.
+
+A model without sparse kernel modules (no ``swap_kernels`` in the recipe, or every layer
+declined) runs the same dense ops in both columns; the benchmark says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .common import machine_info, print_table, time_interleaved, write_json
+
+__all__ = ["add_arguments", "run", "main", "SECTIONS"]
+
+SECTIONS = ("torch", "step", "onnx")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``compress bench model``."""
+    parser.add_argument("directory", help="artifact directory written by compress")
+    parser.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
+                        help="example input shape, once per model input (e.g. 1x64:int64; default: the shapes "
+                             "recorded in the artifact); integer inputs keep the artifact's value range")
+    parser.add_argument("--step-batch", type=int, default=1, help="batch size of the streaming-step rows")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--copies", type=int, default=4, help="model/input copies rotated per row")
+    parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="the artifact holds a pickled module (module.pt): load it (only for files you trust)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="output JSON (default bench-results/model-<time>.json)")
+
+
+def _validate(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Check the arguments and read the artifact's metadata before any model is built."""
+    from compressor.artifacts import read_metadata
+    from compressor.errors import CompressorError
+    from compressor.recipe import parse_input_spec
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise CompressorError(f"--sections {args.sections!r}: unknown {unknown or 'empty'}; choose from {', '.join(SECTIONS)}")
+    for flag in ("repeats", "copies", "step_batch"):
+        if getattr(args, flag) < 1:
+            raise CompressorError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
+    if args.warmup < 0:
+        raise CompressorError(f"--warmup must be 0 or more (got {args.warmup})")
+    if args.threads is not None and args.threads < 1:
+        raise CompressorError(f"--threads must be at least 1 (got {args.threads})")
+    if not Path(args.directory).is_dir():
+        raise CompressorError(f"{args.directory}: no such artifact directory")
+    meta = read_metadata(args.directory)  # ArtifactError when it is not an artifact
+    for i, spec in enumerate(args.input):
+        parse_input_spec(spec, f"--input[{i}]")
+    if not args.input and not meta.get("inputs") and {"torch", "onnx"} & set(sections):
+        raise CompressorError(f"{args.directory} records no example inputs; pass --input SHAPE[:DTYPE] per model input")
+    return sections, meta
+
+
+def _input_specs(args: argparse.Namespace, meta: dict) -> list[dict]:
+    """Input specs in the artifact's format; ``--input`` overrides shapes, integer ranges stay."""
+    from compressor.recipe import parse_input_spec
+
+    recorded = meta.get("inputs", [])
+    if not args.input:
+        return recorded
+    specs = []
+    for i, text in enumerate(args.input):
+        shape, dtype = parse_input_spec(text, f"--input[{i}]")
+        spec = {"shape": list(shape), "dtype": dtype}
+        if i < len(recorded) and "high" in recorded[i]:
+            spec["high"] = recorded[i]["high"]
+        specs.append(spec)
+    return specs
+
+
+def _row(section: str, case: str, name: str, t: dict, ref_s: float, extra: dict | None = None) -> dict:
+    return {"section": section, "case": case, "impl": name, "median_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6,
+            "runs": t["runs"], "speedup_vs_dense": ref_s / t["median_s"], **(extra or {})}
+
+
+def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None = None, others: dict | None = None
+          ) -> list[dict]:
+    """Time ``dense`` and ``compressed`` (and ``others``, more dense references) side by side."""
+    fns = {"dense": dense_fn, **(others or {}), "compressed": ours_fn}
+    t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+    ref = t["dense"]["median_s"]
+    return [_row(section, case, name, t[name], ref, extra) for name in fns]
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+def bench_torch(ours: list[nn.Module], dense: list[nn.Module], inputs: list[tuple], args) -> list[dict]:
+    n = args.copies
+    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs[0])
+    return _pair("torch", f"forward ({shapes})", lambda i: dense[i % n](*inputs[i % n]),
+                 lambda i: ours[i % n](*inputs[i % n]), args)
+
+
+def _recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from compressor.kernels import SparseGRU, SparseLSTM
+
+    return [(path, m) for path, m in model.named_modules()
+            if isinstance(m, (SparseLSTM, SparseGRU)) and not m.bidirectional]
+
+
+def _cells(rnn: nn.RNNBase) -> list[nn.RNNCellBase]:
+    """One ``nn.LSTMCell``/``nn.GRUCell`` per layer with the recurrent layer's weights."""
+    make = nn.LSTMCell if isinstance(rnn, nn.LSTM) else nn.GRUCell
+    cells = []
+    for layer in range(rnn.num_layers):
+        cell = make(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, bias=rnn.bias)
+        with torch.no_grad():
+            for part in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ()):
+                getattr(cell, part).copy_(getattr(rnn, f"{part}_l{layer}"))
+        cells.append(cell)
+    return cells
+
+
+def _cell_step(cells: list[nn.RNNCellBase], x: torch.Tensor, state) -> torch.Tensor:
+    lstm = isinstance(cells[0], nn.LSTMCell)
+    for layer, cell in enumerate(cells):
+        x = cell(x, (state[0][layer], state[1][layer]))[0] if lstm else cell(x, state[layer])
+    return x
+
+
+def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
+    from compressor.kernels import SparseLSTM
+
+    n, B = args.copies, args.step_batch
+    rows = []
+    for path, _ in _recurrent(ours[0]):
+        mods = [m.get_submodule(path) for m in ours]
+        rnns = [m.to_dense() for m in mods]
+        cells = [_cells(r) for r in rnns]
+        rnn = mods[0]
+        lstm = isinstance(rnn, SparseLSTM)
+        xs = [torch.randn(B, rnn.input_size, generator=gen) for _ in range(n)]
+        shape = (rnn.num_layers, B, rnn.hidden_size)
+        states = [(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)) if lstm
+                  else torch.randn(shape, generator=gen) for _ in range(n)]
+        case = (f"{path} {type(rnn).__name__} {rnn.num_layers}x{rnn.hidden_size} step, batch {B} "
+                f"(dense: nn.{'LSTM' if lstm else 'GRU'}Cell x {rnn.num_layers})")
+        kind = "LSTM" if lstm else "GRU"
+        # the module's own one-step call: nn.LSTM/nn.GRU on a length-1 sequence (slow on CPU)
+        seq_dim = 1 if rnn.batch_first else 0
+        one_step = {f"nn.{kind} one-step call": lambda i, r=rnns: r[i % n](xs[i % n].unsqueeze(seq_dim), states[i % n])}
+        rows += _pair("step", case, lambda i, c=cells: _cell_step(c[i % n], xs[i % n], states[i % n]),
+                      lambda i, m=mods: m[i % n].step(xs[i % n], states[i % n]), args,
+                      {"dense_impl": f"nn.{kind}Cell x layers"}, one_step)
+    return rows
+
+
+def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: torch.Generator) -> list[dict]:
+    from compressor.export import export_model, fresh_inputs
+    from compressor.kernels import ort_session
+
+    n = args.copies
+    threads = args.threads or torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as tmp:
+        written = {}
+        for name, model in (("dense", dense), ("compressed", ours)):
+            os.mkdir(os.path.join(tmp, name))
+            written[name] = export_model(model, specs, os.path.join(tmp, name), step_batch=args.step_batch)  # checked
+        graphs = [g for g in written["compressed"] if g in written["dense"]]
+        for graph in graphs:
+            # a pool per session without spinning: 2n sessions share the cores (see bench kernels)
+            sessions = {name: [ort_session(os.path.join(tmp, name, written[name][graph]["file"]), threads=threads,
+                                           spin=False) for _ in range(n)] for name in written}
+            names = [i.name for i in sessions["dense"][0].get_inputs()]
+            if graph == "model":
+                feeds = [dict(zip(names, (t.numpy() for t in fresh_inputs(specs, gen)))) for _ in range(n)]
+                case = "model.onnx"
+            else:  # x_t and the states, at the static shapes of the export (batch --step-batch)
+                shapes = [i.shape for i in sessions["dense"][0].get_inputs()]
+                feeds = [{nm: torch.randn(shape, generator=gen).numpy() for nm, shape in zip(names, shapes)}
+                         for _ in range(n)]
+                case = f"{written['compressed'][graph]['file']}, batch {args.step_batch}"
+            rows += _pair("onnx", case, lambda i, s=sessions["dense"], f=feeds: s[i % n].run(None, f[i % n]),
+                          lambda i, s=sessions["compressed"], f=feeds: s[i % n].run(None, f[i % n]), args,
+                          {"max_rel_error": written["compressed"][graph]["max_rel_error"]})
+    return rows
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, load the artifact, run the sections, print one table, write JSON; returns 0."""
+    from compressor.artifacts import load
+    from compressor.export import fresh_inputs
+    from compressor.swaps import densify
+
+    sections, meta = _validate(args)
+    specs = _input_specs(args, meta)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    model = load(args.directory, allow_pickle=args.allow_pickle)
+    dense = densify(model, gated=True).eval()
+    kernels = collections.Counter(r["kind"] for r in meta.get("replacements", []))
+    info = machine_info()
+    info["load_average_start"] = os.getloadavg()
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    ours = [model] + [copy.deepcopy(model) for _ in range(args.copies - 1)]
+    denses = [dense] + [copy.deepcopy(dense) for _ in range(args.copies - 1)]
+    with torch.inference_mode():
+        if "torch" in sections:
+            inputs = [fresh_inputs(specs, gen) for _ in range(args.copies)]
+            rows += bench_torch(ours, denses, inputs, args)
+        if "step" in sections:
+            rows += bench_step(ours, args, gen)
+    if "onnx" in sections:
+        rows += bench_onnx(model, dense, specs, args, gen)
+    info["load_average_end"] = os.getloadavg()
+    info["elapsed_s"] = time.perf_counter() - t0
+    if kernels:
+        print("sparse kernel modules: " + ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())))
+    else:
+        print("no sparse kernel modules in this artifact (swap_kernels not in its recipe, or it declined every "
+              "layer): both columns run the same dense ops")
+    print_table(f"bench model: {args.directory}", ["case", "impl", "median us", "min us", "x dense"],
+                [[r["case"], r["impl"], r["median_us"], r["min_us"], r["speedup_vs_dense"]] for r in rows])
+    path = args.json or os.path.join("bench-results", f"model-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    payload = {"benchmark": "model", "command": " ".join(sys.argv), "artifact": str(args.directory),
+               "kernel_modules": dict(kernels), "machine": info,
+               "args": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows}
+    print(f"wrote {write_json(path, payload)}  ({info['elapsed_s']:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compressor.cli import main as cli_main
+
+    return cli_main(["bench", "model", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""``compress bench model DIR`` on real artifacts (benchmarks are not tests: no timing asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+import compressor
+from compressor.bench import model as bench_model
+from compressor.cli import main as cli_main
+from compressor.recipe import parse_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _artifact(spec, passes, out):
+    recipe = parse_recipe({"version": 1, "passes": passes})
+    compressor.Pipeline(recipe).run(spec, out=out, console=Console(file=io.StringIO()))
+    return out
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    bench_model.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_swapped_lstm_artifact_gets_torch_step_and_onnx_rows(load_fixture, tmp_path, capsys):
+    torch.manual_seed(0)
+    art = _artifact(load_fixture("lstm_lm"), [
+        {"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.75, "balanced": True},
+        {"pass": "swap_kernels", "force": True, "repeats": 2},
+    ], tmp_path / "art")
+    out = tmp_path / "bench.json"
+    assert bench_model.run(_args(art, "--repeats", 2, "--warmup", 1, "--copies", 2, "--threads", 1, "--json", out)) == 0
+    payload = json.loads(out.read_text())
+    assert payload["kernel_modules"] == {"sparse_lstm": 1}
+    cases = {(r["section"], r["case"], r["impl"]) for r in payload["rows"]}
+    assert {s for s, _, _ in cases} == {"torch", "step", "onnx"}
+    assert {c for s, c, _ in cases if s == "onnx"} == {"model.onnx", "rnn.step.onnx, batch 1"}
+    assert all({(s, c, "dense"), (s, c, "compressed")} <= cases for s, c, _ in cases)
+    assert {i for s, _, i in cases if s == "step"} == {"dense", "nn.LSTM one-step call", "compressed"}
+    # every ONNX graph was checked against torch before it was timed
+    assert all(r["max_rel_error"] <= 1e-4 for r in payload["rows"] if r["section"] == "onnx")
+    assert all(r["median_us"] > 0 for r in payload["rows"])
+    assert "sparse kernel modules: sparse_lstm x1" in capsys.readouterr().out
+
+
+def test_artifact_without_kernel_modules_says_both_columns_are_dense(load_fixture, tmp_path, capsys):
+    art = _artifact(load_fixture("mlp"), [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], tmp_path / "art")
+    out = tmp_path / "bench.json"
+    assert bench_model.run(_args(art, "--sections", "torch", "--repeats", 2, "--warmup", 0, "--copies", 1,
+                                 "--json", out)) == 0
+    assert json.loads(out.read_text())["kernel_modules"] == {}
+    assert "no sparse kernel modules in this artifact" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sections", "torch,gpu"], "--sections"),
+    (["--copies", "0"], "--copies must be at least 1"),
+    (["--input", "2xq"], "is not an input spec"),
+])
+def test_bad_arguments_are_named_before_any_work(load_fixture, tmp_path, capsys, argv, message):
+    art = _artifact(load_fixture("mlp"), [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], tmp_path / "art")
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "model", str(art), *argv, "--json", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_directory_that_is_no_artifact_is_named(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["bench", "model", str(tmp_path / "empty"), "--json", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a compressor artifact" in err and "model.safetensors" in err
+    assert cli_main(["bench", "model", str(tmp_path / "missing")]) == 2
+    assert "no such artifact directory" in capsys.readouterr().err
