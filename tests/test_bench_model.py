@@ -80,3 +80,19 @@ def test_a_directory_that_is_no_artifact_is_named(tmp_path, capsys):
     assert "is not a compressor artifact" in err and "model.safetensors" in err
     assert cli_main(["bench", "model", str(tmp_path / "missing")]) == 2
     assert "no such artifact directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", [torch.nn.LSTM, torch.nn.GRU])
+def test_the_dense_step_reference_is_the_recurrent_layer_s_step(kind):
+    """The stacked cells that streaming steps are timed against compute nn.LSTM/nn.GRU's step."""
+    from compressor.bench.common import cells_step, rnn_cells
+
+    torch.manual_seed(0)
+    rnn = kind(6, 5, num_layers=3).double()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    h = torch.randn(3, 2, 5, dtype=torch.float64)
+    state = (h, torch.randn_like(h)) if kind is torch.nn.LSTM else h
+    expected, _ = rnn(x.unsqueeze(0), state)
+    with torch.no_grad():
+        got = cells_step(rnn_cells(rnn), x, state)
+    torch.testing.assert_close(got, expected[0].detach())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone"]
+__all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone", "rnn_cells", "cells_step"]
 
 
 def machine_info() -> dict:
@@ -94,3 +94,32 @@ def standalone(name: str, add_arguments, run, doc: str) -> int:
     parser = argparse.ArgumentParser(prog=f"compress bench {name}", description=(doc or name).strip().splitlines()[0])
     add_arguments(parser)
     return int(run(parser.parse_args()) or 0)
+
+
+def rnn_cells(rnn):
+    """One ``nn.LSTMCell``/``nn.GRUCell`` per layer of a unidirectional ``nn.LSTM``/``nn.GRU``, with
+    its weights: the usual dense streaming step that sparse steps are timed against."""
+    import torch
+    import torch.nn as nn
+
+    make = nn.LSTMCell if isinstance(rnn, nn.LSTM) else nn.GRUCell
+    cells = []
+    for layer in range(rnn.num_layers):
+        cell = make(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, bias=rnn.bias,
+                    dtype=rnn.weight_ih_l0.dtype)
+        with torch.no_grad():
+            for part in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ()):
+                getattr(cell, part).copy_(getattr(rnn, f"{part}_l{layer}"))
+        cells.append(cell)
+    return cells
+
+
+def cells_step(cells, x, state):
+    """One step through stacked cells; ``state`` is ``(h, c)`` (LSTM) or ``h`` (GRU), each
+    ``(layers, batch, hidden)``. Returns the top layer's output."""
+    import torch.nn as nn
+
+    lstm = isinstance(cells[0], nn.LSTMCell)
+    for layer, cell in enumerate(cells):
+        x = cell(x, (state[0][layer], state[1][layer]))[0] if lstm else cell(x, state[layer])
+    return x

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import machine_info, print_table, time_interleaved, write_json
+from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, write_json
 from .kernels_gpu import add_gpu_arguments
 
 __all__ = ["add_arguments", "run", "main"]
@@ -243,14 +243,14 @@ def bench_rnn(args, gen) -> list[dict]:
         masks = {name: _balanced_mask(*getattr(lstm, name).shape, args.block, args.rnn_sparsity, gen)
                  for name in lstm._flat_weights_names if name.startswith("weight_")}
         lstms.append(lstm)
-        cells.append(_cells(lstm))
+        cells.append(rnn_cells(lstm))
         sparse.append(SparseLSTM.from_dense(lstm, masks, block=(args.block, args.block)))
     xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
     hs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
     cs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
 
     fns = {
-        "nn.LSTMCell x layers": lambda i: _cell_step(cells[i % n], xs[i % n], (hs[i % n], cs[i % n])),
+        "nn.LSTMCell x layers": lambda i: cells_step(cells[i % n], xs[i % n], (hs[i % n], cs[i % n])),
         "nn.LSTM one-step call": lambda i: lstms[i % n](xs[i % n].unsqueeze(0), (hs[i % n], cs[i % n])),
         "ours SparseLSTM.step": lambda i: sparse[i % n].step(xs[i % n], (hs[i % n], cs[i % n])),
     }
@@ -290,13 +290,13 @@ def bench_gated_rnn(args, gen) -> list[dict]:
     I = args.rnn_input or H
     lstms = [_random_lstm(I, H, L, gen) for _ in range(n)]
     dense = [SparseLSTM.from_dense(lstm, {}) for lstm in lstms]  # plain nn.Linear projections
-    cells = [_cells(lstm) for lstm in lstms]
+    cells = [rnn_cells(lstm) for lstm in lstms]
     xs = [torch.randn(1, I, generator=gen) for _ in range(n)]
     states = [(torch.randn(L, 1, H, generator=gen), torch.randn(L, 1, H, generator=gen)) for _ in range(n)]
     rows = []
     for keep in args.keeps:
         fns = {
-            "nn.LSTMCell x layers": lambda i: _cell_step(cells[i % n], xs[i % n], states[i % n]),
+            "nn.LSTMCell x layers": lambda i: cells_step(cells[i % n], xs[i % n], states[i % n]),
             "dense step (SparseLSTM, nn.Linear)": lambda i: dense[i % n].step(xs[i % n], states[i % n]),
         }
         for mode in ("global", "row"):
@@ -318,26 +318,6 @@ def _random_lstm(input_size: int, hidden: int, layers: int, gen) -> nn.LSTM:
         for p in lstm.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * hidden ** -0.5)
     return lstm
-
-
-def _cells(lstm: nn.LSTM) -> list[nn.LSTMCell]:
-    """One ``nn.LSTMCell`` per layer with the LSTM's weights."""
-    cells = []
-    for layer in range(lstm.num_layers):
-        c = nn.LSTMCell(lstm.input_size if layer == 0 else lstm.hidden_size, lstm.hidden_size)
-        with torch.no_grad():
-            for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(c, part).copy_(getattr(lstm, f"{part}_l{layer}"))
-        cells.append(c)
-    return cells
-
-
-def _cell_step(cells: list[nn.LSTMCell], x: torch.Tensor, state) -> torch.Tensor:
-    """One step through stacked cells (state ``(L, 1, H)`` pairs)."""
-    h, c = state
-    for layer, cell in enumerate(cells):
-        x, _ = cell(x, (h[layer], c[layer]))
-    return x
 
 
 SECTIONS = {"linear": bench_linear, "onnx": bench_onnx, "rnn": bench_rnn, "gated": bench_gated,

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .common import machine_info, print_table, time_interleaved, write_json
+from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, write_json
 
 __all__ = ["add_arguments", "run", "main", "SECTIONS"]
 
@@ -135,26 +135,6 @@ def _recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, (SparseLSTM, SparseGRU)) and not m.bidirectional]
 
 
-def _cells(rnn: nn.RNNBase) -> list[nn.RNNCellBase]:
-    """One ``nn.LSTMCell``/``nn.GRUCell`` per layer with the recurrent layer's weights."""
-    make = nn.LSTMCell if isinstance(rnn, nn.LSTM) else nn.GRUCell
-    cells = []
-    for layer in range(rnn.num_layers):
-        cell = make(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, bias=rnn.bias)
-        with torch.no_grad():
-            for part in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ()):
-                getattr(cell, part).copy_(getattr(rnn, f"{part}_l{layer}"))
-        cells.append(cell)
-    return cells
-
-
-def _cell_step(cells: list[nn.RNNCellBase], x: torch.Tensor, state) -> torch.Tensor:
-    lstm = isinstance(cells[0], nn.LSTMCell)
-    for layer, cell in enumerate(cells):
-        x = cell(x, (state[0][layer], state[1][layer]))[0] if lstm else cell(x, state[layer])
-    return x
-
-
 def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
     from compressor.kernels import SparseLSTM
 
@@ -163,7 +143,7 @@ def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
     for path, _ in _recurrent(ours[0]):
         mods = [m.get_submodule(path) for m in ours]
         rnns = [m.to_dense() for m in mods]
-        cells = [_cells(r) for r in rnns]
+        cells = [rnn_cells(r) for r in rnns]
         rnn = mods[0]
         lstm = isinstance(rnn, SparseLSTM)
         xs = [torch.randn(B, rnn.input_size, generator=gen) for _ in range(n)]
@@ -176,7 +156,7 @@ def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
         # the module's own one-step call: nn.LSTM/nn.GRU on a length-1 sequence (slow on CPU)
         seq_dim = 1 if rnn.batch_first else 0
         one_step = {f"nn.{kind} one-step call": lambda i, r=rnns: r[i % n](xs[i % n].unsqueeze(seq_dim), states[i % n])}
-        rows += _pair("step", case, lambda i, c=cells: _cell_step(c[i % n], xs[i % n], states[i % n]),
+        rows += _pair("step", case, lambda i, c=cells: cells_step(c[i % n], xs[i % n], states[i % n]),
                       lambda i, m=mods: m[i % n].step(xs[i % n], states[i % n]), args,
                       {"dense_impl": f"nn.{kind}Cell x layers"}, one_step)
     return rows
