@@ -27,6 +27,9 @@ def test_main_job_on_the_builtin_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "perplexity: before" in proc.stdout and "rnn.weight_hh_l1" in proc.stdout
     assert {"model.safetensors", "recipe.resolved.yaml", "report.json"} <= set(os.listdir(out))
+    # the main job's artifact includes the ONNX export, each graph checked in ONNX Runtime
+    assert {"model.onnx", "rnn.step.onnx"} <= set(os.listdir(out))
+    assert "onnx model.onnx: max abs error" in proc.stderr and "onnx rnn.step.onnx" in proc.stderr
 
     proc = compress("report", out, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -34,6 +37,7 @@ def test_main_job_on_the_builtin_model(tmp_path):
     assert {"layers", "totals"} <= set(report)
     for row in report["layers"]:
         assert {"name", "shape", "pattern", "target_sparsity", "sparsity"} <= set(row)
+    assert 0 <= report["metrics"]["onnx"]["model"] <= 1e-4 and report["metrics"]["onnx"]["rnn.step.onnx"] <= 1e-4
     # the numbers in the report are the weights' own
     import compressor
 
