@@ -136,13 +136,12 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
     if step:
         for path, rnn in _step_graphs(model):
             step_module = rnn.step_module().eval()
-            batch = step_batch
             n_state = 2 if isinstance(rnn, SparseLSTM) else 1
 
             def step_inputs(trial, rnn=rnn, n_state=n_state):
                 gen = torch.Generator().manual_seed(seed * 1000 + trial)
-                x = torch.randn(batch, rnn.input_size, generator=gen)
-                states = [torch.randn(rnn.num_layers, batch, rnn.hidden_size, generator=gen) for _ in range(n_state)]
+                x = torch.randn(step_batch, rnn.input_size, generator=gen)
+                states = [torch.randn(rnn.num_layers, step_batch, rnn.hidden_size, generator=gen) for _ in range(n_state)]
                 return (x, *states)
 
             def full_sequence(x, *states, rnn=rnn):

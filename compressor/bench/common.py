@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 __all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone", "rnn_cells", "cells_step"]
 
@@ -99,9 +100,6 @@ def standalone(name: str, add_arguments, run, doc: str) -> int:
 def rnn_cells(rnn):
     """One ``nn.LSTMCell``/``nn.GRUCell`` per layer of a unidirectional ``nn.LSTM``/``nn.GRU``, with
     its weights: the usual dense streaming step that sparse steps are timed against."""
-    import torch
-    import torch.nn as nn
-
     make = nn.LSTMCell if isinstance(rnn, nn.LSTM) else nn.GRUCell
     cells = []
     for layer in range(rnn.num_layers):
@@ -117,8 +115,6 @@ def rnn_cells(rnn):
 def cells_step(cells, x, state):
     """One step through stacked cells; ``state`` is ``(h, c)`` (LSTM) or ``h`` (GRU), each
     ``(layers, batch, hidden)``. Returns the top layer's output."""
-    import torch.nn as nn
-
     lstm = isinstance(cells[0], nn.LSTMCell)
     for layer, cell in enumerate(cells):
         x = cell(x, (state[0][layer], state[1][layer]))[0] if lstm else cell(x, state[layer])
