@@ -187,6 +187,13 @@ def _console():
     return probe if probe.is_terminal else Console(width=160)
 
 
+#: What a bare metric name does not say (printed beside its value).
+_METRIC_HELP = {
+    "output_rel_error": "vs the model before any pass: relative L2 over all float outputs on the example "
+                        "inputs, which are random tokens for token models",
+}
+
+
 def render_report(report: Report, console=None) -> None:
     """Print the report as a rich table with a totals row, plus metrics and notes."""
     from rich.table import Table
@@ -223,7 +230,7 @@ def render_report(report: Report, console=None) -> None:
         if before is not None and after is not None:
             console.print(f"{name}: before {before:.4g} -> after {after:.4g} ({(after - before) / before:+.1%})")
         elif after is not None:
-            console.print(f"{name}: {after:.4g}")
+            console.print(f"{name}: {after:.4g}" + (f" ({_METRIC_HELP[name]})" if name in _METRIC_HELP else ""))
     for r in report.layers:
         for note in r.notes:
             console.print(f"[yellow]note[/yellow] {r.name}: {note}")
