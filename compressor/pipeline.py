@@ -26,7 +26,7 @@ from .loading import ModelSpec, check_finite
 from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
-from .report import Report, compute_totals, layer_row
+from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs
 from .swaps import dense_weight, densify, replay
 from .targeting import resolve_targets
@@ -334,7 +334,8 @@ class Pipeline:
 
                 def write_onnx(path: Path) -> None:
                     results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance)
-                    report.metrics["onnx"] = {k: v["max_rel_error"] for k, v in results.items()}
+                    for r in results.values():  # one metric per graph, in the usual {after: value} form
+                        report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
                     for name, r in results.items():
                         console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
                                       f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")

@@ -22,7 +22,7 @@ from .patterns import Dense, Pattern
 
 __all__ = [
     "LayerRow", "Totals", "Report", "LayerComparison", "Comparison",
-    "layer_row", "compute_totals", "compare_reports", "render_report", "render_comparison",
+    "layer_row", "compute_totals", "compare_reports", "render_report", "render_comparison", "onnx_metric",
     "human", "ratio",
 ]
 
@@ -106,7 +106,25 @@ class Report:
         data = _known(cls, data)
         data["layers"] = [LayerRow.from_dict(row) for row in data.get("layers", [])]
         data["totals"] = Totals(**_known(Totals, data["totals"]))
+        data["metrics"] = _upgrade_metrics(data.get("metrics", {}))
         return cls(**data)
+
+
+def onnx_metric(file: str) -> str:
+    """Report metric name of an exported graph's largest error relative to the output scale."""
+    return f"onnx_rel_error({file})"
+
+
+def _upgrade_metrics(metrics: dict) -> dict:
+    """Reports written before 2026-11-24 kept ONNX errors as ``{"onnx": {"model": e, "<rnn>.step.onnx": e}}``,
+    outside the ``{name: {before, after}}`` form every view reads: turn them into one metric per graph."""
+    old = metrics.get("onnx")
+    if not isinstance(old, dict) or "after" in old or "before" in old:
+        return metrics
+    out = {k: v for k, v in metrics.items() if k != "onnx"}
+    for graph, err in old.items():
+        out[onnx_metric("model.onnx" if graph == "model" else graph)] = {"after": err}
+    return out
 
 
 def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_sparsity: float,
@@ -228,9 +246,11 @@ def render_report(report: Report, console=None) -> None:
     for name, values in report.metrics.items():
         before, after = values.get("before"), values.get("after")
         if before is not None and after is not None:
-            console.print(f"{name}: before {before:.4g} -> after {after:.4g} ({(after - before) / before:+.1%})")
+            console.print(f"{name}: before {before:.4g} -> after {after:.4g} ({(after - before) / before:+.1%})",
+                          markup=False)  # metric names are data (a task may name them), not rich markup
         elif after is not None:
-            console.print(f"{name}: {after:.4g}" + (f" ({_METRIC_HELP[name]})" if name in _METRIC_HELP else ""))
+            console.print(f"{name}: {after:.4g}" + (f" ({_METRIC_HELP[name]})" if name in _METRIC_HELP else ""),
+                          markup=False)
     for r in report.layers:
         for note in r.notes:
             console.print(f"[yellow]note[/yellow] {r.name}: {note}")

@@ -112,7 +112,20 @@ def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
     report = compressor.read_report(tmp_path / "art")
-    assert report.metrics["onnx"]["model"] < 1e-4
+    assert report.metrics["onnx_rel_error(model.onnx)"]["after"] < 1e-4
+
+
+def test_reports_with_the_old_onnx_metric_read_in_the_current_form(tmp_path):
+    """report.json written before the per-graph metrics kept {"onnx": {"model": e, ...}}."""
+    from compressor.report import Report
+
+    data = {"model": "m", "capture": {}, "layers": [], "totals": {k: 0 for k in (
+        "params", "nonzero", "sparsity", "dense_bytes", "compressed_bytes", "dense_flops", "compressed_flops",
+        "model_params", "model_dense_bytes", "model_compressed_bytes")},
+        "metrics": {"perplexity": {"before": 3.0, "after": 3.5}, "onnx": {"model": 1e-6, "rnn.step.onnx": 2e-6}}}
+    metrics = Report.from_dict(data).metrics
+    assert metrics == {"perplexity": {"before": 3.0, "after": 3.5}, "onnx_rel_error(model.onnx)": {"after": 1e-6},
+                       "onnx_rel_error(rnn.step.onnx)": {"after": 2e-6}}
 
 
 def test_step_graph_matches_the_full_sequence(tmp_path):
