@@ -118,6 +118,7 @@ class Recipe:
 def parse_recipe(data: Any, source: str | None = None) -> Recipe:
     """Validate recipe data (already parsed from YAML)."""
     from .config import close_match_hint
+    from .targeting import compile_pattern
 
     if not isinstance(data, dict):
         raise RecipeError("", f"a recipe must be a mapping with 'version' and 'passes', got {type(data).__name__}")
@@ -143,7 +144,11 @@ def parse_recipe(data: Any, source: str | None = None) -> Recipe:
         if "pass" not in raw:
             raise RecipeError(f"{path}.pass", "missing: every step names its pass, e.g. 'pass: block_prune'")
         spec = get_pass(raw["pass"], f"{path}.pass")
-        entries.append(PassEntry(spec.name, parse_config(spec.config_cls, raw, path, skip=("pass",))))
+        config = parse_config(spec.config_cls, raw, path, skip=("pass",))
+        for key in ("targets", "ignore"):  # a bad 're:' pattern fails here, before any model loads
+            for j, pattern in enumerate(getattr(config, key, ())):
+                compile_pattern(pattern, f"{path}.{key}[{j}]")
+        entries.append(PassEntry(spec.name, config))
     export = parse_config(ExportSection, data.get("export"), "export")
     return Recipe(tuple(entries), RECIPE_VERSION, model, seed, source, export)
 

@@ -108,3 +108,11 @@ def test_model_section_inputs_are_checked():
         parse_recipe({"version": 1, "model": {"inputs": ["2xfoo"]}, "passes": [{"pass": "nm_prune"}]})
     recipe = parse_recipe({"version": 1, "model": {"inputs": ["2x32:int64"]}, "passes": [{"pass": "nm_prune"}]})
     assert recipe.model.inputs == ("2x32:int64",)
+
+
+@pytest.mark.parametrize("key", ["targets", "ignore"])
+def test_bad_regex_fails_when_the_recipe_loads(key):
+    """A 're:' pattern that does not compile is a recipe error, so `compress validate` catches it."""
+    with pytest.raises(RecipeError, match="invalid regular expression") as info:
+        parse_recipe({"version": 1, "passes": [{"pass": "block_prune", key: ["rnn", "re:(("]}]})
+    assert info.value.path == f"passes[0].{key}[1]"
