@@ -132,14 +132,24 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a compressor artifact: {WEIGHTS} is missing")
-    with safe_open(str(path), framework="pt") as fh:
-        raw = (fh.metadata() or {}).get("compressor")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("compressor")
+    except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
+        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); the artifact is damaged") from None
     if raw is None:
         raise ArtifactError(f"{path} has no compressor metadata")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format {meta.get('format')} is not supported (expected {FORMAT_VERSION})")
-    return meta, load_file(str(path))
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: the compressor metadata is not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{path}: artifact format {found} is not supported (expected {FORMAT_VERSION})")
+    try:
+        return meta, load_file(str(path))
+    except Exception as exc:
+        raise ArtifactError(f"{path}: the tensors cannot be read ({exc}); the artifact is damaged") from None
 
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -188,4 +198,11 @@ def read_report(directory: str | Path) -> Report:
     path = Path(directory) / "report.json"
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a compressor artifact: report.json is missing")
-    return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not JSON ({exc})") from None
+    try:
+        return Report.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path} is not a compressor report ({type(exc).__name__}: {exc})") from None

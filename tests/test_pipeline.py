@@ -226,3 +226,21 @@ def test_artifact_errors(tmp_path):
         compressor.load(tmp_path)
     with pytest.raises(ArtifactError, match="report.json is missing"):
         compressor.read_report(tmp_path)
+
+
+def test_damaged_artifact_files_are_named_errors(load_fixture, tmp_path):
+    """A truncated weights file or a foreign report.json is an ArtifactError naming the file, not a traceback."""
+    compressor.Pipeline(parse_recipe(MLP_BLOCK)).run(load_fixture("mlp"), out=tmp_path / "art", console=QUIET)
+    weights, report = tmp_path / "art" / "model.safetensors", tmp_path / "art" / "report.json"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated: the header is intact, the tensors are not
+    with pytest.raises(ArtifactError, match="model.safetensors.*damaged"):
+        compressor.load(tmp_path / "art")
+    weights.write_bytes(b"\xff" * 64)  # no safetensors header at all
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        compressor.load(tmp_path / "art")
+    for text, match in (("{bad", "is not JSON"), ('{"model": "m"}', "is not a compressor report"),
+                        ("[]", "is not a compressor report")):
+        report.write_text(text)
+        with pytest.raises(ArtifactError, match=match):
+            compressor.read_report(tmp_path / "art")
