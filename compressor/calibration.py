@@ -56,6 +56,10 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1, t.shape[-1])
 
 
+#: Consecutive calibration batches that add no rows before collection stops with an error.
+_EMPTY_BATCHES = 8
+
+
 @torch.no_grad()
 def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int) -> dict[str, torch.Tensor]:
     """Run ``model`` on calibration batches and collect the inputs of every weight of one module.
@@ -67,9 +71,11 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], 
     handle = module.register_forward_hook(lambda mod, args, output: captured.append(args[0].detach()))
     collected: dict[str, list[torch.Tensor]] = {}
     count = 0
+    empty_in_a_row = 0
     try:
         for inputs in batches:
             captured.clear()
+            before = count
             try:
                 model(*inputs)
             except Exception as exc:
@@ -83,6 +89,12 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], 
                 count += next(iter(parts.values())).shape[0]
             if count >= rows:
                 break
+            empty_in_a_row = empty_in_a_row + 1 if count == before else 0
+            if empty_in_a_row >= _EMPTY_BATCHES:  # an endless task would otherwise never fill `rows`
+                why = ("the calibration batches never call it" if not captured
+                       else "the calibration task yields empty batches")
+                raise CompressorError(f"no calibration rows reached {module_path!r} in {_EMPTY_BATCHES} batches in a row "
+                                      f"({count} of the {rows} rows wanted so far): {why}")
     finally:
         handle.remove()
     if not collected:

@@ -141,10 +141,15 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
 
 
 def _calibration_batches(state, config):
+    """Calibration inputs, batch after batch; a task that runs out of data (StopIteration) ends them."""
     task = state.task(config.calibration)
     step = 0
     while True:
-        yield tuple(task.inputs(task.batch(1_000_000 + step)))
+        try:
+            batch = task.batch(1_000_000 + step)
+        except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
+            return
+        yield tuple(task.inputs(batch))
         step += 1
 
 

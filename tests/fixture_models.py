@@ -143,3 +143,38 @@ def tied_lm():
 def ref(factory: str) -> str:
     """The --model reference of a factory in this file."""
     return f"{HERE}:{factory}"
+
+
+class CalibrationOnlyTask:
+    """A user task that only feeds calibration: ``rows`` rows of MLP input per batch, ``batches``
+    batches (None: without end), then ``StopIteration`` as a task that runs out of data would."""
+
+    def __init__(self, rows: int, batches: int | None):
+        self.rows, self.batches, self.calls = rows, batches, 0
+
+    def batch(self, step, rank=0, world=1):
+        if self.batches is not None and self.calls >= self.batches:
+            raise StopIteration
+        self.calls += 1
+        return (torch.randn(self.rows, 20),)
+
+    def inputs(self, batch):
+        return batch
+
+    def loss(self, model, batch):
+        raise NotImplementedError
+
+    def evaluate(self, model):
+        return {}
+
+
+def empty_batches_task(config, spec, teacher):
+    return CalibrationOnlyTask(rows=0, batches=None)
+
+
+def three_batches_task(config, spec, teacher):
+    return CalibrationOnlyTask(rows=8, batches=3)
+
+
+def no_batches_task(config, spec, teacher):
+    return CalibrationOnlyTask(rows=8, batches=0)

@@ -197,3 +197,23 @@ def test_bad_settings(fields, where):
     with pytest.raises(RecipeError) as info:
         parse_recipe({"version": 1, "passes": [{"pass": "nm_convert", **fields}]})
     assert info.value.path == f"passes[0].{where}"
+
+
+@pytest.mark.parametrize("task,match", [
+    ("empty_batches_task", "calibration task yields empty batches"),  # an endless task of empty batches hung
+    ("no_batches_task", "no calibration data reached"),  # StopIteration at once was a RuntimeError traceback
+])
+def test_calibration_tasks_without_rows_are_clear_errors(load_fixture, task, match):
+    step = {"pass": "nm_convert", "targets": ["fc1"], "reconstruct": "lstsq",
+            "calibration": {"name": f"fixture_models:{task}"}}
+    with pytest.raises(CompressorError, match=match):
+        compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("mlp"), console=QUIET)
+
+
+def test_a_calibration_task_that_runs_out_uses_the_rows_it_gave(load_fixture):
+    """Three batches of 8 rows, then StopIteration: reconstruction runs on those 24 rows."""
+    step = {"pass": "nm_convert", "targets": ["fc1"], "reconstruct": "lstsq", "rows": 4096,
+            "calibration": {"name": "fixture_models:three_batches_task"}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("mlp"), console=QUIET)
+    row = next(r for r in result.report.layers if r.name == "fc1.weight")
+    assert row.pattern == "transposable 2:4" and row.sparsity == pytest.approx(0.5)
