@@ -202,11 +202,21 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             with torch.no_grad():
                 state.original(t).copy_(new_w)
             state.set_mask(t, mask)
+            info["notes"].append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
             info["metrics"] = metrics
             result.layers[t.name] = info
             result.metrics[t.name] = metrics
     _reestimate_norm_stats(state, c)
     return result
+
+
+def _summary(metrics: dict[str, float], c: NMConvertConfig) -> str:
+    text = f"keeps {metrics['kept_magnitude_vs_plain']:.2%} of the magnitude plain {c.n}:{c.m} keeps"
+    if "reconstruction_error_before" in metrics:
+        before, after = metrics["reconstruction_error_before"], metrics["reconstruction_error_after"]
+        text += f"; calibration output error {before:.3g} with the mask alone"
+        text += f" -> {after:.3g} after {c.reconstruct} reconstruction" if c.reconstruct != "none" else " (no reconstruction)"
+    return text
 
 
 def _choose_mask(c: NMConvertConfig, scores: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:

@@ -217,3 +217,19 @@ def test_a_calibration_task_that_runs_out_uses_the_rows_it_gave(load_fixture):
     result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("mlp"), console=QUIET)
     row = next(r for r in result.report.layers if r.name == "fc1.weight")
     assert row.pattern == "transposable 2:4" and row.sparsity == pytest.approx(0.5)
+
+
+def test_per_layer_figures_are_in_the_report_notes(load_fixture):
+    """Kept magnitude and the calibration error before/after reach the table and the HTML page as notes."""
+    step = {"pass": "nm_convert", "targets": ["fc1", "fc2"], "reconstruct": "lstsq", "rows": 256,
+            "calibration": {"name": "distill", "batch_size": 32}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(load_fixture("mlp"), console=QUIET)
+    metrics = result.report.passes[0]["metrics"]
+    for row in result.report.layers:
+        if row.name not in ("fc1.weight", "fc2.weight"):
+            continue
+        m = metrics[row.name]
+        note = next(n for n in row.notes if n.startswith("keeps "))
+        assert f"{m['kept_magnitude_vs_plain']:.2%}" in note
+        assert f"{m['reconstruction_error_before']:.3g} with the mask alone -> {m['reconstruction_error_after']:.3g}" in note
+        assert m["reconstruction_error_after"] < m["reconstruction_error_before"]
