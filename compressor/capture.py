@@ -18,6 +18,8 @@ projection) with the row range of every gate. A parameter reachable under severa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import warnings
@@ -160,12 +162,14 @@ _EXPORT_OPS = {
 
 
 def _capture_export(model: nn.Module, example_inputs: tuple) -> list[str]:
-    # A failed export logs whole graphs at WARNING; the reason is recorded in the result instead.
+    # A failed export logs whole graphs at WARNING and prints them (data-dependent guards) to the
+    # standard streams; the reason is recorded in the result instead.
     quiet = logging.getLogger("torch")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.export.export(model, tuple(example_inputs), strict=False)
     finally:
