@@ -28,7 +28,7 @@ SUBCOMMANDS = ("validate", "report", "bench", "export")
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compress",
-        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, bench "
+        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, export, bench "
         "(`compress SUBCOMMAND --help`).",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
@@ -146,6 +146,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .config import config_to_dict
+    from .errors import CompressorError
     from .passes import available_passes
     from .recipe import load_recipe
 
@@ -155,7 +156,7 @@ def _cmd_validate(args) -> int:
             print(f"{name}: {spec.doc.splitlines()[0] if spec.doc else ''}")
             print(f"    kinds: {', '.join(spec.kinds)}; options (defaults): {json.dumps(defaults)}")
     if not args.recipes and not args.list:
-        raise SystemExit("compress validate: name at least one recipe (or --list)")
+        raise CompressorError("validate: name at least one recipe file (or pass --list)")
     for path in args.recipes:
         recipe = load_recipe(path)
         print(f"{path}: ok ({len(recipe.passes)} pass(es): {', '.join(p.name for p in recipe.passes)})")
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    if command is None and argv and not argv[0].startswith("-"):
+        print(f"compress: error: unknown subcommand {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}, "
+              "or compress with `compress --recipe R`", file=sys.stderr)
+        return 2
     parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser, "export": _export_parser}
     handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench, "export": _cmd_export}
     if command is None:

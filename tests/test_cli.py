@@ -107,3 +107,9 @@ def test_validate_and_errors(tmp_path):
     assert shape.returncode == 2 and "--input[0]" in shape.stderr
     report = compress("report", tmp_path)
     assert report.returncode == 2 and "not a compressor artifact" in report.stderr
+    nothing = compress("validate")
+    assert nothing.returncode == 2 and nothing.stderr.strip() == (
+        "compress: error: validate: name at least one recipe file (or pass --list)")
+    unknown = compress("frobnicate")
+    assert unknown.returncode == 2 and "unknown subcommand 'frobnicate'" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
