@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import pickle
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,14 @@ def _from_hf_dir(path: Path) -> ModelSpec:
 _LEGACY_TEXT_MAGIC = b"L%d" % torch.serialization.MAGIC_NUMBER
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that names what it refused (without its terminal styling)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else type(exc).__name__)
+    return reason.split(". Please use", 1)[0]  # torch's advice (allow-list the class) is not ours to give
+
+
 def _torch_load(path: Path, allow_pickle: bool):
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_TEXT_MAGIC))
@@ -155,7 +164,7 @@ def _torch_load(path: Path, allow_pickle: bool):
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"{path} holds pickled Python objects, which can run arbitrary code when loaded; "
-            f"pass --allow-pickle if you trust this file ({str(exc).splitlines()[0]})"
+            f"pass --allow-pickle if you trust this file ({_unpickler_reason(exc)})"
         ) from None
     except Exception as exc:
         raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
