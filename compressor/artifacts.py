@@ -52,6 +52,7 @@ def atomic_directory(out: Path, force: bool = False):
     """Yield a temporary directory that becomes ``out`` only if the block succeeds."""
     out = Path(out)
     check_output_dir(out, force)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this call creates
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -66,6 +67,11 @@ def atomic_directory(out: Path, force: bool = False):
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first: a failure leaves no empty runs/ behind either
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

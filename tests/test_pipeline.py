@@ -125,6 +125,11 @@ def test_failure_while_writing_leaves_nothing(load_fixture, tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         compressor.Pipeline(parse_recipe(BLOCK)).run(load_fixture("lstm_lm"), out=tmp_path / "art", console=QUIET)
     assert os.listdir(tmp_path) == []
+    # the folders the output path needed are not left behind either (runs/ for the default --out)
+    with pytest.raises(OSError, match="disk full"):
+        compressor.Pipeline(parse_recipe(BLOCK)).run(load_fixture("lstm_lm"), out=tmp_path / "runs" / "a" / "art",
+                                                     console=QUIET)
+    assert os.listdir(tmp_path) == []
 
 
 def test_checkpoints_load_safely_and_are_never_modified(load_fixture, tmp_path):
