@@ -13,6 +13,7 @@ Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -133,6 +134,11 @@ def _cmd_run(args) -> int:
             allow_pickle=args.allow_pickle,
             inputs=tuple(args.input) or recipe.model.inputs,
         )
+    # the resolved recipe records what was compressed, command-line choices included
+    model = dataclasses.replace(recipe.model, name=args.model or recipe.model.name or "lstm-lm",
+                                checkpoint=args.checkpoint or recipe.model.checkpoint,
+                                inputs=tuple(args.input) or recipe.model.inputs)
+    recipe = dataclasses.replace(recipe, model=model)
     result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err, resume=args.resume)
     if not info.is_main:
         return 0

@@ -70,6 +70,11 @@ def test_user_factory_with_checkpoint(tmp_path):
     report = json.loads(proc.stdout)
     assert [r["pattern"] for r in report["layers"]] == ["block 4x4", "block 4x4", "dense"]
     assert report["capture"]["method"] == "fx"
+    # the resolved recipe says what was compressed, though the recipe file names no model
+    import yaml
+
+    resolved = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
+    assert resolved["model"]["name"] == f"{HERE}:mlp" and resolved["model"]["checkpoint"] == str(ckpt)
 
 
 @pytest.mark.parametrize("body,needle", [
