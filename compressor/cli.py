@@ -135,7 +135,8 @@ def _cmd_run(args) -> int:
             inputs=tuple(args.input) or recipe.model.inputs,
         )
     # the resolved recipe records what was compressed, command-line choices included
-    model = dataclasses.replace(recipe.model, name=args.model or recipe.model.name or "lstm-lm",
+    builtin = spec.source.get("name") if spec.source.get("kind") == "builtin" else None  # the default model
+    model = dataclasses.replace(recipe.model, name=args.model or recipe.model.name or builtin,
                                 checkpoint=args.checkpoint or recipe.model.checkpoint,
                                 inputs=tuple(args.input) or recipe.model.inputs)
     recipe = dataclasses.replace(recipe, model=model)
