@@ -26,7 +26,7 @@ import torch.nn as nn
 from .errors import CompressorError
 from .kernels import SparseGRU, SparseLSTM, export_onnx, ort_session
 
-__all__ = ["ExportError", "input_specs", "fresh_inputs", "export_model"]
+__all__ = ["ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
 
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
                                                      torch.int64, torch.int32, torch.bool)}
@@ -65,7 +65,8 @@ def _flat(x) -> list[torch.Tensor]:
     return [t for item in x for t in _flat(item)]
 
 
-def _errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+def max_errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+    """Worst absolute error and worst error relative to each output's largest magnitude."""
     max_abs = max_rel = 0.0
     for e, o in zip(expected, got):
         e = e.detach().double().numpy()
@@ -95,7 +96,7 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
             got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
             if len(got) != len(expected):
                 raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
-            a, r = _errors(expected, got)
+            a, r = max_errors(expected, got)
             worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
         if not worst_rel <= tolerance:
             raise ExportError(

@@ -336,7 +336,6 @@ class Pipeline:
                     results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance)
                     for r in results.values():  # one metric per graph, in the usual {after: value} form
                         report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
-                    for name, r in results.items():
                         console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
                                       f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone", "rnn_cells", "cells_step"]
+__all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone", "timing_row", "rnn_cells", "cells_step"]
 
 
 def machine_info() -> dict:
@@ -55,6 +55,18 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20,
     return {
         name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s)} for name, s in samples.items()
     }
+
+
+def timing_row(section: str, case: str, impl: str, t: dict, ref_s: float | None = None,
+               extra: dict | None = None) -> dict:
+    """One JSON row from a :func:`time_interleaved` entry: medians in microseconds and, given the
+    reference's median ``ref_s``, the speed-up over it; ``extra`` keys are appended."""
+    row = {"section": section, "case": case, "impl": impl, "median_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6,
+           "runs": t["runs"]}
+    if ref_s is not None:
+        row["speedup_vs_dense"] = ref_s / t["median_s"]
+    row.update(extra or {})
+    return row
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, write_json
+from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 from .kernels_gpu import add_gpu_arguments
 
 __all__ = ["add_arguments", "run", "main"]
@@ -116,15 +116,6 @@ def _linear(out: int, inp: int, gen: torch.Generator) -> nn.Linear:
     return lin
 
 
-def _row(section: str, case: str, name: str, t: dict, ref_s: float | None = None, extra: dict | None = None) -> dict:
-    r = {"section": section, "case": case, "impl": name, "median_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6,
-         "runs": t["runs"]}
-    if ref_s is not None:
-        r["speedup_vs_dense"] = ref_s / t["median_s"]
-    r.update(extra or {})
-    return r
-
-
 def _time(fns, args):
     return time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
 
@@ -160,7 +151,7 @@ def bench_linear(args, gen) -> list[dict]:
                 extra = {"sparsity": sp, "batch": B}
                 if name.startswith("ours"):
                     extra["speedup_vs_torch_bsr"] = t["torch BSR"]["median_s"] / t[name]["median_s"]
-                rows.append(_row("linear", case, name, t[name], d, extra))
+                rows.append(timing_row("linear", case, name, t[name], d, extra))
     return rows
 
 
@@ -206,7 +197,7 @@ def bench_onnx(args, gen) -> list[dict]:
                     t = {name: _per_layer(v, L) for name, v in _time(fns, args).items()}
                     case = f"{out}x{inp} sp={sp:g} batch={B}" + (f", {L}-layer model, per layer" if L > 1 else "")
                     for name in fns:
-                        rows.append(_row("onnx", case, name, t[name], t["ORT dense"]["median_s"],
+                        rows.append(timing_row("onnx", case, name, t[name], t["ORT dense"]["median_s"],
                                          {"sparsity": sp, "batch": B, "layers": L}))
     return rows
 
@@ -222,11 +213,12 @@ def _per_layer(t: dict, layers: int) -> dict:
 def _verified_session(make_session, path: str, module: nn.Module, x: torch.Tensor, rtol: float = 1e-4):
     """An ORT session on ``path`` whose output on ``x`` matches ``module(x)`` (max error relative to
     the largest output); a benchmark of a wrong graph would time the wrong thing."""
+    from compressor.export import max_errors
+
     sess = make_session(path)
     with torch.no_grad():
-        expected = module(x).double().numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    err = float(abs(got - expected).max() / max(abs(expected).max(), 1e-30))
+        expected = module(x)
+    _, err = max_errors([expected], sess.run(None, {sess.get_inputs()[0].name: x.numpy()}))
     if not err <= rtol:
         raise RuntimeError(f"bench onnx: ORT output of {os.path.basename(path)} differs from torch "
                            f"(max error {err:.2e} of the largest output, allowed {rtol:g})")
@@ -256,7 +248,7 @@ def bench_rnn(args, gen) -> list[dict]:
     }
     t = _time(fns, args)
     case = f"LSTM {L}x{H} sp={args.rnn_sparsity:g} batch=1 step"
-    return [_row("rnn", case, name, t[name], t["nn.LSTMCell x layers"]["median_s"], {"sparsity": args.rnn_sparsity})
+    return [timing_row("rnn", case, name, t[name], t["nn.LSTMCell x layers"]["median_s"], {"sparsity": args.rnn_sparsity})
             for name in fns]
 
 
@@ -278,7 +270,7 @@ def bench_gated(args, gen) -> list[dict]:
         t = _time(fns, args)
         case = f"{out}x{inp} block={args.gated_block} keep={keep:g} batch=1"
         for name in fns:
-            rows.append(_row("gated", case, name, t[name], t["dense F.linear"]["median_s"], {"keep": keep}))
+            rows.append(timing_row("gated", case, name, t[name], t["dense F.linear"]["median_s"], {"keep": keep}))
     return rows
 
 
@@ -307,7 +299,7 @@ def bench_gated_rnn(args, gen) -> list[dict]:
         t = _time(fns, args)
         case = f"gated LSTM {L}x{H} (input {I}) block={b} keep={keep:g} rank={args.gate_rank} batch=1 step"
         base = t["dense step (SparseLSTM, nn.Linear)"]["median_s"]
-        rows += [_row("gated-rnn", case, name, t[name], base, {"keep": keep}) for name in fns]
+        rows += [timing_row("gated-rnn", case, name, t[name], base, {"keep": keep}) for name in fns]
     return rows
 
 

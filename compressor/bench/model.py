@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, write_json
+from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 
 __all__ = ["add_arguments", "run", "main", "SECTIONS"]
 
@@ -61,11 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="output JSON (default bench-results/model-<time>.json)")
 
 
-def _validate(args: argparse.Namespace) -> tuple[list[str], dict]:
-    """Check the arguments and read the artifact's metadata before any model is built."""
+def _validate(args: argparse.Namespace) -> tuple[list[str], dict, list[dict]]:
+    """Check the arguments and read the artifact's metadata before any model is built; returns the
+    sections, the metadata and the input specs."""
     from compressor.artifacts import read_metadata
     from compressor.errors import CompressorError
-    from compressor.recipe import parse_input_spec
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -81,22 +81,20 @@ def _validate(args: argparse.Namespace) -> tuple[list[str], dict]:
     if not Path(args.directory).is_dir():
         raise CompressorError(f"{args.directory}: no such artifact directory")
     meta = read_metadata(args.directory)  # ArtifactError when it is not an artifact
-    for i, spec in enumerate(args.input):
-        parse_input_spec(spec, f"--input[{i}]")
-    if not args.input and not meta.get("inputs") and {"torch", "onnx"} & set(sections):
+    specs = _input_specs(args.input, meta.get("inputs", []))
+    if not specs and {"torch", "onnx"} & set(sections):
         raise CompressorError(f"{args.directory} records no example inputs; pass --input SHAPE[:DTYPE] per model input")
-    return sections, meta
+    return sections, meta, specs
 
 
-def _input_specs(args: argparse.Namespace, meta: dict) -> list[dict]:
+def _input_specs(texts: list[str], recorded: list[dict]) -> list[dict]:
     """Input specs in the artifact's format; ``--input`` overrides shapes, integer ranges stay."""
     from compressor.recipe import parse_input_spec
 
-    recorded = meta.get("inputs", [])
-    if not args.input:
+    if not texts:
         return recorded
     specs = []
-    for i, text in enumerate(args.input):
+    for i, text in enumerate(texts):
         shape, dtype = parse_input_spec(text, f"--input[{i}]")
         spec = {"shape": list(shape), "dtype": dtype}
         if i < len(recorded) and "high" in recorded[i]:
@@ -105,18 +103,13 @@ def _input_specs(args: argparse.Namespace, meta: dict) -> list[dict]:
     return specs
 
 
-def _row(section: str, case: str, name: str, t: dict, ref_s: float, extra: dict | None = None) -> dict:
-    return {"section": section, "case": case, "impl": name, "median_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6,
-            "runs": t["runs"], "speedup_vs_dense": ref_s / t["median_s"], **(extra or {})}
-
-
 def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None = None, others: dict | None = None
           ) -> list[dict]:
     """Time ``dense`` and ``compressed`` (and ``others``, more dense references) side by side."""
     fns = {"dense": dense_fn, **(others or {}), "compressed": ours_fn}
     t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     ref = t["dense"]["median_s"]
-    return [_row(section, case, name, t[name], ref, extra) for name in fns]
+    return [timing_row(section, case, name, t[name], ref, extra) for name in fns]
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -128,11 +121,11 @@ def bench_torch(ours: list[nn.Module], dense: list[nn.Module], inputs: list[tupl
                  lambda i: ours[i % n](*inputs[i % n]), args)
 
 
-def _recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _recurrent(model: nn.Module) -> list[str]:
+    """Paths of the unidirectional sparse recurrent modules (the ones with a streaming step)."""
     from compressor.kernels import SparseGRU, SparseLSTM
 
-    return [(path, m) for path, m in model.named_modules()
-            if isinstance(m, (SparseLSTM, SparseGRU)) and not m.bidirectional]
+    return [path for path, m in model.named_modules() if isinstance(m, (SparseLSTM, SparseGRU)) and not m.bidirectional]
 
 
 def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
@@ -140,19 +133,19 @@ def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
 
     n, B = args.copies, args.step_batch
     rows = []
-    for path, _ in _recurrent(ours[0]):
+    for path in _recurrent(ours[0]):
         mods = [m.get_submodule(path) for m in ours]
         rnns = [m.to_dense() for m in mods]
         cells = [rnn_cells(r) for r in rnns]
         rnn = mods[0]
         lstm = isinstance(rnn, SparseLSTM)
+        kind = "LSTM" if lstm else "GRU"
         xs = [torch.randn(B, rnn.input_size, generator=gen) for _ in range(n)]
         shape = (rnn.num_layers, B, rnn.hidden_size)
         states = [(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)) if lstm
                   else torch.randn(shape, generator=gen) for _ in range(n)]
         case = (f"{path} {type(rnn).__name__} {rnn.num_layers}x{rnn.hidden_size} step, batch {B} "
-                f"(dense: nn.{'LSTM' if lstm else 'GRU'}Cell x {rnn.num_layers})")
-        kind = "LSTM" if lstm else "GRU"
+                f"(dense: nn.{kind}Cell x {rnn.num_layers})")
         # the module's own one-step call: nn.LSTM/nn.GRU on a length-1 sequence (slow on CPU)
         seq_dim = 1 if rnn.batch_first else 0
         one_step = {f"nn.{kind} one-step call": lambda i, r=rnns: r[i % n](xs[i % n].unsqueeze(seq_dim), states[i % n])}
@@ -202,8 +195,7 @@ def run(args: argparse.Namespace) -> int:
     from compressor.export import fresh_inputs
     from compressor.swaps import densify
 
-    sections, meta = _validate(args)
-    specs = _input_specs(args, meta)
+    sections, meta, specs = _validate(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
