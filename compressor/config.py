@@ -15,9 +15,12 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from .errors import RecipeError
+from .errors import RecipeError, short
 
-__all__ = ["parse_config", "config_to_dict", "close_match_hint", "check_range"]
+__all__ = ["parse_config", "config_to_dict", "close_match_hint", "check_range", "check_block", "MAX_BLOCK"]
+
+#: the largest block side a recipe may ask for (a block larger than its layer is refused when targets resolve)
+MAX_BLOCK = 1 << 16
 
 
 def close_match_hint(key: str, allowed: typing.Iterable[str]) -> str:
@@ -32,7 +35,13 @@ def check_range(path: str, value: float, low: float, high: float, *, low_open=Fa
     ok_high = value < high if high_open else value <= high
     if not (ok_low and ok_high):
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise RecipeError(path, f"{value!r} is outside the allowed range {interval}")
+        raise RecipeError(path, f"{short(value)} is outside the allowed range {interval}")
+
+
+def check_block(path: str, block: tuple[int, int]) -> None:
+    """Raise RecipeError unless both block sizes lie in [1, MAX_BLOCK]."""
+    if not all(1 <= b <= MAX_BLOCK for b in block):
+        raise RecipeError(path, f"{list(block)} is invalid; both sizes must be in [1, {MAX_BLOCK}]")
 
 
 def parse_config(cls: type, data: Any, path: str, *, skip: typing.Collection[str] = ()) -> Any:
@@ -88,39 +97,39 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, arg, path)
             except RecipeError as exc:
                 errors.append(str(exc))
-        raise RecipeError(path, f"{value!r} is not valid; expected {' or '.join(_type_name(a) for a in args)}")
+        raise RecipeError(path, f"{short(value)} is not valid; expected {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         if value not in args:
             hint = close_match_hint(str(value), [str(a) for a in args])
-            raise RecipeError(path, f"{value!r} is not allowed{hint}; allowed: {', '.join(repr(a) for a in args)}")
+            raise RecipeError(path, f"{short(value)} is not allowed{hint}; allowed: {', '.join(repr(a) for a in args)}")
         return value
     if origin is tuple:
         if isinstance(value, (str, int, float)) and len(args) == 2 and args[1] is Ellipsis:
             value = [value]  # a single item where a list is expected
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(path, f"expected a list, got {value!r}")
+            raise RecipeError(path, f"expected a list, got {short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise RecipeError(path, f"expected {len(args)} values, got {len(value)}: {value!r}")
+            raise RecipeError(path, f"expected {len(args)} values, got {len(value)}: {short(value)}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise RecipeError(path, f"expected true or false, got {value!r}")
+            raise RecipeError(path, f"expected true or false, got {short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(path, f"expected an integer, got {value!r}")
+            raise RecipeError(path, f"expected an integer, got {short(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(path, f"expected a number, got {value!r}")
+            raise RecipeError(path, f"expected a number, got {short(value)}")
         if value != value or value in (float("inf"), float("-inf")):
-            raise RecipeError(path, f"expected a finite number, got {value!r}")
+            raise RecipeError(path, f"expected a finite number, got {short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise RecipeError(path, f"expected a string, got {value!r}")
+            raise RecipeError(path, f"expected a string, got {short(value)}")
         return value
     if tp is Any:
         return value

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-__all__ = ["CompressorError", "RecipeError", "ModelLoadError", "TargetError", "ArtifactError"]
+import reprlib
+
+__all__ = ["CompressorError", "RecipeError", "ModelLoadError", "TargetError", "ArtifactError", "short"]
+
+#: the longest message an error carries: a value a user (or an attacker) wrote is quoted, not copied
+MAX_MESSAGE = 500
+
+
+def short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error quotes a short prefix of a bad value.
+
+    :mod:`reprlib` bounds the work too: a recipe made of YAML aliases can be a tiny file whose
+    value would print as gigabytes with plain ``repr``."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxtuple, r.maxdict, r.maxlevel = limit, limit, 6, 6, 6, 2
+    try:
+        text = r.repr(value)
+    except Exception:  # a user object whose __repr__ fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CompressorError(Exception):
@@ -16,8 +35,9 @@ class RecipeError(CompressorError, ValueError):
         self.path = path
         self.message = message
         self.file = file
-        where = ": ".join(part for part in (file, path) if part)
-        super().__init__(f"{where}: {message}" if where else message)
+        where = ": ".join(part for part in (file, path[:200]) if part)
+        text = f"{where}: {message}" if where else message
+        super().__init__(text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "...")
 
 
 class ModelLoadError(CompressorError):

@@ -24,6 +24,7 @@ the pipeline starts, before any layer changes.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +33,18 @@ from typing import Any
 import yaml
 
 from .config import config_to_dict, parse_config
-from .errors import RecipeError
+from .errors import RecipeError, short
 from .passes import PassConfig, get_pass
+from .safe_yaml import MAX_YAML_BYTES, load_yaml
 
 __all__ = ["Recipe", "PassEntry", "ModelSection", "ExportSection", "load_recipe", "parse_recipe", "parse_input_spec", "RECIPE_VERSION"]
 
 RECIPE_VERSION = 1
 _TOP_KEYS = ("version", "model", "seed", "passes", "export")
+#: the most elements one example input may have (2**26: 256 MiB of float32)
+MAX_INPUT_ELEMENTS = 1 << 26
+#: seeds are handed to torch, numpy and Python's random: the range all three accept
+MAX_SEED = 2**32 - 1
 _INPUT_SPEC = re.compile(r"^(\d+(?:x\d+)*)(?::(float32|float64|float16|bfloat16|int64|int32|bool))?$")
 
 
@@ -47,9 +53,15 @@ def parse_input_spec(spec: str, path: str = "inputs") -> tuple[tuple[int, ...], 
     match = _INPUT_SPEC.match(spec.strip()) if isinstance(spec, str) else None
     if not match:
         raise RecipeError(
-            path, f"{spec!r} is not an input spec; expected DIMxDIM[:dtype], e.g. '1x128' or '2x32:int64'"
+            path, f"{short(spec)} is not an input spec; expected DIMxDIM[:dtype], e.g. '1x128' or '2x32:int64'"
         )
-    return tuple(int(d) for d in match.group(1).split("x")), match.group(2) or "float32"
+    shape = tuple(int(d) for d in match.group(1).split("x"))
+    if 0 in shape:
+        raise RecipeError(path, f"{short(spec)} has a dimension of size 0; every dimension must be at least 1")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise RecipeError(path, f"{short(spec)} has {math.prod(shape):.3g} elements; example inputs are limited to "
+                                f"{MAX_INPUT_ELEMENTS:,} (they are allocated in memory)")
+    return shape, match.group(2) or "float32"
 
 
 @dataclass(frozen=True)
@@ -128,10 +140,12 @@ def parse_recipe(data: Any, source: str | None = None) -> Recipe:
     if "version" not in data:
         raise RecipeError("version", f"missing; this toolkit reads recipe version {RECIPE_VERSION}")
     if data["version"] != RECIPE_VERSION:
-        raise RecipeError("version", f"{data['version']!r} is not supported; expected {RECIPE_VERSION}")
+        raise RecipeError("version", f"{short(data['version'])} is not supported; expected {RECIPE_VERSION}")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise RecipeError("seed", f"expected an integer, got {seed!r}")
+        raise RecipeError("seed", f"expected an integer, got {short(seed)}")
+    if not 0 <= seed <= MAX_SEED:
+        raise RecipeError("seed", f"{short(seed)} is outside the allowed range [0, {MAX_SEED}]")
     model = parse_config(ModelSection, data.get("model"), "model")
     raw_passes = data.get("passes")
     if not isinstance(raw_passes, list) or not raw_passes:
@@ -140,7 +154,7 @@ def parse_recipe(data: Any, source: str | None = None) -> Recipe:
     for i, raw in enumerate(raw_passes):
         path = f"passes[{i}]"
         if not isinstance(raw, dict):
-            raise RecipeError(path, f"expected a mapping with a 'pass' key, got {raw!r}")
+            raise RecipeError(path, f"expected a mapping with a 'pass' key, got {short(raw)}")
         if "pass" not in raw:
             raise RecipeError(f"{path}.pass", "missing: every step names its pass, e.g. 'pass: block_prune'")
         spec = get_pass(raw["pass"], f"{path}.pass")
@@ -154,16 +168,22 @@ def parse_recipe(data: Any, source: str | None = None) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (``yaml.safe_load``). Raises RecipeError or FileNotFoundError."""
+    """Read and validate a recipe file. Raises RecipeError or FileNotFoundError.
+
+    The file is untrusted input: it is size-limited, and read as plain YAML data with alias
+    expansion bounded and duplicate keys refused (:mod:`compressor.safe_yaml`)."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError("", "is a directory; name a recipe file (.yaml)", file=str(path))
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise RecipeError("", f"larger than {MAX_YAML_BYTES // 1024} KiB; a recipe is a short file", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError("", f"not valid YAML: {exc}", file=str(path)) from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise RecipeError("", "not UTF-8 text", file=str(path)) from None
+    data = load_yaml(text, str(path))
     try:
         return parse_recipe(data, str(path))
     except RecipeError as exc:

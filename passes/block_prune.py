@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from ..config import check_range
+from ..config import check_block, check_range
 from ..errors import RecipeError
 from ..patterns import BalancedBlock, Block
 from ..solvers import block_scores, expand_block_mask, rowwise_topk_mask, topk_mask
@@ -48,8 +48,7 @@ class BlockPruneConfig(PassConfig):
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.sparsity", self.sparsity, 0.0, 1.0)
-        if min(self.block) < 1:
-            raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
+        check_block(f"{path}.block", self.block)
 
 
 def segment_block_scores(weight: torch.Tensor, target, block, score: str, cross_gates: bool):

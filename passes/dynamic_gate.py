@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..bench.common import time_interleaved
-from ..config import check_range
+from ..config import check_block, check_range
 from ..errors import RecipeError
 from ..kernels import GatedBlockLinear, GatedGRU, GatedLSTM, SparseGRU, SparseLSTM, kept_blocks, select_blocks
 from ..kernels.gated_ops import gate_values
@@ -73,8 +73,7 @@ class DynamicGateConfig(PassConfig):
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.keep", self.keep, 0.0, 1.0, low_open=True, high_open=False)
-        if min(self.block) < 1:
-            raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
+        check_block(f"{path}.block", self.block)
         for key in ("rank", "calibration_batches", "latency_repeats"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= 0")

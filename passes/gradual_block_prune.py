@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from ..config import check_range
+from ..config import check_block, check_range
 from ..errors import RecipeError
 from ..patterns import BalancedBlock, Block
 from ..training import TrainConfig, TrainHooks, fine_tune
@@ -75,8 +75,7 @@ class GradualBlockPruneConfig(PassConfig):
     def validate(self, path: str) -> None:
         check_range(f"{path}.sparsity", self.sparsity, 0.0, 1.0)
         check_range(f"{path}.percentile", self.percentile, 0.0, 100.0, high_open=False)
-        if min(self.block) < 1:
-            raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
+        check_block(f"{path}.block", self.block)
         if self.freq < 1:
             raise RecipeError(f"{path}.freq", f"{self.freq} is invalid; must be >= 1")
         if self.mult <= 0 or self.group_lasso < 0:

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from ..config import check_range
+from ..config import check_block, check_range
 from ..errors import RecipeError
 from ..patterns import Block, Dense
 from ..training import TrainConfig, TrainHooks, fine_tune
@@ -52,8 +52,7 @@ class GroupLassoConfig(PassConfig):
             raise RecipeError(f"{path}.lambda_g", f"{self.lambda_g} is invalid; must be > 0")
         if self.smoothing <= 0:
             raise RecipeError(f"{path}.smoothing", f"{self.smoothing} is invalid; must be > 0")
-        if min(self.block) < 1:
-            raise RecipeError(f"{path}.block", f"{list(self.block)} is invalid; both sizes must be >= 1")
+        check_block(f"{path}.block", self.block)
         if self.prune_sparsity is not None:
             check_range(f"{path}.prune_sparsity", self.prune_sparsity, 0.0, 1.0)
 
