@@ -16,72 +16,30 @@ leaves no half-written artifact; an existing directory is replaced only with ``f
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import math
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Union
 
 import torch
 import torch.nn as nn
 
-from .errors import ArtifactError
-from .loading import apply_state_dict, rebuild_model
+from .errors import ArtifactError, CompressorError, ModelLoadError, short
+from .loading import apply_state_dict, load_model, rebuild_hf
+from .models import rebuild_builtin
 from .masks import set_mask
-from .swaps import replay
+from .outputs import atomic_directory
+from .export import check_input_spec
+from .swaps import check_record, replay
 from .report import Report
 
-__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "atomic_directory", "save_artifacts", "load", "load_masks", "read_report", "read_metadata"]
+__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report", "read_metadata"]
 
 FORMAT_VERSION = 1
 MASK_PREFIX = "__mask__."
 WEIGHTS = "model.safetensors"
-
-
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse an existing output directory unless ``force``; called before any work starts."""
-    if out.exists() and not force:
-        raise ArtifactError(f"output directory {out} exists; choose another --out or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"output path {out} exists and is not a directory")
-
-
-@contextmanager
-def atomic_directory(out: Path, force: bool = False):
-    """Yield a temporary directory that becomes ``out`` only if the block succeeds."""
-    out = Path(out)
-    check_output_dir(out, force)
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this call creates
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-        _default_permissions(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:  # innermost first: a failure leaves no empty runs/ behind either
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-
-
-def _default_permissions(directory: Path) -> None:
-    """mkdtemp and some writers create owner-only files; give the artifact the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+#: how an artifact says its architecture is rebuilt (never by importing code it names)
+SOURCE_KINDS = ("builtin", "hf", "factory", "pickle")
 
 
 def _dedupe_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -131,9 +89,10 @@ def save_artifacts(
     return out
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _header(directory: Path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
+    """The weights file, its checked metadata and the stored tensors' shapes, read from the
+    safetensors header alone (no tensor data is read or allocated)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(directory) / WEIGHTS
     if not path.is_file():
@@ -141,21 +100,66 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("compressor")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
-        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); the artifact is damaged") from None
+        raise ArtifactError(f"{path} is not a readable safetensors file ({_brief(exc)}); the artifact is damaged") from None
     if raw is None:
         raise ArtifactError(f"{path} has no compressor metadata")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: the compressor metadata is not JSON ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: the compressor metadata is not JSON ({_brief(exc)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise ArtifactError(f"{path}: artifact format {found} is not supported (expected {FORMAT_VERSION})")
+        raise ArtifactError(f"{path}: artifact format {short(found)} is not supported (expected {FORMAT_VERSION})")
     try:
-        return meta, load_file(str(path))
+        _check_metadata(meta, shapes)
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: damaged metadata: {exc}") from None
+    return path, meta, shapes
+
+
+def _brief(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Types and references of every metadata field the loader uses (ValueError naming the field)."""
+    source = meta.get("source")
+    if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
+        raise ValueError(f"source.kind must be one of {', '.join(SOURCE_KINDS)}")
+    if source["kind"] in ("builtin", "hf") and not isinstance(source.get("config", {}) or {}, dict):
+        raise ValueError("source.config must be a mapping")
+    tied = meta.get("tied", {})
+    if not isinstance(tied, dict) or not all(isinstance(k, str) and v in shapes for k, v in tied.items()):
+        raise ValueError("tied must map parameter names to stored tensors")
+    for key in ("patterns",):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ValueError(f"{key} must be a mapping")
+    records = meta.get("replacements", [])
+    if not isinstance(records, list):
+        raise ValueError("replacements must be a list")
+    for i, rec in enumerate(records):
+        check_record(rec, f"replacements[{i}]")
+    specs = meta.get("inputs", [])
+    if not isinstance(specs, list):
+        raise ValueError("inputs must be a list of input specs")
+    for i, spec in enumerate(specs):
+        check_input_spec(spec, f"inputs[{i}]")
+
+
+def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    path, meta, _ = _header(directory)
+    return meta, _tensors(path)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
     except Exception as exc:
-        raise ArtifactError(f"{path}: the tensors cannot be read ({exc}); the artifact is damaged") from None
+        raise ArtifactError(f"{path}: the tensors cannot be read ({_brief(exc)}); the artifact is damaged") from None
 
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -164,34 +168,117 @@ def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
     return {k[len(MASK_PREFIX):]: v for k, v in state.items() if k.startswith(MASK_PREFIX)}
 
 
-def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = False) -> nn.Module:
+ModelArg = Union[nn.Module, Callable[[], object], str, None]
+
+
+def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = False, model: ModelArg = None) -> nn.Module:
     """Rebuild the compressed model of an artifact directory, in eval mode.
 
-    Its outputs equal those of the in-memory model the pipeline produced. With
-    ``with_masks`` the masks are re-installed as parametrizations (for further fine-tuning);
-    otherwise the model is plain, with the pruned weights stored as zeros. Sparse kernel
-    modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and masks;
-    structural replacements (``dynamic_gate``'s gated modules, which hold parameters of their own)
-    are rebuilt as fresh modules before the saved state is loaded into them.
+    Its outputs equal those of the in-memory model the pipeline produced. An artifact is
+    untrusted input: loading it never imports or calls code named inside it. The architecture
+    is rebuilt from data (a built-in model's name and config, a Hugging Face config); an
+    artifact made from user code (a ``--model`` factory) loads only when the caller passes that
+    code as ``model`` (an ``nn.Module``, a callable returning one, or a ``--model`` reference such
+    as ``"my_model.py:make_model"``), and one made from a pickled module only with
+    ``allow_pickle``. Sizes described by the metadata are checked against the stored tensors on
+    the meta device before anything is allocated.
+
+    With ``with_masks`` the masks are re-installed as parametrizations (for further
+    fine-tuning); otherwise the model is plain, with the pruned weights stored as zeros. Sparse
+    kernel modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and
+    masks; structural replacements (``dynamic_gate``'s gated modules, which hold parameters of
+    their own) are rebuilt as fresh modules before the saved state is loaded into them.
     """
     directory = Path(directory)
-    meta, state = _read(directory)
+    path, meta, shapes = _header(directory)
+    replacements = meta.get("replacements", [])
+    build = _architecture(meta["source"], model, allow_pickle, directory, path)
+    if model is None and meta["source"]["kind"] in ("builtin", "hf"):  # sizes come from the metadata
+        _check_sizes(build, shapes, meta, path)
+    state = _tensors(path)
     masks = {k[len(MASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(MASK_PREFIX)}
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
-    model = rebuild_model(meta["source"], allow_pickle=allow_pickle, directory=directory)
-    replacements = meta.get("replacements", [])
-    # structural replacements (gated modules) add parameters: rebuild them before loading the state
-    replay(model, replacements, masks, structural=True)
-    apply_state_dict(model, state, str(directory / WEIGHTS))
-    if with_masks:
-        if any(not r.get("structural") for r in replacements):
-            raise ArtifactError(f"{directory} has sparse kernel modules installed; load it without with_masks")
-        for name, mask in masks.items():
-            set_mask(model, name, mask)
-    replay(model, replacements, masks)
-    model.eval()
-    return model
+    try:
+        net = build()
+        # structural replacements (gated modules) add parameters: rebuild them before loading the state
+        replay(net, replacements, masks, structural=True)
+        apply_state_dict(net, state, str(path))
+        if with_masks:
+            if any(not r.get("structural") for r in replacements):
+                raise ArtifactError(f"{directory} has sparse kernel modules installed; load it without with_masks")
+            for name, mask in masks.items():
+                set_mask(net, name, mask)
+        replay(net, replacements, masks)
+    except CompressorError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise ArtifactError(f"{path}: the model cannot be rebuilt from the artifact ({type(exc).__name__}: "
+                            f"{_brief(exc)}); the artifact is damaged or was made for other code") from None
+    net.eval()
+    return net
+
+
+def _architecture(source: dict, model: ModelArg, allow_pickle: bool, directory: Path, path: Path) -> Callable[[], nn.Module]:
+    """A function that builds the artifact's architecture (weights still to load), chosen without running anything."""
+    if isinstance(model, nn.Module):
+        return lambda: model
+    if isinstance(model, str):
+        return lambda: load_model(model).model  # the caller named this code: it may run
+    if callable(model):
+        return lambda: _called(model)
+    kind = source["kind"]
+    if kind == "builtin":
+        return lambda: rebuild_builtin(source)
+    if kind == "hf":
+        return lambda: rebuild_hf(source.get("config") or {})
+    if kind == "factory":
+        ref = short(source.get("ref"), 80)
+        raise ArtifactError(
+            f"{directory} was made from user code ({ref}); loading an artifact never runs code it names. "
+            "If you trust that code, pass it: compressor.load(DIR, model=make_model) or --model FILE.py:FUNCTION"
+        )
+    if not allow_pickle:  # kind == "pickle"
+        raise ModelLoadError(f"{directory} holds a pickled module, which runs code when loaded; "
+                            "load it with allow_pickle=True (--allow-pickle) only if you trust its author")
+    return lambda: torch.load(directory / "module.pt", map_location="cpu", weights_only=False)
+
+
+def _called(factory: Callable[[], object]) -> nn.Module:
+    built = factory()
+    if isinstance(built, tuple) and built and isinstance(built[0], nn.Module):
+        built = built[0]
+    if not isinstance(built, nn.Module):
+        raise ArtifactError(f"model= returned {type(built).__name__}, not an nn.Module")
+    return built
+
+
+def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], meta: dict, path: Path) -> None:
+    """Build the architecture on the meta device (no memory) and compare it with the stored tensors,
+    so metadata claiming a huge model is refused before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except CompressorError:
+        raise
+    except Exception as exc:  # a config the model class rejects
+        raise ArtifactError(f"{path}: the model described by the metadata cannot be built ({type(exc).__name__}: "
+                            f"{_brief(exc)})") from None
+    structural = tuple(r["module"] + "." for r in meta.get("replacements", []) if r.get("structural"))
+    tied = meta.get("tied", {})
+    stored = sum(math.prod(s) for s in shapes.values())
+    wanted = 0
+    for name, tensor in skeleton.state_dict().items():
+        wanted += tensor.numel()
+        if name.startswith(structural):
+            continue  # a gated module's own tensors are checked when they load
+        have = shapes.get(tied.get(name, name))
+        if have is not None and have != tuple(tensor.shape):
+            raise ArtifactError(f"{path}: the metadata describes {name} as {tuple(tensor.shape)} but the file stores "
+                                f"{have}; the artifact is damaged (nothing was allocated)")
+    if wanted > stored:
+        raise ArtifactError(f"{path}: the metadata describes a model of {wanted:,} values but the file stores "
+                            f"{stored:,}; the artifact is damaged (nothing was allocated)")
 
 
 def read_metadata(directory: str | Path) -> dict:

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 __all__ = ["main"]
@@ -61,6 +62,7 @@ def _report_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained HTML report (table, charts, a mask picture per layer)")
     p.add_argument("--compare", metavar="OTHER_DIR",
                    help="show this artifact (A) and OTHER_DIR (B) side by side, per layer and with B/A ratios")
+    p.add_argument("--force", action="store_true", help="replace an existing --html file")
     return p
 
 
@@ -70,6 +72,9 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-step", action="store_true", help="skip the single-step graphs of recurrent modules")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest error relative to the output scale")
     p.add_argument("--force", action="store_true", help="replace existing .onnx files")
+    p.add_argument("--model", metavar="REF", help="the code that builds an artifact made from a --model factory "
+                   "('file.py:function'); loading never runs code the artifact itself names")
+    p.add_argument("--allow-pickle", action="store_true", help="load an artifact that holds a pickled module (runs code!)")
     return p
 
 
@@ -82,7 +87,8 @@ def _cmd_export(args) -> int:
     existing = sorted(p.name for p in Path(args.directory).glob("*.onnx"))
     if existing and not args.force:
         raise ArtifactError(f"{args.directory} already has {', '.join(existing)}; pass --force to replace")
-    results = export_model(load(args.directory), meta.get("inputs", []), args.directory, step=not args.no_step,
+    model = load(args.directory, allow_pickle=args.allow_pickle, model=args.model)
+    results = export_model(model, meta.get("inputs", []), args.directory, step=not args.no_step,
                            tolerance=args.tolerance)
     for r in results.values():
         print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "
@@ -107,15 +113,10 @@ def _bench_parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
     from rich.console import Console
 
-    import torch
-
-    from .artifacts import check_output_dir
     from .distributed import init_from_env
     from .errors import CompressorError
-    from .loading import load_model
-    from .pipeline import Pipeline
+    from .outputs import check_output, claim_output, named_paths
     from .recipe import load_recipe, parse_input_spec
-    from .report import render_report
 
     recipe = load_recipe(args.recipe)
     for i, spec in enumerate(args.input):
@@ -123,9 +124,27 @@ def _cmd_run(args) -> int:
     if args.resume and not args.out:
         raise CompressorError("--resume needs the --out directory of the interrupted run")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_output_dir(out, args.force)
+    inputs = named_paths([args.recipe, args.model, args.checkpoint, recipe.to_dict()])
     info = init_from_env()
     err = Console(stderr=True) if info.is_main else Console(file=io.StringIO())
+    with ExitStack() as claims:
+        if info.is_main:  # before the model loads: a bad --out costs nothing, a second run to it fails now
+            leftovers: list[str] = []
+            claims.enter_context(claim_output(out, args.force, inputs, notes=leftovers))
+            for note in leftovers:
+                err.print(note)
+        else:
+            check_output(out, args.force, inputs)
+        return _compress(args, recipe, out, info, err)
+
+
+def _compress(args, recipe, out: Path, info, err) -> int:
+    import torch
+
+    from .loading import load_model
+    from .pipeline import Pipeline
+    from .report import render_report
+
     torch.manual_seed(recipe.seed)  # a factory that initialises weights randomly builds the same model every run
     with err.status("loading the model"):
         spec = load_model(
@@ -175,6 +194,8 @@ def _cmd_report(args) -> int:
     from .report import compare_reports, render_comparison, render_report
 
     report = read_report(args.directory)
+    if args.html:
+        _check_html_path(Path(args.html), [args.directory, args.compare], args.force)
     view = report
     if args.compare:
         view = compare_reports(report, read_report(args.compare), args.directory, args.compare)
@@ -184,9 +205,9 @@ def _cmd_report(args) -> int:
 
         masks = load_masks(args.directory)
         if args.compare:
-            write_html(args.html, render_comparison_html(view, masks, load_masks(args.compare)))
+            write_html(args.html, render_comparison_html(view, masks, load_masks(args.compare)), force=args.force)
         else:
-            write_html(args.html, render_html(report, masks))
+            write_html(args.html, render_html(report, masks), force=args.force)
     if args.json:
         print(view.to_json())
     elif args.compare:
@@ -196,6 +217,19 @@ def _cmd_report(args) -> int:
     if args.html:
         print(f"html report: {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _check_html_path(path: Path, artifacts: list[str | None], force: bool) -> None:
+    """An HTML report never lands inside an artifact (it could replace model.safetensors) and
+    replaces an existing file only with --force."""
+    from .errors import CompressorError
+
+    target = path.resolve()
+    for directory in filter(None, artifacts):
+        if Path(directory).resolve() in target.parents:
+            raise CompressorError(f"--html {path} lies inside the artifact {directory}; write the page elsewhere")
+    if target.exists() and not force:
+        raise CompressorError(f"--html {path} exists; pass --force to replace it")
 
 
 def _cmd_bench(args) -> int:
@@ -227,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or bool(os.environ.get("COMPRESSOR_DEBUG"))
     try:
         return handler(args)
-    except (CompressorError, FileNotFoundError, ValueError) as exc:
+    except (CompressorError, OSError, ValueError) as exc:  # OSError: a file or folder the user named
         if debug:
             raise
         message = " ".join(str(exc).split())  # one line

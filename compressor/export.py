@@ -15,8 +15,7 @@ mismatch beyond ``tolerance`` (relative to the output scale) is an error and lea
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,10 @@ import torch
 import torch.nn as nn
 
 from .errors import CompressorError
+from .outputs import atomic_file
 from .kernels import SparseGRU, SparseLSTM, export_onnx, ort_session
 
-__all__ = ["ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
+__all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
 
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
                                                      torch.int64, torch.int32, torch.bool)}
@@ -45,6 +45,21 @@ def input_specs(example_inputs) -> list[dict]:
             spec["high"] = int(t.max()) + 1 if t.numel() else 2
         specs.append(spec)
     return specs
+
+
+def check_input_spec(spec: object, where: str) -> None:
+    """Raise ValueError unless ``spec`` is an :func:`input_specs` record of a bounded size (artifact
+    metadata is untrusted: an input of a trillion elements would be allocated by export and bench)."""
+    from .recipe import MAX_INPUT_ELEMENTS
+
+    if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPES or not isinstance(spec.get("shape"), list):
+        raise ValueError(f"{where}: expected {{shape: [..], dtype: one of {', '.join(_DTYPES)}}}")
+    shape = spec["shape"]
+    if not shape or not all(type(d) is int and d >= 1 for d in shape) or math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"{where}.shape: expected positive sizes with at most {MAX_INPUT_ELEMENTS:,} elements")
+    high = spec.get("high", 2)
+    if type(high) is not int or not 1 <= high <= 2**31:
+        raise ValueError(f"{where}.high: expected an integer in [1, 2**31]")
 
 
 def fresh_inputs(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -78,35 +93,30 @@ def max_errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[flo
 
 def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: float, trials: int) -> dict:
     """Export to a temporary file next to ``path``, check it in ORT, then rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     try:
-        exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter
-        export_onnx(module, make_inputs(0), tmp)
-        exporter_log.setLevel(level)
-        session = ort_session(tmp)
-        names = [i.name for i in session.get_inputs()]
-        worst_abs = worst_rel = 0.0
-        for trial in range(1, trials + 1):
-            inputs = make_inputs(trial)
-            with torch.no_grad():
-                expected = _flat(reference(*inputs))
-            got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
-            if len(got) != len(expected):
-                raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
-            a, r = max_errors(expected, got)
-            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-        if not worst_rel <= tolerance:
-            raise ExportError(
-                f"{path.name}: ONNX Runtime differs from torch: max abs error {worst_abs:.3g}, "
-                f"max error relative to the output scale {worst_rel:.3g} > tolerance {tolerance:g}; nothing written"
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(path) as tmp:
+            exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter
+            export_onnx(module, make_inputs(0), tmp)
+            exporter_log.setLevel(level)
+            session = ort_session(tmp)
+            names = [i.name for i in session.get_inputs()]
+            worst_abs = worst_rel = 0.0
+            for trial in range(1, trials + 1):
+                inputs = make_inputs(trial)
+                with torch.no_grad():
+                    expected = _flat(reference(*inputs))
+                got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+                if len(got) != len(expected):
+                    raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
+                a, r = max_errors(expected, got)
+                worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+            if not worst_rel <= tolerance:
+                raise ExportError(
+                    f"{path.name}: ONNX Runtime differs from torch: max abs error {worst_abs:.3g}, "
+                    f"max error relative to the output scale {worst_rel:.3g} > tolerance {tolerance:g}; nothing written"
+                )
     finally:
         exporter_log.setLevel(level)
     return {"file": path.name, "max_abs_error": worst_abs, "max_rel_error": worst_rel, "trials": trials}

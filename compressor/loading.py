@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import pickle
 import re
 import sys
@@ -30,10 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_model", "check_finite", "make_inputs"]
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -89,6 +88,8 @@ def _import_factory(ref: str) -> tuple[Callable, str]:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
+        except SystemExit as exc:
+            raise ModelLoadError(f"--model {ref!r}: importing {path} called sys.exit({short(exc.code)})") from None
         except Exception as exc:
             raise ModelLoadError(f"--model {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
         canonical = f"{path}:{attr}"
@@ -108,6 +109,8 @@ def _from_factory(ref: str) -> ModelSpec:
     factory, canonical = _import_factory(ref)
     try:
         built = factory()
+    except SystemExit as exc:  # a factory that ends the program would otherwise exit silently
+        raise ModelLoadError(f"--model {ref!r}: the factory called sys.exit({short(exc.code)})") from None
     except Exception as exc:
         raise ModelLoadError(f"--model {ref!r}: calling the factory failed: {type(exc).__name__}: {exc}") from exc
     example = None
@@ -128,8 +131,13 @@ def _from_hf_dir(path: Path) -> ModelSpec:
         raise ModelLoadError(
             f"--model {path}: a Hugging Face model directory needs transformers; pip install 'compressor[hf]'"
         ) from None
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # bad config.json, no weights, unknown model_type
+        reason = " ".join(str(exc).split())[:240]
+        raise ModelLoadError(f"--model {path}: not a loadable Hugging Face model directory ({type(exc).__name__}: "
+                             f"{reason})") from None
     model.eval()
     seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
     example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
@@ -173,6 +181,9 @@ def _torch_load(path: Path, allow_pickle: bool):
 def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a state dict, without executing pickled code unless allowed."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"checkpoint {path} is a directory; name the weights file inside it "
+                             "(.safetensors, or a state dict .pt/.pth/.bin), or pass a model directory as --model")
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -233,6 +244,8 @@ def load_model(
     from .models import BUILTIN_MODELS, build_builtin
 
     if model is None and checkpoint is not None and Path(checkpoint).suffix in _STATE_DICT_SUFFIXES:
+        if Path(checkpoint).is_dir():
+            load_state_dict(checkpoint)  # the one-line refusal of a directory
         obj = _torch_load(Path(checkpoint), allow_pickle) if Path(checkpoint).is_file() else None
         if obj is None:
             raise ModelLoadError(f"checkpoint not found: {checkpoint}")
@@ -264,22 +277,19 @@ def load_model(
     return spec
 
 
-def rebuild_model(source: dict, allow_pickle: bool = False, directory: Path | None = None) -> nn.Module:
-    """The architecture described by an artifact's ``source`` record (weights still to load)."""
-    from .models import rebuild_builtin
+def rebuild_hf(config: dict) -> nn.Module:
+    """A Hugging Face architecture from a saved ``config.to_dict()`` (random weights).
 
-    kind = source.get("kind")
-    if kind == "builtin":
-        return rebuild_builtin(source)
-    if kind == "factory":
-        return _from_factory(source["ref"]).model
-    if kind == "hf":
+    The config is untrusted (it comes from an artifact): its ``model_type`` must be one that
+    transformers itself implements, and code a config points at (``auto_map``) is never loaded."""
+    try:
         import transformers
-
-        config = transformers.AutoConfig.for_model(**source["config"])
-        return transformers.AutoModel.from_config(config)
-    if kind == "pickle":
-        if not allow_pickle:
-            raise ModelLoadError("this artifact holds a pickled module; load it with allow_pickle=True if you trust it")
-        return torch.load(directory / "module.pt", map_location="cpu", weights_only=False)
-    raise ModelLoadError(f"unknown model source {json.dumps(source)[:200]}")
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    except ImportError:
+        raise ModelLoadError("this artifact holds a Hugging Face model; pip install 'compressor[hf]'") from None
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(f"Hugging Face model_type {str(model_type)[:40]!r} is not one transformers implements")
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
+    hf_config = transformers.AutoConfig.for_model(model_type, **fields)
+    return transformers.AutoModel.from_config(hf_config, trust_remote_code=False)

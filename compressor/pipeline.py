@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import torch.nn as nn
 
 from . import checkpoint as ckptlib
 from . import masks as masklib
-from .artifacts import check_output_dir, save_artifacts
+from .artifacts import save_artifacts
+from .outputs import check_output, claim_output, named_paths
 from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
-from .errors import ArtifactError, CompressorError
+from .errors import ArtifactError, CompressorError, RecipeError, TargetError
 from .loading import ModelSpec, check_finite
 from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
@@ -196,6 +198,24 @@ def output_error(reference: list[torch.Tensor], model: nn.Module, inputs: tuple)
     return (num / den) ** 0.5 if den else 0.0
 
 
+def _check_block_fits(config, targets: list[Target], path: str) -> None:
+    """A block larger than a selected matrix (or than one LSTM/GRU gate, unless blocks may cross
+    gates) in both dimensions makes the whole layer one partial block, which a pass can only keep
+    or remove whole: refuse it before any layer changes. (Larger in one dimension only is fine:
+    the edge blocks are partial, as for any shape that is not a multiple of the block.)"""
+    block = getattr(config, "block", None)
+    if block is None:
+        return
+    for t in targets:
+        rows, per_gate = t.shape[0], bool(t.gates) and not getattr(config, "cross_gates", False)
+        if per_gate:
+            rows = min(end - start for _, start, end in t.gates)
+        if block[0] >= rows and block[1] >= t.shape[1] and rows * t.shape[1] > 1:
+            raise RecipeError(f"{path}.block", f"{list(block)} covers all of layer {t.name} ({rows} x {t.shape[1]}"
+                                               f"{' per gate' if per_gate else ''}), which would be one block; choose a "
+                                               "smaller block or add the layer to 'ignore'")
+
+
 class Pipeline:
     """Runs a validated :class:`Recipe` on a loaded model."""
 
@@ -210,6 +230,7 @@ class Pipeline:
             targets = resolve_targets(
                 captured.targets, entry.config.targets, entry.config.ignore, spec.kinds, f"passes[{i}]"
             )
+            _check_block_fits(entry.config, targets, f"passes[{i}]")
             plan.append((entry, spec, targets))
         return plan
 
@@ -223,19 +244,32 @@ class Pipeline:
         modified); default: a copy of ``spec.model`` as it was before any pass.
         """
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         console = console or Console(stderr=True)
         info = current()
         start = time.perf_counter()
         out = Path(out) if out is not None else None
-        if out is not None:
-            check_output_dir(out, force)
+        inputs = named_paths([self.recipe.source, self.recipe.to_dict(), spec.source])
+        with ExitStack() as claims:
+            if out is not None and info.is_main:  # exclusive for the whole run; other ranks never write
+                leftovers: list[str] = []
+                claims.enter_context(claim_output(out, force, inputs, notes=leftovers))
+                for note in leftovers:
+                    console.print(note)
+            elif out is not None:
+                check_output(out, force, inputs)
+            return self._run(spec, out, force, console, resume, teacher, inputs, start)
+
+    def _run(self, spec: ModelSpec, out: Path | None, force: bool, console, resume: bool, teacher: nn.Module | None,
+             inputs: list[Path], start: float) -> PipelineResult:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        info = current()
         plan_specs = [get_pass(e.name) for e in self.recipe.passes]
         trains = any(p.trains for p in plan_specs)
         work_dir = ckptlib.work_dir_for(out) if (out is not None and trains) else None
         # identifies the checkpoints, so only computed when there are any (it hashes a teacher's weights)
-        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher) if work_dir is not None else ""
+        fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher, inputs) if work_dir is not None else ""
         payload = None
         if resume:
             if work_dir is None:
@@ -252,6 +286,9 @@ class Pipeline:
         model = spec.model
         model.eval()
         captured = capture(model, spec.example_inputs)
+        if not captured.targets:
+            raise TargetError(f"found no linear or recurrent layer to compress in {spec.description or 'the model'} "
+                              f"(capture method: {captured.method}); nothing was written")
         plan = self.plan(captured)
         state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
         # the model before any pass: for calibration, and as the default teacher of training passes

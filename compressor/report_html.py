@@ -13,14 +13,12 @@ from a :class:`compressor.report.Comparison`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
 from .charts import Panel, Series, bar_chart_svg
-from .errors import CompressorError
+from .outputs import atomic_file
 from .mask_pictures import COLORS, MaskPicture, layer_picture
 from .report import Comparison, LayerRow, Report, human, ratio
 
@@ -228,25 +226,11 @@ def render_html(report: Report, masks: Mapping) -> str:
     return _page(f"compressor report: {report.model}", body)
 
 
-def write_html(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise CompressorError(f"cannot write {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise CompressorError(f"cannot write {path}: it is a directory; name an .html file")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_html(path: str | Path, text: str, force: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically; without ``force`` an existing file is refused."""
+    with atomic_file(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _cell(side: str, row: LayerRow | None, key: str, fmt, cls: str = "") -> str:

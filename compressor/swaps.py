@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .kernels import BlockSparseLinear, GatedBlockLinear, GatedGRU, GatedLSTM, NMLinear, SparseGRU, SparseLSTM, gated_linear
 
-__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "build_replacement", "build_gated", "set_module", "densify",
+__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "check_record", "build_replacement", "build_gated", "set_module", "densify",
            "dense_weight", "replay"]
 
 REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_gru", "gated_linear", "gated_lstm",
@@ -30,6 +30,43 @@ REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_
 STRUCTURAL_KINDS = ("gated_linear", "gated_lstm", "gated_gru")
 _SPARSE_RNN = (SparseLSTM, SparseGRU)
 _GATED = (GatedBlockLinear, GatedLSTM, GatedGRU)
+
+
+#: option -> (check, what is allowed) for every option a replacement record may carry; an
+#: artifact's records are untrusted input and are checked against this before any module is built
+_MAX_DIM = 1 << 16
+_OPTION_CHECKS = {
+    "block": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+              and all(type(x) is int and 1 <= x <= _MAX_DIM for x in v), f"two integers in [1, {_MAX_DIM}]"),
+    "layout": (lambda v: v in ("auto", "balanced", "bsr"), "'auto', 'balanced' or 'bsr'"),
+    "backend": (lambda v: v in ("auto", "torch", "triton"), "'auto', 'torch' or 'triton'"),
+    "n": (lambda v: type(v) is int and 1 <= v <= 64, "an integer in [1, 64]"),
+    "m": (lambda v: type(v) is int and 1 <= v <= 64, "an integer in [1, 64]"),
+    "keep": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1]"),
+    "mode": (lambda v: v in ("global", "row"), "'global' or 'row'"),
+    "rank": (lambda v: type(v) is int and 0 <= v <= _MAX_DIM, f"an integer in [0, {_MAX_DIM}]"),
+    "init": (lambda v: v in ("random", "norm"), "'random' or 'norm'"),
+    "seed": (lambda v: type(v) is int and 0 <= v < 2**63, "a non-negative integer"),
+    "weights": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) and len(x) < 256 for x in v)),
+                "null or a list of weight names"),
+}
+
+
+def check_record(rec: object, where: str) -> None:
+    """Raise ValueError unless ``rec`` is a well-formed replacement record (kind known, options
+    of the allowed names, types and ranges). Artifacts are checked with it before loading."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("module"), str) or not isinstance(rec.get("options"), dict):
+        raise ValueError(f"{where}: expected {{module: str, kind: str, options: {{...}}}}")
+    if rec.get("kind") not in REPLACEMENT_KINDS:
+        raise ValueError(f"{where}.kind: {str(rec.get('kind'))[:40]!r} is not one of {', '.join(REPLACEMENT_KINDS)}")
+    if bool(rec.get("structural")) != (rec["kind"] in STRUCTURAL_KINDS):
+        raise ValueError(f"{where}.structural: does not match kind {rec['kind']}")
+    for key, value in rec["options"].items():
+        check = _OPTION_CHECKS.get(key)
+        if check is None:
+            raise ValueError(f"{where}.options: unknown option {str(key)[:40]!r}")
+        if not check[0](value):
+            raise ValueError(f"{where}.options.{key}: expected {check[1]}")
 
 
 def build_gated(module: nn.Module, options: dict) -> nn.Module:

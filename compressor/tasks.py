@@ -231,7 +231,13 @@ def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise CompressorError(f"task {config.name!r} cannot be imported: {exc}") from None
-    task = fn(config, spec, teacher)
+    if not callable(fn):
+        raise CompressorError(f"task {config.name!r}: {attr!r} is not a function")
+    try:
+        task = fn(config, spec, teacher)
+    except TypeError as exc:  # most often the wrong signature
+        raise CompressorError(f"task {config.name!r}: calling {attr}(config, spec, teacher) failed: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
     missing = [m for m in ("batch", "loss", "evaluate") if not callable(getattr(task, m, None))]
     if missing:
         raise CompressorError(f"task {config.name!r} returned an object without {', '.join(missing)}")

@@ -14,6 +14,7 @@ import compressor
 from compressor.bench import model as bench_model
 from compressor.cli import main as cli_main
 from compressor.recipe import parse_recipe
+from fixture_models import trusted_ref  # tests/fixture_models.py
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -27,7 +28,7 @@ def _artifact(spec, passes, out):
 def _args(*argv):
     parser = argparse.ArgumentParser()
     bench_model.add_arguments(parser)
-    return parser.parse_args([str(a) for a in argv])
+    return parser.parse_args([str(a) for a in argv] + ["--model", trusted_ref(argv[0])])
 
 
 def test_swapped_lstm_artifact_gets_torch_step_and_onnx_rows(load_fixture, tmp_path, capsys):
@@ -68,7 +69,7 @@ def test_artifact_without_kernel_modules_says_both_columns_are_dense(load_fixtur
 def test_bad_arguments_are_named_before_any_work(load_fixture, tmp_path, capsys, argv, message):
     art = _artifact(load_fixture("mlp"), [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], tmp_path / "art")
     out = tmp_path / "bench.json"
-    assert cli_main(["bench", "model", str(art), *argv, "--json", str(out)]) == 2
+    assert cli_main(["bench", "model", str(art), *argv, "--model", trusted_ref(art), "--json", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 from rich.console import Console
 
 import compressor
+from compressor.errors import RecipeError
 from compressor.loading import ModelSpec
 from compressor.masks import finalize, get_mask, set_mask
 from compressor.recipe import parse_recipe
@@ -36,7 +37,7 @@ def brute_block_scores(w, bh, bw, score):
     return out
 
 
-@pytest.mark.parametrize("shape,block", [((48, 40), (8, 8)), ((50, 37), (8, 4)), ((7, 5), (16, 16))])
+@pytest.mark.parametrize("shape,block", [((48, 40), (8, 8)), ((50, 37), (8, 4)), ((7, 5), (16, 2))])
 @pytest.mark.parametrize("score", ["max_abs", "mean_abs", "l2"])
 def test_block_prune_keeps_the_top_blocks(shape, block, score):
     lin = nn.Linear(shape[1], shape[0])
@@ -58,6 +59,17 @@ def test_block_prune_keeps_the_top_blocks(shape, block, score):
             kept.append(scores[i, j].item())
     assert len(kept) == keep
     assert sorted(kept, reverse=True) == pytest.approx(kept_scores)
+
+
+def test_a_block_covering_the_whole_layer_is_refused_before_any_change():
+    """One block over the whole matrix could only be kept or removed whole (the report then said
+    30% asked, 0% measured): refused with the recipe path, the weights untouched."""
+    lin = nn.Linear(5, 7)
+    before = lin.weight.detach().clone()
+    with pytest.raises(RecipeError, match=r"covers all of layer 0\.weight \(7 x 5\)") as info:
+        run(nn.Sequential(lin), [{"pass": "block_prune", "block": [16, 16], "sparsity": 0.3}])
+    assert info.value.path == "passes[0].block"
+    assert torch.equal(lin.weight, before)
 
 
 def test_balanced_block_keeps_the_same_count_per_block_row():

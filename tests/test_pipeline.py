@@ -12,6 +12,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 import compressor
+from fixture_models import load_trusted  # tests/fixture_models.py: passes the suite's own factory
 from compressor.errors import ArtifactError, ModelLoadError, TargetError
 from compressor.recipe import parse_recipe
 
@@ -37,7 +38,7 @@ def test_save_load_round_trip_equals_in_memory_model(load_fixture, tmp_path, fac
     result = compressor.Pipeline(parse_recipe(passes)).run(spec, out=tmp_path / "art", console=QUIET)
     with torch.no_grad():
         expected = result.model(*x)
-        loaded = compressor.load(tmp_path / "art")
+        loaded = load_trusted(tmp_path / "art")
         got = loaded(*x)
     assert torch.equal(expected, got)
     assert set(os.listdir(tmp_path / "art")) == {"model.safetensors", "recipe.resolved.yaml", "report.json"}
@@ -47,7 +48,7 @@ def test_save_load_round_trip_equals_in_memory_model(load_fixture, tmp_path, fac
         assert torch.equal(mask, result.masks[name])
     # with_masks re-installs the parametrizations with the same effect (the recurrent kernels
     # take another path for parametrized weights: equal up to float32 rounding)
-    remasked = compressor.load(tmp_path / "art", with_masks=True)
+    remasked = load_trusted(tmp_path / "art", with_masks=True)
     with torch.no_grad():
         torch.testing.assert_close(remasked(*x), expected, rtol=1e-6, atol=1e-6)
     report = compressor.read_report(tmp_path / "art")
@@ -243,10 +244,10 @@ def test_damaged_artifact_files_are_named_errors(load_fixture, tmp_path):
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])  # truncated: the header is intact, the tensors are not
     with pytest.raises(ArtifactError, match="model.safetensors.*damaged"):
-        compressor.load(tmp_path / "art")
+        load_trusted(tmp_path / "art")
     weights.write_bytes(b"\xff" * 64)  # no safetensors header at all
     with pytest.raises(ArtifactError, match="not a readable safetensors file"):
-        compressor.load(tmp_path / "art")
+        load_trusted(tmp_path / "art")
     for text, match in (("{bad", "is not JSON"), ('{"model": "m"}', "is not a compressor report"),
                         ("[]", "is not a compressor report")):
         report.write_text(text)

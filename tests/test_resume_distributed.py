@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import compressor
+from fixture_models import load_trusted  # tests/fixture_models.py: passes the suite's own factory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def assert_same_artifacts(a, b, rtol=1e-5, atol=1e-6):
     assert ma.keys() == mb.keys()
     for name in ma:
         assert torch.equal(ma[name], mb[name]), f"mask {name} differs"
-    sa, sb = compressor.load(a).state_dict(), compressor.load(b).state_dict()
+    sa, sb = load_trusted(a).state_dict(), load_trusted(b).state_dict()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=rtol, atol=atol)
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from rich.console import Console
 
 import compressor
+from fixture_models import load_trusted, ref  # tests/fixture_models.py: passes the suite's own factory
 from compressor.errors import CompressorError, RecipeError
 from compressor.export import ExportError, export_model, input_specs
 from compressor.kernels import BlockSparseLinear, NMLinear, SparseLSTM
@@ -38,10 +39,10 @@ def test_forced_swaps_keep_outputs_and_replay_on_load(load_fixture, tmp_path):
     model = result.model
     assert isinstance(model.rnn, SparseLSTM) and isinstance(model.decoder, NMLinear)
     # reference: the dense model with the saved masks applied
-    reference = compressor.load(tmp_path / "art")
+    reference = load_trusted(tmp_path / "art")
     assert isinstance(reference.rnn, SparseLSTM)
     plain = load_fixture("lstm_lm").model  # same init is not guaranteed: build the dense reference from the weights
-    state = compressor.load(tmp_path / "art").state_dict()
+    state = load_trusted(tmp_path / "art").state_dict()
     with torch.no_grad():
         torch.testing.assert_close(reference(x), model(x), rtol=0, atol=0)
     rows = {r.name: r for r in result.report.layers}
@@ -105,7 +106,7 @@ def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_pa
     assert not any(n.domain not in ("", "ai.onnx") for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node)
     assert "Gather" in ops or "GatherElements" in ops
     # an independent check: run the graph ourselves against the loaded model
-    model = compressor.load(tmp_path / "art")
+    model = load_trusted(tmp_path / "art")
     x = torch.randint(0, 30, (2, 7))
     sess = ort.InferenceSession(str(tmp_path / "art" / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -170,12 +171,16 @@ def test_export_cli(load_fixture, tmp_path):
 
     spec = load_fixture("mlp")
     run(spec, [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], out=tmp_path / "art")
-    proc = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
-                          capture_output=True, text=True, timeout=300)
+    # an artifact made from user code exports only when the caller names that code
+    refused = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "never runs code it names" in refused.stderr
+    assert not list((tmp_path / "art").glob("*.onnx"))
+    command = [sys.executable, "-m", "compressor", "export", str(tmp_path / "art"), "--model", ref("mlp")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "model.onnx: max abs error" in proc.stdout
-    again = subprocess.run([sys.executable, "-m", "compressor", "export", str(tmp_path / "art")],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr
 
 
@@ -216,4 +221,4 @@ def test_resume_after_a_crash_past_the_swap_pass(load_fixture, tmp_path, monkeyp
         assert torch.equal(ref_masks[name], run_masks[name]), name
     x = model().example_inputs[0]
     with torch.no_grad():
-        torch.testing.assert_close(compressor.load(tmp_path / "run")(x), compressor.load(tmp_path / "ref")(x))
+        torch.testing.assert_close(load_trusted(tmp_path / "run")(x), load_trusted(tmp_path / "ref")(x))

@@ -7,13 +7,14 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from compressor.outputs import atomic_file
 
 __all__ = ["machine_info", "time_interleaved", "print_table", "write_json", "standalone", "timing_row", "rnn_cells", "cells_step"]
 
@@ -92,11 +93,8 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` as JSON atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
 
 

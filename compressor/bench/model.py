@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="the artifact holds a pickled module (module.pt): load it (only for files you trust)")
+    parser.add_argument("--model", default=None, metavar="REF",
+                        help="the code that builds an artifact made from a --model factory ('file.py:function'); "
+                             "loading never runs code the artifact itself names")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default bench-results/model-<time>.json)")
 
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
-    model = load(args.directory, allow_pickle=args.allow_pickle)
+    model = load(args.directory, allow_pickle=args.allow_pickle, model=args.model)
     dense = densify(model, gated=True).eval()
     kernels = collections.Counter(r["kind"] for r in meta.get("replacements", []))
     info = machine_info()

@@ -78,5 +78,15 @@ def build_builtin(name: str):
 
 
 def rebuild_builtin(source: dict):
-    """The architecture of a built-in model from an artifact's source record (random weights)."""
-    return BUILTIN_MODELS[source["name"]](source.get("config"), False).model
+    """The architecture of a built-in model from an artifact's source record (random weights).
+
+    The record is untrusted (it comes from an artifact): the name must be a built-in and the
+    config a mapping of the model's own fields, which its config dataclass checks."""
+    from ..errors import ModelLoadError
+
+    name, config = source.get("name"), source.get("config")
+    if name not in BUILTIN_MODELS:
+        raise ModelLoadError(f"{str(name)[:40]!r} is not a built-in model ({', '.join(BUILTIN_MODELS)})")
+    if config is not None and not isinstance(config, dict):
+        raise ModelLoadError(f"the config of built-in model {name} must be a mapping")
+    return BUILTIN_MODELS[name](config, False).model
