@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .artifacts import load, load_masks, read_report
+from .artifacts import load, load_masks, read_metadata, read_report
 from .capture import CaptureResult, Target, capture
 from .errors import ArtifactError, CompressorError, ModelLoadError, RecipeError, TargetError
 from .loading import ModelSpec, load_model
@@ -44,5 +44,6 @@ __all__ = [
     "load_model",
     "load_recipe",
     "parse_recipe",
+    "read_metadata",
     "read_report",
 ]
