@@ -158,13 +158,14 @@ class CompressionState:
         """The current mask of ``target``, or None while it is dense."""
         return masklib.get_mask(self.model, target.name)
 
-    def set_mask(self, target: Target, mask: torch.Tensor) -> None:
-        """Install or tighten the mask of ``target`` and of every tied alias."""
-        masklib.set_mask(self.model, target.name, mask)
+    def set_mask(self, target: Target, mask: torch.Tensor, intersect: bool = True) -> None:
+        """Install or tighten the mask of ``target`` and of every tied alias (``intersect=False``:
+        replace it, so weights an earlier mask removed may come back)."""
+        masklib.set_mask(self.model, target.name, mask, intersect=intersect)
         for alias in target.aliases:
             module_path, param = masklib.split_name(alias)
             if tuple(getattr(self.model.get_submodule(module_path), param).shape) == tuple(mask.shape):
-                masklib.set_mask(self.model, alias, mask)
+                masklib.set_mask(self.model, alias, mask, intersect=intersect)
 
 
 @dataclass

@@ -178,3 +178,17 @@ def three_batches_task(config, spec, teacher):
 
 def no_batches_task(config, spec, teacher):
     return CalibrationOnlyTask(rows=8, batches=0)
+
+
+class SeededMLPTask(CalibrationOnlyTask):
+    """Calibration batches of 32 MLP input rows, a pure function of the step (tests recompute them)."""
+
+    def __init__(self):
+        super().__init__(rows=32, batches=None)
+
+    def batch(self, step, rank=0, world=1):
+        return (torch.randn(32, 20, generator=torch.Generator().manual_seed(step)),)
+
+
+def seeded_mlp_task(config, spec, teacher):
+    return SeededMLPTask()
