@@ -21,7 +21,7 @@ from . import masks as masklib
 from .artifacts import check_output_dir, save_artifacts
 from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
-from .errors import ArtifactError, CompressorError
+from .errors import ArtifactError, CompressorError, TargetError
 from .loading import ModelSpec, check_finite
 from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
@@ -29,7 +29,7 @@ from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs
 from .swaps import dense_weight, densify, replay
-from .targeting import resolve_targets
+from .targeting import explain_selection, resolve_targets
 
 __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "output_error"]
 
@@ -204,13 +204,19 @@ class Pipeline:
         self.recipe = recipe
 
     def plan(self, captured: CaptureResult) -> list[tuple]:
-        """Resolve every pass's targets against the captured layers (errors before any change)."""
+        """Resolve every pass's targets against the captured layers (errors before any change: an entry
+        that matches nothing, or a pass whose selection comes out empty)."""
         plan = []
         for i, entry in enumerate(self.recipe.passes):
             spec = get_pass(entry.name)
             targets = resolve_targets(
                 captured.targets, entry.config.targets, entry.config.ignore, spec.kinds, f"passes[{i}]"
             )
+            if not targets:  # it would report nothing done while a training pass still trained every weight
+                raise TargetError(
+                    f"passes[{i}] ({entry.name}) selects no layer: "
+                    f"{explain_selection(captured.targets, entry.config.targets, entry.config.ignore, spec.kinds)}"
+                )
             plan.append((entry, spec, targets))
         return plan
 

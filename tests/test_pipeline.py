@@ -252,3 +252,24 @@ def test_damaged_artifact_files_are_named_errors(load_fixture, tmp_path):
         report.write_text(text)
         with pytest.raises(ArtifactError, match=match):
             compressor.read_report(tmp_path / "art")
+
+
+@pytest.mark.parametrize("step,matched", [
+    # every Linear ignored: the gate pass had nothing to gate, yet trained the whole model
+    ({"pass": "dynamic_gate", "ignore": ["fc1", "fc2", "head"], "block": [4, 4], "train": {"steps": 2}},
+     "targets (empty) selected every layer of kind linear, lstm, gru: fc1.weight, fc2.weight, head.weight; "
+     "ignore[0] 'fc1' removed fc1.weight; ignore[1] 'fc2' removed fc2.weight; ignore[2] 'head' removed head.weight"),
+    ({"pass": "nm_prune", "targets": ["head"], "ignore": ["re:.*"]},
+     "targets[0] 'head' matched head.weight; ignore[0] 're:.*' removed fc1.weight, fc2.weight, head.weight"),
+])
+def test_a_pass_that_selects_no_layer_is_refused_before_any_pass(load_fixture, tmp_path, step, matched):
+    spec = load_fixture("mlp")
+    before = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "unstructured_prune", "sparsity": 0.5}, step]})
+    with pytest.raises(TargetError) as info:
+        compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=QUIET)
+    assert str(info.value).startswith(f"passes[1] ({step['pass']}) selects no layer: {matched}; captured layers: "
+                                      "fc1.weight (linear), fc2.weight (linear), head.weight (linear)")
+    assert not (tmp_path / "art").exists() and leftovers(tmp_path) == []
+    for k, v in spec.model.state_dict().items():  # the first pass did not run either
+        assert torch.equal(v, before[k])
