@@ -162,11 +162,19 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
 
 
 def compute_totals(rows: list[LayerRow], model: torch.nn.Module) -> Totals:
-    """Totals over ``rows`` and the whole model's parameters (tied parameters counted once)."""
+    """Totals over ``rows`` and the whole model's parameters (tied parameters counted once).
+
+    The whole model's dense bytes are those of its dense form whatever modules are swapped in
+    (sparse kernels hold packed values, gated modules gate networks: neither is the dense model);
+    its compressed bytes replace each captured layer's dense bytes by the layer's stored format
+    (a gated layer's includes its gate)."""
+    from .swaps import dense_model
+
     params = sum(r.params for r in rows)
     nonzero = sum(r.nonzero for r in rows)
-    model_params = sum(p.numel() for p in model.parameters())
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    dense = dense_model(model)
+    model_params = sum(p.numel() for p in dense.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     dense_bytes = sum(r.dense_bytes for r in rows)
     compressed_bytes = sum(r.compressed_bytes for r in rows)
     return Totals(

@@ -15,6 +15,7 @@ from compressor.errors import CompressorError, RecipeError
 from compressor.export import ExportError, export_model, input_specs
 from compressor.kernels import BlockSparseLinear, NMLinear, SparseLSTM
 from compressor.loading import ModelSpec
+from compressor.patterns import pattern_from_dict
 from compressor.recipe import parse_recipe
 
 QUIET = Console(file=io.StringIO())
@@ -217,3 +218,31 @@ def test_resume_after_a_crash_past_the_swap_pass(load_fixture, tmp_path, monkeyp
     x = model().example_inputs[0]
     with torch.no_grad():
         torch.testing.assert_close(compressor.load(tmp_path / "run")(x), compressor.load(tmp_path / "ref")(x))
+
+
+def _dense_bytes(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_totals_of_a_swapped_model_are_those_of_its_dense_form(load_fixture, tmp_path):
+    """Forced swaps (SparseLSTM, NMLinear) change no total: the whole model's bytes are its dense parameters
+    with the captured weights priced in their saved layouts (swap_kernels gave 20.6M -> -54.0M for the LSTM)."""
+    prune = [{"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
+             {"pass": "nm_prune", "targets": ["decoder"]}]
+    swapped = run(load_fixture("lstm_lm"), prune + [{"pass": "swap_kernels", "force": True, "repeats": 2}],
+                  out=tmp_path / "art")
+    assert isinstance(swapped.model.rnn, SparseLSTM) and isinstance(swapped.model.decoder, NMLinear)
+    plain = run(load_fixture("lstm_lm"), prune)
+    dense = load_fixture("lstm_lm").model  # same architecture, every parameter dense
+    weights = {n: p for n, p in dense.named_parameters() if n.startswith(("rnn.weight", "decoder.weight"))}
+    masks = compressor.load_masks(tmp_path / "art")
+    stored = sum(pattern_from_dict(r.pattern_spec).storage_bytes(masks[r.name], 4) for r in swapped.report.layers)
+    t = swapped.report.totals
+    assert t.model_params == sum(p.numel() for p in dense.parameters())
+    assert t.model_dense_bytes == _dense_bytes(dense)
+    assert t.model_compressed_bytes == _dense_bytes(dense) - sum(4 * w.numel() for w in weights.values()) + stored
+    assert 0 < t.model_compressed_bytes < t.model_dense_bytes
+    assert t.dense_flops == 2 * sum(w.numel() for w in weights.values())
+    assert t.compressed_flops == 2 * sum(int(masks[n].sum()) for n in weights)
+    assert t == plain.report.totals  # the same masks without the swap: the same totals
+
