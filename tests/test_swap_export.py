@@ -246,3 +246,53 @@ def test_totals_of_a_swapped_model_are_those_of_its_dense_form(load_fixture, tmp
     assert t.compressed_flops == 2 * sum(int(masks[n].sum()) for n in weights)
     assert t == plain.report.totals  # the same masks without the swap: the same totals
 
+
+# -- swap decisions from paired timings (synthetic: no test bets on real timings) --------------------
+
+def _paired(ratios, drift=None):
+    """Dense/sparse round times with the given per-round ratios, each round scaled by a common load factor."""
+    drift = drift or [1.0] * len(ratios)
+    return [r * f * 1e-3 for r, f in zip(ratios, drift)], [f * 1e-3 for f in drift]
+
+
+def test_speedup_decision_installs_declines_or_calls_it_too_close():
+    from compressor.passes.swap_kernels import speedup_decision
+
+    spread = [i / 39 - 0.5 for i in range(40)]  # 40 rounds, offsets in [-0.5, 0.5]
+    win = speedup_decision(*_paired([1.3 + 0.1 * e for e in spread]), min_speedup=1.05)
+    assert win["decision"] == "install" and win["speedup"] == pytest.approx(1.3) and win["low"] >= 1.05
+    loss = speedup_decision(*_paired([0.8 + 0.1 * e for e in spread]), min_speedup=1.05)
+    assert loss["decision"] == "decline" and loss["high"] < 1.05
+    # the rerun that flipped: a ratio of 1.049 with a spread of +-0.1 is neither faster nor slower than 1.05x
+    close = speedup_decision(*_paired([1.049 + 0.2 * e for e in spread]), min_speedup=1.05)
+    assert close["decision"] == "too close" and close["low"] < 1.05 <= close["high"]
+    assert close["speedup"] == pytest.approx(1.049) and close["iqr"] == pytest.approx(0.1, rel=0.05)
+    # load that drifts 1x..3x over the rounds hits both columns of a round alike: pairing cancels it
+    drift = [1 + 2 * (i % 7) / 6 for i in range(40)]
+    steady = speedup_decision(*_paired([1.2] * 40, drift), min_speedup=1.05)
+    assert steady["decision"] == "install" and steady["low"] == pytest.approx(1.2) == steady["high"]
+    with pytest.raises(ValueError, match="paired"):
+        speedup_decision([1.0, 2.0], [1.0], min_speedup=1.05)
+
+
+def test_a_swap_too_close_to_call_stays_dense_and_says_why(load_fixture, monkeypatch):
+    import compressor.passes.swap_kernels as swap
+
+    spread = [i / 39 - 0.5 for i in range(40)]
+    dense_s, sparse_s = _paired([1.049 + 0.2 * e for e in spread])
+
+    def fake_timing(fns, repeats=20, warmup=3):
+        return {name: {"median_s": sorted(s)[20], "min_s": min(s), "runs": 40, "samples_s": s}
+                for name, s in zip(fns, (dense_s, sparse_s))}
+
+    monkeypatch.setattr(swap, "time_interleaved", fake_timing)
+    result = run(load_fixture("mlp"), [{"pass": "nm_prune", "targets": ["fc1"]}, {"pass": "swap_kernels"}])
+    row = result.report.layers[0]
+    assert isinstance(result.model.fc1, nn.Linear)
+    assert row.kernel.startswith("dense (too close to call for nm_linear: 1.049x, 95% interval ")
+    assert row.kernel.endswith("over 40 rounds, spans 1.05x)")
+    assert float((result.model.fc1.weight == 0).float().mean()) == pytest.approx(0.5)  # the mask stayed
+    metrics = result.report.passes[-1]["metrics"]
+    assert metrics["fc1"]["decision"] == "too close" and metrics["fc1"]["installed"] is False
+    load = metrics["machine_load"]
+    assert load["cpu_count"] == os.cpu_count() and set(load["before"]) == {"load_1m", "load_5m", "load_15m"}
