@@ -135,8 +135,12 @@ def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
     """(replacement kind, options, reason if none) for one module and its targets."""
     module = state.model.get_submodule(module_path)
     patterns = {t.name: state.layers[t.name].pattern for t in targets}
-    if any(t.aliases for t in targets):
-        return None, {}, "tied weight: left dense"
+    tied = [t for t in targets if t.aliases]
+    if tied:
+        t = tied[0]
+        zeros = float((state.weight(t) == 0).float().mean())
+        return None, {}, (f"{t.name} is tied to {', '.join(t.aliases)}: a kernel module would untie the shared "
+                          f"tensor, so it stays in dense storage, {zeros:.1%} zeros under every name")
     if isinstance(module, nn.Linear):
         p = patterns[targets[0].name]
         if isinstance(p, Block):
