@@ -31,7 +31,7 @@ from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs
 from .swaps import dense_weight, densify, replay
-from .targeting import resolve_targets
+from .targeting import explain_selection, resolve_targets
 
 __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "output_error"]
 
@@ -160,13 +160,14 @@ class CompressionState:
         """The current mask of ``target``, or None while it is dense."""
         return masklib.get_mask(self.model, target.name)
 
-    def set_mask(self, target: Target, mask: torch.Tensor) -> None:
-        """Install or tighten the mask of ``target`` and of every tied alias."""
-        masklib.set_mask(self.model, target.name, mask)
+    def set_mask(self, target: Target, mask: torch.Tensor, intersect: bool = True) -> None:
+        """Install or tighten the mask of ``target`` and of every tied alias (``intersect=False``:
+        replace it, so weights an earlier mask removed may come back)."""
+        masklib.set_mask(self.model, target.name, mask, intersect=intersect)
         for alias in target.aliases:
             module_path, param = masklib.split_name(alias)
             if tuple(getattr(self.model.get_submodule(module_path), param).shape) == tuple(mask.shape):
-                masklib.set_mask(self.model, alias, mask)
+                masklib.set_mask(self.model, alias, mask, intersect=intersect)
 
 
 @dataclass
@@ -223,13 +224,19 @@ class Pipeline:
         self.recipe = recipe
 
     def plan(self, captured: CaptureResult) -> list[tuple]:
-        """Resolve every pass's targets against the captured layers (errors before any change)."""
+        """Resolve every pass's targets against the captured layers (errors before any change: an entry
+        that matches nothing, or a pass whose selection comes out empty)."""
         plan = []
         for i, entry in enumerate(self.recipe.passes):
             spec = get_pass(entry.name)
             targets = resolve_targets(
                 captured.targets, entry.config.targets, entry.config.ignore, spec.kinds, f"passes[{i}]"
             )
+            if not targets:  # it would report nothing done while a training pass still trained every weight
+                raise TargetError(
+                    f"passes[{i}] ({entry.name}) selects no layer: "
+                    f"{explain_selection(captured.targets, entry.config.targets, entry.config.ignore, spec.kinds)}"
+                )
             _check_block_fits(entry.config, targets, f"passes[{i}]")
             plan.append((entry, spec, targets))
         return plan

@@ -53,6 +53,9 @@ class LayerRow:
     # block columns) the fraction of calibration inputs on which the gate kept it, in [0, 1].
     # None for static patterns; the HTML report draws it as a heat map when present.
     block_keep_frequency: list[list[float]] | None = None
+    # Other names of the same (tied) tensor, e.g. the embedding a decoder shares its weight with: the
+    # row's sparsity holds under every one of them. None for an untied weight.
+    tied: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayerRow":
@@ -141,6 +144,11 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
             g: round(1.0 - float(nonzero_mask[r0:r1].float().mean()), 6) for g, r0, r1 in target.gates
         }
     dense_bytes = params * elem
+    sparsity = round(1.0 - nonzero / params, 6)
+    notes = list(notes)
+    if target.aliases:
+        notes.append(f"tied: the same tensor as {', '.join(target.aliases)}, pruned once; its {sparsity:.1%} sparsity "
+                     "holds under every name (every use of it, an embedding lookup too, sees the pruned weights)")
     return LayerRow(
         name=target.name,
         kind=target.kind,
@@ -148,7 +156,7 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
         pattern=pattern.describe(),
         pattern_spec=pattern.to_dict(),
         target_sparsity=round(float(target_sparsity), 6),
-        sparsity=round(1.0 - nonzero / params, 6),
+        sparsity=sparsity,
         params=params,
         nonzero=nonzero,
         dense_bytes=dense_bytes,
@@ -157,16 +165,25 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
         compressed_flops=2 * nonzero,
         gate_sparsity=gate_sparsity,
         passes=list(passes),
-        notes=list(notes),
+        notes=notes,
+        tied=list(target.aliases) or None,
     )
 
 
 def compute_totals(rows: list[LayerRow], model: torch.nn.Module) -> Totals:
-    """Totals over ``rows`` and the whole model's parameters (tied parameters counted once)."""
+    """Totals over ``rows`` and the whole model's parameters (tied parameters counted once).
+
+    The whole model's dense bytes are those of its dense form whatever modules are swapped in
+    (sparse kernels hold packed values, gated modules gate networks: neither is the dense model);
+    its compressed bytes replace each captured layer's dense bytes by the layer's stored format
+    (a gated layer's includes its gate)."""
+    from .swaps import dense_model
+
     params = sum(r.params for r in rows)
     nonzero = sum(r.nonzero for r in rows)
-    model_params = sum(p.numel() for p in model.parameters())
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    dense = dense_model(model)
+    model_params = sum(p.numel() for p in dense.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     dense_bytes = sum(r.dense_bytes for r in rows)
     compressed_bytes = sum(r.compressed_bytes for r in rows)
     return Totals(
@@ -223,7 +240,7 @@ def render_report(report: Report, console=None) -> None:
         table.add_column(col, justify="left" if col in ("layer", "kind", "pattern", "kernel") else "right")
     for r in report.layers:
         table.add_row(
-            r.name, r.kind, "x".join(map(str, r.shape)), r.pattern, f"{r.target_sparsity:.1%}", f"{r.sparsity:.1%}",
+            r.name + "".join(f"\n= {alias}" for alias in r.tied or ()), r.kind, "x".join(map(str, r.shape)), r.pattern, f"{r.target_sparsity:.1%}", f"{r.sparsity:.1%}",
             f"{human(r.nonzero)} / {human(r.params)}",
             f"{human(r.dense_bytes)} -> {human(r.compressed_bytes)}",
             f"{human(r.dense_flops)} -> {human(r.compressed_flops)}",

@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from .kernels import BlockSparseLinear, GatedBlockLinear, GatedGRU, GatedLSTM, NMLinear, SparseGRU, SparseLSTM, gated_linear
 
-__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "check_record", "build_replacement", "build_gated", "set_module", "densify",
-           "dense_weight", "replay"]
+__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "check_record", "build_replacement", "build_gated", "set_module",
+           "densify", "dense_model", "dense_weight", "replay"]
 
 REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_gru", "gated_linear", "gated_lstm",
                      "gated_gru")
@@ -149,6 +149,14 @@ def densify(model: nn.Module, gated: bool = False) -> nn.Module:
             set_module(dense, path, equivalent)
             replaced.append(path)
     return dense
+
+
+def dense_model(model: nn.Module) -> nn.Module:
+    """``model`` with the dense modules' parameters only: itself when no kernel or gated module is in it,
+    else ``densify(model, gated=True)`` (every stored weight in a dense module, no gate networks)."""
+    if any(isinstance(m, (*_GATED, *_SPARSE_RNN, BlockSparseLinear, NMLinear)) for m in model.modules()):
+        return densify(model, gated=True)
+    return model
 
 
 def dense_weight(model: nn.Module, module_path: str, param_name: str) -> torch.Tensor:

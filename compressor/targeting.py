@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from .capture import Target
 from .errors import RecipeError, TargetError
 
-__all__ = ["compile_pattern", "matches", "resolve_targets"]
+__all__ = ["compile_pattern", "matches", "resolve_targets", "explain_selection"]
 
 
 def compile_pattern(pattern: str, path: str):
@@ -80,3 +80,34 @@ def resolve_targets(
         selected = [t for t in selected if not pred(t)]
     order = {t.name: i for i, t in enumerate(targets)}
     return sorted(selected, key=lambda t: order[t.name])
+
+
+def _names(found: Sequence[Target], limit: int = 8) -> str:
+    names = [t.name for t in found]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "") or "nothing"
+
+
+def explain_selection(
+    targets: Sequence[Target],
+    include: Sequence[str],
+    ignore: Sequence[str],
+    kinds: Sequence[str],
+) -> str:
+    """What each ``targets``/``ignore`` entry matched, in words (for a selection that came out empty)."""
+    parts = []
+    if include:
+        for i, pattern in enumerate(include):
+            hit = [t for t in targets if compile_pattern(pattern, f"targets[{i}]")(t)]
+            usable = [t for t in hit if t.kind in kinds]
+            text = f"targets[{i}] {pattern!r} matched {_names(usable)}"
+            if len(usable) < len(hit):
+                text += f" (and {_names([t for t in hit if t.kind not in kinds])} of a kind it does not support)"
+            parts.append(text)
+    else:
+        parts.append(f"targets (empty) selected every layer of kind {', '.join(kinds)}: "
+                     f"{_names([t for t in targets if t.kind in kinds])}")
+    for i, pattern in enumerate(ignore):
+        hit = [t for t in targets if compile_pattern(pattern, f"ignore[{i}]")(t)]
+        parts.append(f"ignore[{i}] {pattern!r} removed {_names(hit)}")
+    layers = ", ".join(f"{t.name} ({t.kind})" for t in targets) or "(none)"
+    return "; ".join(parts) + f"; captured layers: {layers}"

@@ -18,7 +18,6 @@ from typing import Literal
 import torch
 
 from ..config import check_block, check_range
-from ..errors import RecipeError
 from ..patterns import BalancedBlock, Block
 from ..solvers import block_scores, expand_block_mask, rowwise_topk_mask, topk_mask
 from ..solvers.ranking import balanced_block_counts, global_topk_masks

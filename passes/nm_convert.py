@@ -10,16 +10,23 @@ Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every sel
    ``score: activation`` scores ``|W_ij| * ||X_j||`` with the calibration inputs' column norms
    (the activation-aware criterion of Sun et al., "Wanda", arXiv 2306.11695: a weight matters in
    proportion to the input that it multiplies; not part of PAPERS.md, offered because it is
-   cheap once X is recorded). Weights whose inputs no hook sees fall back to magnitude;
+   cheap once X is recorded). Weights whose inputs no hook sees fall back to magnitude. Scores
+   are taken on the ORIGINAL weights (the model before any pass), so a weight an earlier pass
+   removed can come back when the pattern needs it: the earlier mask is only the solvers' prior,
+   and the result is exactly the pattern named (``keep_existing: true`` instead keeps only the
+   intersection with the earlier mask: sparser than N:M, some groups with fewer than N);
 2. record calibration inputs X of the layer from the original (dense) model, one module at a
    time (:mod:`compressor.calibration`);
-3. reconstruct: minimise ``||X W^T - X (S * W')^T||^2`` over the kept weights W', with Adam
+3. reconstruct: minimise ``||X W^T - X (S * W')^T||^2`` over the kept weights W' (W: the original
+   model's weight, so the target is the original layer's output), with Adam
    (``reconstruct: adam``, the paper's method) or exactly per output row by least squares on
    the Gram matrix (``reconstruct: lstsq``; fast, with ``damping`` for stability), or not at all;
 4. optionally correct the bias by the mean output error; re-estimate BatchNorm statistics.
 
-The report carries, per layer, the kept magnitude of the chosen mask relative to plain N:M and
-the relative reconstruction error before and after (and, with ``score: activation``, the error of
+The report carries, per layer, the kept magnitude of the final mask relative to plain N:M (both on
+the original weights) and the relative reconstruction error against the original layer: of the
+weights as they came in (``reconstruction_error_incoming``, when an earlier pass had masked them),
+of the mask alone on the original values, and of the weights saved (and, with ``score: activation``, the error of
 the magnitude-only mask of the same pattern, ``reconstruction_error_magnitude_mask``, which costs
 one more mask solve per layer). Layers narrower than M, and F.linear weights (whose inputs no hook
 can see), are handled as documented in the report notes.
@@ -51,7 +58,9 @@ SCORES = ("magnitude", "activation")
 @dataclass(frozen=True)
 class NMConvertConfig(PassConfig):
     """``rows``: calibration rows (positions) per layer; ``iterations``/``lr``/``batch``: Adam;
-    ``damping``: ridge term of the least-squares solve, relative to the Gram diagonal's mean."""
+    ``damping``: ridge term of the least-squares solve, relative to the Gram diagonal's mean;
+    ``keep_existing``: keep only weights an earlier mask also kept (sparser than N:M) instead of
+    letting the pattern bring removed weights back."""
 
     n: int = 2
     m: int = 4
@@ -66,6 +75,7 @@ class NMConvertConfig(PassConfig):
     rows: int = 4096
     damping: float = 1e-4
     bias_correction: bool = False
+    keep_existing: bool = False
     calibration: TaskConfig = field(default_factory=lambda: TaskConfig(batch_size=16))
 
     def validate(self, path: str) -> None:
@@ -91,9 +101,10 @@ def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor) -> flo
     return float((ref - x @ w.T).norm() / ref.norm().clamp_min(1e-30))
 
 
-def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0) -> torch.Tensor:
-    """Adam on the kept weights, minimising the output error on mini-batches of rows."""
-    w = (w_ref * mask).clone().requires_grad_(True)
+def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -> torch.Tensor:
+    """Adam on the kept weights, minimising the output error against ``x @ w_ref.T`` on mini-batches
+    of rows, starting from ``init * mask`` (default ``w_ref * mask``)."""
+    w = ((w_ref if init is None else init) * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     target = x @ w_ref.T  # (N, out)
@@ -171,37 +182,53 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
         inputs = module_inputs(state.reference, module_path, _calibration_batches(state, c), c.rows) \
             if hookable and needs_inputs else {}
         for t in group:
-            w_ref = state.weight(t).clone()
-            prior = state.mask(t) if c.use_prior else None
+            current = state.weight(t).clone()  # the effective weight as it came in (masked by earlier passes)
+            prior = state.mask(t)
+            prior = None if prior is None else prior.clone()  # the live buffer changes when the new mask is set
+            w_orig = _original_weight(state, t).to(current.dtype)  # the reconstruction target
+            # weights an earlier pass kept start from their current values, the others from the original model's
+            start = current if prior is None else torch.where(prior.to(current.device), current, w_orig)
             x = inputs.get(t.param_name)
-            x = None if x is None else x.to(w_ref.dtype)
+            x = None if x is None else x.to(current.dtype)
             info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
-            mask = _choose_mask(c, w_ref, prior)
+            solver_prior = prior if c.use_prior else None
+            mask = _choose_mask(c, start, solver_prior)
+            magnitude_mask = None
             if c.score == "activation":
                 if x is not None:
-                    magnitude_mask, mask = mask, _choose_mask(c, w_ref.abs() * x.norm(dim=0), prior)
+                    magnitude_mask, mask = mask, _choose_mask(c, start.abs() * x.norm(dim=0), solver_prior)
                 else:
-                    magnitude_mask = None
                     info["notes"].append("score: activation needs the layer's inputs, which no hook sees: magnitude used")
-            plain = nm_mask(w_ref, c.n, c.m)
-            metrics = {"kept_magnitude_vs_plain": kept_magnitude(w_ref, mask) / max(kept_magnitude(w_ref, plain), 1e-30)}
-            new_w = w_ref * mask
+            if prior is not None and c.keep_existing:
+                mask = mask & prior.to(mask.device)
+                if magnitude_mask is not None:
+                    magnitude_mask = magnitude_mask & prior.to(mask.device)
+            plain = nm_mask(start, c.n, c.m)
+            metrics = {"kept_magnitude_vs_plain": kept_magnitude(start, mask) / max(kept_magnitude(start, plain), 1e-30)}
+            new_w = start * mask
             if x is not None:
-                metrics["reconstruction_error_before"] = relative_error(x, w_ref, new_w)
-                if c.score == "activation":
-                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_ref, w_ref * magnitude_mask)
+                if prior is not None:
+                    metrics["reconstruction_error_incoming"] = relative_error(x, w_orig, current)
+                metrics["reconstruction_error_before"] = relative_error(x, w_orig, new_w)
+                if magnitude_mask is not None:
+                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_orig, start * magnitude_mask)
                 if c.reconstruct == "adam":
-                    new_w = reconstruct_adam(x, w_ref, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed)
+                    new_w = reconstruct_adam(x, w_orig, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed,
+                                             init=start)
                 elif c.reconstruct == "lstsq":
-                    new_w = reconstruct_lstsq(x, w_ref, mask, c.damping)
-                metrics["reconstruction_error_after"] = relative_error(x, w_ref, new_w)
+                    new_w = reconstruct_lstsq(x, w_orig, mask, c.damping)
                 if c.bias_correction:
-                    _correct_bias(state, t, x, w_ref, new_w, info)
+                    _correct_bias(state, t, x, w_orig, new_w, info)
             elif c.reconstruct != "none":
                 info["notes"].append("no reconstruction: F.linear inputs are not visible to hooks")
             with torch.no_grad():
                 state.original(t).copy_(new_w)
-            state.set_mask(t, mask)
+            state.set_mask(t, mask, intersect=False)  # the pattern may bring back weights an earlier pass removed
+            saved = state.weight(t)  # what finalize will write: every figure below is of these weights
+            if x is not None:
+                metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved)
+            if prior is not None:
+                _prior_notes(info, metrics, c, prior.to(mask.device), mask, saved)
             info["notes"].append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
             info["metrics"] = metrics
             result.layers[t.name] = info
@@ -210,8 +237,35 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
     return result
 
 
+def _original_weight(state, target) -> torch.Tensor:
+    """The weight of ``target`` in the model before any pass (``state.reference``)."""
+    if state.reference is None:
+        return state.original(target).detach().clone()
+    return getattr(state.reference.get_submodule(target.module_path), target.param_name).detach()
+
+
+def _prior_notes(info: dict, metrics: dict, c: NMConvertConfig, prior: torch.Tensor, mask: torch.Tensor,
+                 saved: torch.Tensor) -> None:
+    """Say what became of an earlier pass's mask: weights brought back, or (keep_existing) the sparser result."""
+    revived = int((mask & ~prior).sum())
+    dropped = int((prior & ~mask).sum())
+    sparsity = 1.0 - int((saved != 0).sum()) / saved.numel()
+    metrics.update({"revived": revived, "dropped": dropped, "sparsity": sparsity})
+    if c.keep_existing:
+        info["notes"].append(
+            f"keep_existing: only weights the earlier mask also kept: {sparsity:.1%} sparse, not "
+            f"{1 - c.n / c.m:.0%}; groups may keep fewer than {c.n} of {c.m}")
+    elif revived:
+        info["notes"].append(
+            f"{revived} weights an earlier pass removed came back ({c.n}:{c.m} needs them; {dropped} it kept were "
+            f"removed), their values {'from reconstruction against' if c.reconstruct != 'none' else 'those of'} "
+            f"the original model")
+
+
 def _summary(metrics: dict[str, float], c: NMConvertConfig) -> str:
     text = f"keeps {metrics['kept_magnitude_vs_plain']:.2%} of the magnitude plain {c.n}:{c.m} keeps"
+    if "reconstruction_error_incoming" in metrics:
+        text += f"; calibration output error {metrics['reconstruction_error_incoming']:.3g} as the weights came in"
     if "reconstruction_error_before" in metrics:
         before, after = metrics["reconstruction_error_before"], metrics["reconstruction_error_after"]
         text += f"; calibration output error {before:.3g} with the mask alone"

@@ -4,9 +4,15 @@ For every selected layer whose pattern has a kernel (block and balanced block ->
 :class:`~compressor.kernels.BlockSparseLinear`, N:M -> :class:`~compressor.kernels.NMLinear`,
 block-pruned ``nn.LSTM``/``nn.GRU`` -> :class:`~compressor.kernels.SparseLSTM`/``SparseGRU``) the
 pass builds the sparse module, times it against the dense module on the layer's own shape
-(interleaved, medians, rotating inputs), and installs it only if it is at least
-``min_speedup`` times faster. Every decision, with the measured speed-up, goes to the report;
-``force: true`` installs regardless (the report still shows the measured ratio).
+(interleaved round by round, rotating inputs, ``repeats`` rounds) and decides on the paired
+per-round ratios dense / sparse (:func:`speedup_decision`): their median is the speed-up, and a
+seeded bootstrap of that median gives a 95% interval. The kernel is installed only when the
+interval's lower end clears ``min_speedup``, declined when its upper end is below it, and
+otherwise left dense as "too close to call": one rerun must not flip a decision that rests on
+noise (a rounded 1.049 once read "1.05x < 1.05x"). Every decision, with the ratio and its
+interval, goes to the report, and the machine's load average (``os.getloadavg``, before and after
+measuring) to the pass metrics; ``force: true`` installs regardless (the report still shows the
+measured ratio).
 
 ``measure``: recurrent modules are timed on what the model calls (``forward``: a sequence of
 ``seq_len`` steps at ``batch``) or on one streaming ``step``. ``backend``: ``torch`` (CPU
@@ -16,6 +22,8 @@ available, torch otherwise).
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +38,7 @@ from ..patterns import NM, Block
 from ..swaps import build_replacement, set_module
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["SwapKernelsConfig", "swap_kernels"]
+__all__ = ["SwapKernelsConfig", "swap_kernels", "speedup_decision"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class SwapKernelsConfig(PassConfig):
     seq_len: int = 32
     measure: Literal["forward", "step"] = "forward"
     min_speedup: float = 1.05
-    repeats: int = 20
+    repeats: int = 40
     force: bool = False
 
     def validate(self, path: str) -> None:
@@ -51,6 +59,56 @@ class SwapKernelsConfig(PassConfig):
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= 1")
         if self.min_speedup <= 0:
             raise RecipeError(f"{path}.min_speedup", f"{self.min_speedup} is invalid; must be > 0")
+
+
+def speedup_decision(dense_s, sparse_s, min_speedup: float, confidence: float = 0.95, resamples: int = 2000,
+                     seed: int = 0) -> dict:
+    """Decide a swap from paired timings: ``dense_s[r]`` and ``sparse_s[r]`` were measured in the same round.
+
+    The speed-up is the median of the per-round ratios ``dense / sparse`` (pairing cancels load that
+    drifts between rounds); a seeded percentile bootstrap of that median gives the ``confidence``
+    interval ``[low, high]``. ``decision``: ``install`` when ``low >= min_speedup``, ``decline`` when
+    ``high < min_speedup``, ``too close`` otherwise. ``iqr``: the ratios' interquartile range.
+    """
+    if len(dense_s) != len(sparse_s) or not dense_s:
+        raise ValueError(f"need paired timings, got {len(dense_s)} dense and {len(sparse_s)} sparse")
+    ratios = sorted(d / s for d, s in zip(dense_s, sparse_s))
+    n = len(ratios)
+
+    def quantile(xs, q):  # linear interpolation on sorted xs (numpy's default)
+        pos = q * (len(xs) - 1)
+        lo = int(pos)
+        return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+
+    rng = random.Random(seed)
+    medians = sorted(quantile(sorted(rng.choices(ratios, k=n)), 0.5) for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    low, high = quantile(medians, alpha), quantile(medians, 1 - alpha)
+    decision = "install" if low >= min_speedup else ("decline" if high < min_speedup else "too close")
+    return {"decision": decision, "speedup": quantile(ratios, 0.5), "low": low, "high": high,
+            "iqr": quantile(ratios, 0.75) - quantile(ratios, 0.25), "repeats": n, "confidence": confidence}
+
+
+def _figures(d: dict) -> str:
+    return f"{d['speedup']:.3f}x, {d['confidence']:.0%} interval {d['low']:.3f}-{d['high']:.3f}x over {d['repeats']} rounds"
+
+
+def _label(kind: str, d: dict, config: SwapKernelsConfig, install: bool) -> str:
+    """The report's kernel column for one decision: the installed kind, or why the layer stayed dense."""
+    figures = _figures(d)
+    if install:
+        return kind
+    if d["decision"] == "decline":
+        return f"dense (declined {kind}: {figures}, below {config.min_speedup}x)"
+    return f"dense (too close to call for {kind}: {figures}, spans {config.min_speedup}x)"
+
+
+def _machine_load() -> dict:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:  # not available on this platform
+        return {}
+    return {"load_1m": round(one, 2), "load_5m": round(five, 2), "load_15m": round(fifteen, 2)}
 
 
 def _backend(config: SwapKernelsConfig) -> str:
@@ -77,8 +135,12 @@ def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
     """(replacement kind, options, reason if none) for one module and its targets."""
     module = state.model.get_submodule(module_path)
     patterns = {t.name: state.layers[t.name].pattern for t in targets}
-    if any(t.aliases for t in targets):
-        return None, {}, "tied weight: left dense"
+    tied = [t for t in targets if t.aliases]
+    if tied:
+        t = tied[0]
+        zeros = float((state.weight(t) == 0).float().mean())
+        return None, {}, (f"{t.name} is tied to {', '.join(t.aliases)}: a kernel module would untie the shared "
+                          f"tensor, so it stays in dense storage, {zeros:.1%} zeros under every name")
     if isinstance(module, nn.Linear):
         p = patterns[targets[0].name]
         if isinstance(p, Block):
@@ -127,6 +189,7 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
     """Install sparse kernel modules where measured faster; report every decision."""
     backend = _backend(config)
     result = PassResult()
+    load_before = _machine_load()
     by_module: dict[str, list] = {}
     for t in targets:
         if state.layers[t.name].pattern.kind != "dense":
@@ -147,8 +210,8 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
         options = {**options, "backend": backend}
         sparse = build_replacement(module, kind, baked, options).eval()
         timing = time_interleaved(_timers(module, sparse, config, kind.startswith("sparse_")), repeats=config.repeats)
-        speedup = timing["dense"]["median_s"] / timing["sparse"]["median_s"]
-        install = config.force or speedup >= config.min_speedup
+        decision = speedup_decision(timing["dense"]["samples_s"], timing["sparse"]["samples_s"], config.min_speedup)
+        install = config.force or decision["decision"] == "install"
         if install:
             set_module(state.model, module_path, sparse.train(was_training))
             state.replacements.append({"module": module_path, "kind": kind, "options": options})
@@ -158,10 +221,24 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
             for name, mask in baked.items():  # keep the masks as they were
                 masklib.set_mask(module, name, mask)
             module.train(was_training)
-        label = kind if install else f"dense (declined {kind}: {speedup:.2f}x < {config.min_speedup}x)"
+        label = _label(kind, decision, config, install)
+        notes = []
+        if install and decision["decision"] != "install":
+            verdict = "declined" if decision["decision"] == "decline" else "too close to call"
+            notes.append(f"force: {kind} installed although the measurement says {verdict} "
+                         f"({_figures(decision)}, min_speedup {config.min_speedup}x)")
         for t in group:
-            result.layers[t.name] = {"kernel": label, "speedup": round(speedup, 3)}
-        result.metrics[module_path] = {"kind": kind, "installed": install, "speedup": speedup,
+            result.layers[t.name] = {"kernel": label, "speedup": round(decision["speedup"], 3), "notes": list(notes)}
+        result.metrics[module_path] = {"kind": kind, "installed": install, "decision": decision["decision"],
+                                       "speedup": decision["speedup"], "speedup_low": decision["low"],
+                                       "speedup_high": decision["high"], "speedup_iqr": decision["iqr"],
+                                       "repeats": decision["repeats"],
                                        "dense_ms": timing["dense"]["median_s"] * 1e3,
                                        "sparse_ms": timing["sparse"]["median_s"] * 1e3}
+    load = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "before": load_before,
+            "after": _machine_load()}
+    result.metrics["machine_load"] = load
+    if load_before and max(load_before["load_1m"], load["after"].get("load_1m", 0)) > (os.cpu_count() or 1):
+        result.notes.append(f"the machine was busy while timing (1-minute load average {load_before['load_1m']} -> "
+                            f"{load['after'].get('load_1m')} on {os.cpu_count()} cores): the intervals are wide")
     return result

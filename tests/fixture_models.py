@@ -180,6 +180,20 @@ def no_batches_task(config, spec, teacher):
     return CalibrationOnlyTask(rows=8, batches=0)
 
 
+class SeededMLPTask(CalibrationOnlyTask):
+    """Calibration batches of 32 MLP input rows, a pure function of the step (tests recompute them)."""
+
+    def __init__(self):
+        super().__init__(rows=32, batches=None)
+
+    def batch(self, step, rank=0, world=1):
+        return (torch.randn(32, 20, generator=torch.Generator().manual_seed(step)),)
+
+
+def seeded_mlp_task(config, spec, teacher):
+    return SeededMLPTask()
+
+
 def trusted_ref(directory) -> str | None:
     """The factory an artifact was made from, when it is one of this file's (None otherwise).
 

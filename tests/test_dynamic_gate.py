@@ -252,3 +252,22 @@ def test_functional_target_has_no_module_to_wrap(load_fixture):
     spec = load_fixture("functional_linear")
     with pytest.raises(TargetError, match=r"passes\[0\]\.targets\[0\].*functional"):
         compressor.Pipeline(_recipe(targets=["proj"])).run(spec, console=Console(file=io.StringIO()))
+
+
+def test_totals_of_a_gated_model_count_the_dense_weights_once_and_each_gate_once(load_fixture):
+    """Whole-model bytes: dense = the model's own parameters (no gate networks); compressed = those with
+    each gated weight stored whole plus its gate. FLOPs: the gated rows' (kept blocks + gate)."""
+    _, result = _run(load_fixture, "mlp", targets=["fc1"])
+    dense = load_fixture("mlp").model
+    dense_bytes = sum(4 * p.numel() for p in dense.parameters())
+    K = math.ceil(48 / 8) * math.ceil(20 / 4)  # fc1 is 48 x 20 in blocks of 8 x 4
+    gate_params = 20 * K + K  # the paper's gate: Linear(in, K)
+    assert gate_params == sum(p.numel() for p in result.model.fc1.gate.parameters())
+    t = result.report.totals
+    assert t.model_params == sum(p.numel() for p in dense.parameters())
+    assert t.model_dense_bytes == dense_bytes
+    assert t.model_compressed_bytes == dense_bytes + 4 * gate_params
+    kept = math.ceil(0.5 * K)
+    fc1_flops = 2 * (round(48 * 20 * kept / K) + 20 * K)
+    assert t.dense_flops == 2 * (48 * 20 + 36 * 48 + 5 * 36)
+    assert t.compressed_flops == fc1_flops + 2 * (36 * 48 + 5 * 36)

@@ -11,6 +11,7 @@ import torch.nn as nn
 from rich.console import Console
 
 import compressor
+from fixture_models import load_trusted  # tests/fixture_models.py: passes the suite's own factory
 from compressor.calibration import rnn_layer_inputs
 from compressor.errors import CompressorError, RecipeError
 from compressor.loading import ModelSpec
@@ -110,18 +111,82 @@ def test_transposable_conversion_of_an_mlp_cuts_the_error(load_fixture, reconstr
     assert result.report.layers[2].pattern == "dense"
 
 
-def test_prior_unstructured_mask_is_respected(load_fixture):
+@pytest.mark.parametrize("keep_existing", [False, True])
+def test_prior_unstructured_mask_is_the_solvers_prior(load_fixture, keep_existing):
+    """After unstructured pruning to 60%, 2:4 needs weights the earlier mask removed: by default they
+    come back (with the original values, as nothing is reconstructed) and every group keeps exactly 2,
+    preferring what the earlier mask kept; ``keep_existing`` keeps only the intersection."""
     spec = load_fixture("mlp")
+    original = spec.model.fc2.weight.detach().clone()
     recipe = {"version": 1, "passes": [
         {"pass": "unstructured_prune", "targets": ["fc2"], "sparsity": 0.6},
-        {"pass": "nm_convert", "targets": ["fc2"], "n": 2, "m": 4, "transposable": False, "reconstruct": "none"},
+        {"pass": "nm_convert", "targets": ["fc2"], "n": 2, "m": 4, "transposable": False, "reconstruct": "none",
+         "keep_existing": keep_existing},
     ]}
     result = compressor.Pipeline(parse_recipe(recipe)).run(spec, console=QUIET)
-    w = result.model.fc2.weight
-    groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
-    assert bool((groups <= 2).all())
-    # after unstructured pruning to 60%, a 2:4 mask built with the prior keeps only prior-kept weights
-    assert float((w == 0).float().mean()) >= 0.6
+    w = result.model.fc2.weight.detach()
+    kept = w != 0
+    prior = original.abs() >= original.abs().flatten().kthvalue(round(0.6 * original.numel()) + 1).values  # top 40%
+    groups = kept.reshape(w.shape[0], -1, 4).sum(-1)
+    prior_groups = prior.reshape(w.shape[0], -1, 4).sum(-1)
+    row = next(r for r in result.report.layers if r.name == "fc2.weight")
+    if keep_existing:
+        assert bool((kept <= prior).all()) and bool((groups == prior_groups.clamp(max=2)).all())
+        assert row.sparsity > 0.6 and any("keep_existing" in n for n in row.notes)
+    else:
+        assert bool((groups == 2).all()) and row.sparsity == pytest.approx(0.5)
+        # prior-kept weights first: a group keeps min(2, prior kept there) of them
+        assert bool(((kept & prior).reshape(w.shape[0], -1, 4).sum(-1) == prior_groups.clamp(max=2)).all())
+        assert bool((kept & ~prior).any()) and any("came back" in n for n in row.notes)
+    torch.testing.assert_close(w[kept], original[kept], rtol=0, atol=0)  # no reconstruction: original values
+
+
+def _full_groups_keep(mask, n, m):
+    """Every full group of m along a row keeps n, and every full m x m tile keeps n per row and column."""
+    rows, cols = mask.shape
+    c = cols - cols % m
+    assert bool((mask[:, :c].reshape(rows, -1, m).sum(-1) == n).all())
+    assert is_transposable(mask, n, m)
+
+
+@pytest.mark.parametrize("first", [{"pass": "nm_prune", "n": 2, "m": 4},
+                                   {"pass": "unstructured_prune", "sparsity": 0.5}])
+@pytest.mark.parametrize("keep_existing", [False, True])
+def test_conversion_over_an_earlier_mask_saves_the_pattern_it_reports(load_fixture, tmp_path, first, keep_existing):
+    """nm_convert transposable 4:8 after another pass: the saved artifact holds exactly the pattern (unless
+    keep_existing), and the reported errors are those of the saved weights on the calibration inputs,
+    recomputed here from the original model."""
+    spec = load_fixture("mlp")
+    original = copy.deepcopy(spec.model)
+    convert = {"pass": "nm_convert", "n": 4, "m": 8, "transposable": True, "reconstruct": "lstsq", "rows": 256,
+               "keep_existing": keep_existing, "calibration": {"name": "fixture_models:seeded_mlp_task"}}
+    recipe = {"version": 1, "passes": [{**first, "targets": ["fc1", "fc2"]}, {**convert, "targets": ["fc1", "fc2"]}]}
+    result = compressor.Pipeline(parse_recipe(recipe)).run(spec, out=tmp_path / "out", console=QUIET)
+    model, masks = load_trusted(tmp_path / "out"), compressor.load_masks(tmp_path / "out")
+    batches = torch.cat([torch.randn(32, 20, generator=torch.Generator().manual_seed(1_000_000 + s)) for s in range(8)])
+    with torch.no_grad():
+        inputs = {"fc1": batches, "fc2": torch.relu(original.fc1(batches))}
+    metrics = result.report.passes[1]["metrics"]
+    for name in ("fc1", "fc2"):
+        w = getattr(model, name).weight.detach()
+        mask = masks[f"{name}.weight"]
+        assert bool(((w != 0) == mask).all())
+        if keep_existing:
+            groups = mask[:, : w.shape[1] // 8 * 8].reshape(w.shape[0], -1, 8).sum(-1)
+            assert bool((groups <= 4).all()) and bool((groups < 4).any())
+        else:
+            _full_groups_keep(mask, 4, 8)
+        x, w0 = inputs[name], getattr(original, name).weight.detach()
+        ref = x @ w0.T
+        err = float((ref - x @ w.T).norm() / ref.norm())
+        m = metrics[f"{name}.weight"]
+        assert m["reconstruction_error_after"] == pytest.approx(err, rel=1e-5)
+        assert m["reconstruction_error_after"] < m["reconstruction_error_before"]
+        assert m["sparsity"] == pytest.approx(float((w == 0).float().mean()))
+        row = next(r for r in result.report.layers if r.name == f"{name}.weight")
+        assert row.sparsity == pytest.approx(m["sparsity"], abs=1e-6)
+    fc2 = next(r for r in result.report.layers if r.name == "fc2.weight")  # 36 x 48: every row has six groups of 8
+    assert (fc2.sparsity == pytest.approx(0.5)) != keep_existing
 
 
 class _Scale(nn.Module):

@@ -253,3 +253,51 @@ def test_damaged_artifact_files_are_named_errors(load_fixture, tmp_path):
         report.write_text(text)
         with pytest.raises(ArtifactError, match=match):
             compressor.read_report(tmp_path / "art")
+
+
+@pytest.mark.parametrize("step,matched", [
+    # every Linear ignored: the gate pass had nothing to gate, yet trained the whole model
+    ({"pass": "dynamic_gate", "ignore": ["fc1", "fc2", "head"], "block": [4, 4], "train": {"steps": 2}},
+     "targets (empty) selected every layer of kind linear, lstm, gru: fc1.weight, fc2.weight, head.weight; "
+     "ignore[0] 'fc1' removed fc1.weight; ignore[1] 'fc2' removed fc2.weight; ignore[2] 'head' removed head.weight"),
+    ({"pass": "nm_prune", "targets": ["head"], "ignore": ["re:.*"]},
+     "targets[0] 'head' matched head.weight; ignore[0] 're:.*' removed fc1.weight, fc2.weight, head.weight"),
+])
+def test_a_pass_that_selects_no_layer_is_refused_before_any_pass(load_fixture, tmp_path, step, matched):
+    spec = load_fixture("mlp")
+    before = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "unstructured_prune", "sparsity": 0.5}, step]})
+    with pytest.raises(TargetError) as info:
+        compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=QUIET)
+    assert str(info.value).startswith(f"passes[1] ({step['pass']}) selects no layer: {matched}; captured layers: "
+                                      "fc1.weight (linear), fc2.weight (linear), head.weight (linear)")
+    assert not (tmp_path / "art").exists() and leftovers(tmp_path) == []
+    for k, v in spec.model.state_dict().items():  # the first pass did not run either
+        assert torch.equal(v, before[k])
+
+
+def test_tied_weights_are_pruned_once_and_reported_under_every_name(load_fixture, tmp_path):
+    """The decoder shares its tensor with the embedding: one mask for both names, the saved tensor is
+    still shared, and the row names the embedding with the sparsity it really has."""
+    spec = load_fixture("tied_lm")
+    original = spec.model.embedding.weight.detach().clone()
+    recipe = parse_recipe({"version": 1, "passes": [
+        {"pass": "unstructured_prune", "targets": ["embedding.weight"], "sparsity": 0.75},  # selected by its alias
+        {"pass": "swap_kernels", "force": True, "repeats": 2}]})
+    result = compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=QUIET)
+    model, masks = load_trusted(tmp_path / "art"), compressor.load_masks(tmp_path / "art")
+    assert model.decoder.weight is model.embedding.weight  # still one tensor
+    assert torch.equal(masks["decoder.weight"], masks["embedding.weight"])
+    kept = masks["embedding.weight"]
+    assert int(kept.sum()) == round(0.25 * kept.numel())  # pruned once: exactly the fraction asked
+    # the largest |w| of the original tensor, values unchanged
+    assert float(original.abs()[kept].min()) >= float(original.abs()[~kept].max())
+    assert torch.equal(model.embedding.weight.detach(), original * kept)
+    row = next(r for r in compressor.read_report(tmp_path / "art").layers if r.name == "decoder.weight")
+    assert row.tied == ["embedding.weight"]
+    assert row.sparsity == pytest.approx(float((model.embedding.weight == 0).float().mean())) == pytest.approx(0.75)
+    assert any(n.startswith("tied: the same tensor as embedding.weight, pruned once; its 75.0% sparsity") for n in row.notes)
+    assert row.kernel == "dense (decoder.weight is tied to embedding.weight: a kernel module would untie the shared " \
+                         "tensor, so it stays in dense storage, 75.0% zeros under every name)"
+    mix = next(r for r in result.report.layers if r.name == "mix.weight")
+    assert mix.tied is None and not any(n.startswith("tied") for n in mix.notes)

@@ -16,6 +16,7 @@ from compressor.errors import CompressorError, RecipeError
 from compressor.export import ExportError, export_model, input_specs
 from compressor.kernels import BlockSparseLinear, NMLinear, SparseLSTM
 from compressor.loading import ModelSpec
+from compressor.patterns import pattern_from_dict
 from compressor.recipe import parse_recipe
 
 QUIET = Console(file=io.StringIO())
@@ -222,3 +223,81 @@ def test_resume_after_a_crash_past_the_swap_pass(load_fixture, tmp_path, monkeyp
     x = model().example_inputs[0]
     with torch.no_grad():
         torch.testing.assert_close(load_trusted(tmp_path / "run")(x), load_trusted(tmp_path / "ref")(x))
+
+
+def _dense_bytes(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_totals_of_a_swapped_model_are_those_of_its_dense_form(load_fixture, tmp_path):
+    """Forced swaps (SparseLSTM, NMLinear) change no total: the whole model's bytes are its dense parameters
+    with the captured weights priced in their saved layouts (swap_kernels gave 20.6M -> -54.0M for the LSTM)."""
+    prune = [{"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
+             {"pass": "nm_prune", "targets": ["decoder"]}]
+    swapped = run(load_fixture("lstm_lm"), prune + [{"pass": "swap_kernels", "force": True, "repeats": 2}],
+                  out=tmp_path / "art")
+    assert isinstance(swapped.model.rnn, SparseLSTM) and isinstance(swapped.model.decoder, NMLinear)
+    plain = run(load_fixture("lstm_lm"), prune)
+    dense = load_fixture("lstm_lm").model  # same architecture, every parameter dense
+    weights = {n: p for n, p in dense.named_parameters() if n.startswith(("rnn.weight", "decoder.weight"))}
+    masks = compressor.load_masks(tmp_path / "art")
+    stored = sum(pattern_from_dict(r.pattern_spec).storage_bytes(masks[r.name], 4) for r in swapped.report.layers)
+    t = swapped.report.totals
+    assert t.model_params == sum(p.numel() for p in dense.parameters())
+    assert t.model_dense_bytes == _dense_bytes(dense)
+    assert t.model_compressed_bytes == _dense_bytes(dense) - sum(4 * w.numel() for w in weights.values()) + stored
+    assert 0 < t.model_compressed_bytes < t.model_dense_bytes
+    assert t.dense_flops == 2 * sum(w.numel() for w in weights.values())
+    assert t.compressed_flops == 2 * sum(int(masks[n].sum()) for n in weights)
+    assert t == plain.report.totals  # the same masks without the swap: the same totals
+
+
+# -- swap decisions from paired timings (synthetic: no test bets on real timings) --------------------
+
+def _paired(ratios, drift=None):
+    """Dense/sparse round times with the given per-round ratios, each round scaled by a common load factor."""
+    drift = drift or [1.0] * len(ratios)
+    return [r * f * 1e-3 for r, f in zip(ratios, drift)], [f * 1e-3 for f in drift]
+
+
+def test_speedup_decision_installs_declines_or_calls_it_too_close():
+    from compressor.passes.swap_kernels import speedup_decision
+
+    spread = [i / 39 - 0.5 for i in range(40)]  # 40 rounds, offsets in [-0.5, 0.5]
+    win = speedup_decision(*_paired([1.3 + 0.1 * e for e in spread]), min_speedup=1.05)
+    assert win["decision"] == "install" and win["speedup"] == pytest.approx(1.3) and win["low"] >= 1.05
+    loss = speedup_decision(*_paired([0.8 + 0.1 * e for e in spread]), min_speedup=1.05)
+    assert loss["decision"] == "decline" and loss["high"] < 1.05
+    # the rerun that flipped: a ratio of 1.049 with a spread of +-0.1 is neither faster nor slower than 1.05x
+    close = speedup_decision(*_paired([1.049 + 0.2 * e for e in spread]), min_speedup=1.05)
+    assert close["decision"] == "too close" and close["low"] < 1.05 <= close["high"]
+    assert close["speedup"] == pytest.approx(1.049) and close["iqr"] == pytest.approx(0.1, rel=0.05)
+    # load that drifts 1x..3x over the rounds hits both columns of a round alike: pairing cancels it
+    drift = [1 + 2 * (i % 7) / 6 for i in range(40)]
+    steady = speedup_decision(*_paired([1.2] * 40, drift), min_speedup=1.05)
+    assert steady["decision"] == "install" and steady["low"] == pytest.approx(1.2) == steady["high"]
+    with pytest.raises(ValueError, match="paired"):
+        speedup_decision([1.0, 2.0], [1.0], min_speedup=1.05)
+
+
+def test_a_swap_too_close_to_call_stays_dense_and_says_why(load_fixture, monkeypatch):
+    import compressor.passes.swap_kernels as swap
+
+    spread = [i / 39 - 0.5 for i in range(40)]
+    dense_s, sparse_s = _paired([1.049 + 0.2 * e for e in spread])
+
+    def fake_timing(fns, repeats=20, warmup=3):
+        return {name: {"median_s": sorted(s)[20], "min_s": min(s), "runs": 40, "samples_s": s}
+                for name, s in zip(fns, (dense_s, sparse_s))}
+
+    monkeypatch.setattr(swap, "time_interleaved", fake_timing)
+    result = run(load_fixture("mlp"), [{"pass": "nm_prune", "targets": ["fc1"]}, {"pass": "swap_kernels"}])
+    row = result.report.layers[0]
+    assert isinstance(result.model.fc1, nn.Linear)
+    assert row.kernel.startswith("dense (too close to call for nm_linear: 1.049x, 95% interval ")
+    assert row.kernel.endswith("over 40 rounds, spans 1.05x)")
+    assert float((result.model.fc1.weight == 0).float().mean()) == pytest.approx(0.5)  # the mask stayed
+    metrics = result.report.passes[-1]["metrics"]
+    assert metrics["fc1"]["decision"] == "too close" and metrics["fc1"]["installed"] is False
+    load = metrics["machine_load"]
+    assert load["cpu_count"] == os.cpu_count() and set(load["before"]) == {"load_1m", "load_5m", "load_15m"}

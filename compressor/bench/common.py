@@ -39,7 +39,8 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20,
     caches do not flatter the result). The order within a round is shuffled (seeded, so runs are
     repeatable): a call that runs right after a dense GEMM finds the caches flushed by its weight
     stream, and a fixed order would charge that to whichever callable comes next.
-    Returns ``{name: {"median_s", "min_s", "runs"}}``.
+    Returns ``{name: {"median_s", "min_s", "runs", "samples_s"}}``; ``samples_s[r]`` is round ``r``'s
+    time, so the callables' samples pair up round by round.
     """
     for i in range(warmup):
         for fn in fns.values():
@@ -54,7 +55,8 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20,
             fns[name](r)
             samples[name].append(time.perf_counter() - t0)
     return {
-        name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s)} for name, s in samples.items()
+        name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s), "samples_s": list(s)}
+        for name, s in samples.items()
     }
 
 
