@@ -16,7 +16,7 @@ kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_
 (:mod:`.semi_structured`).
 
 Papers: Narang et al. arXiv 1711.02782 (block sparsity), Hadifar et al. arXiv 2001.04686 (gated
-blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``PAPERS.md``.
+blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``docs/methods.md``.
 """
 
 if __name__ == "kernels":
