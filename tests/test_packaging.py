@@ -68,3 +68,16 @@ def test_python_m_compressor_help_from_root():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "--recipe" in proc.stdout
+
+
+def test_ci_runs_the_readme_command_and_every_install_is_pinned():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv .venv && ")]
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2 and ci == [commands[1]]
+    for command in commands:
+        installs = [part for part in command.split("&&") if "pip install" in part]
+        assert len(installs) == 2 and all(part.strip().endswith(" -c constraints.txt") for part in installs), command
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert "torch==2.13.0" in pins  # no +cpu label: it must agree with 'pip install torch==2.13.0' on any index
+    assert all("==" in pin and "+" not in pin and not pin.lower().startswith("compressor") for pin in pins)
