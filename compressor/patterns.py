@@ -116,7 +116,7 @@ class NM(Pattern):
 
 @dataclass(frozen=True)
 class Gated(Pattern):
-    """``h x w`` blocks chosen per example by a gate network (Hadifar et al., PAPERS.md section 2).
+    """``h x w`` blocks chosen per example by a gate network (Hadifar et al., docs/methods.md section 2).
 
     Nothing is pruned: storage is the dense weight plus the gate network's parameters (``in*K + K``
     for the full gate, ``in*rank + rank*K + K`` with a bottleneck). Compute per example (:meth:`flops`)

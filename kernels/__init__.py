@@ -16,20 +16,42 @@ kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_
 (:mod:`.semi_structured`).
 
 Papers: Narang et al. arXiv 1711.02782 (block sparsity), Hadifar et al. arXiv 2001.04686 (gated
-blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``PAPERS.md``.
+blocks), Hubara et al. arXiv 2102.08124 (N:M); see ``docs/methods.md``.
 """
 
-from ._checks import SUPPORTED_DTYPES
-from .block_ops import balanced_block_linear, bsr_linear
-from .formats import BSR, BalancedBlock, NMPacked, block_mask_grid, is_balanced
-from .gated_ops import gate_values, gated_block_linear, kept_blocks, select_blocks
-from .modules import BlockSparseLinear, GatedBlockLinear, NMLinear
-from .nm_ops import nm_linear
-from .onnx_check import OnnxCheck, export_onnx, onnx_check, ort_session
-from .rnn import RNNStep, SparseGRU, SparseLSTM
-from .semi_structured import SemiStructuredWeight, is_transposable_2to4
-from .triton_common import BACKENDS, TritonUnavailableError, resolve_backend
-from .gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear, kept_fraction
+if __name__ == "kernels":
+    # Imported under the bare name: the repository root is on sys.path (python -m pytest, python -m
+    # compressor or torchrun -m compressor run from the root), so this folder, which is installed as
+    # compressor.kernels, shadows Hugging Face's `kernels` package that transformers imports. Load the
+    # real one from sys.path without the root and put it in sys.modules: the import system returns
+    # sys.modules["kernels"], not this module, once this body ends.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    _paths = [p for p in sys.path if os.path.realpath(p or ".") != _root]
+    _spec = importlib.machinery.PathFinder.find_spec("kernels", _paths)
+    if _spec is None or _spec.origin is None:  # origin None: a bare namespace folder (e.g. tests/kernels)
+        raise ModuleNotFoundError(
+            f"{os.path.dirname(__file__)} is compressor.kernels and must be imported as compressor.kernels; "
+            "no other 'kernels' package is installed", name="kernels")
+    _real = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _real
+    _spec.loader.exec_module(_real)
+else:
+    from compressor.kernels._checks import SUPPORTED_DTYPES
+    from compressor.kernels.block_ops import balanced_block_linear, bsr_linear
+    from compressor.kernels.formats import BSR, BalancedBlock, NMPacked, block_mask_grid, is_balanced
+    from compressor.kernels.gated_ops import gate_values, gated_block_linear, kept_blocks, select_blocks
+    from compressor.kernels.modules import BlockSparseLinear, GatedBlockLinear, NMLinear
+    from compressor.kernels.nm_ops import nm_linear
+    from compressor.kernels.onnx_check import OnnxCheck, export_onnx, onnx_check, ort_session
+    from compressor.kernels.rnn import RNNStep, SparseGRU, SparseLSTM
+    from compressor.kernels.semi_structured import SemiStructuredWeight, is_transposable_2to4
+    from compressor.kernels.triton_common import BACKENDS, TritonUnavailableError, resolve_backend
+    from compressor.kernels.gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear, kept_fraction
 
 __all__ = [
     "SUPPORTED_DTYPES",

@@ -1,7 +1,7 @@
 """Block-sparse linear ops in pure torch: balanced block and general BSR.
 
 Balanced block (every block row keeps ``k`` blocks; Narang et al., arXiv 1711.02782, and the
-balanced layout of PAPERS.md section 2): the product is one gather of ``x``'s block columns and
+balanced layout of docs/methods.md sections 1 and 2): the product is one gather of ``x``'s block columns and
 one batched matmul. Values are kept in the *kernel layout* ``(R, k*bw, bh)``: block row ``r``'s
 kept blocks, in the order of ``col_idx[r]``, each transposed, so that
 

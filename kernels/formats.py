@@ -6,7 +6,7 @@ module can always be turned back into a dense one.
 
 * :class:`BalancedBlock` -- every block row keeps the same number ``k`` of ``bh x bw`` blocks
   (Narang et al., "Block-Sparse Recurrent Neural Networks", arXiv 1711.02782, with the balanced
-  variant of PAPERS.md section 2). Values are ``(R, bh, k*bw)`` plus block-column indices
+  variant of docs/methods.md sections 1 and 2). Values are ``(R, bh, k*bw)`` plus block-column indices
   ``(R, k)``; a product is one gather of ``x``'s block columns plus one batched matmul.
 * :class:`BSR` -- blocked compressed sparse rows (``crow_indices``, ``col_indices``,
   ``values (nnzb, bh, bw)``), the layout of ``torch.sparse_bsr_tensor``; rows may differ in their

@@ -1,7 +1,7 @@
 """Gated block linear: per-example top-k of weight blocks (block-wise dynamic sparseness).
 
 Hadifar, Deleu, Develder, Demeester, "Block-wise Dynamic Sparseness" (arXiv 2001.04686); see
-PAPERS.md section 2. ``W (out, in)`` is cut into ``bh x bw`` blocks, ``K = Ro * Ci`` in all
+docs/methods.md section 2. ``W (out, in)`` is cut into ``bh x bw`` blocks, ``K = Ro * Ci`` in all
 (block index ``j * Ci + i`` for block row ``j``, block column ``i``). A gate network (one Linear,
 input -> K scores) scores the blocks for every example; the op keeps, per example,
 
@@ -11,7 +11,7 @@ input -> K scores) scores the blocks for every example; the op keeps, per exampl
 and computes ``y_j = sum over kept blocks (j, i) of g_ji * W_[j][i] x_[i]``.
 
 Gate values: raw scores can be negative, so the score is made positive with ``softplus`` (our
-documented choice, PAPERS.md 2.4); the kept scores are rescaled to average 1 over all ``K`` blocks,
+documented choice, docs/methods.md section 2, step 3); the kept scores are rescaled to average 1 over all ``K`` blocks,
 ``g = s_kept / (sum(s_kept) / K)``, in both modes. Training is plain backprop through ``g`` (so
 through the gate network) and through the kept blocks' weights; the hard top-k itself has no
 gradient (no straight-through estimator), as in the paper.

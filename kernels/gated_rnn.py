@@ -1,7 +1,7 @@
 """Gated (input-dependent block-sparse) layers: gate networks, gated Linear, ``GatedLSTM`` / ``GatedGRU``.
 
 Hadifar, Deleu, Develder, Demeester, "Block-wise Dynamic Sparseness" (arXiv 2001.04686;
-PAPERS.md section 2). Every gated weight matrix is a
+docs/methods.md section 2). Every gated weight matrix is a
 :class:`~compressor.kernels.modules.GatedBlockLinear`: a gate network scores its ``K`` blocks
 from the layer's own input, the top ``k`` are kept per example and rescaled
 (``g = s_kept / (sum(s_kept) / K)``, scores ``softplus`` of the gate's logits).
@@ -12,7 +12,7 @@ from the layer's own input, the top ``k`` are kept per example and rescaled
   the method is for, and while exporting; for large batches and in training a masked dense form
   (per example a block-gate matrix ``G (B, Ro, Ci)`` with ``g`` at the kept blocks, zeros elsewhere,
   one batched matmul per block row) that computes the same function with dense GEMMs and cheap
-  autograd. Every example has its own mask, so a batch cannot share one sparse GEMM (PAPERS.md 2).
+  autograd. Every example has its own mask, so a batch cannot share one sparse GEMM (docs/methods.md section 2).
 * :func:`build_gate` -- the gate network: one ``Linear(in, K)`` (the paper) or, with ``rank`` r > 0,
   a bottleneck ``Linear(in, r, bias=False) -> Linear(r, K)`` (``in*r + r*K`` multiply-adds
   instead of ``in*K``).

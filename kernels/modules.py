@@ -4,7 +4,7 @@
   balanced block layout, or BSR when block rows keep very different numbers of blocks.
 * :class:`NMLinear` -- packed N:M along the input dimension (Hubara et al., arXiv 2102.08124).
 * :class:`GatedBlockLinear` -- per-example top-k of blocks chosen by a gate network
-  (Hadifar et al., arXiv 2001.04686; PAPERS.md section 2).
+  (Hadifar et al., arXiv 2001.04686; docs/methods.md section 2).
 
 Every module has a deterministic ``from_dense(...)`` classmethod (a loader can rebuild a swapped
 module from the dense masked weight and its mask), ``to_dense_weight()`` and ``to_linear()`` to

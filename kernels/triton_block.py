@@ -1,7 +1,7 @@
 """Triton block-sparse x dense GEMM / GEMV (``y = x @ W_sparse^T``) for the balanced and BSR layouts.
 
 Narang et al., "Block-Sparse Recurrent Neural Networks" (arXiv 1711.02782); the balanced layout
-of PAPERS.md section 2. One kernel serves both layouts: a balanced matrix is a BSR matrix whose
+of docs/methods.md sections 1 and 2. One kernel serves both layouts: a balanced matrix is a BSR matrix whose
 block rows all hold ``k`` blocks (``crow = arange(R + 1) * k``).
 
 Kernel (:func:`_block_rows_kernel`): program ``(m, r, s)`` computes the ``BM x bh`` output tile of

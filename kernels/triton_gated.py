@@ -1,6 +1,6 @@
 """Triton gated block GEMV: per-example kept blocks, scaled by their gate values.
 
-Hadifar et al., "Block-wise Dynamic Sparseness" (arXiv 2001.04686); PAPERS.md section 2. The
+Hadifar et al., "Block-wise Dynamic Sparseness" (arXiv 2001.04686); docs/methods.md section 2. The
 weight is cut into ``K = Ro * Ci`` blocks stored transposed, ``blocks_t (K, bw, bh)`` (block
 ``j * Ci + i``). Every example ``b`` has its own kept block list ``idx[b] (n,)`` and gate values
 ``g[b] (n,)`` (from :func:`compressor.kernels.select_blocks`), and

@@ -1,4 +1,4 @@
-"""One-shot block magnitude pruning (Narang et al., arXiv 1711.02782; PAPERS.md section 1).
+"""One-shot block magnitude pruning (Narang et al., arXiv 1711.02782; docs/methods.md section 1).
 
 Every weight matrix is cut into ``bh x bw`` blocks, each block is scored (max|w| as in the
 paper, or mean|w| / L2 norm), and the lowest-scoring blocks are zeroed. With ``balanced``

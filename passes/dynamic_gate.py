@@ -1,6 +1,6 @@
 """Dynamic block gating: per input, skip a fixed fraction of weight blocks chosen by a gate network.
 
-Hadifar, Deleu, Develder, Demeester, "Block-wise Dynamic Sparseness" (arXiv 2001.04686; PAPERS.md
+Hadifar, Deleu, Develder, Demeester, "Block-wise Dynamic Sparseness" (arXiv 2001.04686; docs/methods.md
 section 2). Every targeted weight matrix ``W (out, in)`` is cut into ``block`` blocks (``K`` in all)
 and gets its own gate network reading the layer's input: an ``nn.Linear`` target becomes a
 :class:`~compressor.kernels.GatedLinear` (a ``GatedBlockLinear``); an ``nn.LSTM`` / ``nn.GRU`` becomes

@@ -1,4 +1,4 @@
-"""Gradual block pruning during fine-tuning (Narang et al., arXiv 1711.02782; PAPERS.md section 1).
+"""Gradual block pruning during fine-tuning (Narang et al., arXiv 1711.02782; docs/methods.md section 1).
 
 Two schedules decide how many blocks are pruned as training goes on; every ``freq`` steps in
 ``[start, end)`` the masks are tightened, they never regrow (a mask only ever loses blocks and
@@ -91,7 +91,7 @@ class GradualBlockPruneConfig(PassConfig):
 
 
 def narang_threshold(t: int, q: float, start: int, ramp: int, end: int, freq: int, mult: float) -> float:
-    """The block-pruning threshold eps at step ``t`` (PAPERS.md section 1, step 3)."""
+    """The block-pruning threshold eps at step ``t`` (docs/methods.md section 1, ``schedule: narang``)."""
     theta = 2 * q * freq / (2 * (ramp - start) + 3 * (end - ramp))
     phi = mult * theta
     if t < start:

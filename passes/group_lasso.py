@@ -1,4 +1,4 @@
-"""Group-lasso fine-tuning on weight blocks (Narang et al., arXiv 1711.02782; PAPERS.md section 1).
+"""Group-lasso fine-tuning on weight blocks (Narang et al., arXiv 1711.02782; docs/methods.md section 1).
 
 Adds ``lambda_g * sum over blocks ||w_block||_2`` to the task loss while fine-tuning. The norm
 is not differentiable at zero, so two methods are offered:

@@ -1,6 +1,6 @@
 """Unstructured -> N:M or transposable N:M conversion with layer-wise reconstruction.
 
-Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every selected layer:
+Hubara et al. (arXiv 2102.08124; docs/methods.md section 3, "AdaPrune"). For every selected layer:
 
 1. choose the mask: plain N:M along the input dimension, or transposable N:M (every M x M tile
    keeps N per row and per column, so W^T is N:M too) with a solver from
@@ -9,7 +9,7 @@ Hubara et al. (arXiv 2102.08124; PAPERS.md section 3, "AdaPrune"). For every sel
    The solvers keep the largest scores: ``score: magnitude`` (default) scores ``|W_ij|``;
    ``score: activation`` scores ``|W_ij| * ||X_j||`` with the calibration inputs' column norms
    (the activation-aware criterion of Sun et al., "Wanda", arXiv 2306.11695: a weight matters in
-   proportion to the input that it multiplies; not part of PAPERS.md, offered because it is
+   proportion to the input that it multiplies; not part of Hubara et al., offered because it is
    cheap once X is recorded). Weights whose inputs no hook sees fall back to magnitude. Scores
    are taken on the ORIGINAL weights (the model before any pass), so a weight an earlier pass
    removed can come back when the pattern needs it: the earlier mask is only the solvers' prior,

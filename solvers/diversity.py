@@ -2,7 +2,7 @@
 
 Mask diversity is the number of distinct masks of a tensor that satisfy a pattern at a given
 density; more diversity means more freedom to keep the important weights. Definitions that
-reproduce the paper's numbers for one 8 x 8 tensor at 50% density (PAPERS.md section 3):
+reproduce the paper's numbers for one 8 x 8 tensor at 50% density (docs/methods.md section 3):
 
 * unstructured: C(64, 32) = 1.83e18 (any 32 of the 64 entries);
 * N:M (along rows): C(M, N) ** (64 / M) independent groups: 4:8 -> 70**8 = 5.76e14,
@@ -96,7 +96,7 @@ def transposable_nm_diversity(rows: int, cols: int, n: int, m: int) -> int:
 
 
 def paper_diversity_8x8() -> dict[str, int]:
-    """The five per-tensor diversities of PAPERS.md for one 8 x 8 tensor at 50% density."""
+    """The five per-tensor diversities of docs/methods.md section 3 for one 8 x 8 tensor at 50% density."""
     return {
         "unstructured": unstructured_diversity(8, 8, 0.5),
         "4:8": nm_diversity(8, 8, 4, 8),

@@ -1,5 +1,5 @@
 """Greedy 2-approximation for transposable N:M, vectorised over tiles, plus repair
-(Hubara et al., arXiv 2102.08124, section 3 of PAPERS.md).
+(Hubara et al., arXiv 2102.08124, section 3 of docs/methods.md).
 
 Greedy: visit the entries of each tile by descending score and keep one while its row and its
 column each hold fewer than N kept entries. All tiles advance together in torch; the only Python

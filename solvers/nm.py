@@ -1,6 +1,6 @@
 """Plain N:M masks: keep the N largest |w| of every M consecutive weights along the input dimension.
 
-Hubara et al. (arXiv 2102.08124), section 3 of PAPERS.md. A row whose length is not a multiple
+Hubara et al. (arXiv 2102.08124), section 3 of docs/methods.md. A row whose length is not a multiple
 of M is treated as if zero-padded to the next multiple: the last, partial group of r < M entries
 keeps its min(N, r) largest entries (the padding is never kept). That is what a hardware N:M
 format sees after padding the input dimension.

@@ -1,5 +1,5 @@
 """Batched entropy-regularised transport for transposable N:M, in the spirit of TSENOR
-(Meng, Makni, Mazumder 2025, arXiv 2505.23949; PAPERS.md section 3).
+(Meng, Makni, Mazumder 2025, arXiv 2505.23949; docs/methods.md section 3).
 
 Every tile's LP relaxation, maximise <S, P> over 0 <= P <= 1 with row and column sums N, gets a
 binary (Fermi-Dirac) entropy term ``tau * sum(-P log P - (1-P) log(1-P))``; its optimum has the

@@ -1,4 +1,4 @@
-"""Tiling helpers for transposable N:M masks (Hubara et al., arXiv 2102.08124; PAPERS.md section 3).
+"""Tiling helpers for transposable N:M masks (Hubara et al., arXiv 2102.08124; docs/methods.md section 3).
 
 A transposable N:M mask keeps, in every M x M tile (M rows x M columns of the matrix), exactly N
 entries in each row and each column, so that both W and W^T are N:M along their input dimension.

@@ -1,6 +1,6 @@
 """``compress bench nm``: plain vs transposable N:M, with and without reconstruction.
 
-Hubara et al. (PAPERS.md section 3) on the built-in models: the character LSTM (``lstm-lm``, test
+Hubara et al. (docs/methods.md section 3) on the built-in models: the character LSTM (``lstm-lm``, test
 perplexity), the trained transformer encoder (``char-encoder``, masked-character test perplexity;
 calibration on masked text from its ``masked_lm_task``) and, with ``--models tiny-encoder``, the random-weight encoder
 (relative output error against the dense model on random token ids). For each N:M in ``--patterns`` and each of plain / transposable,

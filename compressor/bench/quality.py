@@ -1,6 +1,6 @@
 """``compress bench quality``: does block pruning during fine-tuning keep the LM's quality?
 
-Reproduces the relative claim of Narang et al. (PAPERS.md section 1) on the built-in
+Reproduces the relative claim of Narang et al. (docs/methods.md section 1) on the built-in
 character LSTM: starting from the shipped checkpoint, every variant gets the same budget of
 fine-tuning steps on the benchmark corpus (Shakespeare and Milton by default, downloaded once):
 
@@ -17,7 +17,7 @@ workflow, and its budget is S + ``--steps`` (compare with a dense run of that ma
 
 It reports test perplexity, the relative gap to dense, sparsity and wall time, and writes JSON.
 
-``--gates`` reproduces instead the claim of Hadifar et al. (PAPERS.md section 2) at ``--keep`` (0.5:
+``--gates`` reproduces instead the claim of Hadifar et al. (docs/methods.md section 2) at ``--keep`` (0.5:
 half the compute), every variant with the same step budget on the LSTM (``rnn``) weights:
 
 - ``dense``: plain fine-tuning;

@@ -1,6 +1,6 @@
 """``compress bench solvers``: transposable N:M mask solvers side by side (time, kept magnitude).
 
-Hubara et al. (arXiv 2102.08124; PAPERS.md section 3) solve one min-cost flow per tile with
+Hubara et al. (arXiv 2102.08124; docs/methods.md section 3) solve one min-cost flow per tile with
 networkx; that per-tile reference is the baseline here, timed on a sample of tiles and
 extrapolated to the whole matrix (labelled ``extrapolated``). Every other figure is measured on
 the full matrix: random Gaussian weights at each ``--sizes`` side, and the 2-D tensors of a

@@ -1,4 +1,4 @@
-"""Mask diversity counts (PAPERS.md section 3) and kept-magnitude quality measures."""
+"""Mask diversity counts (docs/methods.md section 3) and kept-magnitude quality measures."""
 
 from __future__ import annotations
 
