@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .errors import CompressorError
 from .outputs import atomic_file
-from .kernels import SparseGRU, SparseLSTM, export_onnx, ort_session
+from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
 
@@ -74,12 +74,6 @@ def fresh_inputs(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor,
     return tuple(out)
 
 
-def _flat(x) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    return [t for item in x for t in _flat(item)]
-
-
 def max_errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
     """Worst absolute error and worst error relative to each output's largest magnitude."""
     max_abs = max_rel = 0.0
@@ -106,7 +100,7 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
             for trial in range(1, trials + 1):
                 inputs = make_inputs(trial)
                 with torch.no_grad():
-                    expected = _flat(reference(*inputs))
+                    expected = flatten_outputs(reference(*inputs))
                 got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
                 if len(got) != len(expected):
                     raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")

@@ -30,6 +30,7 @@ from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs
+from .kernels import flatten_outputs
 from .swaps import dense_weight, densify, replay
 from .targeting import explain_selection, resolve_targets
 
@@ -180,20 +181,10 @@ class PipelineResult:
     out: Path | None
 
 
-def _flat_outputs(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict) or hasattr(out, "values"):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flat_outputs(o)]
-    return []
-
-
 @torch.no_grad()
 def output_error(reference: list[torch.Tensor], model: nn.Module, inputs: tuple) -> float:
     """Relative L2 error of ``model``'s floating outputs on ``inputs`` against ``reference``."""
-    outs = [o for o in _flat_outputs(model(*inputs)) if o.is_floating_point()]
+    outs = [o for o in flatten_outputs(model(*inputs)) if o.is_floating_point()]
     num = sum(float((o - r).float().pow(2).sum()) for o, r in zip(outs, reference))
     den = sum(float(r.float().pow(2).sum()) for r in reference)
     return (num / den) ** 0.5 if den else 0.0
@@ -315,7 +306,7 @@ class Pipeline:
                     raise CompressorError(
                         f"the example inputs do not fit the model ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     ) from None
-                reference = [o.clone() for o in _flat_outputs(outputs) if o.is_floating_point()]
+                reference = [o.clone() for o in flatten_outputs(outputs) if o.is_floating_point()]
         if spec.evaluate is not None:
             with console.status("evaluating the original model"):
                 for k, v in spec.evaluate(model).items():

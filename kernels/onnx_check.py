@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxCheck", "export_onnx", "ort_session", "use_global_ort_threads", "onnx_check"]
+__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "ort_session", "use_global_ort_threads", "onnx_check"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -104,13 +104,18 @@ def _fresh(example: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return example.clone()
 
 
-def _flat(outputs) -> list[torch.Tensor]:
+def flatten_outputs(outputs) -> list[torch.Tensor]:
+    """The tensors of a model's outputs in the order an ONNX export lists them: a tensor, or nested
+    tuples, lists and mappings of them (Hugging Face's ``ModelOutput`` is a mapping: its values
+    count, not its keys; iterating it as a sequence recursed through the key strings forever).
+    Anything else (None, numbers, strings) is not an output tensor."""
     if isinstance(outputs, torch.Tensor):
         return [outputs]
-    flat = []
-    for o in outputs:
-        flat.extend(_flat(o))
-    return flat
+    if isinstance(outputs, Mapping):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [t for o in outputs for t in flatten_outputs(o)]
+    return []
 
 
 def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, trials: int = 2, seed: int = 0,
@@ -133,7 +138,7 @@ def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, tri
         for _ in range(trials):
             inputs = tuple(_fresh(x, gen) for x in example_inputs)
             with torch.no_grad():
-                expected = [t.detach().double().numpy() for t in _flat(module(*inputs))]
+                expected = [t.detach().double().numpy() for t in flatten_outputs(module(*inputs))]
             feed = {n: x.numpy() for n, x in zip(names, inputs)}
             got = sess.run(None, feed)
             if len(got) != len(expected):

@@ -36,3 +36,25 @@ def test_bert_directory_compresses_and_round_trips(tmp_path):
     loaded = compressor.load(tmp_path / "art")
     with torch.no_grad():
         assert torch.equal(loaded(x).last_hidden_state, result.model(x).last_hidden_state)
+
+
+def test_bert_exports_to_onnx_through_the_recipe(tmp_path):
+    """Hugging Face outputs are ModelOutput mappings: flattening them recursed through the key
+    strings (RecursionError) and lost the whole finished run at export."""
+    from compressor.kernels import flatten_outputs, ort_session
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    spec = compressor.load_model(str(tmp_path / "bert"))
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "nm_prune", "ignore": ["pooler"]}], "export": {"onnx": True}})
+    result = compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
+    assert result.report.metrics["onnx_rel_error(model.onnx)"]["after"] < 1e-4
+    x = spec.example_inputs[0]
+    session = ort_session(str(tmp_path / "art" / "model.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = flatten_outputs(result.model(x))
+    assert len(got) == len(expected)
+    torch.testing.assert_close(torch.from_numpy(got[0]), expected[0], rtol=1e-4, atol=1e-5)
