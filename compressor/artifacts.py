@@ -267,9 +267,10 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     structural = tuple(r["module"] + "." for r in meta.get("replacements", []) if r.get("structural"))
     tied = meta.get("tied", {})
     stored = sum(math.prod(s) for s in shapes.values())
-    wanted = 0
+    # what building the model for real allocates: each parameter and buffer object once (tied weights are one object)
+    unique = {id(t): t for t in [*skeleton.parameters(), *skeleton.buffers()]}
+    wanted = sum(t.numel() for t in unique.values())
     for name, tensor in skeleton.state_dict().items():
-        wanted += tensor.numel()
         if name.startswith(structural):
             continue  # a gated module's own tensors are checked when they load
         have = shapes.get(tied.get(name, name))

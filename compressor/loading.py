@@ -32,7 +32,7 @@ import torch.nn as nn
 from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "check_finite", "make_inputs"]
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -133,7 +133,7 @@ def _from_hf_dir(path: Path) -> ModelSpec:
         ) from None
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = hf_class(config.architectures).from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # bad config.json, no weights, unknown model_type
         reason = " ".join(str(exc).split())[:240]
         raise ModelLoadError(f"--model {path}: not a loadable Hugging Face model directory ({type(exc).__name__}: "
@@ -292,4 +292,25 @@ def rebuild_hf(config: dict) -> nn.Module:
         raise ModelLoadError(f"Hugging Face model_type {str(model_type)[:40]!r} is not one transformers implements")
     fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
     hf_config = transformers.AutoConfig.for_model(model_type, **fields)
-    return transformers.AutoModel.from_config(hf_config, trust_remote_code=False)
+    cls = hf_class(hf_config.architectures)
+    if cls is transformers.AutoModel:
+        return cls.from_config(hf_config, trust_remote_code=False)
+    return cls(hf_config)
+
+
+def hf_class(architectures) -> type:
+    """The transformers class a config's ``architectures`` names (task heads kept: a
+    ``BertForMaskedLM`` directory loads with its head), ``AutoModel`` when it names none.
+
+    Only classes transformers itself implements are used: a name it does not know (custom code
+    that ``trust_remote_code`` would download and run) is refused."""
+    import transformers
+
+    if not architectures:
+        return transformers.AutoModel
+    name = architectures[0]
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ModelLoadError(f"config.json names architecture {short(name)}, which transformers does not implement; "
+                             "models with custom code are not loaded")
+    return cls

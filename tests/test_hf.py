@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -58,3 +59,28 @@ def test_bert_exports_to_onnx_through_the_recipe(tmp_path):
         expected = flatten_outputs(result.model(x))
     assert len(got) == len(expected)
     torch.testing.assert_close(torch.from_numpy(got[0]), expected[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_directory_loads_as_the_class_its_config_names(tmp_path):
+    """architectures: ["BertForMaskedLM"] keeps the MLM head (AutoModel dropped it); the artifact
+    rebuilds the same class; a class transformers does not implement is refused in one line."""
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    spec = compressor.load_model(str(tmp_path / "mlm"))
+    assert type(spec.model).__name__ == "BertForMaskedLM"
+    names = [t.name for t in compressor.capture(spec.model, spec.example_inputs).targets]
+    assert "cls.predictions.transform.dense.weight" in names
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [{"pass": "nm_prune", "targets": ["bert"]}]})).run(
+        spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
+    loaded = compressor.load(tmp_path / "art")
+    x = spec.example_inputs[0]
+    with torch.no_grad():
+        assert type(loaded).__name__ == "BertForMaskedLM"
+        assert torch.equal(loaded(x).logits, result.model(x).logits)
+    cfg = json.loads((tmp_path / "mlm" / "config.json").read_text())
+    cfg["architectures"] = ["EvilModelWithRemoteCode"]
+    (tmp_path / "mlm" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(compressor.ModelLoadError, match="does not implement"):
+        compressor.load_model(str(tmp_path / "mlm"))
