@@ -205,7 +205,10 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
     for module_path, group in groups.items():
         mods = _gated_modules(state.model, module_path, group)
         freq = keep_frequency(state.model, mods, task, config.calibration_batches) if config.calibration_batches else {}
-        lat = step_latency(state.model.get_submodule(module_path), config.latency_repeats) if config.latency_repeats else None
+        gated = state.model.get_submodule(module_path)
+        # a bidirectional layer has no streaming step to time (asking for one failed after the training)
+        bidirectional = bool(getattr(gated, "bidirectional", False))
+        lat = step_latency(gated, config.latency_repeats) if config.latency_repeats and not bidirectional else None
         if lat is not None:
             result.metrics["latency"][module_path] = {k: round(v, 4) for k, v in lat.items()}
         for t in group:
@@ -216,6 +219,11 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
                                                  "blocks": K}
             notes = [f"per example keeps {n_kept}/{K} blocks; FLOPs incl. gate {flops / (2 * t.shape[0] * t.shape[1]):.1%} "
                      f"of dense (gate {pattern.gate_macs(t.shape) / (t.shape[0] * t.shape[1]):.1%})"]
+            if pattern.gate_macs(t.shape) >= t.shape[0] * t.shape[1]:
+                notes.append(f"the gate costs {pattern.gate_macs(t.shape) / (t.shape[0] * t.shape[1]):.0%} of the dense "
+                             "layer: gating it saves no compute (use larger blocks, rank > 0, or ignore this layer)")
+            if bidirectional and config.latency_repeats:
+                notes.append("batch-1 latency not measured: a bidirectional layer has no streaming step")
             if lat is not None:
                 what = "streaming step (all layers)" if t.kind != "linear" else "forward"
                 slower = "; SLOWER than dense at this size: per-op overhead outweighs the skipped blocks" \

@@ -271,3 +271,19 @@ def test_totals_of_a_gated_model_count_the_dense_weights_once_and_each_gate_once
     fc1_flops = 2 * (round(48 * 20 * kept / K) + 20 * K)
     assert t.dense_flops == 2 * (48 * 20 + 36 * 48 + 5 * 36)
     assert t.compressed_flops == fc1_flops + 2 * (36 * 48 + 5 * 36)
+
+
+def test_bidirectional_layers_are_gated_and_say_why_no_step_is_timed(load_fixture):
+    """A bidirectional LSTM has no streaming step: the batch-1 step timing failed after the training
+    ('step() needs a unidirectional model'); now the run completes and the report says why."""
+    spec, result = _run(load_fixture, "bilstm", targets=["rnn"], block=[4, 4])
+    rows = {r.name: r for r in result.report.layers}
+    notes = rows["rnn.weight_hh_l0_reverse"].notes
+    assert any("bidirectional layer has no streaming step" in n for n in notes)
+    assert isinstance(result.model.rnn, GatedLSTM)
+
+
+def test_a_gate_dearer_than_its_layer_is_noted(load_fixture):
+    """Tiny blocks on a small layer make the gate network cost more than the layer it gates."""
+    _, result = _run(load_fixture, "mlp", targets=["fc1"], block=[1, 1], keep=0.5, latency_repeats=0)
+    assert any("saves no compute" in n for n in result.report.layers[0].notes)
