@@ -217,9 +217,18 @@ class DistillTask(Task):
         return {"distill_loss": sum(losses) / len(losses)}
 
 
+def _takes_floats(spec) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (getattr(spec, "example_inputs", None) or ()))
+
+
 def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
     """Instantiate the task a training pass asks for."""
     vocab = getattr(spec, "vocab", None)
+    if config.name == "lm" and vocab is None and _takes_floats(spec):
+        # token ids cannot feed a model whose inputs are floating point (nm_convert's default
+        # calibration built integer inputs for one and failed on a dtype mismatch): such a model gets
+        # the distill task's inputs, random tensors shaped like its example inputs
+        return DistillTask(config, teacher, spec.example_inputs, None)
     if config.name == "lm":
         return LMTask(config, vocab, teacher)
     if config.name == "distill":

@@ -111,6 +111,17 @@ def test_transposable_conversion_of_an_mlp_cuts_the_error(load_fixture, reconstr
     assert result.report.layers[2].pattern == "dense"
 
 
+def test_a_float_input_model_calibrates_without_a_calibration_section(load_fixture):
+    """The default calibration task (lm) feeds token ids; a model of float inputs got integer
+    inputs and failed on a dtype mismatch. It now gets random inputs shaped like its examples."""
+    spec = load_fixture("mlp")
+    step = {"pass": "nm_convert", "targets": ["fc2"], "reconstruct": "lstsq", "rows": 256}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    fc2 = result.report.passes[0]["metrics"]["fc2.weight"]
+    assert fc2["reconstruction_error_after"] < fc2["reconstruction_error_before"]
+    assert is_transposable(result.masks["fc2.weight"], 2, 4)
+
+
 @pytest.mark.parametrize("keep_existing", [False, True])
 def test_prior_unstructured_mask_is_the_solvers_prior(load_fixture, keep_existing):
     """After unstructured pruning to 60%, 2:4 needs weights the earlier mask removed: by default they
