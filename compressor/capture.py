@@ -8,7 +8,12 @@ Three methods, tried in order until one works, and the result says which:
    Python control flow that symbolic tracing rejects): ATen ``linear``/``lstm``/``gru``/
    ``rnn_*`` nodes whose weight inputs are lifted parameters, named through the graph
    signature (the same FQNs that ``nn_module_stack`` reports).
-3. A module walk: every ``nn.Linear`` and recurrent module (data-dependent control flow).
+3. A module walk: every ``nn.Linear`` and recurrent module (data-dependent control flow), and
+   ``nn.MultiheadAttention``'s input projection.
+
+A tracer that finds fewer weights than the module walk (fx treats ``torch.nn`` containers such
+as ``nn.TransformerEncoderLayer`` as leaves) gets the walk's extra weights added, and the
+result's ``attempts`` says so.
 
 Each weight matrix becomes one :class:`Target`. Recurrent layers contribute every
 ``weight_ih_l{k}[_reverse]`` and ``weight_hh_l{k}[_reverse]`` (and ``weight_hr`` with a
@@ -94,6 +99,9 @@ def _module_weight_names(path: str, module: nn.Module) -> list[str]:
         return [f"{prefix}weight"]
     if isinstance(module, nn.RNNBase):
         return [f"{prefix}{n}" for n in module._flat_weights_names if _RNN_WEIGHT.match(n)]
+    if isinstance(module, nn.MultiheadAttention):  # its out_proj is an nn.Linear of its own
+        own = ("in_proj_weight",) if module.in_proj_weight is not None else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return [f"{prefix}{n}" for n in own]
     return []
 
 
@@ -233,6 +241,18 @@ def capture(
         except Exception as exc:  # each tracer fails in its own way; record why and fall back
             attempts.append((method, _summarise(exc)))
             continue
+        targets = _build_targets(model, used)
+        if method != "walk":
+            # fx treats torch.nn containers (nn.TransformerEncoderLayer, nn.MultiheadAttention) as
+            # leaves and never sees the Linears inside them: a tracer that finds fewer weights than
+            # a plain walk of the modules would silently leave layers dense. Use the larger set.
+            seen = {n for t in targets for n in (t.name, *t.aliases)}
+            missed = [n for n in _capture_walk(model) if n not in seen]
+            if missed:
+                targets = _build_targets(model, used + missed)
+                attempts.append((method, f"ok; found {len(targets) - len(missed)} weights, a module walk "
+                                         f"{len(missed)} more (e.g. {missed[0]}): using them all"))
+                return CaptureResult(targets, method, tuple(attempts))
         attempts.append((method, "ok"))
-        return CaptureResult(_build_targets(model, used), method, tuple(attempts))
+        return CaptureResult(targets, method, tuple(attempts))
     raise RuntimeError(f"no capture method worked: {attempts}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
+import torch.nn as nn
 from rich.console import Console
 
 import compressor
@@ -110,3 +112,38 @@ def test_builtin_encoder_captures_every_projection():
     assert result.method == "fx"
     expected = [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("q", "k", "v", "o", "fc1", "fc2")]
     assert names(result) == expected
+
+
+class _TransformerLM(nn.Module):
+    """nn.TransformerEncoder LM with a head tied to the embedding: fx sees one Linear (the head)."""
+
+    def __init__(self, vocab=40, d=16, layers=2):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embedding(tokens)))
+
+
+def test_torch_nn_transformer_layers_are_captured_and_pruned(tmp_path):
+    torch.manual_seed(0)
+    model = _TransformerLM().eval()
+    x = torch.randint(0, 40, (2, 8))
+    result = capture(model, (x,))
+    names = {t.name for t in result.targets}
+    for i in range(2):
+        for part in ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight"):
+            assert f"encoder.layers.{i}.{part}" in names
+    assert result.method == "fx" and "module walk" in result.attempts[-1][1]  # said, not silent
+    spec = compressor.ModelSpec(model, (x,), {"kind": "factory", "ref": "test"})
+    run = compressor.Pipeline(parse_recipe({"version": 1, "passes": [
+        {"pass": "unstructured_prune", "targets": ["encoder"], "sparsity": 0.5}]})).run(
+        spec, console=Console(file=io.StringIO()))
+    in_proj = run.model.encoder.layers[0].self_attn.in_proj_weight
+    assert float((in_proj == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    rows = {r.name: r for r in run.report.layers}
+    assert rows["encoder.layers.1.linear2.weight"].sparsity == pytest.approx(0.5, abs=0.01)
