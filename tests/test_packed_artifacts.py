@@ -71,6 +71,20 @@ def test_save_load_is_bit_exact(load_fixture, tmp_path, case):
         assert not any(k.startswith("__mask__.") for k in fh.keys())  # masks are implied by the layouts
 
 
+@pytest.mark.parametrize("case", ["balanced_block", "2:4", "transposable 4:8", "block", "unstructured"])
+def test_report_bytes_are_the_bytes_in_the_file(load_fixture, tmp_path, case):
+    fixture, passes, _ = CASES[case]
+    _, result = run(load_fixture, fixture, passes, tmp_path / "art")
+    layouts = compressor.read_metadata(tmp_path / "art")["layouts"]
+    with safe_open(str(tmp_path / "art" / "model.safetensors"), framework="pt") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    for row in result.report.layers:
+        if row.name not in layouts:
+            continue
+        written = sum(t.numel() * t.element_size() for k, t in stored.items() if k.startswith(f"__packed__.{row.name}."))
+        assert row.compressed_bytes == written, row.name
+
+
 def test_tied_weight_is_packed_once(load_fixture, tmp_path):
     _, result = run(load_fixture, *CASES["tied"][:2], tmp_path / "art")
     meta = compressor.read_metadata(tmp_path / "art")
