@@ -33,12 +33,13 @@ from .errors import ArtifactError, CompressorError, ModelLoadError, short
 from .loading import apply_state_dict, load_model, rebuild_hf
 from .models import rebuild_builtin
 from .masks import set_mask
-from .outputs import atomic_directory
+from .outputs import atomic_directory, atomic_file
 from .export import check_input_spec
 from .swaps import check_record, replay
 from .report import Report
 
-__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report", "read_metadata"]
+__all__ = ["FORMAT_VERSION", "DENSE_FORMAT", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report",
+           "read_metadata", "write_dense"]
 
 FORMAT_VERSION = 2
 #: the dense layout: weights with zeros plus ``__mask__.`` bool tensors (still written with ``dense``)
@@ -369,6 +370,24 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     if wanted > stored:
         raise ArtifactError(f"{path}: the metadata describes a model of {wanted:,} values but the file stores "
                             f"{stored:,}; the artifact is damaged (nothing was allocated)")
+
+
+def write_dense(directory: str | Path, path: str | Path, force: bool = False) -> Path:
+    """Write an artifact's weights to ``path`` in the dense layout (format 1): every weight a
+    plain tensor with its pruned entries zero, each mask a bool tensor ``__mask__.<name>``, and
+    the metadata record (so ``path`` is a loadable ``model.safetensors``). For tools that read
+    plain tensors; nothing is built or run, and the artifact is left as it is."""
+    from safetensors.torch import save_file
+
+    directory, path = Path(directory), Path(path)
+    if path.resolve().is_relative_to(directory.resolve()):
+        raise ArtifactError(f"{path} is inside the artifact {directory}; write the dense weights elsewhere")
+    meta, state, masks = _read(directory)
+    meta = {k: v for k, v in meta.items() if k not in ("layouts", "masks")} | {"format": DENSE_FORMAT}
+    state.update({MASK_PREFIX + name: mask.contiguous() for name, mask in masks.items()})
+    with atomic_file(path, mode="wb", force=force) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"compressor": json.dumps(meta)})
+    return path
 
 
 def read_metadata(directory: str | Path) -> dict:

@@ -175,3 +175,25 @@ def test_tampered_packed_tensors_are_one_artifact_error(block_artifact, tmp_path
     assert "\n" not in str(info.value)
     with pytest.raises(ArtifactError):
         compressor.load_masks(art)
+
+
+def test_export_dense_writes_the_format_1_layout(block_artifact, tmp_path):
+    from compressor.cli import main
+
+    out = tmp_path / "dense.safetensors"
+    assert main(["export", str(block_artifact), "--dense", str(out)]) == 0
+    saved = load_file(str(out))
+    loaded = load_trusted(block_artifact).state_dict()
+    masks = compressor.load_masks(block_artifact)
+    for name, mask in masks.items():
+        assert torch.equal(saved[f"__mask__.{name}"], mask)
+        assert torch.equal(saved[name], loaded[name]) and not bool((saved[name][~mask] != 0).any())
+    assert not any(k.startswith("__packed__.") for k in saved)
+    # the file is a format-1 model.safetensors: an artifact holding it loads to the same weights
+    art = copy_artifact(block_artifact, tmp_path, "dense_art")
+    out.replace(art / "model.safetensors")
+    assert read_metadata_raw(art)["format"] == 1
+    for name, tensor in load_trusted(art).state_dict().items():
+        assert torch.equal(tensor, loaded[name]), name
+    assert main(["export", str(art), "--dense", str(art / "x.safetensors")]) == 2  # one line: inside the artifact
+    assert not (art / "x.safetensors").exists()
