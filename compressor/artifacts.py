@@ -2,9 +2,13 @@
 
 Layout of ``DIR``:
 
-- ``model.safetensors``: the compressed weights (pruned entries are zeros), each mask as a
-  bool tensor under ``__mask__.<parameter name>``, and in the metadata a JSON record of how
-  to rebuild the architecture, each layer's pattern, and tied parameter names;
+- ``model.safetensors``: the compressed weights, and in the metadata a JSON record of how to
+  rebuild the architecture, each layer's pattern, tied parameter names and, per masked weight,
+  a versioned layout record: format 2 stores every masked weight packed in its pattern's
+  sparse layout (:mod:`compressor.packing`; the mask is implied by the layout), unmasked
+  tensors as they are. Format 1 (``save_artifacts(..., dense=True)``, ``compress export
+  --dense``) stores dense weights with zeros plus each mask as a bool tensor
+  ``__mask__.<parameter name>``; both load;
 - ``recipe.resolved.yaml``: the recipe with every default filled in;
 - ``report.json``: the per-layer report (:class:`compressor.report.Report`);
 - ``module.pt``: only for models that were loaded as pickled modules.
@@ -24,19 +28,30 @@ from typing import Union
 import torch
 import torch.nn as nn
 
+from . import packing
 from .errors import ArtifactError, CompressorError, ModelLoadError, short
 from .loading import apply_state_dict, load_model, rebuild_hf
 from .models import rebuild_builtin
 from .masks import set_mask
-from .outputs import atomic_directory
+from .outputs import atomic_directory, atomic_file
 from .export import check_input_spec
 from .swaps import check_record, replay
 from .report import Report
 
-__all__ = ["FORMAT_VERSION", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report", "read_metadata"]
+__all__ = ["FORMAT_VERSION", "DENSE_FORMAT", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report",
+           "read_metadata", "write_dense"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the dense layout: weights with zeros plus ``__mask__.`` bool tensors (still written with ``dense``)
+DENSE_FORMAT = 1
 MASK_PREFIX = "__mask__."
+#: packed weights may describe at most this many dense values per byte of the file (plus a floor),
+#: so a tiny crafted file cannot make the loader allocate a huge dense tensor (99.9% sparse is ~250)
+_EXPANSION_PER_BYTE = 1024
+_EXPANSION_FLOOR = 1 << 24
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 WEIGHTS = "model.safetensors"
 #: how an artifact says its architecture is rebuilt (never by importing code it names)
 SOURCE_KINDS = ("builtin", "hf", "factory", "pickle")
@@ -68,17 +83,25 @@ def save_artifacts(
     extra: dict[str, Callable[[Path], None]] | None = None,
     replacements: list[dict] | None = None,
     inputs: list[dict] | None = None,
+    dense: bool = False,
 ) -> Path:
-    """Write an artifact directory atomically. ``extra`` maps file names to writer callables."""
+    """Write an artifact directory atomically. ``extra`` maps file names to writer callables.
+
+    Masked weights are stored packed (format 2); ``dense`` writes format 1 instead (dense weights
+    with zeros plus bool masks) for tools that want plain tensors.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     with atomic_directory(out, force) as tmp:
         state, tied = _dedupe_state(model)
-        for name, mask in masks.items():
-            state[MASK_PREFIX + name] = mask.detach().to(torch.bool).contiguous().cpu()
-        meta = {"format": FORMAT_VERSION, "source": source, "tied": tied, "patterns": patterns,
-                "replacements": list(replacements or []), "inputs": list(inputs or [])}
+        meta = {"format": DENSE_FORMAT if dense else FORMAT_VERSION, "source": source, "tied": tied,
+                "patterns": patterns, "replacements": list(replacements or []), "inputs": list(inputs or [])}
+        if dense:
+            for name, mask in masks.items():
+                state[MASK_PREFIX + name] = mask.detach().to(torch.bool).contiguous().cpu()
+        else:
+            meta["layouts"], meta["masks"] = _pack_state(state, tied, masks, patterns), sorted(masks)
         save_file(state, str(tmp / WEIGHTS), metadata={"compressor": json.dumps(meta)})
         (tmp / "recipe.resolved.yaml").write_text(recipe_yaml, encoding="utf-8")
         if source.get("kind") == "pickle":
@@ -89,9 +112,30 @@ def save_artifacts(
     return out
 
 
+def _pack_state(state: dict[str, torch.Tensor], tied: dict[str, str], masks: dict[str, torch.Tensor],
+                patterns: dict[str, dict]) -> dict[str, dict]:
+    """Replace each masked weight of ``state`` by its packed parts; returns the layout records."""
+    layouts = {}
+    for name, mask in masks.items():
+        kept = tied.get(name, name)  # a tied weight is packed once, under the name it is stored as
+        if kept in layouts:
+            continue
+        if kept not in state:
+            raise ArtifactError(f"mask {name!r} names no tensor of the model's state")
+        pattern = patterns.get(name) or patterns.get(kept)
+        try:
+            record, parts = packing.pack(state.pop(kept), mask, pattern)
+        except ValueError as exc:
+            raise ArtifactError(f"{name}: cannot pack the weight ({exc})") from None
+        layouts[kept] = record
+        state.update({packing.part_key(kept, p): t.contiguous() for p, t in parts.items()})
+    return layouts
+
+
 def _header(directory: Path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
-    """The weights file, its checked metadata and the stored tensors' shapes, read from the
-    safetensors header alone (no tensor data is read or allocated)."""
+    """The weights file, its checked metadata and the shapes of the weights it holds (packed
+    weights by their layout's shape), read from the safetensors header alone (no tensor data is
+    read or allocated)."""
     from safetensors import safe_open
 
     path = Path(directory) / WEIGHTS
@@ -100,7 +144,10 @@ def _header(directory: Path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("compressor")
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            infos = {}
+            for k in fh.keys():
+                piece = fh.get_slice(k)
+                infos[k] = (tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype()))
     except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
         raise ArtifactError(f"{path} is not a readable safetensors file ({_brief(exc)}); the artifact is damaged") from None
     if raw is None:
@@ -109,14 +156,47 @@ def _header(directory: Path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
         meta = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: the compressor metadata is not JSON ({_brief(exc)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") not in (DENSE_FORMAT, FORMAT_VERSION):
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise ArtifactError(f"{path}: artifact format {short(found)} is not supported (expected {FORMAT_VERSION})")
+        raise ArtifactError(f"{path}: artifact format {short(found)} is not supported "
+                            f"(expected {DENSE_FORMAT} or {FORMAT_VERSION})")
     try:
+        shapes = _check_layouts(meta, infos)
         _check_metadata(meta, shapes)
     except ValueError as exc:
         raise ArtifactError(f"{path}: damaged metadata: {exc}") from None
+    described = sum(packing.dense_numel(rec) for rec in meta.get("layouts", {}).values())
+    if described > _EXPANSION_PER_BYTE * path.stat().st_size + _EXPANSION_FLOOR:
+        raise ArtifactError(f"{path}: the layouts describe {described:,} dense values, far more than a file of "
+                            f"{path.stat().st_size:,} bytes packs; the artifact is damaged (nothing was allocated)")
     return path, meta, shapes
+
+
+def _check_layouts(meta: dict, infos: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
+    """Check every layout record and its parts' header shapes and dtypes (ValueError naming the
+    tensor); returns the weights' shapes: plain tensors as stored, packed ones from their layout."""
+    if meta["format"] == DENSE_FORMAT:
+        return {k: shape for k, (shape, _) in infos.items()}
+    layouts, names = meta.get("layouts"), meta.get("masks")
+    if not isinstance(layouts, dict) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("a format-2 artifact needs layouts (a mapping) and masks (a list of names)")
+    shapes = {k: shape for k, (shape, _) in infos.items() if not k.startswith(packing.PREFIX)}
+    for name, rec in layouts.items():
+        packing.check_record(name, rec)
+        packing.check_parts(name, rec, infos)
+        if name in shapes:
+            raise ValueError(f"{short(name, 80)} is stored both plain and packed")
+        shapes[name] = tuple(rec["shape"])
+    claimed = {packing.part_key(n, p) for n, rec in layouts.items() for p in packing.parts_of(rec)}
+    for key in infos:
+        if key.startswith(packing.PREFIX) and key not in claimed:
+            raise ValueError(f"{short(key, 80)}: a packed tensor no layout describes")
+    tied = meta.get("tied", {})
+    for name in names:
+        kept = tied.get(name, name) if isinstance(tied, dict) else name
+        if not isinstance(kept, str) or kept not in layouts:
+            raise ValueError(f"masks: {short(name, 80)} has no layout record")
+    return shapes
 
 
 def _brief(exc: BaseException) -> str:
@@ -148,9 +228,22 @@ def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         check_input_spec(spec, f"inputs[{i}]")
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    path, meta, _ = _header(directory)
-    return meta, _tensors(path)
+def _read(directory: Path, header: tuple | None = None) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Metadata, dense state (packed weights unpacked, after every check) and masks by name."""
+    path, meta, _ = header or _header(directory)
+    state = _tensors(path)
+    if meta["format"] == DENSE_FORMAT:
+        masks = {k[len(MASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(MASK_PREFIX)}
+        return meta, state, masks
+    unpacked = {}
+    for name, rec in meta["layouts"].items():
+        parts = {p: state.pop(packing.part_key(name, p)) for p in packing.parts_of(rec)}
+        try:
+            state[name], unpacked[name] = packing.unpack(name, rec, parts)
+        except ValueError as exc:
+            raise ArtifactError(f"{path}: {exc}; the artifact is damaged (nothing was loaded)") from None
+    tied = meta.get("tied", {})
+    return meta, state, {n: unpacked[tied.get(n, n)] for n in meta["masks"]}
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -164,8 +257,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
     """The masks saved in an artifact, by parameter name."""
-    _, state = _read(Path(directory))
-    return {k[len(MASK_PREFIX):]: v for k, v in state.items() if k.startswith(MASK_PREFIX)}
+    return _read(Path(directory))[2]
 
 
 ModelArg = Union[nn.Module, Callable[[], object], str, None]
@@ -190,13 +282,12 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     their own) are rebuilt as fresh modules before the saved state is loaded into them.
     """
     directory = Path(directory)
-    path, meta, shapes = _header(directory)
+    header = path, meta, shapes = _header(directory)
     replacements = meta.get("replacements", [])
     build = _architecture(meta["source"], model, allow_pickle, directory, path)
     if model is None and meta["source"]["kind"] in ("builtin", "hf"):  # sizes come from the metadata
         _check_sizes(build, shapes, meta, path)
-    state = _tensors(path)
-    masks = {k[len(MASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(MASK_PREFIX)}
+    _, state, masks = _read(directory, header)
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
     try:
@@ -280,6 +371,24 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     if wanted > stored:
         raise ArtifactError(f"{path}: the metadata describes a model of {wanted:,} values but the file stores "
                             f"{stored:,}; the artifact is damaged (nothing was allocated)")
+
+
+def write_dense(directory: str | Path, path: str | Path, force: bool = False) -> Path:
+    """Write an artifact's weights to ``path`` in the dense layout (format 1): every weight a
+    plain tensor with its pruned entries zero, each mask a bool tensor ``__mask__.<name>``, and
+    the metadata record (so ``path`` is a loadable ``model.safetensors``). For tools that read
+    plain tensors; nothing is built or run, and the artifact is left as it is."""
+    from safetensors.torch import save_file
+
+    directory, path = Path(directory), Path(path)
+    if path.resolve().is_relative_to(directory.resolve()):
+        raise ArtifactError(f"{path} is inside the artifact {directory}; write the dense weights elsewhere")
+    meta, state, masks = _read(directory)
+    meta = {k: v for k, v in meta.items() if k not in ("layouts", "masks")} | {"format": DENSE_FORMAT}
+    state.update({MASK_PREFIX + name: mask.contiguous() for name, mask in masks.items()})
+    with atomic_file(path, mode="wb", force=force) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"compressor": json.dumps(meta)})
+    return path
 
 
 def read_metadata(directory: str | Path) -> dict:

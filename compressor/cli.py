@@ -5,6 +5,7 @@
     compress validate R [R ...]      check recipes without running them (--list: the passes)
     compress report DIR [--json]     the per-layer report of an artifact directory
     compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
+    compress export DIR --dense F    the weights as dense tensors with zeros + bool masks (format 1)
     compress bench NAME [...]        benchmarks (solvers, kernels, nm, quality, model DIR)
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
@@ -75,13 +76,20 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="REF", help="the code that builds an artifact made from a --model factory "
                    "('file.py:function'); loading never runs code the artifact itself names")
     p.add_argument("--allow-pickle", action="store_true", help="load an artifact that holds a pickled module (runs code!)")
+    p.add_argument("--dense", metavar="FILE", help="instead of ONNX, write the weights to FILE (safetensors) in the "
+                   "dense layout: pruned entries zero plus bool masks __mask__.<name> (outside the artifact)")
     return p
 
 
 def _cmd_export(args) -> int:
-    from .artifacts import load, read_metadata
+    from .artifacts import load, read_metadata, write_dense
     from .errors import ArtifactError
     from .export import export_model
+
+    if args.dense:
+        path = write_dense(args.directory, args.dense, force=args.force)
+        print(f"{path}: dense weights and masks (format 1), {path.stat().st_size:,} bytes")
+        return 0
 
     meta = read_metadata(args.directory)
     existing = sorted(p.name for p in Path(args.directory).glob("*.onnx"))

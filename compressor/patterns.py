@@ -2,8 +2,9 @@
 
 A pattern is a small frozen dataclass. Passes compute masks with :mod:`compressor.solvers`
 and record the pattern they produced; the report uses :meth:`Pattern.storage_bytes` to price
-the layer in the format that pattern is stored in, and artifacts save ``to_dict()`` so a
-loaded model knows its patterns without recomputing anything.
+the layer: the bytes the artifact writes for it (:func:`compressor.packing.pack`, the smallest
+packed layout the mask fits), and artifacts save ``to_dict()`` so a loaded model knows its
+patterns without recomputing anything.
 
 Patterns: :class:`Dense`, :class:`Unstructured`, :class:`Block` (h x w blocks, any number per
 block row), :class:`BalancedBlock` (the same number of kept blocks in every block row: the
@@ -20,11 +21,17 @@ from typing import ClassVar
 
 import torch
 
-from .solvers import reduce_block_mask
 
 __all__ = ["Pattern", "Dense", "Unstructured", "Block", "BalancedBlock", "NM", "Gated", "pattern_from_dict"]
 
-INDEX_BYTES = 4  # int32 indices in every index-based format
+_DTYPE_OF_SIZE = {1: torch.uint8, 2: torch.float16, 4: torch.float32, 8: torch.float64}
+
+
+def _packed(pattern: "Pattern", mask: torch.Tensor, elem_bytes: int) -> int:
+    """Bytes of the packed layout an artifact writes (packed sizes depend on the element size only)."""
+    from .packing import packed_bytes  # packing reads pattern records: imported late
+
+    return packed_bytes(mask.to(torch.bool), pattern.to_dict(), _DTYPE_OF_SIZE.get(elem_bytes, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,12 @@ class Dense(Pattern):
 
 @dataclass(frozen=True)
 class Unstructured(Pattern):
-    """Any entries; stored as CSR (values + int32 column indices + row pointers)."""
+    """Any entries; stored as a bitmask (8 entries per byte) + kept values, or CSR where smaller."""
 
     kind: ClassVar[str] = "unstructured"
 
     def storage_bytes(self, mask, elem_bytes):
-        nnz = int(mask.sum())
-        return nnz * (elem_bytes + INDEX_BYTES) + (mask.shape[0] + 1) * INDEX_BYTES
+        return _packed(self, mask, elem_bytes)
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,7 @@ class Block(Pattern):
         return f"block {self.h}x{self.w}"
 
     def storage_bytes(self, mask, elem_bytes):
-        blocks = reduce_block_mask(mask, (self.h, self.w))
-        kept = int(blocks.sum())
-        return kept * (self.h * self.w * elem_bytes + INDEX_BYTES) + (blocks.shape[0] + 1) * INDEX_BYTES
+        return _packed(self, mask, elem_bytes)
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,7 @@ class BalancedBlock(Block):
         return f"balanced block {self.h}x{self.w}"
 
     def storage_bytes(self, mask, elem_bytes):
-        blocks = reduce_block_mask(mask, (self.h, self.w))
-        kept = int(blocks.sum())
-        return kept * (self.h * self.w * elem_bytes + INDEX_BYTES)
+        return _packed(self, mask, elem_bytes)
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,7 @@ class NM(Pattern):
         return f"{'transposable ' if self.transposable else ''}{self.n}:{self.m}"
 
     def storage_bytes(self, mask, elem_bytes):
-        nnz = int(mask.sum())
-        return nnz * elem_bytes + math.ceil(nnz * math.ceil(math.log2(self.m)) / 8)
+        return _packed(self, mask, elem_bytes)
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,8 @@ class Pipeline:
         rows = []
         for name, t in state.targets.items():
             r = state.layers[name]
-            row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes, r.notes)
+            row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes,
+                            r.notes, mask=final_masks.get(name))
             row.kernel, row.speedup = r.kernel, r.speedup
             for key, value in r.row.items():
                 setattr(row, key, value)

@@ -1,8 +1,8 @@
 """The per-layer report: one set of dataclasses, rendered as a rich table, JSON or HTML.
 
 Sparsity is measured from the final weights (the fraction of exact zeros), not taken from the
-recipe. Bytes are priced in the storage format of each layer's pattern (see
-:mod:`compressor.patterns`); FLOPs are per token (per time step for recurrent weights):
+recipe. Bytes are those the artifact writes for each layer: its weight in the packed layout
+of its pattern (:mod:`compressor.packing`; gated layers: dense weight plus gates); FLOPs are per token (per time step for recurrent weights):
 2 x multiply-adds of the matrix-vector product, dense vs the kept weights only.
 
 :class:`Comparison` puts two reports side by side (per layer A vs B and the ratio B / A); it is
@@ -131,10 +131,12 @@ def _upgrade_metrics(metrics: dict) -> dict:
 
 
 def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_sparsity: float,
-              passes: list[str], notes: list[str]) -> LayerRow:
-    """Measure one final weight matrix."""
+              passes: list[str], notes: list[str], mask: torch.Tensor | None = None) -> LayerRow:
+    """Measure one final weight matrix. ``mask``: the layer's saved mask (the compressed bytes are
+    those its packed layout takes in the artifact); without one, the non-zeros stand for it."""
     pattern = pattern or Dense()
     nonzero_mask = weight != 0
+    stored_mask = nonzero_mask if mask is None else mask.to(torch.bool).cpu()
     params = weight.numel()
     nonzero = int(nonzero_mask.sum())
     elem = weight.element_size()
@@ -160,7 +162,7 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
         params=params,
         nonzero=nonzero,
         dense_bytes=dense_bytes,
-        compressed_bytes=pattern.storage_bytes(nonzero_mask, elem) if not isinstance(pattern, Dense) else dense_bytes,
+        compressed_bytes=pattern.storage_bytes(stored_mask, elem) if not isinstance(pattern, Dense) else dense_bytes,
         dense_flops=2 * params,
         compressed_flops=2 * nonzero,
         gate_sparsity=gate_sparsity,

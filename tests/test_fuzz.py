@@ -123,7 +123,12 @@ def mutate_metadata(meta: dict, rng: random.Random) -> dict:
 
 def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     header_end = 8 + int.from_bytes(data[:8], "little")
-    op = rng.randrange(3)
+    op = rng.randrange(4)
+    if op == 3 and header_end < len(data):  # bytes flipped in the tensor data (packed indices, bitmasks, values)
+        out = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            out[rng.randrange(header_end, len(out))] = rng.randrange(256)
+        return bytes(out)
     if op == 0:  # truncated anywhere
         return data[: rng.randrange(len(data))]
     if op == 1:  # bytes flipped in the length field or the JSON header

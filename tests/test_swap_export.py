@@ -49,12 +49,13 @@ def test_forced_swaps_keep_outputs_and_replay_on_load(load_fixture, tmp_path):
     rows = {r.name: r for r in result.report.layers}
     assert rows["decoder.weight"].kernel == "nm_linear" and rows["rnn.weight_hh_l0"].kernel == "sparse_lstm"
     assert rows["rnn.weight_hh_l0"].speedup > 0
-    # the saved weights are the dense masked ones, whatever kernels were installed
+    # the saved weights are packed in their patterns' layouts, whatever kernels were installed
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "art" / "model.safetensors"))
-    assert "rnn.weight_hh_l0" in saved and "decoder.weight" in saved
-    assert torch.equal(saved["rnn.weight_hh_l0"] != 0, saved["__mask__.rnn.weight_hh_l0"] & (saved["rnn.weight_hh_l0"] != 0))
+    assert "rnn.weight_hh_l0" not in saved and "decoder.weight" not in saved
+    layouts = compressor.read_metadata(tmp_path / "art")["layouts"]
+    assert layouts["rnn.weight_hh_l0"]["layout"] == "balanced_block" and layouts["decoder.weight"]["layout"] == "nm"
     del plain, state, dense_masked
 
 

@@ -1,0 +1,352 @@
+"""Packed weight layouts: how an artifact stores each masked weight in its pattern's sparse form.
+
+A masked weight ``name`` is written as a few tensors ``__packed__.<name>.<part>`` plus a layout
+record in the artifact metadata (``{"layout", "version", "shape", "dtype", ...}``); the mask is
+implied by the layout (never stored beside it) and the stored values are ``weight * mask``.
+
+=================  ==========================================================================
+layout             parts (index tensors: the smallest of uint8 / int16 / int32 that fits)
+=================  ==========================================================================
+``dense``          ``values`` (shape): every entry kept
+``balanced_block`` ``values (R, bh, k*bw)``, ``col_idx (R, k)`` ascending block columns per block row
+``bsr``            ``values (nnzb, bh, bw)``, ``col_idx (nnzb,)``, ``crow (R+1,)``
+``nm``             ``values (rows, G, n)``, ``idx``: uint8, ``ceil(log2 m)`` bits per value, LSB first
+``bitmask``        ``bits``: uint8, the mask 8 entries per byte, LSB first; ``values (nnz,)`` row-major
+``csr``            ``values (nnz,)``, ``col_idx (nnz,)``, ``crow (rows+1,)`` of the ``(shape[0], -1)`` view
+=================  ==========================================================================
+
+``R, C`` are block rows/columns of the zero-padded grid (``ceil``), ``G = ceil(cols / m)``. N:M
+slots are ascending in-group positions; in a last, partial group slots may point at padding
+positions (values zero, cropped on unpacking). :func:`pack` writes the smallest layout the mask
+fits, trying the pattern's own layout first (ties keep it): e.g. 4:8 masks are smaller as a
+bitmask (8 bits per group) than as 3-bit indices (12 bits per group).
+
+Loading is hardened: :func:`check_record` (metadata), :func:`check_parts` (header shapes and
+dtypes, before any data is read) and :func:`unpack` (index ranges and order) raise ValueError
+naming the offending tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .kernels.formats import BSR, BalancedBlock, NMPacked, block_mask_grid
+
+__all__ = ["LAYOUT_VERSION", "PREFIX", "LAYOUTS", "pack", "packed_bytes", "check_record", "check_parts", "unpack",
+           "part_key", "parts_of", "dense_numel", "index_dtype", "pack_bits", "unpack_bits"]
+
+LAYOUT_VERSION = 1
+PREFIX = "__packed__."
+LAYOUTS = ("dense", "balanced_block", "bsr", "nm", "bitmask", "csr")
+FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+INDEX_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+_PARTS = {"dense": ("values",), "balanced_block": ("values", "col_idx"), "bsr": ("values", "col_idx", "crow"),
+          "nm": ("values", "idx"), "bitmask": ("bits", "values"), "csr": ("values", "col_idx", "crow")}
+_MAX_BLOCK = 1 << 16
+
+
+def part_key(name: str, part: str) -> str:
+    """The safetensors key of one part of a packed weight."""
+    return f"{PREFIX}{name}.{part}"
+
+
+def index_dtype(bound: int) -> torch.dtype:
+    """Smallest stored integer dtype holding every value in ``[0, bound]``."""
+    for dtype, top in ((torch.uint8, 255), (torch.int16, 2**15 - 1), (torch.int32, 2**31 - 1)):
+        if bound <= top:
+            return dtype
+    return torch.int64
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _bits(m: int) -> int:
+    return math.ceil(math.log2(m)) if m > 1 else 0
+
+
+def pack_bits(flags: torch.Tensor) -> torch.Tensor:
+    """Bool/0-1 tensor -> uint8, 8 flags per byte, least significant bit first (numpy ``bitorder='little'``)."""
+    flat = flags.reshape(-1).to(torch.int64)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
+    return (flat << torch.arange(8)).sum(dim=1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``count`` flags, as bool."""
+    return ((packed.to(torch.int64).unsqueeze(1) >> torch.arange(8)) & 1).reshape(-1)[:count].bool()
+
+
+def _record(layout: str, weight: torch.Tensor, **extra) -> dict:
+    dtype = str(weight.dtype).replace("torch.", "")
+    return {"layout": layout, "version": LAYOUT_VERSION, "shape": list(weight.shape), "dtype": dtype, **extra}
+
+
+def _balanced(weight, mask, block):
+    fmt = BalancedBlock.from_dense(weight, mask, block)  # ValueError if unbalanced or not whole blocks
+    C = fmt.grid[1]
+    return _record("balanced_block", weight, block=list(block)), {
+        "values": fmt.values, "col_idx": fmt.col_idx.to(index_dtype(max(C - 1, 0)))}
+
+
+def _bsr(weight, mask, block):
+    fmt = BSR.from_dense(weight, mask, block)
+    R, C = fmt.grid
+    return _record("bsr", weight, block=list(block)), {
+        "values": fmt.values, "col_idx": fmt.col_indices.to(index_dtype(max(C - 1, 0))),
+        "crow": fmt.crow_indices.to(index_dtype(fmt.nnzb))}
+
+
+def _nm(weight, mask, n, m):
+    rows, cols = weight.shape
+    G = _ceil(cols, m)
+    pad = G * m - cols
+    kept = torch.nn.functional.pad(mask, (0, pad), value=False).view(rows, G, m)
+    padding = torch.zeros(G * m, dtype=torch.bool)
+    padding[cols:] = True
+    # slots: kept positions first, then padding positions (last group only), ascending
+    rank = torch.where(kept, 0, torch.where(padding.view(1, G, m), 1, 2))
+    idx = (rank * m + torch.arange(m)).argsort(dim=2)[:, :, :n].sort(dim=2).values
+    chosen = torch.gather(rank, 2, idx)
+    if bool((kept.sum(dim=2) > n).any()) or bool((chosen == 2).any()):
+        raise ValueError(f"mask does not keep exactly {n} of every {m}")
+    wp = torch.nn.functional.pad(weight * mask, (0, pad)).view(rows, G, m)
+    values = torch.gather(wp, 2, idx)
+    b = _bits(m)
+    bits = (idx.reshape(-1, 1) >> torch.arange(b)) & 1
+    return _record("nm", weight, n=n, m=m), {"values": values.contiguous(), "idx": pack_bits(bits)}
+
+
+def _bitmask(weight, mask):
+    return _record("bitmask", weight), {"bits": pack_bits(mask), "values": weight[mask].contiguous()}
+
+
+def _csr(weight, mask):
+    rows = weight.shape[0]
+    m2 = mask.reshape(rows, -1)
+    cols = m2.shape[1]
+    nz = m2.nonzero()
+    crow = torch.zeros(rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(m2.sum(dim=1), 0)
+    return _record("csr", weight), {"values": weight.reshape(rows, -1)[m2].contiguous(),
+                                    "col_idx": nz[:, 1].to(index_dtype(max(cols - 1, 0))),
+                                    "crow": crow.to(index_dtype(int(crow[-1])))}
+
+
+def _candidates(weight: torch.Tensor, mask: torch.Tensor, pattern: dict | None):
+    """Layouts this mask fits, the pattern's own first."""
+    if bool(mask.all()):
+        yield _record("dense", weight), {"values": weight.contiguous()}
+        return
+    kind = (pattern or {}).get("kind")
+    if weight.dim() == 2 and kind in ("block", "balanced_block"):
+        block = (int(pattern.get("h", 1)), int(pattern.get("w", 1)))
+        makers = (_balanced, _bsr) if kind == "balanced_block" else (_bsr, _balanced)
+        for make in makers:
+            try:
+                yield make(weight, mask, block)
+            except ValueError:  # the mask does not form (balanced) whole blocks: another layout
+                pass
+    if weight.dim() == 2 and kind == "nm":
+        try:
+            yield _nm(weight, mask, int(pattern.get("n", 2)), int(pattern.get("m", 4)))
+        except ValueError:
+            pass
+    yield _bitmask(weight, mask)
+    if weight.dim() >= 2:
+        yield _csr(weight, mask)
+
+
+def _nbytes(parts: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in parts.values())
+
+
+def pack(weight: torch.Tensor, mask: torch.Tensor, pattern: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The smallest layout of ``weight * mask``: ``(layout record, {part: tensor})``.
+
+    ``pattern`` is the layer's pattern record (``Pattern.to_dict()``); it names the block size or
+    ``n:m`` to try first. Any mask packs (a bitmask or CSR always fits).
+    """
+    weight, mask = weight.detach().cpu(), mask.detach().cpu().to(torch.bool)
+    if mask.shape != weight.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
+    best = None
+    for record, parts in _candidates(weight, mask, pattern):
+        if best is None or _nbytes(parts) < _nbytes(best[1]):
+            best = (record, parts)
+    return best
+
+
+def packed_bytes(mask: torch.Tensor, pattern: dict | None, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes :func:`pack` writes for a weight of ``dtype`` with this ``mask`` (the report's figure)."""
+    return _nbytes(pack(torch.zeros(mask.shape, dtype=dtype), mask, pattern)[1])
+
+
+# -- loading: every check raises ValueError naming the tensor --------------------------------------
+
+
+def _int(v, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def check_record(name: str, rec: object) -> None:
+    """Raise ValueError unless ``rec`` is a layout record this version reads."""
+    where = f"layouts[{name[:80]!r}]"
+    if not isinstance(rec, dict) or rec.get("layout") not in LAYOUTS:
+        raise ValueError(f"{where}: expected {{layout: one of {', '.join(LAYOUTS)}, version, shape, dtype}}")
+    if rec.get("version") != LAYOUT_VERSION:
+        raise ValueError(f"{where}: layout version {str(rec.get('version'))[:20]} is not supported "
+                         f"(this version reads {LAYOUT_VERSION})")
+    shape = rec.get("shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(_int(d, 0, 2**31) for d in shape):
+        raise ValueError(f"{where}.shape: expected 1 to 8 sizes in [0, 2**31]")
+    if not isinstance(rec.get("dtype"), str) or rec["dtype"] not in FLOATS:
+        raise ValueError(f"{where}.dtype: expected one of {', '.join(FLOATS)}")
+    layout = rec["layout"]
+    if layout in ("balanced_block", "bsr", "nm") and len(shape) != 2:
+        raise ValueError(f"{where}.shape: a {layout} layout is 2-D")
+    if layout == "csr" and len(shape) < 2:
+        raise ValueError(f"{where}.shape: a csr layout has at least 2 dimensions")
+    if layout in ("balanced_block", "bsr"):
+        block = rec.get("block")
+        if not isinstance(block, list) or len(block) != 2 or not all(_int(b, 1, _MAX_BLOCK) for b in block):
+            raise ValueError(f"{where}.block: expected two integers in [1, {_MAX_BLOCK}]")
+    if layout == "nm" and not (_int(rec.get("m"), 1, 64) and _int(rec.get("n"), 1, rec["m"])):
+        raise ValueError(f"{where}: expected integers 1 <= n <= m <= 64")
+
+
+def parts_of(rec: dict) -> tuple[str, ...]:
+    """The part names a (checked) layout record stores."""
+    return _PARTS[rec["layout"]]
+
+
+def dense_numel(rec: dict) -> int:
+    """Values :func:`unpack` allocates for a checked record (the zero-padded grid for blocks and groups)."""
+    rows, cols = _geometry(rec)
+    if rec["layout"] in ("balanced_block", "bsr"):
+        bh, bw = rec["block"]
+        return _ceil(rows, bh) * bh * _ceil(cols, bw) * bw
+    if rec["layout"] == "nm":
+        return rows * _ceil(cols, rec["m"]) * rec["m"]
+    return rows * cols
+
+
+def _geometry(rec: dict) -> tuple[int, int]:
+    shape = rec["shape"]
+    return shape[0], math.prod(shape[1:])
+
+
+def check_parts(name: str, rec: dict, infos: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    """Compare the stored parts' header shapes and dtypes with the layout (no data read yet)."""
+    layout, dtype = rec["layout"], FLOATS[rec["dtype"]]
+    got = {}
+    for part in _PARTS[layout]:
+        key = part_key(name, part)
+        if key not in infos:
+            raise ValueError(f"{key}: missing (the {layout} layout of {name} needs it)")
+        got[part] = infos[key]
+
+    def need(part, shape, dtypes):
+        key = part_key(name, part)
+        if tuple(got[part][0]) != tuple(shape) or got[part][1] not in dtypes:
+            raise ValueError(f"{key}: stored {tuple(got[part][0])} {got[part][1]}, the layout needs {tuple(shape)} of "
+                             f"{'/'.join(str(d).replace('torch.', '') for d in dtypes)}")
+
+    rows, cols = _geometry(rec)
+    if layout == "dense":
+        need("values", rec["shape"], (dtype,))
+    elif layout in ("balanced_block", "bsr"):
+        bh, bw = rec["block"]
+        R, C = _ceil(rows, bh), _ceil(cols, bw)
+        if layout == "balanced_block":
+            k = got["col_idx"][0][1] if len(got["col_idx"][0]) == 2 else -1
+            if not 0 <= k <= C:
+                raise ValueError(f"{part_key(name, 'col_idx')}: expected ({R}, k) with k <= {C}")
+            need("col_idx", (R, k), INDEX_DTYPES)
+            need("values", (R, bh, k * bw), (dtype,))
+        else:
+            nnzb = got["col_idx"][0][0] if len(got["col_idx"][0]) == 1 else -1
+            if not 0 <= nnzb <= R * C:
+                raise ValueError(f"{part_key(name, 'col_idx')}: expected (nnzb,) with nnzb <= {R * C}")
+            need("col_idx", (nnzb,), INDEX_DTYPES)
+            need("crow", (R + 1,), INDEX_DTYPES)
+            need("values", (nnzb, bh, bw), (dtype,))
+    elif layout == "nm":
+        n, m = rec["n"], rec["m"]
+        G = _ceil(cols, m)
+        need("values", (rows, G, n), (dtype,))
+        need("idx", (_ceil(rows * G * n * _bits(m), 8),), (torch.uint8,))
+    else:  # bitmask, csr: nnz values
+        nnz = got["values"][0][0] if len(got["values"][0]) == 1 else -1
+        if not 0 <= nnz <= rows * cols:
+            raise ValueError(f"{part_key(name, 'values')}: expected (nnz,) with nnz <= {rows * cols}")
+        need("values", (nnz,), (dtype,))
+        if layout == "bitmask":
+            need("bits", (_ceil(rows * cols, 8),), (torch.uint8,))
+        else:
+            need("col_idx", (nnz,), INDEX_DTYPES)
+            need("crow", (rows + 1,), INDEX_DTYPES)
+
+
+def _check_rows(name: str, crow: torch.Tensor, col: torch.Tensor, ncols: int) -> torch.Tensor:
+    """Compressed-row pointers and column indices in range and ascending; returns each entry's row."""
+    if int(crow[0]) != 0 or bool((crow[1:] < crow[:-1]).any()) or int(crow[-1]) != col.numel():
+        raise ValueError(f"{part_key(name, 'crow')}: row pointers must rise from 0 to {col.numel()}")
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= ncols):
+        raise ValueError(f"{part_key(name, 'col_idx')}: column indices outside [0, {ncols})")
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow[1:] - crow[:-1])
+    if bool(((row[1:] == row[:-1]) & (col[1:] <= col[:-1])).any()):
+        raise ValueError(f"{part_key(name, 'col_idx')}: column indices must be strictly ascending within a row")
+    return row
+
+
+def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dense weight, bool mask)`` of a packed weight whose parts passed :func:`check_parts`."""
+    layout, shape = rec["layout"], tuple(rec["shape"])
+    rows, cols = _geometry(rec)
+    values = parts["values"]
+    if layout == "dense":
+        return values, torch.ones(shape, dtype=torch.bool)
+    if layout in ("balanced_block", "bsr"):
+        block = tuple(rec["block"])
+        C = _ceil(cols, block[1])
+        col = parts["col_idx"].to(torch.int64)
+        if layout == "balanced_block":
+            if col.numel() and (int(col.min()) < 0 or int(col.max()) >= C):
+                raise ValueError(f"{part_key(name, 'col_idx')}: block columns outside [0, {C})")
+            if bool((col[:, 1:] <= col[:, :-1]).any()):
+                raise ValueError(f"{part_key(name, 'col_idx')}: block columns must be strictly ascending per block row")
+            full = torch.full((col.shape[0],), col.shape[1], dtype=torch.int64)
+            fmt = BalancedBlock(values, col, full, shape, block)
+        else:
+            crow = parts["crow"].to(torch.int64)
+            _check_rows(name, crow, col, C)
+            fmt = BSR(crow, col, values, shape, block)
+        return fmt.to_dense(), fmt.to_mask()
+    if layout == "nm":
+        n, m, b = rec["n"], rec["m"], _bits(rec["m"])
+        G = values.shape[1]
+        bits = unpack_bits(parts["idx"], rows * G * n * b).view(rows * G * n, b).to(torch.int64)
+        idx = (bits << torch.arange(b)).sum(dim=1).view(rows, G, n)  # m == 1: no bits, every position 0
+        if bool((idx >= m).any()) or bool((idx[:, :, 1:] <= idx[:, :, :-1]).any()):
+            raise ValueError(f"{part_key(name, 'idx')}: positions must be ascending within each group and < {m}")
+        fmt = NMPacked(values, idx.to(torch.uint8), torch.full((rows, G), n, dtype=torch.uint8), (rows, cols), n, m)
+        return fmt.to_dense(), fmt.to_mask()
+    if layout == "bitmask":
+        mask = unpack_bits(parts["bits"], rows * cols)
+        if int(mask.sum()) != values.numel():
+            raise ValueError(f"{part_key(name, 'bits')}: keeps {int(mask.sum())} entries but {values.numel()} values "
+                             "are stored")
+        dense = torch.zeros(rows * cols, dtype=values.dtype)
+        dense[mask] = values
+        return dense.view(shape), mask.view(shape)
+    col, crow = parts["col_idx"].to(torch.int64), parts["crow"].to(torch.int64)  # csr
+    row = _check_rows(name, crow, col, cols)
+    dense = torch.zeros(rows, cols, dtype=values.dtype)
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    dense[row, col] = values
+    mask[row, col] = True
+    return dense.view(shape), mask.view(shape)
