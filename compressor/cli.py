@@ -5,7 +5,7 @@
     compress validate R [R ...]      check recipes without running them (--list: the passes)
     compress report DIR [--json]     the per-layer report of an artifact directory
     compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
-    compress bench NAME [...]        benchmarks (solvers, kernels, nm, quality, model DIR)
+    compress bench NAME [...]        benchmarks (solvers, kernels, nm, oneshot, quality, model DIR)
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 """

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
     "nm": ("compressor.bench.nm", "plain vs transposable N:M conversion, with and without reconstruction"),
     "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT)"),
+    "oneshot": ("compressor.bench.oneshot", "one-shot pruning on the LM: magnitude, wanda, nm_convert, sparsegpt"),
     "quality": ("compressor.bench.quality", "perplexity of dense vs block-sparse fine-tuning on the LM (Narang et al.)"),
 }
 
