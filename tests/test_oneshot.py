@@ -268,3 +268,10 @@ def test_fewer_rows_than_columns_gives_a_note():
 def test_bad_settings_name_the_recipe_path(fields, where):
     with pytest.raises(RecipeError, match=rf"{where.replace('[', '.').replace(']', '.')}"):
         parse_recipe({"version": 1, "passes": [{"pass": "sparsegpt", **fields}]})
+
+
+def test_a_hessian_that_no_damping_rescues_is_a_clear_error():
+    from compressor.solvers.sparsegpt import HessianError
+
+    with pytest.raises(HessianError, match="not positive definite even with damping"):
+        sparsegpt_prune(torch.randn(3, 4), -torch.eye(4, dtype=torch.float64))
