@@ -22,8 +22,10 @@ __all__ = ["module_inputs", "rnn_layer_inputs"]
 
 
 @torch.no_grad()
-def rnn_layer_inputs(rnn: nn.RNNBase, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows multiplied by each ``weight_ih/hh_l{k}[_reverse]`` of ``rnn`` for input ``x``: {name: (N, in)}."""
+def rnn_layer_inputs(rnn: nn.RNNBase, x: torch.Tensor, layers: int | None = None) -> dict[str, torch.Tensor]:
+    """Rows multiplied by each ``weight_ih/hh_l{k}[_reverse]`` of ``rnn`` for input ``x``: {name: (N, in)}.
+
+    ``layers``: only the first ``layers`` layers (the later ones are not run)."""
     if getattr(rnn, "proj_size", 0):
         raise CompressorError("calibration of LSTMs with proj_size is not supported")
     if not rnn.batch_first:
@@ -32,7 +34,7 @@ def rnn_layer_inputs(rnn: nn.RNNBase, x: torch.Tensor) -> dict[str, torch.Tensor
     H = rnn.hidden_size
     out: dict[str, torch.Tensor] = {}
     seq = x
-    for k in range(rnn.num_layers):
+    for k in range(rnn.num_layers if layers is None else min(layers, rnn.num_layers)):
         single = type(rnn)(seq.shape[-1], H, 1, bias=rnn.bias, batch_first=True, bidirectional=rnn.bidirectional,
                            **({"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}))
         for d in range(dirs):

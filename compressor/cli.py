@@ -6,7 +6,7 @@
     compress report DIR [--json]     the per-layer report of an artifact directory
     compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
     compress export DIR --dense F    the weights as dense tensors with zeros + bool masks (format 1)
-    compress bench NAME [...]        benchmarks (solvers, kernels, nm, quality, model DIR)
+    compress bench NAME [...]        benchmarks (solvers, kernels, nm, oneshot, quality, storage, model DIR)
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 """

@@ -21,6 +21,8 @@ PASS_MODULES = (
     "group_lasso",
     "finetune",
     "nm_convert",
+    "sparsegpt",
+    "wanda",
     "swap_kernels",
     "dynamic_gate",
 )

@@ -39,6 +39,11 @@ def test_main_job_on_the_builtin_model(tmp_path):
         assert {"name", "shape", "pattern", "target_sparsity", "sparsity"} <= set(row)
     for graph in ("model.onnx", "rnn.step.onnx"):
         assert 0 <= report["metrics"][f"onnx_rel_error({graph})"]["after"] <= 1e-4
+    # the main job's targets: at least half of the LSTM's weights removed for at most +10% perplexity
+    lstm = [row for row in report["layers"] if row["name"].startswith("rnn.")]
+    assert sum(row["sparsity"] * row["params"] for row in lstm) / sum(row["params"] for row in lstm) >= 0.5
+    ppl = report["metrics"]["perplexity"]
+    assert ppl["after"] <= 1.10 * ppl["before"]
     # the numbers in the report are the weights' own
     import compressor
 

@@ -1,0 +1,132 @@
+"""Shared by the calibration-based one-shot passes (``sparsegpt``, ``wanda``): calibration batches and
+the sequential order in which layers are pruned.
+
+Both papers prune layer after layer, each layer calibrated on the inputs it receives from the
+model whose earlier layers are already pruned (SparseGPT, arXiv 2301.00774, section 3; Wanda,
+arXiv 2306.11695, which follows the same procedure). The stages here are in forward order (the
+order capture found the layers in): one stage per ``nn.Linear``, one per layer ``k`` of a stacked
+LSTM/GRU/RNN (``weight_ih_l{k}`` multiplies layer k's input sequence, x_t or layer k-1's outputs,
+and ``weight_hh_l{k}`` the previous hidden state h_{t-1}, gathered over every time step; both
+directions of a bidirectional layer together). Inputs are recorded with
+the module's input recorded at the module and the per-layer inputs recomputed
+(:func:`record_inputs`), from the model as it is now (``sequential``) or from the dense reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from ..calibration import rnn_layer_inputs
+from ..capture import Target
+from ..errors import CompressorError
+from ..tasks import TaskConfig
+
+__all__ = ["calibration_batches", "stages", "stage_inputs", "record_inputs", "rows_note"]
+
+_LAYER = re.compile(r"_l(\d+)(_reverse)?$")
+
+
+def calibration_batches(state, config: TaskConfig) -> Iterator[tuple]:
+    """Model inputs of the calibration task, batch after batch (the same batches on every call;
+    the steps are far from the training passes' own). A task that runs out of data ends them."""
+    task = state.task(config)
+    step = 0
+    while True:
+        try:
+            batch = task.batch(1_000_000 + step)
+        except StopIteration:
+            return
+        yield tuple(task.inputs(batch))
+        step += 1
+
+
+def stages(targets: list[Target]) -> list[tuple[str, list[Target]]]:
+    """Targets grouped into the stages that share one recording, in forward order: (module path, targets)."""
+    order: dict[tuple[str, int], list[Target]] = {}
+    for t in targets:
+        layer = _LAYER.search(t.param_name) if t.kind in ("lstm", "gru", "rnn") else None
+        order.setdefault((t.module_path, int(layer.group(1)) if layer else -1), []).append(t)
+    return [(path, group) for (path, _), group in order.items()]
+
+
+class _Reached(Exception):
+    """Stops a calibration forward once a recurrent module's input is recorded (nothing after it is needed)."""
+
+
+#: Consecutive calibration batches that add no rows before recording stops with an error.
+_EMPTY_BATCHES = 8
+
+
+@torch.no_grad()
+def record_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int,
+                  layers: int | None = None) -> dict[str, torch.Tensor]:
+    """Calibration rows of every weight of one module: {parameter name: (N, in)}, at most ``rows`` each.
+
+    An ``nn.Linear`` records every call's input (as :func:`compressor.calibration.module_inputs`).
+    A recurrent module records its input sequence at its first call, stops the forward there, and
+    recomputes the per-layer inputs of its first ``layers`` layers only
+    (:func:`compressor.calibration.rnn_layer_inputs`): the later layers and the rest of the model
+    are not run.
+    """
+    module = model.get_submodule(module_path)
+    recurrent = isinstance(module, nn.RNNBase)
+    captured: list[torch.Tensor] = []
+
+    def hook(mod, args):
+        captured.append(args[0].detach())
+        if recurrent:
+            raise _Reached
+
+    handle = module.register_forward_pre_hook(hook)
+    collected: dict[str, list[torch.Tensor]] = {}
+    count = empty = 0
+    try:
+        for inputs in batches:
+            captured.clear()
+            try:
+                model(*inputs)
+            except _Reached:
+                pass
+            except Exception as exc:
+                raise CompressorError(
+                    f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                ) from None
+            before = count
+            for x in captured:
+                parts = rnn_layer_inputs(module, x, layers) if recurrent else {"weight": x.reshape(-1, x.shape[-1])}
+                for name, r in parts.items():
+                    collected.setdefault(name, []).append(r)
+                count += next(iter(parts.values())).shape[0]
+            if count >= rows:
+                break
+            empty = empty + 1 if count == before else 0
+            if empty >= _EMPTY_BATCHES:
+                raise CompressorError(f"no calibration rows reached {module_path!r} in {_EMPTY_BATCHES} batches in a row "
+                                      f"({count} of the {rows} rows wanted so far)")
+    finally:
+        handle.remove()
+    if not collected:
+        raise CompressorError(f"no calibration data reached {module_path!r}: the calibration batches never call it")
+    return {name: torch.cat(parts)[:rows] for name, parts in collected.items()}
+
+
+def stage_inputs(state, module_path: str, group: list[Target], task: TaskConfig, rows: int, sequential: bool) -> dict:
+    """Calibration rows (N x in) of every target of one stage: {parameter name: X}."""
+    model = state.model if sequential or state.reference is None else state.reference
+    layers = None
+    if group[0].kind in ("lstm", "gru", "rnn"):
+        layers = 1 + max(int(_LAYER.search(t.param_name).group(1)) for t in group)
+    inputs = record_inputs(model, module_path, calibration_batches(state, task), rows, layers)
+    return {t.param_name: inputs[t.param_name] for t in group if t.param_name in inputs}
+
+
+def rows_note(n_rows: int, columns: int) -> str | None:
+    """A note when there are fewer calibration rows than input columns (X^T X is then singular)."""
+    if n_rows < columns:
+        return (f"only {n_rows} calibration rows for {columns} input columns: X^T X has rank <= {n_rows} and only the "
+                "damping makes it invertible; raise rows or the calibration batch_size/seq_len")
+    return None

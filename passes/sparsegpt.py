@@ -1,0 +1,133 @@
+"""One-shot pruning with second-order weight reconstruction: SparseGPT.
+
+Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+arXiv 2301.00774. Per layer, in forward order (each layer calibrated on the inputs of the model
+whose earlier layers are already pruned; :mod:`compressor.passes._oneshot`):
+
+1. record the layer's calibration inputs X (an LSTM/GRU's ``weight_ih_l{k}``: x_t or layer
+   k-1's outputs; ``weight_hh_l{k}``: h_{t-1}; all time steps) and form ``H = X^T X`` in float64,
+   damped by ``percdamp * mean(diag H)`` (raised tenfold, with a note, while the Cholesky
+   factorisation fails; a layer that still fails stops the run with one line naming it);
+2. choose the mask and update the remaining weights column block by column block (``blocksize``)
+   with optimal brain surgeon steps from the upper Cholesky factor of ``H^-1``
+   (:func:`compressor.solvers.sparsegpt.sparsegpt_prune`): ``pattern: unstructured`` prunes
+   ``sparsity`` of every column block (over the block, ``ranking: layer``, as the reference
+   implementation; or of every row in it, ``ranking: row``), ``pattern: nm`` keeps N of every M
+   consecutive input columns per row, by the saliency ``w^2 / [H^-1]_jj^2``.
+
+The report has, per layer, the calibration rows and columns (a note when rows < columns), the
+damping used, and the relative output error on the calibration inputs of the kept weights before
+the update (the original values under the chosen mask), after it, and of the magnitude mask of
+the same pattern, for comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..config import check_range
+from ..errors import CompressorError, RecipeError
+from ..patterns import NM, Unstructured
+from ..solvers import nm_mask, topk_mask
+from ..solvers.sparsegpt import HessianError, hessian, output_error, sparsegpt_prune
+from ..tasks import TaskConfig
+from ._magnitude import keep_count
+from ._oneshot import rows_note, stage_inputs, stages
+from .registry import PassConfig, PassResult, register_pass
+
+__all__ = ["SparseGPTConfig", "sparsegpt", "check_pattern"]
+
+
+def check_pattern(config, path: str) -> None:
+    """Checks shared by the one-shot passes: sparsity, N:M, calibration rows."""
+    check_range(f"{path}.sparsity", config.sparsity, 0.0, 1.0)
+    if config.pattern == "nm":
+        if config.m < 2:
+            raise RecipeError(f"{path}.m", f"{config.m} is invalid; m must be at least 2")
+        if not 0 < config.n < config.m:
+            raise RecipeError(f"{path}.n", f"{config.n} is invalid; n must satisfy 0 < n < m (m = {config.m})")
+    if config.rows < 1:
+        raise RecipeError(f"{path}.rows", f"{config.rows} is invalid; must be >= 1")
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig(PassConfig):
+    """``pattern``: ``unstructured`` (``sparsity`` of each layer, chosen per column block, over the
+    block or per row: ``ranking``) or ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused).
+    ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
+    ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
+    model with the earlier layers already pruned (the paper), else on the dense model.
+    ``calibration``: the task whose batches are recorded."""
+
+    pattern: Literal["unstructured", "nm"] = "unstructured"
+    sparsity: float = 0.5
+    ranking: Literal["layer", "row"] = "layer"
+    n: int = 2
+    m: int = 4
+    blocksize: int = 128
+    percdamp: float = 0.01
+    rows: int = 16384
+    sequential: bool = True
+    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(batch_size=16))
+
+    def validate(self, path: str) -> None:
+        check_pattern(self, path)
+        if self.blocksize < 1:
+            raise RecipeError(f"{path}.blocksize", f"{self.blocksize} is invalid; must be >= 1")
+        check_range(f"{path}.percdamp", self.percdamp, 0.0, 10.0)
+
+
+def magnitude_mask(weight: torch.Tensor, config) -> torch.Tensor:
+    """The magnitude mask of the same pattern (the reference the report compares against)."""
+    if config.pattern == "nm":
+        return nm_mask(weight, config.n, config.m)
+    return topk_mask(weight.abs(), keep_count(weight.numel(), config.sparsity, at_least=0))
+
+
+@register_pass("sparsegpt", SparseGPTConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
+def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
+    """SparseGPT (Frantar & Alistarh, arXiv 2301.00774): OBS mask selection and weight update per layer."""
+    c = config
+    result = PassResult()
+    nm = c.pattern == "nm"
+    pattern = NM(c.n, c.m) if nm else Unstructured()
+    for module_path, group in stages(targets):
+        if nm:
+            narrow = [t for t in group if t.in_features < c.m]
+            for t in narrow:
+                result.skipped[t.name] = f"{t.in_features} input features < m={c.m}: left as it was"
+            group = [t for t in group if t not in narrow]
+            if not group:
+                continue
+        inputs = stage_inputs(state, module_path, group, c.calibration, c.rows, c.sequential)
+        for t in group:
+            w_ref = state.weight(t).clone()
+            h = hessian(inputs[t.param_name])
+            n_rows = inputs[t.param_name].shape[0]
+            try:
+                solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m, ranking=c.ranking,
+                                         blocksize=c.blocksize, percdamp=c.percdamp, prior=state.mask(t))
+            except HessianError as exc:
+                raise CompressorError(f"sparsegpt: layer {t.name} ({n_rows} calibration rows x {t.in_features} "
+                                      f"columns): {exc}") from None
+            metrics = {
+                "calibration_rows": n_rows, "columns": t.in_features, "damping": solved.damping,
+                "reconstruction_error_before": output_error(h, w_ref, w_ref * solved.mask),
+                "reconstruction_error_after": output_error(h, w_ref, solved.weight),
+                "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c)),
+            }
+            notes = [n for n in (rows_note(n_rows, t.in_features), *solved.notes) if n]
+            notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}; "
+                         f"calibration output error {metrics['reconstruction_error_before']:.3g} with the mask alone -> "
+                         f"{metrics['reconstruction_error_after']:.3g} after the OBS update (magnitude mask: "
+                         f"{metrics['reconstruction_error_magnitude_mask']:.3g})")
+            with torch.no_grad():
+                state.original(t).copy_(solved.weight)
+            state.set_mask(t, solved.mask)
+            result.layers[t.name] = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m if nm else c.sparsity,
+                                     "notes": notes, "metrics": metrics}
+            result.metrics[t.name] = metrics
+    return result

@@ -1,0 +1,80 @@
+"""One-shot pruning by weights and activations: Wanda.
+
+Sun et al., "A Simple and Effective Pruning Approach for Large Language Models", arXiv 2306.11695.
+Each weight is scored ``|W_ij| * ||X_j||_2``, with ``X_j`` the j-th input column over the layer's
+calibration rows, and the scores are compared within each output row: ``pattern: unstructured``
+prunes ``sparsity`` of every row, ``pattern: nm`` keeps N of every M consecutive inputs per row.
+No weight is updated. Layers are calibrated in forward order on the model whose earlier layers are
+already pruned (``sequential``, as the paper's code does), with the same recording as ``sparsegpt``
+(:mod:`compressor.passes._oneshot`; LSTM/GRU ``weight_hh``: h_{t-1} over every time step).
+
+The report has, per layer, the calibration rows and the relative output error on the calibration
+inputs of the Wanda mask and of the magnitude mask of the same pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..patterns import NM, Unstructured
+from ..solvers.sparsegpt import hessian, output_error, wanda_mask
+from ..tasks import TaskConfig
+from ._oneshot import rows_note, stage_inputs, stages
+from .registry import PassConfig, PassResult, register_pass
+from .sparsegpt import check_pattern, magnitude_mask
+
+__all__ = ["WandaConfig", "wanda"]
+
+
+@dataclass(frozen=True)
+class WandaConfig(PassConfig):
+    """``pattern``: ``unstructured`` (``sparsity`` of every output row) or ``nm`` (``n`` of every ``m``
+    inputs per row). ``rows``, ``sequential``, ``calibration``: as for ``sparsegpt``."""
+
+    pattern: Literal["unstructured", "nm"] = "unstructured"
+    sparsity: float = 0.5
+    n: int = 2
+    m: int = 4
+    rows: int = 16384
+    sequential: bool = True
+    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(batch_size=16))
+
+    def validate(self, path: str) -> None:
+        check_pattern(self, path)
+
+
+@register_pass("wanda", WandaConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
+def wanda(state, config: WandaConfig, targets) -> PassResult:
+    """Wanda (Sun et al., arXiv 2306.11695): prune the lowest |W| x ||X_j|| of every output row."""
+    c = config
+    result = PassResult()
+    nm = c.pattern == "nm"
+    pattern = NM(c.n, c.m) if nm else Unstructured()
+    for module_path, group in stages(targets):
+        if nm:
+            narrow = [t for t in group if t.in_features < c.m]
+            for t in narrow:
+                result.skipped[t.name] = f"{t.in_features} input features < m={c.m}: left as it was"
+            group = [t for t in group if t not in narrow]
+            if not group:
+                continue
+        inputs = stage_inputs(state, module_path, group, c.calibration, c.rows, c.sequential)
+        for t in group:
+            w = state.weight(t).clone()
+            x = inputs[t.param_name]
+            mask = wanda_mask(w, x.double().norm(dim=0), sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
+                              prior=state.mask(t))
+            h = hessian(x)
+            metrics = {"calibration_rows": x.shape[0], "columns": t.in_features,
+                       "reconstruction_error_after": output_error(h, w, w * mask),
+                       "reconstruction_error_magnitude_mask": output_error(h, w, w * magnitude_mask(w, c))}
+            notes = [n for n in (rows_note(x.shape[0], t.in_features),) if n]
+            notes.append(f"wanda: {x.shape[0]} calibration rows; calibration output error "
+                         f"{metrics['reconstruction_error_after']:.3g} (magnitude mask: "
+                         f"{metrics['reconstruction_error_magnitude_mask']:.3g})")
+            state.set_mask(t, mask)
+            result.layers[t.name] = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m if nm else c.sparsity,
+                                     "notes": notes, "metrics": metrics}
+            result.metrics[t.name] = metrics
+    return result

@@ -1,0 +1,35 @@
+"""Smoke test of ``compress bench oneshot`` (the figures themselves are not asserted, only what must
+hold whatever the machine: every method runs its own pass at the pattern asked for)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compressor.bench import oneshot as bench
+from compressor.recipe import parse_recipe
+
+
+def test_every_method_and_pattern_is_a_valid_recipe_step():
+    for pattern in ("50%", "2:4"):
+        for method in bench.METHODS:
+            step = bench._step(method, pattern, ["rnn"], 256)
+            if method == "nm_convert" and pattern == "50%":
+                assert step is None  # nm_convert only makes N:M
+                continue
+            parse_recipe({"version": 1, "passes": [step]})
+
+
+def test_bench_oneshot_small(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "oneshot.json"
+    args = parser.parse_args(["--patterns", "2:4", "--methods", "magnitude,sparsegpt", "--targets", "rnn.weight_hh_l1",
+                              "--rows", "512", "--eval-tokens", "2048", "--json", str(out)])
+    assert bench.run(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["pass"]) for r in results] == [("magnitude", "nm_prune"), ("sparsegpt", "sparsegpt")]
+    for r in results:
+        assert r["layers"] == ["rnn.weight_hh_l1"] and r["sparsity"] == 0.5
+        assert r["perplexity"] > 1.0
+    assert "one-shot pruning of lstm-lm" in capsys.readouterr().out
