@@ -97,6 +97,7 @@ def _cmd_export(args) -> int:
         raise ArtifactError(f"{args.directory} already has {', '.join(existing)}; pass --force to replace")
     model = load(args.directory, allow_pickle=args.allow_pickle, model=args.model)
     results = export_model(model, meta.get("inputs", []), args.directory, step=not args.no_step,
+                           dynamic=meta["source"]["kind"] == "hf",
                            tolerance=args.tolerance)
     for r in results.values():
         print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .errors import CompressorError
 from .outputs import atomic_file
-from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session
+from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
 
@@ -85,14 +85,16 @@ def max_errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[flo
     return max_abs, max_rel
 
 
-def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: float, trials: int) -> dict:
-    """Export to a temporary file next to ``path``, check it in ORT, then rename into place."""
+def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: float, trials: int,
+              naming: dict | None = None) -> dict:
+    """Export to a temporary file next to ``path``, check it in ORT, then rename into place.
+    ``naming``: export_onnx's input_names / output_names / dynamic_axes."""
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     try:
         with atomic_file(path) as tmp:
             exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter
-            export_onnx(module, make_inputs(0), tmp)
+            export_onnx(module, make_inputs(0), tmp, **(naming or {}))
             exporter_log.setLevel(level)
             session = ort_session(tmp)
             names = [i.name for i in session.get_inputs()]
@@ -116,6 +118,30 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
     return {"file": path.name, "max_abs_error": worst_abs, "max_rel_error": worst_rel, "trials": trials}
 
 
+def _naming(model: nn.Module, specs: list[dict], dynamic: bool):
+    """export_onnx's names and dynamic axes for ``model``, and the input specs of each check trial."""
+    import inspect
+
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    inputs = params[: len(specs)] if len(params) >= len(specs) else None
+    with torch.no_grad():
+        outputs = output_names(model(*fresh_inputs(specs, torch.Generator().manual_seed(0))))
+    naming = {"input_names": inputs, "output_names": outputs}
+    if not dynamic or inputs is None:
+        return naming, lambda trial: specs
+    naming["dynamic_axes"] = {n: {d: a for d, a in ((0, "batch"), (1, "sequence")) if d < len(s["shape"])}
+                              for n, s in zip(inputs, specs)}
+
+    def shapes(trial):  # trial 0 exports at the example's shape; the others check other shapes
+        if trial == 0:
+            return specs
+        grow = [1 + trial % 2, -(trial // 2 + 1)]  # one more row; a shorter sequence (fits position limits)
+        return [{**s, "shape": [max(1, d + grow[i]) if i < 2 else d for i, d in enumerate(s["shape"])]} for s in specs]
+
+    return naming, shapes
+
+
 def _step_graphs(model: nn.Module):
     """(path, step-capable module) for every unidirectional LSTM/GRU in ``model``."""
     for path, module in model.named_modules():
@@ -126,18 +152,27 @@ def _step_graphs(model: nn.Module):
 
 
 def export_model(model: nn.Module, specs: list[dict], directory: str | Path, step: bool = True,
-                 tolerance: float = 1e-4, trials: int = 3, seed: int = 0, step_batch: int = 2) -> dict:
+                 tolerance: float = 1e-4, trials: int = 3, seed: int = 0, step_batch: int = 2,
+                 dynamic: bool = False) -> dict:
     """Write ``model.onnx`` (and step graphs, whose inputs have ``step_batch`` rows: shapes are
-    static) into ``directory``; returns the measured errors per graph."""
+    static) into ``directory``; returns the measured errors per graph.
+
+    ``model.onnx``'s inputs are named after the forward's parameters and its outputs after the
+    output mapping's keys (a Hugging Face ``ModelOutput``: ``last_hidden_state``, ...). With
+    ``dynamic`` (Hugging Face models) the first two dimensions of every input are the dynamic axes
+    ``batch`` and ``sequence``, and ORT is checked at a batch and a sequence length other than the
+    example's too."""
     if not specs:
         raise CompressorError("ONNX export needs example inputs: the artifact has none (pass --input when compressing)")
     directory = Path(directory)
     model = model.eval()
 
-    def inputs(trial):
-        return fresh_inputs(specs, torch.Generator().manual_seed(seed * 1000 + trial))
+    naming, shapes = _naming(model, specs, dynamic)
 
-    results = {"model": _verified(directory / "model.onnx", model, inputs, model, tolerance, trials)}
+    def inputs(trial):
+        return fresh_inputs(shapes(trial), torch.Generator().manual_seed(seed * 1000 + trial))
+
+    results = {"model": _verified(directory / "model.onnx", model, inputs, model, tolerance, trials, naming)}
     if step:
         for path, rnn in _step_graphs(model):
             step_module = rnn.step_module().eval()

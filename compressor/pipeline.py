@@ -369,7 +369,8 @@ class Pipeline:
                 ex = self.recipe.export
 
                 def write_onnx(path: Path) -> None:
-                    results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance)
+                    results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance,
+                                           dynamic=spec.source.get("kind") == "hf")
                     for r in results.values():  # one metric per graph, in the usual {after: value} form
                         report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
                         console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "

@@ -47,7 +47,7 @@ else:
     from compressor.kernels.gated_ops import gate_values, gated_block_linear, kept_blocks, select_blocks
     from compressor.kernels.modules import BlockSparseLinear, GatedBlockLinear, NMLinear
     from compressor.kernels.nm_ops import nm_linear
-    from compressor.kernels.onnx_check import OnnxCheck, export_onnx, flatten_outputs, onnx_check, ort_session
+    from compressor.kernels.onnx_check import OnnxCheck, export_onnx, flatten_outputs, onnx_check, ort_session, output_names
     from compressor.kernels.rnn import RNNStep, SparseGRU, SparseLSTM
     from compressor.kernels.semi_structured import SemiStructuredWeight, is_transposable_2to4
     from compressor.kernels.triton_common import BACKENDS, TritonUnavailableError, resolve_backend
@@ -84,6 +84,7 @@ __all__ = [
     "GATE_INITS",
     "OnnxCheck",
     "flatten_outputs",
+    "output_names",
     "export_onnx",
     "onnx_check",
     "ort_session",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "ort_session", "use_global_ort_threads", "onnx_check"]
+__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "output_names", "ort_session", "use_global_ort_threads", "onnx_check"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -32,16 +32,40 @@ class OnnxCheck:
     custom_ops: tuple[str, ...]
 
 
-def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: int | None = None) -> str:
-    """Export ``module(*args)`` to ``path`` (static shapes, dynamo exporter); return the path."""
+def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: int | None = None,
+                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                dynamic_axes: dict[str, dict[int, str]] | None = None) -> str:
+    """Export ``module(*args)`` to ``path`` (dynamo exporter; static shapes unless ``dynamic_axes``
+    names input dimensions, e.g. ``{"input_ids": {0: "batch", 1: "sequence"}}``); return the path."""
     kwargs = {"dynamo": True, "external_data": False, "verbose": False}
     if opset is not None:
         kwargs["opset_version"] = opset
+    for key, value in (("input_names", input_names), ("output_names", output_names), ("dynamic_axes", dynamic_axes)):
+        if value:
+            kwargs[key] = list(value) if key != "dynamic_axes" else value
     module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not about the model
         torch.onnx.export(module, tuple(args), str(path), **kwargs)
     return str(path)
+
+
+def output_names(outputs, prefix: str = "") -> list[str] | None:
+    """Names of :func:`flatten_outputs`'s tensors taken from the mapping keys on the way (a Hugging
+    Face ``ModelOutput`` gives ``last_hidden_state``, ``pooler_output``); None when the outputs hold
+    no mapping (the exporter's own names then)."""
+    if isinstance(outputs, torch.Tensor):
+        return [prefix or "output"]
+    if isinstance(outputs, Mapping):
+        items = list(outputs.items())
+    elif isinstance(outputs, (list, tuple)):
+        items = [(str(i), o) for i, o in enumerate(outputs)]
+    else:
+        return []
+    names = [n for key, o in items for n in (output_names(o, f"{prefix}.{key}" if prefix else str(key)) or [])]
+    if not prefix and not isinstance(outputs, Mapping) and not any(isinstance(o, Mapping) for _, o in items):
+        return None
+    return names
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True, shared_pool: bool = False):

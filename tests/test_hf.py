@@ -52,13 +52,18 @@ def test_bert_exports_to_onnx_through_the_recipe(tmp_path):
     recipe = parse_recipe({"version": 1, "passes": [{"pass": "nm_prune", "ignore": ["pooler"]}], "export": {"onnx": True}})
     result = compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
     assert result.report.metrics["onnx_rel_error(model.onnx)"]["after"] < 1e-4
-    x = spec.example_inputs[0]
     session = ort_session(str(tmp_path / "art" / "model.onnx"))
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    # named after the forward's parameters and the ModelOutput's keys, with dynamic batch and sequence
+    assert [i.name for i in session.get_inputs()] == ["input_ids"]
+    assert session.get_inputs()[0].shape == ["batch", "sequence"]
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state", "pooler_output"]
+    x = torch.randint(0, 100, (3, 11))  # not the example's 1 x 16
+    got = session.run(None, {"input_ids": x.numpy()})
     with torch.no_grad():
         expected = flatten_outputs(result.model(x))
-    assert len(got) == len(expected)
-    torch.testing.assert_close(torch.from_numpy(got[0]), expected[0], rtol=1e-4, atol=1e-5)
+    assert len(got) == len(expected) == 2
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)
 
 
 def test_a_directory_loads_as_the_class_its_config_names(tmp_path):
