@@ -38,7 +38,8 @@ __all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "build_task", "kl_dist
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """``name``: ``lm`` | ``distill`` | ``module:function``. ``corpus``: ``pydoc`` | ``shakespeare`` |
+    """``name``: ``lm`` | ``distill`` | ``auto`` (``lm`` for token models, ``distill``'s inputs for
+    models of floating-point inputs: the calibration default) | ``module:function``. ``corpus``: ``pydoc`` | ``shakespeare`` |
     a text file. ``batch_size`` is the global batch (split across torchrun ranks)."""
 
     name: str = "lm"
@@ -54,8 +55,9 @@ class TaskConfig:
     seed: int = 0
 
     def validate(self, path: str) -> None:
-        if self.name not in ("lm", "distill") and ":" not in self.name:
-            raise RecipeError(f"{path}.name", f"{self.name!r} is not a task; use lm, distill or 'package.module:function'")
+        if self.name not in ("lm", "distill", "auto") and ":" not in self.name:
+            raise RecipeError(f"{path}.name", f"{self.name!r} is not a task; use lm, distill, auto or "
+                                              "'package.module:function'")
         for key, low in (("seq_len", 2), ("batch_size", 1), ("eval_tokens", 0)):
             if getattr(self, key) < low:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= {low}")
@@ -224,11 +226,13 @@ def _takes_floats(spec) -> bool:
 def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
     """Instantiate the task a training pass asks for."""
     vocab = getattr(spec, "vocab", None)
-    if config.name == "lm" and vocab is None and _takes_floats(spec):
-        # token ids cannot feed a model whose inputs are floating point (nm_convert's default
-        # calibration built integer inputs for one and failed on a dtype mismatch): such a model gets
-        # the distill task's inputs, random tensors shaped like its example inputs
-        return DistillTask(config, teacher, spec.example_inputs, None)
+    if config.name == "auto":
+        # the calibration default: token ids cannot feed a model whose inputs are floating point
+        # (nm_convert's default built integer inputs for an MLP and failed on a dtype mismatch), so
+        # such a model gets the distill task's inputs, random tensors shaped like its example inputs
+        if vocab is None and _takes_floats(spec):
+            return DistillTask(config, teacher, spec.example_inputs, None)
+        return LMTask(config, vocab, teacher)
     if config.name == "lm":
         return LMTask(config, vocab, teacher)
     if config.name == "distill":

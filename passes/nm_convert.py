@@ -76,7 +76,7 @@ class NMConvertConfig(PassConfig):
     damping: float = 1e-4
     bias_correction: bool = False
     keep_existing: bool = False
-    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(batch_size=16))
+    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
 
     def validate(self, path: str) -> None:
         if self.m < 2:

@@ -38,7 +38,7 @@ class WandaConfig(PassConfig):
     m: int = 4
     rows: int = 16384
     sequential: bool = True
-    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(batch_size=16))
+    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
 
     def validate(self, path: str) -> None:
         check_pattern(self, path)
