@@ -58,6 +58,12 @@ class Target:
     shape: tuple[int, int]
     gates: tuple[tuple[str, int, int], ...] = ()
     aliases: tuple[str, ...] = ()
+    module_classes: tuple[str, ...] = ()
+
+    @property
+    def module_class(self) -> str:
+        """The owning module's own class name."""
+        return self.module_classes[0] if self.module_classes else ""
 
     @property
     def in_features(self) -> int:
@@ -90,6 +96,11 @@ def _kind_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.RNN):
         return "rnn"
     return None
+
+
+def _class_names(cls: type) -> tuple[str, ...]:
+    """``cls`` and its bases up to (not including) ``nn.Module``, by name."""
+    return tuple(c.__name__ for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module)
 
 
 def _module_weight_names(path: str, module: nn.Module) -> list[str]:
@@ -142,7 +153,8 @@ def _build_targets(model: nn.Module, used: list[str]) -> tuple[Target, ...]:
             size = p.shape[0] // len(gate_names)
             gates = tuple((g, i * size, (i + 1) * size) for i, g in enumerate(gate_names))
         targets.append(
-            Target(name, module_path, param_name, kind, tuple(p.shape), gates, tuple(n for n in group if n != name))
+            Target(name, module_path, param_name, kind, tuple(p.shape), gates, tuple(n for n in group if n != name),
+                   _class_names(type(owner)))
         )
     return tuple(targets)
 

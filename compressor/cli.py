@@ -5,6 +5,7 @@
     compress validate R [R ...]      check recipes without running them (--list: the passes)
     compress report DIR [--json]     the per-layer report of an artifact directory
     compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
+    compress layers [--model M]      the layers a recipe can target, with their module classes
     compress export DIR --dense F    the weights as dense tensors with zeros + bool masks (format 1)
     compress bench NAME [...]        benchmarks (solvers, kernels, nm, oneshot, quality, storage, model DIR)
 
@@ -25,13 +26,13 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("validate", "report", "bench", "export")
+SUBCOMMANDS = ("validate", "report", "bench", "export", "layers")
 
 
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compress",
-        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, export, bench "
+        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, export, layers, bench "
         "(`compress SUBCOMMAND --help`).",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
@@ -65,6 +66,41 @@ def _report_parser() -> argparse.ArgumentParser:
                    help="show this artifact (A) and OTHER_DIR (B) side by side, per layer and with B/A ratios")
     p.add_argument("--force", action="store_true", help="replace an existing --html file")
     return p
+
+
+def _layers_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress layers",
+                                description="List the layers a recipe can target: name, module class, kind, shape.")
+    p.add_argument("--model", help="built-in name (default lstm-lm), 'file.py:factory', 'pkg.module:factory' or a HF directory")
+    p.add_argument("--checkpoint", help=".safetensors or state-dict weights")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled module checkpoint (runs code!)")
+    p.add_argument("--input", action="append", default=[], metavar="SPEC", help="example input, e.g. 2x32:int64")
+    p.add_argument("--json", action="store_true", help="one JSON object (method, attempts, layers)")
+    return p
+
+
+def _cmd_layers(args) -> int:
+    from .capture import capture
+    from .loading import load_model
+    from .recipe import parse_input_spec
+
+    for i, spec in enumerate(args.input):
+        parse_input_spec(spec, f"--input[{i}]")
+    spec = load_model(args.model, args.checkpoint, allow_pickle=args.allow_pickle, inputs=tuple(args.input))
+    result = capture(spec.model, spec.example_inputs)
+    layers = [{"name": t.name, "class": t.module_class, "kind": t.kind, "shape": list(t.shape),
+               "gates": [g for g, _, _ in t.gates], "aliases": list(t.aliases)} for t in result.targets]
+    if args.json:
+        print(json.dumps({"method": result.method, "attempts": [list(a) for a in result.attempts], "layers": layers}))
+        return 0
+    width = max((len(t["name"]) for t in layers), default=4)
+    print(f"{'layer':<{width}}  {'class':<20} {'kind':<10} shape")
+    for t in layers:
+        extra = (f"  gates {''.join(t['gates'])}" if t["gates"] else "") + \
+                (f"  tied: {', '.join(t['aliases'])}" if t["aliases"] else "")
+        print(f"{t['name']:<{width}}  {t['class']:<20} {t['kind']:<10} {'x'.join(map(str, t['shape']))}{extra}")
+    print(f"capture: {result.method} ({'; '.join(f'{m}: {why}' for m, why in result.attempts)})")
+    return 0
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -259,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compress: error: unknown subcommand {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}, "
               "or compress with `compress --recipe R`", file=sys.stderr)
         return 2
-    parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser, "export": _export_parser}
-    handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench, "export": _cmd_export}
+    parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser, "export": _export_parser,
+               "layers": _layers_parser}
+    handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench, "export": _cmd_export,
+                "layers": _cmd_layers}
     if command is None:
         args = _run_parser().parse_args(argv)
         handler = _cmd_run

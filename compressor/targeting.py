@@ -4,7 +4,8 @@ An entry is either a plain name or a ``re:`` regular expression.
 
 - A plain name selects a target whose parameter name (``rnn.weight_hh_l0``), alias, or
   module path (``rnn``) equals it, or whose module path lies under it (``encoder`` selects
-  ``encoder.layer.0.fc``).
+  ``encoder.layer.0.fc``), or whose module's class has that name (``Linear``, ``LSTM``,
+  ``GRU``, ``MultiheadAttention``: every layer of that class; ``compress layers`` lists them).
 - ``re:PATTERN`` selects targets whose parameter name or module path the pattern matches
   in full (``re.fullmatch``), e.g. ``re:rnn\\.weight_hh_l\\d+``.
 
@@ -34,7 +35,7 @@ def compile_pattern(pattern: str, path: str):
             raise RecipeError(path, f"invalid regular expression {pattern[3:]!r}: {exc}") from None
         return lambda t: any(regex.fullmatch(n) for n in (t.name, t.module_path, *t.aliases))
     return lambda t: (
-        pattern in (t.name, t.module_path, *t.aliases)
+        pattern in (t.name, t.module_path, *t.aliases, *t.module_classes)
         or t.module_path.startswith(pattern + ".")
     )
 

@@ -147,3 +147,24 @@ def test_torch_nn_transformer_layers_are_captured_and_pruned(tmp_path):
     assert float((in_proj == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     rows = {r.name: r for r in run.report.layers}
     assert rows["encoder.layers.1.linear2.weight"].sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_targets_by_module_class_and_the_layers_listing(capsys):
+    """'Linear' selects every nn.Linear (MultiheadAttention's out_proj too), 'MultiheadAttention'
+    its input projections; `compress layers` lists each layer with its class."""
+    import json
+
+    from compressor.cli import main as cli_main
+    from compressor.targeting import resolve_targets
+
+    model = _TransformerLM().eval()
+    targets = capture(model, (torch.randint(0, 40, (2, 8)),)).targets
+    linear = {t.name for t in resolve_targets(targets, ["Linear"], [], ("linear", "functional"), "passes[0]")}
+    assert linear == {t.name for t in targets if t.kind == "linear"}  # out_proj's class is a Linear subclass
+    assert "encoder.layers.1.self_attn.out_proj.weight" in linear and "encoder.layers.0.linear1.weight" in linear and "encoder.layers.0.self_attn.in_proj_weight" not in linear
+    attention = {t.name for t in resolve_targets(targets, ["MultiheadAttention"], [], ("functional",), "passes[0]")}
+    assert attention == {f"encoder.layers.{i}.self_attn.in_proj_weight" for i in range(2)}
+    assert cli_main(["layers", "--json"]) == 0  # the built-in LM
+    listing = json.loads(capsys.readouterr().out)
+    assert [(t["name"], t["class"], t["kind"]) for t in listing["layers"]][-1] == ("decoder.weight", "Linear", "linear")
+    assert listing["layers"][0]["gates"] == ["i", "f", "g", "o"] and listing["method"] == "fx"
