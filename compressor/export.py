@@ -145,9 +145,9 @@ def _naming(model: nn.Module, specs: list[dict], dynamic: bool):
     naming["dynamic_axes"] = {n: {d: a for d, a in ((0, "batch"), (1, "sequence")) if d < len(s["shape"])}
                               for n, s in zip(inputs, specs)}
 
-    def shapes(trial):  # trial 0 exports at the example's shape; the others check other shapes
-        if trial == 0:
-            return specs
+    def shapes(trial):  # trial 0 exports; the others check other shapes
+        if trial == 0:  # torch.export specialises a dimension of size 1: export at batch >= 2
+            return [{**s, "shape": [max(2, d) if i == 0 else d for i, d in enumerate(s["shape"])]} for s in specs]
         grow = [1 + trial % 2, -(trial // 2 + 1)]  # one more row; a shorter sequence (fits position limits)
         return [{**s, "shape": [max(1, d + grow[i]) if i < 2 else d for i, d in enumerate(s["shape"])]} for s in specs]
 

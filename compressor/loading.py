@@ -32,7 +32,7 @@ import torch.nn as nn
 from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "check_finite", "make_inputs"]
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -138,6 +138,7 @@ def _from_hf_dir(path: Path) -> ModelSpec:
         reason = " ".join(str(exc).split())[:240]
         raise ModelLoadError(f"--model {path}: not a loadable Hugging Face model directory ({type(exc).__name__}: "
                              f"{reason})") from None
+    _prepare_hf(model)
     model.eval()
     seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
     example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
@@ -293,9 +294,40 @@ def rebuild_hf(config: dict) -> nn.Module:
     fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
     hf_config = transformers.AutoConfig.for_model(model_type, **fields)
     cls = hf_class(hf_config.architectures)
-    if cls is transformers.AutoModel:
-        return cls.from_config(hf_config, trust_remote_code=False)
-    return cls(hf_config)
+    model = cls.from_config(hf_config, trust_remote_code=False) if cls is transformers.AutoModel else cls(hf_config)
+    return _prepare_hf(model)
+
+
+def _prepare_hf(model: nn.Module) -> nn.Module:
+    """A Hugging Face model as the toolkit runs it: Conv1D layers as nn.Linear, and no key/value
+    cache in the outputs (a generation-time cache object is no tensor: ONNX export failed on it)."""
+    if getattr(getattr(model, "config", None), "use_cache", None):
+        model.config.use_cache = False
+    return linear_from_conv1d(model)
+
+
+def linear_from_conv1d(model: nn.Module) -> nn.Module:
+    """Replace every transformers ``Conv1D`` (GPT-2 family: ``y = x @ W + b`` with ``W`` stored
+    (in, out)) by the ``nn.Linear`` that computes the same (``W`` transposed), in place.
+
+    The rest of the toolkit (masks and patterns along the input dimension, kernels, reports,
+    export) then treats those layers like any Linear; the parameter names stay the same."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return model
+    for path, module in list(model.named_modules()):
+        if not isinstance(module, Conv1D):
+            continue
+        w = module.weight
+        linear = nn.Linear(w.shape[0], w.shape[1], bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(w.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent), name, linear)
+    return model
 
 
 def hf_class(architectures) -> type:

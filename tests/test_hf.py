@@ -89,3 +89,30 @@ def test_a_directory_loads_as_the_class_its_config_names(tmp_path):
     (tmp_path / "mlm" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(compressor.ModelLoadError, match="does not implement"):
         compressor.load_model(str(tmp_path / "mlm"))
+
+
+def test_gpt2_conv1d_layers_compress_as_linear(tmp_path):
+    """GPT-2's Conv1D layers (weight stored in x out) were not captured: they load as the nn.Linear
+    computing the same, so every pass, the report, the artifact and the export see them."""
+    config = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    original = transformers.GPT2LMHeadModel(config).eval()
+    original.save_pretrained(tmp_path / "gpt2")
+    spec = compressor.load_model(str(tmp_path / "gpt2"))
+    x = spec.example_inputs[0]
+    with torch.no_grad():  # the same function as the transformers model it came from
+        torch.testing.assert_close(spec.model(x).logits, original(x).logits, rtol=1e-5, atol=1e-5)
+    names = {t.name: t for t in compressor.capture(spec.model, spec.example_inputs).targets}
+    for part, shape in (("attn.c_attn", (96, 32)), ("attn.c_proj", (32, 32)), ("mlp.c_fc", (128, 32)),
+                        ("mlp.c_proj", (32, 128))):
+        target = names[f"transformer.h.1.{part}.weight"]
+        assert target.kind == "linear" and target.shape == shape
+    recipe = parse_recipe({"version": 1, "passes": [{"pass": "nm_prune", "targets": ["Linear"], "ignore": ["lm_head"]}],
+                           "export": {"onnx": True}})
+    result = compressor.Pipeline(recipe).run(spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
+    rows = {r.name: r for r in result.report.layers}
+    assert rows["transformer.h.0.mlp.c_fc.weight"].sparsity == pytest.approx(0.5)
+    loaded = compressor.load(tmp_path / "art")
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, result.model(x).logits)
+    assert (tmp_path / "art" / "model.onnx").is_file()
