@@ -14,14 +14,50 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .artifacts import load, load_masks, read_metadata, read_report
-from .capture import CaptureResult, Target, capture
-from .errors import ArtifactError, CompressorError, ModelLoadError, RecipeError, TargetError
-from .loading import ModelSpec, load_model
-from .masks import finalize
-from .pipeline import CompressionState, Pipeline, PipelineResult
-from .recipe import Recipe, load_recipe, parse_recipe
-from .report import Report
+# ``capture`` is a function and a submodule of the same name: bound here, so that importing the
+# submodule (which sets the package attribute to the module) cannot hide the function. It needs torch only.
+from .capture import CaptureResult, Target, capture  # noqa: E402
+
+#: public name -> the module that defines it. Loaded on first use (PEP 562), so that importing a
+#: leaf such as ``compressor.solvers`` or ``compressor.kernels`` does not import the pipeline, the
+#: passes, ONNX and OR-Tools.
+_EXPORTS = {
+    "ArtifactError": "errors",
+    "CompressionState": "pipeline",
+    "CompressorError": "errors",
+    "ModelLoadError": "errors",
+    "ModelSpec": "loading",
+    "Pipeline": "pipeline",
+    "PipelineResult": "pipeline",
+    "Recipe": "recipe",
+    "RecipeError": "errors",
+    "Report": "report",
+    "TargetError": "errors",
+    "finalize": "masks",
+    "load": "artifacts",
+    "load_masks": "artifacts",
+    "load_model": "loading",
+    "load_recipe": "recipe",
+    "parse_recipe": "recipe",
+    "read_metadata": "artifacts",
+    "read_report": "artifacts",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "ArtifactError",

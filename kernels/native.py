@@ -206,9 +206,8 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc)"
-    from compressor.corpus import cache_dir
-
-    folder = cache_dir() / "native"
+    # $COMPRESSOR_CACHE as compressor.corpus reads it (kernels import nothing outside themselves)
+    folder = Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor")) / "native"
     machine = [_SOURCE, cc, _cpu_key(), platform.platform()]  # read once, not per flag set
     errors = []
     for flags in _FLAG_SETS:

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..bench.common import time_interleaved
+from ..timing import time_interleaved
 from ..config import check_block, check_range
 from ..errors import RecipeError
 from ..kernels import GatedBlockLinear, GatedGRU, GatedLSTM, SparseGRU, SparseLSTM, kept_blocks, select_blocks

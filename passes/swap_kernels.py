@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import masks as masklib
-from ..bench.common import time_interleaved
+from ..timing import time_interleaved
 from ..errors import CompressorError, RecipeError
 from ..patterns import NM, Block
 from ..swaps import build_replacement, set_module

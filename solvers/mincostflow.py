@@ -32,7 +32,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
-from ortools.graph.python import min_cost_flow
 
 from .tiles import TileProblem, bonus_weights
 
@@ -79,6 +78,8 @@ def _solve_chunk(mag: np.ndarray, prior: np.ndarray | None, real: np.ndarray | N
     cols = np.arange(m, dtype=np.int64)[None, None, :]
     tails = np.broadcast_to(base + rows, (t, m, m)).reshape(-1)
     heads = np.broadcast_to(base + m + cols, (t, m, m)).reshape(-1)
+    from ortools.graph.python import min_cost_flow  # on first solve: OR-Tools is slow to import
+
     flow = min_cost_flow.SimpleMinCostFlow()
     arcs = flow.add_arcs_with_capacity_and_unit_cost(tails, heads, np.ones(tails.size, dtype=np.int64), costs)
     nodes = np.arange(t * 2 * m, dtype=np.int64)

@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 
-__all__ = ["add_arguments", "run", "main", "SECTIONS"]
+__all__ = ["add_arguments", "run", "SECTIONS"]
 
 SECTIONS = ("torch", "step", "onnx")
 
@@ -236,11 +236,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from compressor.cli import main as cli_main
-
-    return cli_main(["bench", "model", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from compressor.bench.common import standalone
+
+    raise SystemExit(standalone("model", add_arguments, run, __doc__))
