@@ -45,6 +45,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="SPEC",
                    help="example input shape and dtype for tracing, e.g. 2x32:int64 (repeat per input)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--eval-tokens", type=int, default=None, metavar="N",
+                   help="score the held-out metric (built-in models) on at most N tokens (default: the whole split)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -166,6 +168,8 @@ def _cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     for i, spec in enumerate(args.input):
         parse_input_spec(spec, f"--input[{i}]")
+    if args.eval_tokens is not None and args.eval_tokens < 256:
+        raise CompressorError(f"--eval-tokens {args.eval_tokens}: score at least 256 tokens (a perplexity window is 128)")
     if args.resume and not args.out:
         raise CompressorError("--resume needs the --out directory of the interrupted run")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -204,7 +208,8 @@ def _compress(args, recipe, out: Path, info, err) -> int:
                                 checkpoint=args.checkpoint or recipe.model.checkpoint,
                                 inputs=tuple(args.input) or recipe.model.inputs)
     recipe = dataclasses.replace(recipe, model=model)
-    result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err, resume=args.resume)
+    result = Pipeline(recipe).run(spec, out=out, force=args.force, console=err, resume=args.resume,
+                                  eval_tokens=args.eval_tokens)
     if not info.is_main:
         return 0
     if args.json:

@@ -44,8 +44,9 @@ class ModelSpec:
     """A loaded model and what the toolkit knows about it.
 
     ``source`` is a JSON-able record of how to rebuild the architecture (saved in artifacts);
-    ``evaluate(model) -> {metric: value}`` is a held-out quality measure when one is known
-    (the built-in LM reports perplexity).
+    ``evaluate(model, max_tokens=None) -> {metric: value}`` is a held-out quality measure when one
+    is known (the built-in LM reports perplexity); ``max_tokens`` caps the held-out text scored
+    (tests and benchmarks; None scores all of it).
     """
 
     model: nn.Module

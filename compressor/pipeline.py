@@ -190,6 +190,11 @@ def output_error(reference: list[torch.Tensor], model: nn.Module, inputs: tuple)
     return (num / den) ** 0.5 if den else 0.0
 
 
+def _evaluate(spec: ModelSpec, model: nn.Module, max_tokens: int | None) -> dict[str, float]:
+    """The model's held-out metric, on at most ``max_tokens`` tokens when a cap is given."""
+    return spec.evaluate(model, max_tokens=max_tokens) if max_tokens else spec.evaluate(model)
+
+
 def _check_block_fits(config, targets: list[Target], path: str) -> None:
     """A block larger than a selected matrix (or than one LSTM/GRU gate, unless blocks may cross
     gates) in both dimensions makes the whole layer one partial block, which a pass can only keep
@@ -233,13 +238,15 @@ class Pipeline:
         return plan
 
     def run(self, spec: ModelSpec, out: str | Path | None = None, force: bool = False, console=None,
-            resume: bool = False, teacher: nn.Module | None = None) -> PipelineResult:
+            resume: bool = False, teacher: nn.Module | None = None, eval_tokens: int | None = None) -> PipelineResult:
         """Compress ``spec.model`` in place and, if ``out`` is given, write the artifacts.
 
         With ``resume`` the run continues from the checkpoint a killed run with the same
         recipe, model and ``out`` left in ``.OUT.work/``. ``teacher``: the model the ``distill``
         task and ``task.distill_weight`` match (same inputs and outputs as ``spec.model``; not
         modified); default: a copy of ``spec.model`` as it was before any pass.
+        ``eval_tokens``: score the held-out metric (``spec.evaluate``) on at most this many tokens
+        (tests and quick runs; None: the whole held-out split).
         """
         from rich.console import Console
 
@@ -256,10 +263,10 @@ class Pipeline:
                     console.print(note)
             elif out is not None:
                 check_output(out, force, inputs)
-            return self._run(spec, out, force, console, resume, teacher, inputs, start)
+            return self._run(spec, out, force, console, resume, teacher, inputs, start, eval_tokens)
 
     def _run(self, spec: ModelSpec, out: Path | None, force: bool, console, resume: bool, teacher: nn.Module | None,
-             inputs: list[Path], start: float) -> PipelineResult:
+             inputs: list[Path], start: float, eval_tokens: int | None) -> PipelineResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         info = current()
@@ -309,7 +316,7 @@ class Pipeline:
                 reference = [o.clone() for o in flatten_outputs(outputs) if o.is_floating_point()]
         if spec.evaluate is not None:
             with console.status("evaluating the original model"):
-                for k, v in spec.evaluate(model).items():
+                for k, v in _evaluate(spec, model, eval_tokens).items():
                     metrics.setdefault(k, {})["before"] = v
         first = state.restore(payload) if payload is not None else 0
 
@@ -338,7 +345,7 @@ class Pipeline:
             metrics["output_rel_error"] = {"after": output_error(reference, model, spec.example_inputs)}
         if spec.evaluate is not None:
             with console.status("evaluating the compressed model"):
-                for k, v in spec.evaluate(model).items():
+                for k, v in _evaluate(spec, model, eval_tokens).items():
                     metrics.setdefault(k, {})["after"] = v
 
         rows = []

@@ -13,7 +13,8 @@ def test_bench_nm_lstm_small(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "nm.json"
-    args = parser.parse_args(["--models", "lstm-lm", "--patterns", "2:4", "--rows", "512", "--json", str(out)])
+    args = parser.parse_args(["--models", "lstm-lm", "--patterns", "2:4", "--rows", "512", "--eval-tokens", "4096",
+                              "--json", str(out)])
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
     assert {(r["transposable"], r["score"], r["reconstruct"]) for r in results} == {
@@ -34,7 +35,8 @@ def test_bench_nm_char_encoder_small(tmp_path):
     bench.add_arguments(parser)
     out = tmp_path / "nm.json"
     args = parser.parse_args(["--models", "char-encoder", "--patterns", "2:4", "--scores", "magnitude",
-                              "--rows", "256", "--json", str(out)])
+                              "--rows", "256", "--eval-tokens", "4096",
+                              "--json", str(out)])
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
     assert len(results) == 4 and {r["metric"] for r in results} == {"masked test ppl"}

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconstruct", default="lstsq", choices=["lstsq", "adam"])
     parser.add_argument("--scores", default="magnitude,activation", help="mask scores to compare (nm_convert score)")
     parser.add_argument("--rows", type=int, default=4096, help="calibration rows per layer")
+    parser.add_argument("--eval-tokens", type=int, default=0,
+                        help="score the held-out metric on at most this many tokens (0: the whole test split)")
     parser.add_argument("--json", default="bench-results/nm.json")
 
 
@@ -63,7 +65,8 @@ def run(args) -> int:
                     step = {"pass": "nm_convert", "n": n, "m": m, "transposable": transposable,
                             "score": score, "reconstruct": reconstruct, "rows": args.rows, "calibration": calibration}
                     t0 = time.perf_counter()
-                    result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
+                    result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(
+                        spec, console=Console(file=io.StringIO()), eval_tokens=args.eval_tokens or None)
                     seconds = time.perf_counter() - t0
                     layer = result.report.passes[0]["metrics"]
                     # the reference is always the magnitude-only mask of the same pattern

@@ -19,9 +19,9 @@ def _lstm_lm(config: dict | None = None, pretrained: bool = True):
         model, vocab = LSTMLanguageModel(LSTMConfig(**(config or {}))), None
     source = {"kind": "builtin", "name": "lstm-lm", "config": json.loads(json.dumps(model.config.__dict__))}
 
-    def evaluate(m):
+    def evaluate(m, max_tokens: int | None = None):
         test_ids = vocab.encode(split_text(pydoc_text()).test)
-        return {"perplexity": perplexity(m, test_ids)}
+        return {"perplexity": perplexity(m, test_ids[: max_tokens + 1] if max_tokens else test_ids)}
 
     return ModelSpec(
         model=model,
@@ -58,8 +58,9 @@ def _char_encoder(config: dict | None = None, pretrained: bool = True):
         model, vocab = CharEncoder(EncoderConfig(**(config or {}))), None
     source = {"kind": "builtin", "name": "char-encoder", "config": dict(model.config.__dict__)}
 
-    def evaluate(m):
+    def evaluate(m, max_tokens: int | None = None):
         test_ids = vocab.encode(split_text(pydoc_text()).test)
+        test_ids = test_ids[:max_tokens] if max_tokens else test_ids
         return {"masked_perplexity": masked_perplexity(m, test_ids, model.mask_id, model.config.max_len)}
 
     return ModelSpec(model, model.example_inputs(), source, evaluate=evaluate if vocab is not None else None,
