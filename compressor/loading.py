@@ -210,8 +210,17 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches."""
+    """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches.
+
+    A tied parameter stored under one of its names (``safetensors.torch.save_model`` keeps one
+    name per shared tensor) fills its other names."""
     expected = model.state_dict()
+    state = dict(state)
+    for names in _tied_names(model):
+        present = [n for n in names if n in state]
+        for name in names:
+            if present and name not in state:
+                state[name] = state[present[0]]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
@@ -226,6 +235,14 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: s
                 f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:5]))
         raise ModelLoadError(f"checkpoint {origin} does not match the model; " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Groups of names under which one parameter object is reachable (more than one name each)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def check_finite(model: nn.Module) -> None:

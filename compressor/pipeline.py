@@ -382,6 +382,13 @@ class Pipeline:
                         report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
                         console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
                                       f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
+                    if ex.step:  # say why a recurrent layer got no step graph
+                        rows = {row.name: row for row in report.layers}
+                        for name, t in state.targets.items():
+                            if t.kind in ("lstm", "gru", "rnn") and getattr(model.get_submodule(t.module_path),
+                                                                            "bidirectional", False):
+                                rows[name].notes.append("no step graph: a bidirectional layer has no streaming step "
+                                                        "(its backward direction needs the whole sequence)")
 
                 extra["model.onnx"] = write_onnx
             save_artifacts(out, densify(model) if state.replacements else model, final_masks, spec.source, patterns,

@@ -227,8 +227,17 @@ def _console():
 #: What a bare metric name does not say (printed beside its value).
 _METRIC_HELP = {
     "output_rel_error": "vs the model before any pass: relative L2 over all float outputs on the example "
-                        "inputs, which are random tokens for token models",
+                        "inputs (random values of their recorded shapes and dtypes; integer inputs are random "
+                        "token ids)",
 }
+
+
+def _kernel_cell(row) -> str:
+    """The kernel column: what runs, with the measured speed-up of an installed kernel module."""
+    kernel = row.kernel or "dense"
+    if row.speedup is not None and not kernel.startswith(("dense", "gated")):
+        return f"{kernel} ({row.speedup:.2f}x)"
+    return kernel
 
 
 def render_report(report: Report, console=None) -> None:
@@ -239,14 +248,16 @@ def render_report(report: Report, console=None) -> None:
     table = Table(title=f"compressor report: {report.model}")
     for col in ("layer", "kind", "shape", "pattern", "target", "sparsity", "nonzero / params",
                 "bytes dense -> sparse", "FLOPs/token dense -> sparse", "kernel"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "pattern", "kernel") else "right")
+        # a long layer name folds onto more lines rather than being cut (piped output especially)
+        table.add_column(col, justify="left" if col in ("layer", "kind", "pattern", "kernel") else "right",
+                         overflow="fold" if col == "layer" else "ellipsis")
     for r in report.layers:
         table.add_row(
             r.name + "".join(f"\n= {alias}" for alias in r.tied or ()), r.kind, "x".join(map(str, r.shape)), r.pattern, f"{r.target_sparsity:.1%}", f"{r.sparsity:.1%}",
             f"{human(r.nonzero)} / {human(r.params)}",
             f"{human(r.dense_bytes)} -> {human(r.compressed_bytes)}",
             f"{human(r.dense_flops)} -> {human(r.compressed_flops)}",
-            r.kernel or "dense",
+            _kernel_cell(r),
         )
     t = report.totals
     table.add_section()

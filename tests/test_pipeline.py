@@ -305,3 +305,20 @@ def test_tied_weights_are_pruned_once_and_reported_under_every_name(load_fixture
                          "tensor, so it stays in dense storage, 75.0% zeros under every name)"
     mix = next(r for r in result.report.layers if r.name == "mix.weight")
     assert mix.tied is None and not any(n.startswith("tied") for n in mix.notes)
+
+
+def test_a_tied_checkpoint_saved_with_save_model_loads(load_fixture, tmp_path):
+    """safetensors.torch.save_model (the way safetensors recommends for tied weights) stores the
+    shared tensor under one name: it was refused as 'missing keys: decoder.weight'."""
+    from safetensors.torch import save_model
+
+    source = load_fixture("tied_lm").model
+    with torch.no_grad():
+        source.embedding.weight.mul_(3.0)  # not the factory's initialisation
+    save_model(source, str(tmp_path / "tied.safetensors"))
+    spec = load_fixture("tied_lm", tmp_path / "tied.safetensors")
+    assert spec.model.decoder.weight is spec.model.embedding.weight  # still one parameter
+    assert torch.equal(spec.model.embedding.weight, source.embedding.weight)
+    x = spec.example_inputs[0]
+    with torch.no_grad():
+        assert torch.equal(spec.model(x), source(x))
