@@ -53,11 +53,16 @@ class TaskConfig:
     #: softmax temperature of every KL distillation term
     temperature: float = 1.0
     seed: int = 0
+    #: ``distill``: the dimension of the example inputs that holds the batch; null: 1 when every
+    #: layer with a ``batch_first`` setting (LSTM, GRU, transformer layers) is sequence-first, else 0
+    batch_dim: int | None = None
 
     def validate(self, path: str) -> None:
         if self.name not in ("lm", "distill", "auto") and ":" not in self.name:
             raise RecipeError(f"{path}.name", f"{self.name!r} is not a task; use lm, distill, auto or "
                                               "'package.module:function'")
+        if self.batch_dim is not None and not 0 <= self.batch_dim <= 8:
+            raise RecipeError(f"{path}.batch_dim", f"{self.batch_dim} is invalid; a dimension in [0, 8] or null")
         for key, low in (("seq_len", 2), ("batch_size", 1), ("eval_tokens", 0)):
             if getattr(self, key) < low:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= {low}")
@@ -96,6 +101,12 @@ def _rank_slice(batch_size: int, rank: int, world: int) -> slice:
         raise CompressorError(f"task batch_size {batch_size} is not divisible by the {world} torchrun processes")
     per = batch_size // world
     return slice(rank * per, (rank + 1) * per)
+
+
+def _rank_span(batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, length) of this rank's share of the batch, for ``Tensor.narrow``."""
+    share = _rank_slice(batch_size, rank, world)
+    return share.start, share.stop - share.start
 
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -179,13 +190,15 @@ class LMTask(Task):
 class DistillTask(Task):
     """Match the dense teacher's outputs (KL on the last dimension, or MSE)."""
 
-    def __init__(self, config: TaskConfig, teacher: nn.Module, example_inputs: tuple | None, vocab: CharVocab | None):
+    def __init__(self, config: TaskConfig, teacher: nn.Module | None, example_inputs: tuple | None,
+                 vocab: CharVocab | None, batch_dim: int = 0):
         self.config = config
-        self.teacher = _frozen(teacher)
+        self.teacher = _frozen(teacher) if teacher is not None else None  # calibration needs batches only
         self.lm = LMTask(config, vocab) if vocab is not None else None
         if self.lm is None and example_inputs is None:
             raise CompressorError("the distill task needs example inputs (--input) or a model with a vocabulary")
         self.example = example_inputs
+        self.batch_dim = batch_dim
 
     def batch(self, step, rank=0, world=1):
         if self.lm is not None:
@@ -193,10 +206,12 @@ class DistillTask(Task):
         gen = _generator(self.config.seed, step)
         out = []
         for ex in self.example:
-            shape = (self.config.batch_size, *ex.shape[1:])
+            dim = self.batch_dim if ex.dim() > self.batch_dim else 0
+            shape = list(ex.shape) or [1]
+            shape[dim] = self.config.batch_size  # a sequence-first input keeps its sequence length
             t = torch.randn(shape, generator=gen).to(ex.dtype) if ex.is_floating_point() else \
                 torch.randint(0, int(ex.max()) + 1, shape, generator=gen, dtype=ex.dtype)
-            out.append(t[_rank_slice(self.config.batch_size, rank, world)])
+            out.append(t.narrow(dim, *_rank_span(self.config.batch_size, rank, world)))
         return tuple(out)
 
     def inputs(self, batch):
@@ -219,6 +234,16 @@ class DistillTask(Task):
         return {"distill_loss": sum(losses) / len(losses)}
 
 
+def _batch_dim(config: TaskConfig, spec) -> int:
+    """The example inputs' batch dimension: the config's, else 1 for a model whose every layer with a
+    ``batch_first`` setting is sequence-first (a sequence-first LSTM got ``batch_size`` as its sequence
+    length when dimension 0 was taken for the batch), else 0."""
+    if config.batch_dim is not None:
+        return config.batch_dim
+    flags = [m.batch_first for m in getattr(spec, "model", nn.Module()).modules() if hasattr(m, "batch_first")]
+    return 1 if flags and not any(flags) else 0
+
+
 def _takes_floats(spec) -> bool:
     return any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (getattr(spec, "example_inputs", None) or ()))
 
@@ -231,14 +256,14 @@ def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
         # (nm_convert's default built integer inputs for an MLP and failed on a dtype mismatch), so
         # such a model gets the distill task's inputs, random tensors shaped like its example inputs
         if vocab is None and _takes_floats(spec):
-            return DistillTask(config, teacher, spec.example_inputs, None)
+            return DistillTask(config, teacher, spec.example_inputs, None, _batch_dim(config, spec))
         return LMTask(config, vocab, teacher)
     if config.name == "lm":
         return LMTask(config, vocab, teacher)
     if config.name == "distill":
         if teacher is None:
             raise CompressorError("the distill task needs the dense teacher model")
-        return DistillTask(config, teacher, spec.example_inputs, vocab)
+        return DistillTask(config, teacher, spec.example_inputs, vocab, _batch_dim(config, spec))
     module_name, _, attr = config.name.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
