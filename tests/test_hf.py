@@ -116,3 +116,27 @@ def test_gpt2_conv1d_layers_compress_as_linear(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, result.model(x).logits)
     assert (tmp_path / "art" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("damage", ["bad_json", "no_weights", "unknown_type"])
+def test_a_broken_model_directory_is_one_line(tmp_path, capsys, damage):
+    from compressor.cli import main
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    if damage == "bad_json":
+        (tmp_path / "bert" / "config.json").write_text("{not json")
+    elif damage == "no_weights":
+        for f in (tmp_path / "bert").glob("*.safetensors"):
+            f.unlink()
+    else:
+        cfg = json.loads((tmp_path / "bert" / "config.json").read_text())
+        (tmp_path / "bert" / "config.json").write_text(json.dumps({**cfg, "model_type": "no-such-type"}))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('{"version": 1, "passes": [{"pass": "nm_prune"}]}')
+    capsys.readouterr()  # save_pretrained's progress bar
+    code = main(["--recipe", str(recipe), "--model", str(tmp_path / "bert"), "--out", str(tmp_path / "art")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path / "bert") in err
+    assert not (tmp_path / "art").exists()
