@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-__all__ = ["time_interleaved"]
+__all__ = ["time_interleaved", "paired_ratio"]
 
 
 def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20, warmup: int = 3) -> dict[str, dict]:
@@ -41,3 +41,28 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20,
         name: {"median_s": statistics.median(s), "min_s": min(s), "runs": len(s), "samples_s": list(s)}
         for name, s in samples.items()
     }
+
+
+def paired_ratio(reference_s, other_s, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+    """How much faster ``other`` is than ``reference`` from paired timings (``reference_s[r]`` and
+    ``other_s[r]`` were measured in the same round of :func:`time_interleaved`).
+
+    ``speedup``: the median of the per-round ratios ``reference / other`` (pairing cancels load that
+    drifts between rounds); ``[low, high]``: a seeded percentile bootstrap ``confidence`` interval of
+    that median; ``iqr``: the ratios' interquartile range; ``repeats``: rounds."""
+    if len(reference_s) != len(other_s) or not reference_s:
+        raise ValueError(f"need paired timings, got {len(reference_s)} and {len(other_s)}")
+    ratios = sorted(d / s for d, s in zip(reference_s, other_s))
+    n = len(ratios)
+    rng = random.Random(seed)
+    medians = sorted(_quantile(sorted(rng.choices(ratios, k=n)), 0.5) for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    return {"speedup": _quantile(ratios, 0.5), "low": _quantile(medians, alpha), "high": _quantile(medians, 1 - alpha),
+            "iqr": _quantile(ratios, 0.75) - _quantile(ratios, 0.25), "repeats": n, "confidence": confidence}
+
+
+def _quantile(xs, q: float) -> float:
+    """Linear interpolation on sorted ``xs`` (numpy's default)."""
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)

@@ -23,7 +23,6 @@ available, torch otherwise).
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import masks as masklib
-from ..timing import time_interleaved
+from ..timing import paired_ratio, time_interleaved
 from ..errors import CompressorError, RecipeError
 from ..patterns import NM, Block
 from ..swaps import build_replacement, set_module
@@ -65,28 +64,14 @@ def speedup_decision(dense_s, sparse_s, min_speedup: float, confidence: float = 
                      seed: int = 0) -> dict:
     """Decide a swap from paired timings: ``dense_s[r]`` and ``sparse_s[r]`` were measured in the same round.
 
-    The speed-up is the median of the per-round ratios ``dense / sparse`` (pairing cancels load that
-    drifts between rounds); a seeded percentile bootstrap of that median gives the ``confidence``
-    interval ``[low, high]``. ``decision``: ``install`` when ``low >= min_speedup``, ``decline`` when
-    ``high < min_speedup``, ``too close`` otherwise. ``iqr``: the ratios' interquartile range.
+    The speed-up and its interval come from :func:`compressor.timing.paired_ratio` (the median of the
+    per-round ratios ``dense / sparse``, pairing cancels load that drifts between rounds, and a seeded
+    bootstrap ``confidence`` interval ``[low, high]``). ``decision``: ``install`` when
+    ``low >= min_speedup``, ``decline`` when ``high < min_speedup``, ``too close`` otherwise.
     """
-    if len(dense_s) != len(sparse_s) or not dense_s:
-        raise ValueError(f"need paired timings, got {len(dense_s)} dense and {len(sparse_s)} sparse")
-    ratios = sorted(d / s for d, s in zip(dense_s, sparse_s))
-    n = len(ratios)
-
-    def quantile(xs, q):  # linear interpolation on sorted xs (numpy's default)
-        pos = q * (len(xs) - 1)
-        lo = int(pos)
-        return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
-
-    rng = random.Random(seed)
-    medians = sorted(quantile(sorted(rng.choices(ratios, k=n)), 0.5) for _ in range(resamples))
-    alpha = (1 - confidence) / 2
-    low, high = quantile(medians, alpha), quantile(medians, 1 - alpha)
-    decision = "install" if low >= min_speedup else ("decline" if high < min_speedup else "too close")
-    return {"decision": decision, "speedup": quantile(ratios, 0.5), "low": low, "high": high,
-            "iqr": quantile(ratios, 0.75) - quantile(ratios, 0.25), "repeats": n, "confidence": confidence}
+    d = paired_ratio(dense_s, sparse_s, confidence, resamples, seed)
+    d["decision"] = "install" if d["low"] >= min_speedup else ("decline" if d["high"] < min_speedup else "too close")
+    return d
 
 
 def _figures(d: dict) -> str:

@@ -97,3 +97,15 @@ def test_the_dense_step_reference_is_the_recurrent_layer_s_step(kind):
     with torch.no_grad():
         got = cells_step(rnn_cells(rnn), x, state)
     torch.testing.assert_close(got, expected[0].detach())
+
+
+def test_identical_columns_that_differ_beyond_noise_are_flagged():
+    """Two columns running the same dense ops whose ratio interval excludes 1 are noise, said aloud
+    (synthetic rows: no test bets on real timings)."""
+    rows = [{"case": "forward (2x32)", "impl": "dense", "speedup_vs_dense": 1.0},
+            {"case": "forward (2x32)", "impl": "compressed", "speedup_vs_dense": 0.57, "ratio_low": 0.41,
+             "ratio_high": 0.74},
+            {"case": "model.onnx", "impl": "compressed", "speedup_vs_dense": 0.98, "ratio_low": 0.9, "ratio_high": 1.07}]
+    warnings = bench_model.noise_warnings(rows, same_ops=True)
+    assert len(warnings) == 1 and "forward (2x32): identical columns measured 0.57x" in warnings[0]
+    assert bench_model.noise_warnings(rows, same_ops=False) == []  # real kernels: a ratio is a result

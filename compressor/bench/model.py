@@ -36,9 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from compressor.timing import paired_ratio
+
 from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 
-__all__ = ["add_arguments", "run", "SECTIONS"]
+__all__ = ["add_arguments", "run", "noise_warnings", "SECTIONS"]
 
 SECTIONS = ("torch", "step", "onnx")
 
@@ -112,7 +114,21 @@ def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None =
     fns = {"dense": dense_fn, **(others or {}), "compressed": ours_fn}
     t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     ref = t["dense"]["median_s"]
-    return [timing_row(section, case, name, t[name], ref, extra) for name in fns]
+    rows = [timing_row(section, case, name, t[name], ref, extra) for name in fns]
+    band = paired_ratio(t["dense"]["samples_s"], t["compressed"]["samples_s"])  # the compressed row's noise band
+    rows[-1].update(ratio_low=band["low"], ratio_high=band["high"])
+    return rows
+
+
+def noise_warnings(rows: list[dict], same_ops: bool) -> list[str]:
+    """When both columns run the same ops (no kernel module in the artifact), a compressed/dense ratio
+    whose 95% interval excludes 1 is the machine's noise, not a result: say so (a loaded machine once
+    printed 0.57x for two identical dense columns)."""
+    if not same_ops:
+        return []
+    return [f"{r['case']}: identical columns measured {r['speedup_vs_dense']:.2f}x (95% interval "
+            f"{r['ratio_low']:.2f}-{r['ratio_high']:.2f}x): the machine is too noisy for these figures"
+            for r in rows if "ratio_low" in r and not r["ratio_low"] <= 1.0 <= r["ratio_high"]]
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -226,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no sparse kernel modules in this artifact (swap_kernels not in its recipe, or it declined every "
               "layer): both columns run the same dense ops")
+    info["noise_warnings"] = noise_warnings(rows, same_ops=not kernels)
+    for warning in info["noise_warnings"]:
+        print(f"WARNING {warning} (load average {info['load_average_end'][0]:.1f})")
     print_table(f"bench model: {args.directory}", ["case", "impl", "median us", "min us", "x dense"],
                 [[r["case"], r["impl"], r["median_us"], r["min_us"], r["speedup_vs_dense"]] for r in rows])
     path = args.json or os.path.join("bench-results", f"model-{time.strftime('%Y%m%d-%H%M%S')}.json")
