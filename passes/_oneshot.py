@@ -25,7 +25,7 @@ from ..capture import Target
 from ..errors import CompressorError
 from ..tasks import TaskConfig
 
-__all__ = ["calibration_batches", "stages", "stage_inputs", "record_inputs", "rows_note"]
+__all__ = ["calibration_batches", "stages", "stage_inputs", "calibrated_stages", "record_inputs", "rows_note"]
 
 _LAYER = re.compile(r"_l(\d+)(_reverse)?$")
 
@@ -122,6 +122,21 @@ def stage_inputs(state, module_path: str, group: list[Target], task: TaskConfig,
         layers = 1 + max(int(_LAYER.search(t.param_name).group(1)) for t in group)
     inputs = record_inputs(model, module_path, calibration_batches(state, task), rows, layers)
     return {t.param_name: inputs[t.param_name] for t in group if t.param_name in inputs}
+
+
+def calibrated_stages(state, config, targets: list[Target], skipped: dict[str, str]) -> Iterator[tuple[list[Target], dict]]:
+    """(targets of one module, their calibration inputs by parameter name), module by module in
+    forward order, for the one-shot passes (``config``: pattern, m, calibration, rows, sequential).
+    With the N:M pattern a layer with fewer than M inputs is left as it was, recorded in ``skipped``."""
+    for module_path, group in stages(targets):
+        if config.pattern == "nm":
+            for t in group:
+                if t.in_features < config.m:
+                    skipped[t.name] = f"{t.in_features} input features < m={config.m}: left as it was"
+            group = [t for t in group if t.in_features >= config.m]
+            if not group:
+                continue
+        yield group, stage_inputs(state, module_path, group, config.calibration, config.rows, config.sequential)
 
 
 def rows_note(n_rows: int, columns: int) -> str | None:

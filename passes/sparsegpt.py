@@ -35,7 +35,7 @@ from ..solvers import nm_mask, topk_mask
 from ..solvers.sparsegpt import HessianError, hessian, output_error, sparsegpt_prune
 from ..tasks import TaskConfig
 from ._magnitude import keep_count
-from ._oneshot import rows_note, stage_inputs, stages
+from ._oneshot import calibrated_stages, rows_note
 from .registry import PassConfig, PassResult, register_pass
 
 __all__ = ["SparseGPTConfig", "sparsegpt", "check_pattern"]
@@ -94,15 +94,7 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
     result = PassResult()
     nm = c.pattern == "nm"
     pattern = NM(c.n, c.m) if nm else Unstructured()
-    for module_path, group in stages(targets):
-        if nm:
-            narrow = [t for t in group if t.in_features < c.m]
-            for t in narrow:
-                result.skipped[t.name] = f"{t.in_features} input features < m={c.m}: left as it was"
-            group = [t for t in group if t not in narrow]
-            if not group:
-                continue
-        inputs = stage_inputs(state, module_path, group, c.calibration, c.rows, c.sequential)
+    for group, inputs in calibrated_stages(state, c, targets, result.skipped):
         for t in group:
             w_ref = state.weight(t).clone()
             h = hessian(inputs[t.param_name])

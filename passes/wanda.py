@@ -20,7 +20,7 @@ from typing import Literal
 from ..patterns import NM, Unstructured
 from ..solvers.sparsegpt import hessian, output_error, wanda_mask
 from ..tasks import TaskConfig
-from ._oneshot import rows_note, stage_inputs, stages
+from ._oneshot import calibrated_stages, rows_note
 from .registry import PassConfig, PassResult, register_pass
 from .sparsegpt import check_pattern, magnitude_mask
 
@@ -51,15 +51,7 @@ def wanda(state, config: WandaConfig, targets) -> PassResult:
     result = PassResult()
     nm = c.pattern == "nm"
     pattern = NM(c.n, c.m) if nm else Unstructured()
-    for module_path, group in stages(targets):
-        if nm:
-            narrow = [t for t in group if t.in_features < c.m]
-            for t in narrow:
-                result.skipped[t.name] = f"{t.in_features} input features < m={c.m}: left as it was"
-            group = [t for t in group if t not in narrow]
-            if not group:
-                continue
-        inputs = stage_inputs(state, module_path, group, c.calibration, c.rows, c.sequential)
+    for group, inputs in calibrated_stages(state, c, targets, result.skipped):
         for t in group:
             w = state.weight(t).clone()
             x = inputs[t.param_name]
