@@ -190,6 +190,33 @@ def output_error(reference: list[torch.Tensor], model: nn.Module, inputs: tuple)
     return (num / den) ** 0.5 if den else 0.0
 
 
+def _masks_now(state: CompressionState, targets: list[Target]) -> dict[str, torch.Tensor]:
+    """The masks of ``targets`` before a pass (copies: a pass may change them in place)."""
+    masks = {}
+    for t in targets:
+        mask = state.mask(t)
+        if mask is not None:
+            masks[t.name] = mask.detach().clone()
+    return masks
+
+
+def _check_masks(state: CompressionState, targets: list[Target], before: dict[str, torch.Tensor], regrows: bool,
+                 where: str) -> None:
+    """Cheap invariants after every pass: masks are bool, shaped like their weights, and only shrink
+    (unless the pass may bring weights back). A violation is a bug of the pass, reported as one."""
+    for t in targets:
+        mask = state.mask(t)
+        if mask is None:
+            continue
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(state.weight(t).shape):
+            raise RuntimeError(f"{where} left a mask on {t.name} of dtype {mask.dtype} and shape {tuple(mask.shape)}; "
+                               f"expected bool {tuple(state.weight(t).shape)} (a bug in the pass)")
+        old = before.get(t.name)
+        if old is not None and not regrows and bool((mask & ~old).any()):
+            raise RuntimeError(f"{where} brought back {int((mask & ~old).sum())} weights of {t.name} an earlier mask "
+                               "removed (a bug in the pass: masks only shrink)")
+
+
 def _evaluate(spec: ModelSpec, model: nn.Module, max_tokens: int | None) -> dict[str, float]:
     """The model's held-out metric, on at most ``max_tokens`` tokens when a cap is given."""
     return spec.evaluate(model, max_tokens=max_tokens) if max_tokens else spec.evaluate(model)
@@ -331,7 +358,18 @@ class Pipeline:
                 state.pass_index = i
                 progress.update(task, description=f"[{i + 1}/{len(plan)}] {entry.name} on {len(targets)} layer(s)")
                 t0 = time.perf_counter()
-                result = pass_spec.fn(state, entry.config, targets)
+                before = _masks_now(state, targets)
+                try:
+                    result = pass_spec.fn(state, entry.config, targets)
+                except CompressorError as exc:  # the user's one line says which step of the recipe failed
+                    if not str(exc).startswith("passes["):
+                        exc.args = (f"passes[{i}] ({entry.name}): {exc}",)
+                    raise
+                except Exception as exc:  # a bug: the traceback stays, with the step that raised it
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(f"raised in passes[{i}] ({entry.name})")
+                    raise
+                _check_masks(state, targets, before, pass_spec.regrows, f"passes[{i}] ({entry.name})")
                 self._merge(state, entry.name, result, time.perf_counter() - t0)
                 if not console.is_terminal and info.is_main:
                     log = state.pass_log[-1]

@@ -164,7 +164,8 @@ def _calibration_batches(state, config):
         step += 1
 
 
-@register_pass("nm_convert", NMConvertConfig, kinds=("linear", "functional", "lstm", "gru", "rnn"), needs_reference=True)
+@register_pass("nm_convert", NMConvertConfig, kinds=("linear", "functional", "lstm", "gru", "rnn"), needs_reference=True,
+               regrows=True)
 def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
     """N:M / transposable N:M masks, then per-layer reconstruction on calibration data."""
     c = config

@@ -71,18 +71,22 @@ class PassSpec:
     trains: bool = False
     #: reads the dense model as it was before any pass (calibration data) whatever the teacher
     needs_reference: bool = False
+    #: may bring back weights an earlier mask removed (nm_convert: the earlier mask is only its
+    #: solvers' prior); for every other pass the pipeline checks that masks only shrink
+    regrows: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
 
 
 def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KINDS, trains: bool = False,
-                  needs_reference: bool = False):
+                  needs_reference: bool = False, regrows: bool = False):
     """Decorator registering ``fn(state, config, targets) -> PassResult`` under ``name``.
 
     ``trains``: the pass runs the fine-tuning loop (:func:`compressor.training.fine_tune`).
     ``needs_reference``: the pass reads ``state.reference``, the dense model before any pass
     (a training pass gets it as its tasks' teacher without asking, unless the caller gives one).
+    ``regrows``: the pass may keep weights an earlier mask removed (see :class:`PassSpec`).
     """
     if not issubclass(config_cls, PassConfig):
         raise TypeError(f"config class of pass {name!r} must extend PassConfig")
@@ -90,7 +94,8 @@ def register_pass(name: str, config_cls: type, kinds: tuple[str, ...] = ALL_KIND
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} is registered twice")
-        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains, needs_reference)
+        _REGISTRY[name] = PassSpec(name, config_cls, fn, tuple(kinds), (fn.__doc__ or "").strip(), trains, needs_reference,
+                                   regrows)
         return fn
 
     return decorate
