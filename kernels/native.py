@@ -1,9 +1,12 @@
-"""Small C kernels for gated block layers on CPU, compiled on first use and called through ctypes.
+"""Small C kernels for gated block layers and sparse recurrent layers on CPU, compiled on first use
+and called through ctypes.
 
-Two entry points: :func:`gated_linear_fused` runs a whole :class:`GatedBlockLinear` forward
+Three entry points: :func:`gated_linear_fused` runs a whole :class:`GatedBlockLinear` forward
 (gate network, softplus, top-k, rescaling, kept blocks, bias) in one call, which is what the module
 uses for CPU inference; :func:`gated_block_matvec` applies given kept blocks and gates (the
-``path="native"`` of :func:`~compressor.kernels.gated_ops.gated_block_linear`).
+``path="native"`` of :func:`~compressor.kernels.gated_ops.gated_block_linear`); :func:`rnn_layer`
+runs the whole time loop of one block-sparse LSTM/GRU layer and direction, which
+``SparseLSTM``/``SparseGRU`` use for CPU inference over full sequences (see its docstring).
 
 Why: at batch 1 the eager gated path (:func:`~compressor.kernels.gated_ops.gated_block_linear`,
 ``path="ebag"``) is a dozen small torch ops per matrix plus an ``embedding_bag`` over 256-byte
@@ -15,7 +18,7 @@ the dense GEMV it is meant to beat. This kernel walks the kept blocks once, each
 path; see BENCHMARKS.md.
 
 How: the C source below is compiled with the system C compiler (``$CC``, else ``cc``) into
-``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``), keyed by a hash of the source,
+``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``; :func:`cache_dir`), keyed by a hash of the source,
 the flags and the CPU, written atomically so that concurrent processes (torchrun ranks) agree.
 ``-march=native`` is tried first, then portable flags. No torch headers are needed, so a build
 takes well under a second. Without a compiler, or with ``COMPRESSOR_NATIVE=0``, :func:`library`
@@ -42,7 +45,8 @@ import torch
 
 from ._checks import pad_columns
 
-__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused", "cpu_inference_path"]
+__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused",
+           "cpu_inference_path", "rnn_layer", "cache_dir"]
 
 _HEADER = r"""
 #include <math.h>
@@ -169,16 +173,104 @@ void gated_linear_@S@(const real* x, int64_t x_stride, int64_t B, int64_t in_f,
   free(order);
   free(s);
 }
+
+/* Block row j of the recurrent product for example b: yr[0..bh) = bias + sum over the row's stored
+ * blocks p of W_p hs. Inlined with BH a constant (16, 32, 64) so the accumulator lives in
+ * registers; BH 0 means "use bh". */
+static inline void rnn_row_@S@(const real* restrict vals, const int64_t* restrict crow, const int64_t* restrict cols,
+                               int64_t j, int64_t bw, int64_t bh, const int64_t BH, const real* restrict hs,
+                               const real* restrict bias, int64_t gh, real* restrict yr) {
+  const int64_t n = BH ? BH : bh;
+  real acc[BH ? BH : 1];
+  real* a = BH ? acc : yr;
+  for (int64_t r = 0; r < n; ++r) a[r] = (bias && j * n + r < gh) ? bias[j * n + r] : 0;
+  for (int64_t p = crow[j]; p < crow[j + 1]; ++p) {
+    const real* w = vals + p * bw * n; const real* xs = hs + cols[p] * bw;
+    for (int64_t c = 0; c < bw; ++c) {
+      const real s = xs[c]; const real* wr = w + c * n;
+      #pragma omp simd
+      for (int64_t r = 0; r < n; ++r) a[r] += s * wr[r];
+    }
+  }
+  if (BH) for (int64_t r = 0; r < n; ++r) yr[r] = acc[r];
+}
+
+static inline real sigm_@S@(real v) { return (real)1 / ((real)1 + @EXP@(-v)); }
+
+/* One recurrent layer and direction over a whole sequence, as kernels/rnn.py's torch path runs it:
+ *   per step t (T-1..0 when reverse): y = W_hh h + b_hh (block sparse, stored as BSR with every block
+ *   transposed: vals (nnzb, bw, bh), crow (Ro+1), cols (nnzb) block columns), then the gates with
+ *   the precomputed input projection xp[t] (T, B, G*H, b_ih included):
+ *   kind 0, LSTM (i, f, g, o): c = sig(f) c + sig(i) tanh(g); h = sig(o) tanh(c)
+ *   kind 1, GRU (r, z, n):     r = sig(xr + yr); z = sig(xz + yz); n = tanh(xn + r yn); h = n + z (h - n)
+ * h0 (B, H), c0 (B, H) (LSTM only); out[t*out_st + b*out_sb + u] = h_t; hT, cT (B, H) the last state.
+ * One parallel region for the whole loop: threads split block rows for the product, then
+ * (example, unit) pairs for the gates, with a barrier after each. Returns 0, or 1 when out of memory. */
+int rnn_layer_@S@(const real* xp, int64_t T, int64_t B, int64_t H, int64_t kind, int64_t reverse,
+                  const real* vals, const int64_t* crow, const int64_t* cols, int64_t Ro, int64_t Ci,
+                  int64_t bw, int64_t bh, const real* bias, const real* h0, const real* c0,
+                  real* out, int64_t out_st, int64_t out_sb, real* hT, real* cT, int64_t threads) {
+  const int64_t G = kind == 0 ? 4 : 3, GH = G * H, Wd = Ci * bw, O = Ro * bh;
+  real* hb = (real*)calloc((size_t)(B * Wd), sizeof(real));  /* padded hidden state: pad columns stay 0 */
+  real* y = (real*)malloc(sizeof(real) * (size_t)(B * O));
+  if (!hb || !y) { free(hb); free(y); return 1; }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t u = 0; u < H; ++u) {
+      hb[b * Wd + u] = h0[b * H + u];
+      if (kind == 0) cT[b * H + u] = c0[b * H + u];
+    }
+  int64_t nt = threads < 1 ? 1 : threads;
+  if (nt > Ro) nt = Ro;
+  #pragma omp parallel num_threads(nt) if(nt > 1)
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t t = reverse ? T - 1 - step : step;
+    #pragma omp for schedule(static)
+    for (int64_t j = 0; j < Ro; ++j)
+      for (int64_t b = 0; b < B; ++b) {
+        const real* hs = hb + b * Wd; real* yr = y + b * O + j * bh;
+        if (bh == 32) rnn_row_@S@(vals, crow, cols, j, bw, bh, 32, hs, bias, GH, yr);
+        else if (bh == 16) rnn_row_@S@(vals, crow, cols, j, bw, bh, 16, hs, bias, GH, yr);
+        else if (bh == 64) rnn_row_@S@(vals, crow, cols, j, bw, bh, 64, hs, bias, GH, yr);
+        else rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, hs, bias, GH, yr);
+      }
+    /* implicit barrier: the product read the old h everywhere before any gate writes the new one */
+    #pragma omp for schedule(static)
+    for (int64_t q = 0; q < B * H; ++q) {
+      const int64_t b = q / H, u = q % H;
+      const real* x = xp + (t * B + b) * GH; const real* g = y + b * O;
+      real h;
+      if (kind == 0) {
+        const real i = sigm_@S@(x[u] + g[u]), f = sigm_@S@(x[H + u] + g[H + u]);
+        const real gg = @TANH@(x[2 * H + u] + g[2 * H + u]), o = sigm_@S@(x[3 * H + u] + g[3 * H + u]);
+        const real c = f * cT[q] + i * gg;
+        cT[q] = c;
+        h = o * @TANH@(c);
+      } else {
+        const real r = sigm_@S@(x[u] + g[u]), z = sigm_@S@(x[H + u] + g[H + u]);
+        const real n = @TANH@(x[2 * H + u] + r * g[2 * H + u]);
+        h = n + z * (hb[b * Wd + u] - n);
+      }
+      hb[b * Wd + u] = h;
+      out[t * out_st + b * out_sb + u] = h;
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t u = 0; u < H; ++u) hT[b * H + u] = hb[b * Wd + u];
+  free(y);
+  free(hb);
+  return 0;
+}
 """
 
 
-def _instantiate(real: str, suffix: str, log1p: str, exp: str, tiny: str) -> str:
-    body = _BODY.replace("@S@", suffix).replace("@LOG1P@", log1p).replace("@EXP@", exp).replace("@TINY@", tiny)
+def _instantiate(real: str, suffix: str, log1p: str, exp: str, tanh: str, tiny: str) -> str:
+    body = (_BODY.replace("@S@", suffix).replace("@LOG1P@", log1p).replace("@EXP@", exp).replace("@TANH@", tanh)
+            .replace("@TINY@", tiny))
     return f"#define real {real}\n{body}\n#undef real\n"
 
 
-_SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "1.17549435e-38f")
-           + _instantiate("double", "f64", "log1p", "exp", "2.2250738585072014e-308"))
+_SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "tanhf", "1.17549435e-38f")
+           + _instantiate("double", "f64", "log1p", "exp", "tanh", "2.2250738585072014e-308"))
 
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
@@ -200,14 +292,19 @@ def _cpu_key() -> str:
         return platform.processor() or platform.machine()
 
 
+def cache_dir() -> Path:
+    """The cache folder (``$COMPRESSOR_CACHE``, else ``~/.cache/compressor``): the rule of
+    ``compressor.corpus.cache_dir``, restated here because ``kernels`` is a leaf package that
+    imports nothing from the rest of compressor."""
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
 def _build() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
         return None, "disabled by COMPRESSOR_NATIVE=0"
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc)"
-    from compressor.corpus import cache_dir
-
     folder = cache_dir() / "native"
     machine = [_SOURCE, cc, _cpu_key(), platform.platform()]  # read once, not per flag set
     errors = []
@@ -243,6 +340,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
             fn = getattr(lib, f"gated_linear_{suffix}")
             fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
             fn.restype = None
+            fn = getattr(lib, f"rnn_layer_{suffix}")
+            fn.argtypes = [P, I, I, I, I, I, P, P, P, I, I, I, I, P, P, P, P, I, I, P, P, I]
+            fn.restype = ctypes.c_int
         return lib, None
     return None, "could not build the native kernel: " + "; ".join(errors)
 
@@ -264,12 +364,12 @@ def unavailable_reason() -> str | None:
 
 def native_eligible(x: torch.Tensor, *tensors: torch.Tensor, contiguous: bool = False) -> bool:
     """Whether the native kernel can run these inputs: CPU, fp32/fp64, no autograd needed, built,
-    and not being traced (export and torch.compile see the torch ops); with ``contiguous``, also
+    and not being traced (export, torch.compile and jit tracing see the torch ops); with ``contiguous``, also
     that ``tensors`` are contiguous. (One plain loop: this runs on every batch-1 call.)"""
     dtype = x.dtype
     if not x.is_cpu or (dtype is not torch.float32 and dtype is not torch.float64):
         return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
@@ -410,3 +510,78 @@ def cpu_inference_path(module) -> str:
     if _gate_parts(module.gate) is None:
         return f"torch (gate {type(module.gate).__name__} is not a Linear or low-rank gate)"
     return f"torch ({module.blocks.dtype} on {module.blocks.device.type}, or a hook on the gate)"
+
+
+def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor,
+              bias: torch.Tensor | None, h0: torch.Tensor, c0: torch.Tensor | None, reverse: bool,
+              out: torch.Tensor | None = None, threads: int | None = None):
+    """One LSTM (``c0`` given) or GRU (``c0`` None) layer and direction over a whole sequence, the
+    time loop in C: ``(out (T, B, H), h_T (B, H), c_T (B, H) or None)``.
+
+    Why: the torch path (:mod:`.rnn`) calls the sparse recurrent product and half a dozen gate ops
+    per time step from Python, about a dozen op dispatches per step, against one fused call per
+    layer for ``nn.LSTM``; at 90% sparsity the product itself is a tenth of the dense one, so the
+    dispatch overhead decided the race (the built-in LM's compressed forward ran at 0.5x dense).
+    Here the whole loop is one call: per step the block product ``W_hh h + b_hh`` over the kept
+    blocks, then the gate math of the torch path (LSTM gates i, f, g, o; GRU r, z, n with
+    ``b_hn`` inside ``r * (W_hn h + b_hn)``).
+
+    ``xproj (T, B, G*H)``: the input projection of every step, ``b_ih`` included (computed by the
+    caller as one sparse product). The recurrent weight is BSR with every block transposed:
+    ``values_t (nnzb, bw, bh)``, ``crow (Ro+1,)``, ``cols (nnzb,)`` int64 (a balanced layout is
+    the BSR with ``k`` blocks per row: ``values_t.view(-1, bw, bh)``). ``bias (G*H,)`` is ``b_hh``.
+    ``out``: where to write the outputs, any ``(T, B, H)`` view whose last dimension is contiguous
+    (a half of a bidirectional layer's output); allocated when None. Every size is checked here:
+    the C code reads no bounds. Raises RuntimeError when the library is not built or autograd is
+    needed (it is inference-only).
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native RNN kernel unavailable: {unavailable_reason()}")
+    lstm = c0 is not None
+    dtype = xproj.dtype
+    tensors = [t for t in (xproj, values_t, bias, h0, c0) if t is not None]
+    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
+        raise TypeError(f"the native RNN kernel takes fp32 or fp64 (all alike), got {[t.dtype for t in tensors]}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError("the native RNN kernel is inference-only: run it under torch.no_grad()")
+    if any(not t.is_cpu for t in tensors + [crow, cols]):
+        raise ValueError("the native RNN kernel runs on CPU tensors only")
+    G = 4 if lstm else 3
+    if xproj.dim() != 3 or values_t.dim() != 3 or crow.dim() != 1 or cols.dim() != 1:
+        raise ValueError(f"xproj must be (T, B, G*H) and values_t (nnzb, bw, bh), got {tuple(xproj.shape)}, "
+                         f"{tuple(values_t.shape)}")
+    T, B, GH = xproj.shape
+    H = GH // G
+    nnzb, bw, bh = values_t.shape
+    Ro = crow.numel() - 1
+    Ci = -(-H // bw)
+    if GH != G * H or h0.shape != (B, H) or (lstm and c0.shape != (B, H)) or Ro * bh < GH or Ro < 1 \
+            or cols.numel() != nnzb or (bias is not None and bias.shape != (GH,)):
+        raise ValueError(f"shapes do not fit an {'LSTM' if lstm else 'GRU'} layer: xproj {tuple(xproj.shape)}, "
+                         f"values {tuple(values_t.shape)}, {Ro} block rows, h0 {tuple(h0.shape)}"
+                         + (f", c0 {tuple(c0.shape)}" if lstm else "")
+                         + ("" if bias is None else f", bias {tuple(bias.shape)}"))
+    crow = crow.to(torch.int64).contiguous()
+    cols = cols.to(torch.int64).contiguous()
+    if int(crow[0]) != 0 or int(crow[-1]) != nnzb or bool((crow[1:] < crow[:-1]).any()) \
+            or (nnzb and (int(cols.min()) < 0 or int(cols.max()) >= Ci)):
+        raise ValueError(f"crow/cols are not a BSR index of {Ro} block rows, {Ci} block columns and {nnzb} blocks")
+    if out is None:
+        out = torch.empty(T, B, H, dtype=dtype)
+    elif out.shape != (T, B, H) or out.dtype != dtype or out.stride(2) != 1 or not out.is_cpu:
+        raise ValueError(f"out must be a ({T}, {B}, {H}) {dtype} CPU tensor with a contiguous last dimension, "
+                         f"got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    xproj, values_t, h0 = xproj.contiguous(), values_t.contiguous(), h0.contiguous()
+    c0 = c0.contiguous() if lstm else None
+    bias = bias.contiguous() if bias is not None else None
+    hT = torch.empty(B, H, dtype=dtype)
+    cT = torch.empty(B, H, dtype=dtype) if lstm else None
+    fn = lib.rnn_layer_f32 if dtype == torch.float32 else lib.rnn_layer_f64
+    rc = fn(xproj.data_ptr(), T, B, H, 0 if lstm else 1, int(bool(reverse)), values_t.data_ptr(), crow.data_ptr(),
+            cols.data_ptr(), Ro, Ci, bw, bh, None if bias is None else bias.data_ptr(), h0.data_ptr(),
+            c0.data_ptr() if lstm else None, out.data_ptr(), out.stride(0), out.stride(1), hT.data_ptr(),
+            cT.data_ptr() if lstm else None, torch.get_num_threads() if threads is None else threads)
+    if rc != 0:
+        raise MemoryError("the native RNN kernel could not allocate its state buffers")
+    return out, hT, cT

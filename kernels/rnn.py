@@ -9,6 +9,13 @@ follows the PyTorch documentation of ``nn.LSTM`` / ``nn.GRU`` (gate order i, f, 
 GRU's ``b_hn`` inside ``r * (W_hn h + b_hn)``), so with nothing pruned the results equal
 ``nn.LSTM`` / ``nn.GRU`` up to float rounding.
 
+Full sequences at inference on CPU run each layer's and direction's whole time loop in one
+compiled call (:func:`compressor.kernels.native.rnn_layer`) where the recurrent weight is a
+:class:`BlockSparseLinear`: stepping from Python costs about a dozen op dispatches per step, which
+made the sparse LSTM slower over a sequence than ``nn.LSTM``'s one fused call per layer. The
+per-step torch path stays the reference, the training path (autograd) and the fallback (no C
+compiler, ``COMPRESSOR_NATIVE=0``, hooks, tracing).
+
 ``forward(input, hx)`` has ``nn.LSTM``'s signature and shapes (batch_first, bidirectional,
 multi-layer, unbatched input, inter-layer dropout in training mode). ``step(x_t, state)`` is the
 streaming API for unidirectional models: one time step through all layers,
@@ -21,10 +28,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
+from . import native
 from .modules import BlockSparseLinear
 
 __all__ = ["SparseLSTM", "SparseGRU", "RNNStep"]
+
+
+def _global_hooks() -> bool:
+    m = torch.nn.modules.module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -103,12 +117,32 @@ class _SparseRNN(nn.Module):
         return ref.new_zeros(self.num_layers * self.num_directions, B, self.hidden_size)
 
     def forward(self, input: torch.Tensor, hx=None):
-        """Same inputs and outputs as ``nn.LSTM`` / ``nn.GRU`` (``proj_size=0``)."""
+        """Same inputs and outputs as ``nn.LSTM`` / ``nn.GRU`` (``proj_size=0``).
+
+        At inference on CPU (nothing needs a gradient, fp32/fp64, a C compiler available and
+        ``COMPRESSOR_NATIVE`` not 0) every layer and direction whose recurrent weight is a
+        :class:`BlockSparseLinear` runs its whole time loop in one native call
+        (:func:`compressor.kernels.native.rnn_layer`); otherwise, and always for training, the
+        torch path below runs one step at a time (the reference: both give the same outputs up to
+        float rounding). A ``PackedSequence``, an empty sequence or a state of the wrong shape is a
+        ValueError (``nn.LSTM`` accepts packed sequences; pad them with
+        ``torch.nn.utils.rnn.pad_packed_sequence`` first).
+        """
+        if isinstance(input, PackedSequence):
+            raise ValueError(f"{type(self).__name__} does not take a PackedSequence: pad it first "
+                             "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
+        if not isinstance(input, torch.Tensor):
+            raise ValueError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
             raise ValueError(f"input must be (T, B, {self.input_size}), (B, T, {self.input_size}) or "
                              f"(T, {self.input_size}), got shape {tuple(input.shape)}")
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)  # (T, B, in)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"input has an empty {'sequence' if x.shape[0] == 0 else 'batch'} dimension "
+                             f"(shape {tuple(input.shape)}, batch_first={self.batch_first}); "
+                             "nn.LSTM / nn.GRU need at least one step and one example too")
+        self._check_hx(hx, x.shape[1], unbatched)
         state = self._init_state(hx, x, unbatched)
         finals: list = []
         for layer in range(self.num_layers):
@@ -116,7 +150,9 @@ class _SparseRNN(nn.Module):
             for d in range(self.num_directions):
                 sfx = f"l{layer}" + ("_reverse" if d else "")
                 xproj = self.proj["ih_" + sfx](x)  # (T, B, G*H): whole sequence at once
-                out, last = self._run_direction(xproj, self.proj["hh_" + sfx], self._layer_state(state, layer * self.num_directions + d), reverse=bool(d))
+                hh, layer_state = self.proj["hh_" + sfx], self._layer_state(state, layer * self.num_directions + d)
+                done = self._native_direction(xproj, hh, layer_state, bool(d))
+                out, last = done if done is not None else self._run_direction(xproj, hh, layer_state, reverse=bool(d))
                 outs.append(out)
                 finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
@@ -124,6 +160,46 @@ class _SparseRNN(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         out = x.squeeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
         return out, self._pack_final(finals, unbatched)
+
+    def _check_hx(self, hx, B: int, unbatched: bool) -> None:
+        """A given ``hx`` must be ``(num_layers * num_directions, B, hidden)`` tensors (without the
+        batch dimension for unbatched input; a pair for LSTM): the native kernel trusts sizes, and a
+        wrong batch (say a ``batch_first`` mismatch) must not broadcast into a wrong result."""
+        if hx is None:
+            return
+        lstm = self._gates == 4
+        parts = tuple(hx) if lstm and isinstance(hx, (tuple, list)) else (hx,)
+        L = self.num_layers * self.num_directions
+        want = (L, self.hidden_size) if unbatched else (L, B, self.hidden_size)
+        if (lstm and len(parts) != 2) or any(not isinstance(t, torch.Tensor) or t.shape != want for t in parts):
+            got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in parts]
+            raise ValueError(f"hx must be {'a pair (h, c) of ' if lstm else 'a '}{want} tensor{'s' if lstm else ''} "
+                             f"for input of this shape (batch_first={self.batch_first}), got {got}")
+
+    def _native_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
+        """``(out, last_state)`` of one layer and direction from the native kernel, or None where
+        it cannot run (see :meth:`forward`): ``hh`` not a plain :class:`BlockSparseLinear` with the
+        ``auto`` backend, hooks on it (the kernel does not call the module), autograd, a device or
+        dtype the kernel lacks, tracing, or no compiled library."""
+        if type(hh) is not BlockSparseLinear or hh.backend != "auto" or hh._forward_hooks or hh._forward_pre_hooks \
+                or _global_hooks():
+            return None
+        h0, c0 = (state if isinstance(state, tuple) else (state, None))
+        p = hh._parameters
+        values, bias = p["values"], p.get("bias")
+        tensors = [t for t in (values, bias, h0, c0) if t is not None]
+        if not native.native_eligible(xproj, *tensors):
+            return None
+        bw = hh.block[1]
+        if hh.layout == "balanced":
+            R, k = hh.col_idx.shape
+            values = values.view(R * k, bw, hh.block[0])
+            crow = torch.arange(R + 1, dtype=torch.int64) * k
+            cols = hh.col_idx.reshape(-1)
+        else:
+            crow, cols = hh.crow_indices, hh.col_indices
+        out, h, c = native.rnn_layer(xproj, values, crow, cols, bias, h0, c0, reverse)
+        return out, ((h, c) if c0 is not None else h)
 
     def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
         T = xproj.shape[0]
