@@ -178,10 +178,15 @@ class _SparseRNN(nn.Module):
 
     def _native_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
         """``(out, last_state)`` of one layer and direction from the native kernel, or None where
-        it cannot run (see :meth:`forward`): ``hh`` not a plain :class:`BlockSparseLinear` with the
-        ``auto`` backend, hooks on it (the kernel does not call the module), autograd, a device or
-        dtype the kernel lacks, tracing, or no compiled library."""
-        if type(hh) is not BlockSparseLinear or hh.backend != "auto" or hh._forward_hooks or hh._forward_pre_hooks \
+        it cannot run (see :meth:`forward`): ``hh`` not a plain :class:`BlockSparseLinear`, its
+        backend ``triton`` (asked for explicitly), hooks on it (the kernel does not call the module),
+        autograd, a device or dtype the kernel lacks, tracing, or no compiled library.
+
+        Backends ``auto`` and ``torch`` both take the kernel on CPU: ``backend`` chooses between the
+        torch ops and the Triton (GPU) kernels, and the ``swap_kernels`` pass records ``torch`` on
+        a machine without CUDA, so requiring ``auto`` would leave every swapped model stepping from
+        Python. ``COMPRESSOR_NATIVE=0`` is the switch for the per-step torch ops."""
+        if type(hh) is not BlockSparseLinear or hh.backend == "triton" or hh._forward_hooks or hh._forward_pre_hooks \
                 or _global_hooks():
             return None
         h0, c0 = (state if isinstance(state, tuple) else (state, None))

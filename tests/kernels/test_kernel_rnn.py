@@ -165,14 +165,10 @@ def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, bidir, bl
     hx = (h0, torch.randn_like(h0)) if kind == "lstm" else h0
     calls = _count_native(monkeypatch)
     results = {}
-    saved = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            for threads in (1, 2):  # one thread, and the block rows split over two
-                torch.set_num_threads(threads)
-                results[threads] = [mod(x), mod(x, hx)]
-    finally:
-        torch.set_num_threads(saved)
+    with torch.no_grad():
+        for threads in (1, 2):  # one thread, and the block rows split over two
+            monkeypatch.setattr(native, "RNN_THREADS", threads)
+            results[threads] = [mod(x), mod(x, hx)]
     assert len(calls) == 2 * 2 * 2 * D  # every layer and direction of every call ran natively
     want = [ref(x), ref(x, hx)]
     _torch_path(monkeypatch)
@@ -256,3 +252,18 @@ def test_native_rnn_layer_checks_sizes():
         native.rnn_layer(xp, values, crow, cols, None, torch.zeros(B + 1, Hd), h0, reverse=False)
     with pytest.raises(TypeError, match="fp32 or fp64"):
         native.rnn_layer(xp.double(), values, crow, cols, None, h0, h0, reverse=False)
+
+
+def test_native_runs_for_the_torch_backend_that_swapped_models_record(block_mask, monkeypatch):
+    rnn = nn.GRU(IN, H)
+    mod = SparseGRU.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    for m in mod.proj.values():
+        m.backend = "torch"  # what swap_kernels sets on a machine without CUDA
+    calls = _count_native(monkeypatch)
+    x = torch.randn(3, 2, IN)
+    with torch.no_grad():
+        got = mod(x)[0]
+    assert len(calls) == 1
+    assert_close(got, _masked_copy(rnn, {n: m.mask() for n, m in
+                                         (("weight_" + k, v) for k, v in mod.proj.items())}).float()(x)[0],
+                 atol=2e-6, rtol=1e-5)
