@@ -46,7 +46,7 @@ import torch
 from ._checks import pad_columns
 
 __all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused",
-           "cpu_inference_path", "rnn_layer", "cache_dir"]
+           "cpu_inference_path", "rnn_layer", "block_linear", "check_bsr_index", "cache_dir", "RNN_THREADS"]
 
 _HEADER = r"""
 #include <math.h>
@@ -283,6 +283,13 @@ static void rnn_rows_@S@(const real* vals, const int64_t* crow, const int64_t* c
   }
 }
 
+/* y (B, Ro*bh) = bias + x W^T for a BSR W with transposed blocks (the product of rnn_layer's steps,
+ * for a streaming step's input projection); x (B, Ci*bw) padded. */
+void block_linear_@S@(const real* x, int64_t B, const real* vals, const int64_t* crow, const int64_t* cols,
+                      int64_t Ro, int64_t Ci, int64_t bw, int64_t bh, const real* bias, int64_t out_f, real* y) {
+  for (int64_t j = 0; j < Ro; ++j) rnn_rows_@S@(vals, crow, cols, j, bw, bh, B, x, Ci * bw, bias, out_f, y, Ro * bh);
+}
+
 static inline real sigm_@S@(real v) { return (real)1 / ((real)1 + @VEXP@(-v)); }
 static inline real tanh_@S@(real v) { return (real)1 - (real)2 / (@VEXP@((real)2 * v) + (real)1); }
 
@@ -431,6 +438,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
             fn.restype = None
             fn = getattr(lib, f"gated_linear_{suffix}")
             fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
+            fn.restype = None
+            fn = getattr(lib, f"block_linear_{suffix}")
+            fn.argtypes = [P, I, P, P, P, I, I, I, I, P, I, P]
             fn.restype = None
             fn = getattr(lib, f"rnn_layer_{suffix}")
             fn.argtypes = [P, I, I, I, I, I, P, P, P, I, I, I, I, P, P, P, P, I, I, P, P, I]
@@ -613,7 +623,7 @@ RNN_THREADS = 1
 
 def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor,
               bias: torch.Tensor | None, h0: torch.Tensor, c0: torch.Tensor | None, reverse: bool,
-              out: torch.Tensor | None = None, threads: int | None = None):
+              out: torch.Tensor | None = None, threads: int | None = None, index_checked: bool = False):
     """One LSTM (``c0`` given) or GRU (``c0`` None) layer and direction over a whole sequence, the
     time loop in C: ``(out (T, B, H), h_T (B, H), c_T (B, H) or None)``.
 
@@ -632,7 +642,9 @@ def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, c
     ``out``: where to write the outputs, any ``(T, B, H)`` view whose last dimension is contiguous
     (a half of a bidirectional layer's output); allocated when None. ``threads``: OpenMP threads
     splitting each step's block rows (default :data:`RNN_THREADS`). Every size is checked here:
-    the C code reads no bounds. Raises RuntimeError when the library is not built or autograd is
+    the C code reads no bounds; ``index_checked=True`` skips only the scan of ``crow``/``cols``,
+    for a caller that passed them through :func:`check_bsr_index` for these sizes and cached them
+    (a streaming step would otherwise spend a tenth of its time re-checking). Raises RuntimeError when the library is not built or autograd is
     needed (it is inference-only).
     """
     lib = library()
@@ -662,11 +674,8 @@ def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, c
                          f"values {tuple(values_t.shape)}, {Ro} block rows, h0 {tuple(h0.shape)}"
                          + (f", c0 {tuple(c0.shape)}" if lstm else "")
                          + ("" if bias is None else f", bias {tuple(bias.shape)}"))
-    crow = crow.to(torch.int64).contiguous()
-    cols = cols.to(torch.int64).contiguous()
-    if int(crow[0]) != 0 or int(crow[-1]) != nnzb or bool((crow[1:] < crow[:-1]).any()) \
-            or (nnzb and (int(cols.min()) < 0 or int(cols.max()) >= Ci)):
-        raise ValueError(f"crow/cols are not a BSR index of {Ro} block rows, {Ci} block columns and {nnzb} blocks")
+    if not index_checked:
+        crow, cols = check_bsr_index(crow, cols, Ci, nnzb)
     if out is None:
         out = torch.empty(T, B, H, dtype=dtype)
     elif out.shape != (T, B, H) or out.dtype != dtype or out.stride(2) != 1 or not out.is_cpu:
@@ -685,3 +694,51 @@ def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, c
     if rc != 0:
         raise MemoryError("the native RNN kernel could not allocate its state buffers")
     return out, hT, cT
+
+
+def check_bsr_index(crow: torch.Tensor, cols: torch.Tensor, Ci: int, nnzb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow, cols)`` as contiguous int64 after checking that they index ``nnzb`` blocks in
+    ``Ci`` block columns (``crow`` starts at 0, ends at ``nnzb``, never decreases; every column in
+    range); ValueError otherwise. The native kernels trust these indices."""
+    crow = crow.to(torch.int64).contiguous()
+    cols = cols.to(torch.int64).contiguous()
+    if crow.dim() != 1 or cols.shape != (nnzb,) or crow.numel() < 2 or int(crow[0]) != 0 or int(crow[-1]) != nnzb \
+            or bool((crow[1:] < crow[:-1]).any()) or (nnzb and (int(cols.min()) < 0 or int(cols.max()) >= Ci)):
+        raise ValueError(f"crow/cols are not a BSR index of {crow.numel() - 1} block rows, {Ci} block columns and "
+                         f"{nnzb} blocks")
+    return crow, cols
+
+
+def block_linear(x2: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor,
+                 bias: torch.Tensor | None, in_features: int, out_features: int,
+                 index_checked: bool = False) -> torch.Tensor:
+    """``x2 (B, in) -> (B, out)``: a BSR product with transposed blocks (``values_t (nnzb, bw, bh)``)
+    plus ``bias``, in one native call; what a streaming step uses for its input projection at
+    small batch, where the torch op's gather, copy and batched matmul cost more than the product.
+    Same checks and ``index_checked`` meaning as :func:`rnn_layer`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native block kernel unavailable: {unavailable_reason()}")
+    dtype = x2.dtype
+    tensors = [t for t in (x2, values_t, bias) if t is not None]
+    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
+        raise TypeError(f"the native block kernel takes fp32 or fp64 (all alike), got {[t.dtype for t in tensors]}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError("the native block kernel is inference-only: run it under torch.no_grad()")
+    nnzb, bw, bh = values_t.shape
+    Ro, Ci = crow.numel() - 1, -(-in_features // bw)
+    if x2.dim() != 2 or x2.shape[1] != in_features or Ro * bh < out_features or Ro < 1 \
+            or (bias is not None and bias.shape != (out_features,)) or any(not t.is_cpu for t in tensors):
+        raise ValueError(f"shapes do not fit: x {tuple(x2.shape)}, values {tuple(values_t.shape)}, {Ro} block rows, "
+                         f"in {in_features}, out {out_features}")
+    if not index_checked:
+        crow, cols = check_bsr_index(crow, cols, Ci, nnzb)
+    x = pad_columns(x2, Ci * bw).contiguous()
+    values_t = values_t.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    B = x.shape[0]
+    y = torch.empty(B, Ro * bh, dtype=dtype)
+    fn = lib.block_linear_f32 if dtype == torch.float32 else lib.block_linear_f64
+    fn(x.data_ptr(), B, values_t.data_ptr(), crow.data_ptr(), cols.data_ptr(), Ro, Ci, bw, bh,
+       None if bias is None else bias.data_ptr(), out_features, y.data_ptr())
+    return y if Ro * bh == out_features else y[:, :out_features]

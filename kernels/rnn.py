@@ -41,6 +41,47 @@ def _global_hooks() -> bool:
     return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
 
 
+def _native_module(mod: nn.Module) -> bool:
+    """Whether the native kernels may stand in for ``mod``: a plain :class:`BlockSparseLinear` not
+    asked to run Triton, with no hooks (the kernels do not call the module)."""
+    return type(mod) is BlockSparseLinear and mod.backend != "triton" and not mod._forward_hooks \
+        and not mod._forward_pre_hooks and not _global_hooks()
+
+
+def _native_index(mod: BlockSparseLinear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values (nnzb, bw, bh), crow, cols)``: ``mod``'s weight as the BSR with transposed blocks
+    that the native kernels take (a balanced layout is a BSR with ``k`` blocks per row). The index
+    is built and checked once (:func:`native.check_bsr_index`) and cached on the module, rebuilt
+    when its index buffers change (replaced, moved, written in place): per call the check cost a
+    tenth of a streaming step."""
+    bh, bw = mod.block
+    pattern = (mod.col_idx,) if mod.layout == "balanced" else (mod.crow_indices, mod.col_indices)
+    key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, tuple(t.shape)) for t in pattern)
+    cache = mod.__dict__.get("_native_index_cache")
+    if cache is None or cache[0] != key:
+        if mod.layout == "balanced":
+            R, k = mod.col_idx.shape
+            crow, cols = torch.arange(R + 1, dtype=torch.int64) * k, mod.col_idx.reshape(-1)
+        else:
+            crow, cols = mod.crow_indices, mod.col_indices
+        crow, cols = native.check_bsr_index(crow, cols, -(-mod.in_features // bw), cols.numel())
+        cache = (key, crow, cols)
+        mod.__dict__["_native_index_cache"] = cache  # plain attribute: no nn.Module bookkeeping
+    return mod._parameters["values"].reshape(cache[2].numel(), bw, bh), cache[1], cache[2]
+
+
+def _native_input_projection(ih: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``ih(x)`` for a streaming step in one native call, or None where the kernels cannot run it."""
+    if not _native_module(ih) or x.dim() != 2 or x.shape[1] != ih.in_features:
+        return None
+    p = ih._parameters
+    tensors = [t for t in (p["values"], p.get("bias")) if t is not None]
+    if not native.native_eligible(x, *tensors):
+        return None
+    return native.block_linear(x, *_native_index(ih), p.get("bias"), ih.in_features, ih.out_features,
+                               index_checked=True)
+
+
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
@@ -186,8 +227,7 @@ class _SparseRNN(nn.Module):
         torch ops and the Triton (GPU) kernels, and the ``swap_kernels`` pass records ``torch`` on
         a machine without CUDA, so requiring ``auto`` would leave every swapped model stepping from
         Python. ``COMPRESSOR_NATIVE=0`` is the switch for the per-step torch ops."""
-        if type(hh) is not BlockSparseLinear or hh.backend == "triton" or hh._forward_hooks or hh._forward_pre_hooks \
-                or _global_hooks():
+        if not _native_module(hh):
             return None
         h0, c0 = (state if isinstance(state, tuple) else (state, None))
         p = hh._parameters
@@ -195,15 +235,7 @@ class _SparseRNN(nn.Module):
         tensors = [t for t in (values, bias, h0, c0) if t is not None]
         if not native.native_eligible(xproj, *tensors):
             return None
-        bw = hh.block[1]
-        if hh.layout == "balanced":
-            R, k = hh.col_idx.shape
-            values = values.view(R * k, bw, hh.block[0])
-            crow = torch.arange(R + 1, dtype=torch.int64) * k
-            cols = hh.col_idx.reshape(-1)
-        else:
-            crow, cols = hh.crow_indices, hh.col_indices
-        out, h, c = native.rnn_layer(xproj, values, crow, cols, bias, h0, c0, reverse)
+        out, h, c = native.rnn_layer(xproj, *_native_index(hh), bias, h0, c0, reverse, index_checked=True)
         return out, ((h, c) if c0 is not None else h)
 
     def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
@@ -223,6 +255,8 @@ class _SparseRNN(nn.Module):
 
         ``state`` is what ``forward`` returns as its second output (``(h, c)`` for LSTM, ``h`` for
         GRU, each ``(num_layers, B, hidden)``), or None for zeros. Unidirectional models only.
+        Where :meth:`forward` would, each layer's recurrent product and gates run as one native call
+        (a one-step sequence): the torch cell is half a dozen op dispatches per layer.
         """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional model (bidirectional=False)")
@@ -233,7 +267,11 @@ class _SparseRNN(nn.Module):
         x = x_t
         for layer in range(self.num_layers):
             sfx = f"l{layer}"
-            s = self._cell(self.proj["ih_" + sfx](x), self.proj["hh_" + sfx], self._layer_state(state, layer))
+            ih, hh, layer_state = self.proj["ih_" + sfx], self.proj["hh_" + sfx], self._layer_state(state, layer)
+            xproj = _native_input_projection(ih, x)
+            xproj = ih(x) if xproj is None else xproj
+            done = self._native_direction(xproj.unsqueeze(0), hh, layer_state, False)  # a one-step sequence
+            s = done[1] if done is not None else self._cell(xproj, hh, layer_state)
             finals.append(s)
             x = self._hidden(s)
         return x, self._pack_final(finals, False)

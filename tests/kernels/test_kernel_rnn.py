@@ -267,3 +267,27 @@ def test_native_runs_for_the_torch_backend_that_swapped_models_record(block_mask
     assert_close(got, _masked_copy(rnn, {n: m.mask() for n, m in
                                          (("weight_" + k, v) for k, v in mod.proj.items())}).float()(x)[0],
                  atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_step_equals_the_torch_cell(kind, block_mask, monkeypatch):
+    base, sparse_cls, _ = CLASSES[kind]
+    rnn = base(IN, H, num_layers=2)
+    mod = sparse_cls.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    x = torch.randn(3, IN)
+    h0 = torch.randn(2, 3, H)
+    state = (h0, torch.randn_like(h0)) if kind == "lstm" else h0
+    calls = _count_native(monkeypatch)
+    from compressor.kernels import native
+
+    real_linear, linear_calls = native.block_linear, []
+    monkeypatch.setattr(native, "block_linear", lambda *a, **k: linear_calls.append(1) or real_linear(*a, **k))
+    with torch.no_grad():
+        native_y, native_state = mod.step(x, state)
+        assert len(calls) == 2 and len(linear_calls) == 2  # per layer: the input projection, the recurrence
+        _torch_path(monkeypatch)
+        torch_y, torch_state = mod.step(x, state)
+    assert len(calls) == 2
+    assert_close(native_y, torch_y, atol=2e-6, rtol=1e-5)
+    for a, b in zip(native_state if kind == "lstm" else (native_state,), torch_state if kind == "lstm" else (torch_state,)):
+        assert_close(a, b, atol=2e-6, rtol=1e-5)
