@@ -164,12 +164,14 @@ def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, bidir, bl
     h0 = torch.randn(2 * D, B, H)
     hx = (h0, torch.randn_like(h0)) if kind == "lstm" else h0
     calls = _count_native(monkeypatch)
+    real_linear, linear_calls = native.block_linear, []
+    monkeypatch.setattr(native, "block_linear", lambda *a, **k: linear_calls.append(1) or real_linear(*a, **k))
     results = {}
     with torch.no_grad():
         for threads in (1, 2):  # one thread, and the block rows split over two
             monkeypatch.setattr(native, "RNN_THREADS", threads)
             results[threads] = [mod(x), mod(x, hx)]
-    assert len(calls) == 2 * 2 * 2 * D  # every layer and direction of every call ran natively
+    assert len(calls) == len(linear_calls) == 2 * 2 * 2 * D  # every layer and direction of every call ran natively
     want = [ref(x), ref(x, hx)]
     _torch_path(monkeypatch)
     with torch.no_grad():
