@@ -293,3 +293,20 @@ def test_native_step_equals_the_torch_cell(kind, block_mask, monkeypatch):
     assert_close(native_y, torch_y, atol=2e-6, rtol=1e-5)
     for a, b in zip(native_state if kind == "lstm" else (native_state,), torch_state if kind == "lstm" else (torch_state,)):
         assert_close(a, b, atol=2e-6, rtol=1e-5)
+
+
+def test_native_index_cache_follows_the_pattern_and_dense_inputs_keep_the_gemm(block_mask, monkeypatch):
+    from compressor.kernels import native
+    from compressor.kernels.rnn import _native_index, _native_input_projection
+
+    lin = nn.Linear(IN, 32)
+    mod = BlockSparseLinear.from_dense(lin, block_mask(32, IN, 8, keep=0.5), block=8)
+    _, crow, cols = _native_index(mod)
+    assert torch.equal(cols, mod.col_idx.reshape(-1)) and _native_index(mod)[2] is cols  # cached
+    with torch.no_grad():
+        mod.col_idx.copy_(mod.col_idx.flip(1))  # written in place: rebuilt
+    assert torch.equal(_native_index(mod)[2], mod.col_idx.reshape(-1))
+    x = torch.randn(200, IN)
+    with torch.no_grad():  # half the blocks stored, 200 rows: the torch op's dense GEMM
+        assert _native_input_projection(mod, x) is None
+        assert_close(_native_input_projection(mod, x[:5]), mod(x[:5]), atol=2e-6, rtol=1e-5)
