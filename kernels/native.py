@@ -1,9 +1,12 @@
-"""Small C kernels for gated block layers on CPU, compiled on first use and called through ctypes.
+"""Small C kernels for gated block layers and sparse recurrent layers on CPU, compiled on first use
+and called through ctypes.
 
-Two entry points: :func:`gated_linear_fused` runs a whole :class:`GatedBlockLinear` forward
+Three entry points: :func:`gated_linear_fused` runs a whole :class:`GatedBlockLinear` forward
 (gate network, softplus, top-k, rescaling, kept blocks, bias) in one call, which is what the module
 uses for CPU inference; :func:`gated_block_matvec` applies given kept blocks and gates (the
-``path="native"`` of :func:`~compressor.kernels.gated_ops.gated_block_linear`).
+``path="native"`` of :func:`~compressor.kernels.gated_ops.gated_block_linear`); :func:`rnn_layer`
+runs the whole time loop of one block-sparse LSTM/GRU layer and direction, which
+``SparseLSTM``/``SparseGRU`` use for CPU inference over full sequences (see its docstring).
 
 Why: at batch 1 the eager gated path (:func:`~compressor.kernels.gated_ops.gated_block_linear`,
 ``path="ebag"``) is a dozen small torch ops per matrix plus an ``embedding_bag`` over 256-byte
@@ -15,7 +18,7 @@ the dense GEMV it is meant to beat. This kernel walks the kept blocks once, each
 path; see BENCHMARKS.md.
 
 How: the C source below is compiled with the system C compiler (``$CC``, else ``cc``) into
-``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``), keyed by a hash of the source,
+``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``; :func:`cache_dir`), keyed by a hash of the source,
 the flags and the CPU, written atomically so that concurrent processes (torchrun ranks) agree.
 ``-march=native`` is tried first, then portable flags. No torch headers are needed, so a build
 takes well under a second. Without a compiler, or with ``COMPRESSOR_NATIVE=0``, :func:`library`
@@ -42,7 +45,8 @@ import torch
 
 from ._checks import pad_columns
 
-__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused", "cpu_inference_path"]
+__all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused",
+           "cpu_inference_path", "rnn_layer", "block_linear", "check_bsr_index", "cache_dir", "RNN_THREADS"]
 
 _HEADER = r"""
 #include <math.h>
@@ -51,6 +55,32 @@ _HEADER = r"""
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* exp for the gates, vectorizable (no libm call and no float branch in the loop, so GCC vectorizes
+ * it without fast-math flags): Cephes' expf, range reduction by ln 2 in two parts, degree-6
+ * polynomial, 2^n built from exponent bits, within a few ulp of expf for x in [-87, 88]. The
+ * clamp is on the integer n only (a float clamp blocks vectorization): above 88 the result
+ * overflows to +inf as expf does; below -87 it is some value of magnitude under 1e-20 instead of
+ * a denormal or 0, harmless here because the gates only ever add it to 1 (sigmoid(v) =
+ * 1 / (1 + exp(-v)), tanh(v) = 1 - 2 / (exp(2v) + 1)). The float kernel uses it (scalar
+ * expf/tanhf took 3/4 of a 1024-unit LSTM step at batch 1); the double kernel keeps libm's exp. */
+static inline float vexp_f32(float x) {
+  int32_t n = (int32_t)(x * 1.44269504088896341f + __builtin_copysignf(0.5f, x));
+  n = n < -126 ? -126 : n;
+  n = n > 127 ? 127 : n;
+  const float nf = (float)n;
+  const float r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union { int32_t i; float f; } e;
+  e.i = (n + 127) << 23;
+  return p * e.f;
+}
 """
 
 # Written once for a scalar type `real` (suffix @S@); instantiated for float and double below.
@@ -169,16 +199,177 @@ void gated_linear_@S@(const real* x, int64_t x_stride, int64_t B, int64_t in_f,
   free(order);
   free(s);
 }
+
+/* Block row j of the recurrent product for example b: yr[0..bh) = bias + sum over the row's stored
+ * blocks p of W_p hs. Inlined with BH a constant (16, 32, 64) so the accumulator lives in
+ * registers; BH 0 means "use bh". */
+static inline __attribute__((always_inline)) void rnn_row_@S@(
+    const real* restrict vals, const int64_t* restrict crow, const int64_t* restrict cols, int64_t j, int64_t bw,
+    int64_t bh, const int64_t BH, const real* restrict hs, const real* restrict bias, int64_t gh, real* restrict yr) {
+  const int64_t n = BH ? BH : bh;
+  real acc[64];
+  real* a = BH ? acc : yr;
+  for (int64_t r = 0; r < n; ++r) a[r] = (bias && j * n + r < gh) ? bias[j * n + r] : 0;
+  for (int64_t p = crow[j]; p < crow[j + 1]; ++p) {
+    const real* w = vals + p * bw * n; const real* xs = hs + cols[p] * bw;
+    for (int64_t c = 0; c < bw; ++c) {
+      const real s = xs[c]; const real* wr = w + c * n;
+      #pragma omp simd
+      for (int64_t r = 0; r < n; ++r) a[r] += s * wr[r];
+    }
+  }
+  if (BH) for (int64_t r = 0; r < n; ++r) yr[r] = acc[r];
+}
+
+/* The same block row for E = 1 or 2 examples at once with GCC/clang vector types (32-byte vectors
+ * of VL = 32 / sizeof(real) lanes, a block row of height NV * VL): the accumulators stay in
+ * registers and every weight vector loaded serves both examples, halving the weight traffic from
+ * L1 at batch >= 2 (the scalar helper above reloaded each block once per example). */
+typedef real vr_@S@ __attribute__((vector_size(32), aligned(sizeof(real))));
+
+static inline __attribute__((always_inline)) void rnn_row_v_@S@(
+    const real* restrict vals, const int64_t* restrict crow, const int64_t* restrict cols, int64_t j, int64_t bw,
+    const int NV, const int E, const real* restrict h0, const real* restrict h1, const real* restrict bias,
+    int64_t gh, real* restrict y0, real* restrict y1) {
+  enum { VL = 32 / sizeof(real) };
+  const int64_t BH = (int64_t)NV * VL;
+  vr_@S@ a0[8], a1[8];
+  for (int v = 0; v < NV; ++v) {
+    for (int l = 0; l < VL; ++l) {
+      const int64_t o = j * BH + v * VL + l;
+      a0[v][l] = (bias && o < gh) ? bias[o] : 0;
+    }
+    a1[v] = a0[v];
+  }
+  for (int64_t p = crow[j]; p < crow[j + 1]; ++p) {
+    const real* w = vals + p * bw * BH;
+    const real* x0 = h0 + cols[p] * bw; const real* x1 = E == 2 ? h1 + cols[p] * bw : x0;
+    for (int64_t c = 0; c < bw; ++c) {
+      const real s0 = x0[c], s1 = x1[c];
+      const vr_@S@* wr = (const vr_@S@*)(w + c * BH);
+      for (int v = 0; v < NV; ++v) {
+        const vr_@S@ wv = wr[v];
+        a0[v] += s0 * wv;
+        if (E == 2) a1[v] += s1 * wv;
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    *(vr_@S@*)(y0 + v * VL) = a0[v];
+    if (E == 2) *(vr_@S@*)(y1 + v * VL) = a1[v];
+  }
+}
+
+/* Block row j of the recurrent product for every example: the vector helper where the block
+ * height is 1, 2, 4 or 8 vectors, the scalar one otherwise. */
+static void rnn_rows_@S@(const real* vals, const int64_t* crow, const int64_t* cols, int64_t j, int64_t bw, int64_t bh,
+                         int64_t B, const real* hb, int64_t Wd, const real* bias, int64_t gh, real* y, int64_t O) {
+  const int64_t VL = 32 / sizeof(real), NV = bh % VL == 0 ? bh / VL : 0;
+  for (int64_t b = 0; b < B; b += 2) {
+    const real* h0 = hb + b * Wd; real* y0 = y + b * O + j * bh;
+    const int two = b + 1 < B;
+    const real* h1 = two ? h0 + Wd : h0; real* y1 = two ? y0 + O : y0;
+    #define RNN_ROW_V(N) (two ? rnn_row_v_@S@(vals, crow, cols, j, bw, N, 2, h0, h1, bias, gh, y0, y1) \
+                          : rnn_row_v_@S@(vals, crow, cols, j, bw, N, 1, h0, h1, bias, gh, y0, y1))
+    if (NV == 1) RNN_ROW_V(1);
+    else if (NV == 2) RNN_ROW_V(2);
+    else if (NV == 4) RNN_ROW_V(4);
+    else if (NV == 8) RNN_ROW_V(8);
+    else {
+      rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, h0, bias, gh, y0);
+      if (two) rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, h1, bias, gh, y1);
+    }
+    #undef RNN_ROW_V
+  }
+}
+
+/* y (B, Ro*bh) = bias + x W^T for a BSR W with transposed blocks (the product of rnn_layer's steps,
+ * for a streaming step's input projection); x (B, Ci*bw) padded. */
+void block_linear_@S@(const real* x, int64_t B, const real* vals, const int64_t* crow, const int64_t* cols,
+                      int64_t Ro, int64_t Ci, int64_t bw, int64_t bh, const real* bias, int64_t out_f, real* y) {
+  for (int64_t j = 0; j < Ro; ++j) rnn_rows_@S@(vals, crow, cols, j, bw, bh, B, x, Ci * bw, bias, out_f, y, Ro * bh);
+}
+
+static inline real sigm_@S@(real v) { return (real)1 / ((real)1 + @VEXP@(-v)); }
+static inline real tanh_@S@(real v) { return (real)1 - (real)2 / (@VEXP@((real)2 * v) + (real)1); }
+
+/* One recurrent layer and direction over a whole sequence, as kernels/rnn.py's torch path runs it:
+ *   per step t (T-1..0 when reverse): y = W_hh h + b_hh (block sparse, stored as BSR with every block
+ *   transposed: vals (nnzb, bw, bh), crow (Ro+1), cols (nnzb) block columns), then the gates with
+ *   the precomputed input projection xp[t] (T, B, G*H, b_ih included):
+ *   kind 0, LSTM (i, f, g, o): c = sig(f) c + sig(i) tanh(g); h = sig(o) tanh(c)
+ *   kind 1, GRU (r, z, n):     r = sig(xr + yr); z = sig(xz + yz); n = tanh(xn + r yn); h = n + z (h - n)
+ * h0 (B, H), c0 (B, H) (LSTM only); out[t*out_st + b*out_sb + u] = h_t; hT, cT (B, H) the last state.
+ * One parallel region for the whole loop: threads split block rows for the product, then
+ * (example, unit) pairs for the gates, with a barrier after each. Returns 0, or 1 when out of memory. */
+int rnn_layer_@S@(const real* xp, int64_t T, int64_t B, int64_t H, int64_t kind, int64_t reverse,
+                  const real* vals, const int64_t* crow, const int64_t* cols, int64_t Ro, int64_t Ci,
+                  int64_t bw, int64_t bh, const real* bias, const real* h0, const real* c0,
+                  real* out, int64_t out_st, int64_t out_sb, real* hT, real* cT, int64_t threads) {
+  const int64_t G = kind == 0 ? 4 : 3, GH = G * H, Wd = Ci * bw, O = Ro * bh;
+  real* hb = (real*)calloc((size_t)(B * Wd), sizeof(real));  /* padded hidden state: pad columns stay 0 */
+  real* y = (real*)malloc(sizeof(real) * (size_t)(B * O));
+  if (!hb || !y) { free(hb); free(y); return 1; }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t u = 0; u < H; ++u) {
+      hb[b * Wd + u] = h0[b * H + u];
+      if (kind == 0) cT[b * H + u] = c0[b * H + u];
+    }
+  const int64_t CH = 256, nch = (H + CH - 1) / CH;  /* gate work in chunks of units: vector loops */
+  int64_t nt = threads < 1 ? 1 : threads;
+  if (nt > Ro) nt = Ro;
+  #pragma omp parallel num_threads(nt) if(nt > 1)
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t t = reverse ? T - 1 - step : step;
+    #pragma omp for schedule(static)
+    for (int64_t j = 0; j < Ro; ++j) rnn_rows_@S@(vals, crow, cols, j, bw, bh, B, hb, Wd, bias, GH, y, O);
+    /* implicit barrier: the product read the old h everywhere before any gate writes the new one */
+    #pragma omp for schedule(static)
+    for (int64_t q = 0; q < B * nch; ++q) {
+      const int64_t b = q / nch, u0 = (q % nch) * CH, u1 = u0 + CH < H ? u0 + CH : H;
+      const real* restrict x = xp + (t * B + b) * GH; const real* restrict g = y + b * O;
+      real* restrict hs = hb + b * Wd; real* restrict os = out + t * out_st + b * out_sb;
+      if (kind == 0) {
+        real* restrict cs = cT + b * H;
+        #pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const real i = sigm_@S@(x[u] + g[u]), f = sigm_@S@(x[H + u] + g[H + u]);
+          const real gg = tanh_@S@(x[2 * H + u] + g[2 * H + u]), o = sigm_@S@(x[3 * H + u] + g[3 * H + u]);
+          const real c = f * cs[u] + i * gg;
+          cs[u] = c;
+          const real h = o * tanh_@S@(c);
+          hs[u] = h;
+          os[u] = h;
+        }
+      } else {
+        #pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const real r = sigm_@S@(x[u] + g[u]), z = sigm_@S@(x[H + u] + g[H + u]);
+          const real n = tanh_@S@(x[2 * H + u] + r * g[2 * H + u]);
+          const real h = n + z * (hs[u] - n);
+          hs[u] = h;
+          os[u] = h;
+        }
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t u = 0; u < H; ++u) hT[b * H + u] = hb[b * Wd + u];
+  free(y);
+  free(hb);
+  return 0;
+}
 """
 
 
-def _instantiate(real: str, suffix: str, log1p: str, exp: str, tiny: str) -> str:
-    body = _BODY.replace("@S@", suffix).replace("@LOG1P@", log1p).replace("@EXP@", exp).replace("@TINY@", tiny)
+def _instantiate(real: str, suffix: str, log1p: str, exp: str, vexp: str, tiny: str) -> str:
+    body = (_BODY.replace("@S@", suffix).replace("@LOG1P@", log1p).replace("@EXP@", exp).replace("@VEXP@", vexp)
+            .replace("@TINY@", tiny))
     return f"#define real {real}\n{body}\n#undef real\n"
 
 
-_SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "1.17549435e-38f")
-           + _instantiate("double", "f64", "log1p", "exp", "2.2250738585072014e-308"))
+_SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "vexp_f32", "1.17549435e-38f")
+           + _instantiate("double", "f64", "log1p", "exp", "exp", "2.2250738585072014e-308"))
 
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
@@ -200,14 +391,20 @@ def _cpu_key() -> str:
         return platform.processor() or platform.machine()
 
 
+def cache_dir() -> Path:
+    """The cache folder (``$COMPRESSOR_CACHE``, else ``~/.cache/compressor``): the rule of
+    ``compressor.corpus.cache_dir``, restated here because ``kernels`` is a leaf package that
+    imports nothing from the rest of compressor."""
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
 def _build() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
         return None, "disabled by COMPRESSOR_NATIVE=0"
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc)"
-    # $COMPRESSOR_CACHE as compressor.corpus reads it (kernels import nothing outside themselves)
-    folder = Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor")) / "native"
+    folder = cache_dir() / "native"
     machine = [_SOURCE, cc, _cpu_key(), platform.platform()]  # read once, not per flag set
     errors = []
     for flags in _FLAG_SETS:
@@ -242,6 +439,12 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
             fn = getattr(lib, f"gated_linear_{suffix}")
             fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
             fn.restype = None
+            fn = getattr(lib, f"block_linear_{suffix}")
+            fn.argtypes = [P, I, P, P, P, I, I, I, I, P, I, P]
+            fn.restype = None
+            fn = getattr(lib, f"rnn_layer_{suffix}")
+            fn.argtypes = [P, I, I, I, I, I, P, P, P, I, I, I, I, P, P, P, P, I, I, P, P, I]
+            fn.restype = ctypes.c_int
         return lib, None
     return None, "could not build the native kernel: " + "; ".join(errors)
 
@@ -263,12 +466,12 @@ def unavailable_reason() -> str | None:
 
 def native_eligible(x: torch.Tensor, *tensors: torch.Tensor, contiguous: bool = False) -> bool:
     """Whether the native kernel can run these inputs: CPU, fp32/fp64, no autograd needed, built,
-    and not being traced (export and torch.compile see the torch ops); with ``contiguous``, also
+    and not being traced (export, torch.compile and jit tracing see the torch ops); with ``contiguous``, also
     that ``tensors`` are contiguous. (One plain loop: this runs on every batch-1 call.)"""
     dtype = x.dtype
     if not x.is_cpu or (dtype is not torch.float32 and dtype is not torch.float64):
         return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
@@ -409,3 +612,133 @@ def cpu_inference_path(module) -> str:
     if _gate_parts(module.gate) is None:
         return f"torch (gate {type(module.gate).__name__} is not a Linear or low-rank gate)"
     return f"torch ({module.blocks.dtype} on {module.blocks.device.type}, or a hook on the gate)"
+
+
+#: Threads of :func:`rnn_layer` when its caller names none. One: the time loop synchronises its
+#: threads twice per step, and on the shared 2-core development machine (load average 5-6) two
+#: threads ran a 1024-unit LSTM layer 1.5x slower at batch 1 and 3-7x slower at batch 16 than one
+#: (a descheduled thread stalls every barrier). Raise it on a machine with idle cores.
+RNN_THREADS = 1
+
+
+def rnn_layer(xproj: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor,
+              bias: torch.Tensor | None, h0: torch.Tensor, c0: torch.Tensor | None, reverse: bool,
+              out: torch.Tensor | None = None, threads: int | None = None, index_checked: bool = False):
+    """One LSTM (``c0`` given) or GRU (``c0`` None) layer and direction over a whole sequence, the
+    time loop in C: ``(out (T, B, H), h_T (B, H), c_T (B, H) or None)``.
+
+    Why: the torch path (:mod:`.rnn`) calls the sparse recurrent product and half a dozen gate ops
+    per time step from Python, about a dozen op dispatches per step, against one fused call per
+    layer for ``nn.LSTM``; at 90% sparsity the product itself is a tenth of the dense one, so the
+    dispatch overhead decided the race (the built-in LM's compressed forward ran at 0.5x dense).
+    Here the whole loop is one call: per step the block product ``W_hh h + b_hh`` over the kept
+    blocks, then the gate math of the torch path (LSTM gates i, f, g, o; GRU r, z, n with
+    ``b_hn`` inside ``r * (W_hn h + b_hn)``).
+
+    ``xproj (T, B, G*H)``: the input projection of every step, ``b_ih`` included (computed by the
+    caller as one sparse product). The recurrent weight is BSR with every block transposed:
+    ``values_t (nnzb, bw, bh)``, ``crow (Ro+1,)``, ``cols (nnzb,)`` int64 (a balanced layout is
+    the BSR with ``k`` blocks per row: ``values_t.view(-1, bw, bh)``). ``bias (G*H,)`` is ``b_hh``.
+    ``out``: where to write the outputs, any ``(T, B, H)`` view whose last dimension is contiguous
+    (a half of a bidirectional layer's output); allocated when None. ``threads``: OpenMP threads
+    splitting each step's block rows (default :data:`RNN_THREADS`). Every size is checked here:
+    the C code reads no bounds; ``index_checked=True`` skips only the scan of ``crow``/``cols``,
+    for a caller that passed them through :func:`check_bsr_index` for these sizes and cached them
+    (a streaming step would otherwise spend a tenth of its time re-checking). Raises RuntimeError when the library is not built or autograd is
+    needed (it is inference-only).
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native RNN kernel unavailable: {unavailable_reason()}")
+    lstm = c0 is not None
+    dtype = xproj.dtype
+    tensors = [t for t in (xproj, values_t, bias, h0, c0) if t is not None]
+    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
+        raise TypeError(f"the native RNN kernel takes fp32 or fp64 (all alike), got {[t.dtype for t in tensors]}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError("the native RNN kernel is inference-only: run it under torch.no_grad()")
+    if any(not t.is_cpu for t in tensors + [crow, cols]):
+        raise ValueError("the native RNN kernel runs on CPU tensors only")
+    G = 4 if lstm else 3
+    if xproj.dim() != 3 or values_t.dim() != 3 or crow.dim() != 1 or cols.dim() != 1:
+        raise ValueError(f"xproj must be (T, B, G*H) and values_t (nnzb, bw, bh), got {tuple(xproj.shape)}, "
+                         f"{tuple(values_t.shape)}")
+    T, B, GH = xproj.shape
+    H = GH // G
+    nnzb, bw, bh = values_t.shape
+    Ro = crow.numel() - 1
+    Ci = -(-H // bw)
+    if GH != G * H or h0.shape != (B, H) or (lstm and c0.shape != (B, H)) or Ro * bh < GH or Ro < 1 \
+            or cols.numel() != nnzb or (bias is not None and bias.shape != (GH,)):
+        raise ValueError(f"shapes do not fit an {'LSTM' if lstm else 'GRU'} layer: xproj {tuple(xproj.shape)}, "
+                         f"values {tuple(values_t.shape)}, {Ro} block rows, h0 {tuple(h0.shape)}"
+                         + (f", c0 {tuple(c0.shape)}" if lstm else "")
+                         + ("" if bias is None else f", bias {tuple(bias.shape)}"))
+    if not index_checked:
+        crow, cols = check_bsr_index(crow, cols, Ci, nnzb)
+    if out is None:
+        out = torch.empty(T, B, H, dtype=dtype)
+    elif out.shape != (T, B, H) or out.dtype != dtype or out.stride(2) != 1 or not out.is_cpu:
+        raise ValueError(f"out must be a ({T}, {B}, {H}) {dtype} CPU tensor with a contiguous last dimension, "
+                         f"got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    xproj, values_t, h0 = xproj.contiguous(), values_t.contiguous(), h0.contiguous()
+    c0 = c0.contiguous() if lstm else None
+    bias = bias.contiguous() if bias is not None else None
+    hT = torch.empty(B, H, dtype=dtype)
+    cT = torch.empty(B, H, dtype=dtype) if lstm else None
+    fn = lib.rnn_layer_f32 if dtype == torch.float32 else lib.rnn_layer_f64
+    rc = fn(xproj.data_ptr(), T, B, H, 0 if lstm else 1, int(bool(reverse)), values_t.data_ptr(), crow.data_ptr(),
+            cols.data_ptr(), Ro, Ci, bw, bh, None if bias is None else bias.data_ptr(), h0.data_ptr(),
+            c0.data_ptr() if lstm else None, out.data_ptr(), out.stride(0), out.stride(1), hT.data_ptr(),
+            cT.data_ptr() if lstm else None, RNN_THREADS if threads is None else threads)
+    if rc != 0:
+        raise MemoryError("the native RNN kernel could not allocate its state buffers")
+    return out, hT, cT
+
+
+def check_bsr_index(crow: torch.Tensor, cols: torch.Tensor, Ci: int, nnzb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow, cols)`` as contiguous int64 after checking that they index ``nnzb`` blocks in
+    ``Ci`` block columns (``crow`` starts at 0, ends at ``nnzb``, never decreases; every column in
+    range); ValueError otherwise. The native kernels trust these indices."""
+    crow = crow.to(torch.int64).contiguous()
+    cols = cols.to(torch.int64).contiguous()
+    if crow.dim() != 1 or cols.shape != (nnzb,) or crow.numel() < 2 or int(crow[0]) != 0 or int(crow[-1]) != nnzb \
+            or bool((crow[1:] < crow[:-1]).any()) or (nnzb and (int(cols.min()) < 0 or int(cols.max()) >= Ci)):
+        raise ValueError(f"crow/cols are not a BSR index of {crow.numel() - 1} block rows, {Ci} block columns and "
+                         f"{nnzb} blocks")
+    return crow, cols
+
+
+def block_linear(x2: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor,
+                 bias: torch.Tensor | None, in_features: int, out_features: int,
+                 index_checked: bool = False) -> torch.Tensor:
+    """``x2 (B, in) -> (B, out)``: a BSR product with transposed blocks (``values_t (nnzb, bw, bh)``)
+    plus ``bias``, in one native call; what a streaming step uses for its input projection at
+    small batch, where the torch op's gather, copy and batched matmul cost more than the product.
+    Same checks and ``index_checked`` meaning as :func:`rnn_layer`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native block kernel unavailable: {unavailable_reason()}")
+    dtype = x2.dtype
+    tensors = [t for t in (x2, values_t, bias) if t is not None]
+    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
+        raise TypeError(f"the native block kernel takes fp32 or fp64 (all alike), got {[t.dtype for t in tensors]}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError("the native block kernel is inference-only: run it under torch.no_grad()")
+    nnzb, bw, bh = values_t.shape
+    Ro, Ci = crow.numel() - 1, -(-in_features // bw)
+    if x2.dim() != 2 or x2.shape[1] != in_features or Ro * bh < out_features or Ro < 1 \
+            or (bias is not None and bias.shape != (out_features,)) or any(not t.is_cpu for t in tensors):
+        raise ValueError(f"shapes do not fit: x {tuple(x2.shape)}, values {tuple(values_t.shape)}, {Ro} block rows, "
+                         f"in {in_features}, out {out_features}")
+    if not index_checked:
+        crow, cols = check_bsr_index(crow, cols, Ci, nnzb)
+    x = pad_columns(x2, Ci * bw).contiguous()
+    values_t = values_t.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    B = x.shape[0]
+    y = torch.empty(B, Ro * bh, dtype=dtype)
+    fn = lib.block_linear_f32 if dtype == torch.float32 else lib.block_linear_f64
+    fn(x.data_ptr(), B, values_t.data_ptr(), crow.data_ptr(), cols.data_ptr(), Ro, Ci, bw, bh,
+       None if bias is None else bias.data_ptr(), out_features, y.data_ptr())
+    return y if Ro * bh == out_features else y[:, :out_features]

@@ -9,6 +9,13 @@ follows the PyTorch documentation of ``nn.LSTM`` / ``nn.GRU`` (gate order i, f, 
 GRU's ``b_hn`` inside ``r * (W_hn h + b_hn)``), so with nothing pruned the results equal
 ``nn.LSTM`` / ``nn.GRU`` up to float rounding.
 
+Full sequences at inference on CPU run each layer's and direction's whole time loop in one
+compiled call (:func:`compressor.kernels.native.rnn_layer`) where the recurrent weight is a
+:class:`BlockSparseLinear`: stepping from Python costs about a dozen op dispatches per step, which
+made the sparse LSTM slower over a sequence than ``nn.LSTM``'s one fused call per layer. The
+per-step torch path stays the reference, the training path (autograd) and the fallback (no C
+compiler, ``COMPRESSOR_NATIVE=0``, hooks, tracing).
+
 ``forward(input, hx)`` has ``nn.LSTM``'s signature and shapes (batch_first, bidirectional,
 multi-layer, unbatched input, inter-layer dropout in training mode). ``step(x_t, state)`` is the
 streaming API for unidirectional models: one time step through all layers,
@@ -21,10 +28,79 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
+from . import native
+from .block_ops import DENSE_BATCH
 from .modules import BlockSparseLinear
 
 __all__ = ["SparseLSTM", "SparseGRU", "RNNStep"]
+
+
+def _global_hooks() -> bool:
+    m = torch.nn.modules.module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
+
+
+def _native_module(mod: nn.Module) -> bool:
+    """Whether the native kernels may stand in for ``mod``: a plain :class:`BlockSparseLinear` not
+    asked to run Triton, with no hooks (the kernels do not call the module)."""
+    return type(mod) is BlockSparseLinear and mod.backend != "triton" and not mod._forward_hooks \
+        and not mod._forward_pre_hooks and not _global_hooks()
+
+
+def _native_index(mod: BlockSparseLinear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values (nnzb, bw, bh), crow, cols)``: ``mod``'s weight as the BSR with transposed blocks
+    that the native kernels take (a balanced layout is a BSR with ``k`` blocks per row). The index
+    is built and checked once (:func:`native.check_bsr_index`) and cached on the module, rebuilt
+    when its index buffers change (replaced, moved, written in place): per call the check cost a
+    tenth of a streaming step."""
+    bh, bw = mod.block
+    pattern = (mod.col_idx,) if mod.layout == "balanced" else (mod.crow_indices, mod.col_indices)
+    key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, tuple(t.shape)) for t in pattern)
+    cache = mod.__dict__.get("_native_index_cache")
+    if cache is None or cache[0] != key:
+        if mod.layout == "balanced":
+            R, k = mod.col_idx.shape
+            crow, cols = torch.arange(R + 1, dtype=torch.int64) * k, mod.col_idx.reshape(-1)
+        else:
+            crow, cols = mod.crow_indices, mod.col_indices
+        crow, cols = native.check_bsr_index(crow, cols, -(-mod.in_features // bw), cols.numel())
+        cache = (key, crow, cols)
+        mod.__dict__["_native_index_cache"] = cache  # plain attribute: no nn.Module bookkeeping
+    return mod._parameters["values"].reshape(cache[2].numel(), bw, bh), cache[1], cache[2]
+
+
+#: From ``DENSE_BATCH`` rows on, an input projection storing at least this fraction of its weight
+#: stays on the torch op (which then runs one dense GEMM). Measured at 2048 rows, 4096 x 1024,
+#: 32x32 blocks, one thread, loaded 2-core machine: native 371 / 309 / 376 ms against torch 436 /
+#: 362 / 345 ms at 25% / 37.5% / 50% stored; the GEMM also scales with threads, the native
+#: product runs on one.
+NATIVE_MAX_DENSITY = 0.3
+
+
+def _native_input_projection(ih: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``ih(x)`` (``x (..., in)``) in one native call, or None where the kernels cannot run it.
+
+    Used for a streaming step and for a whole sequence's input projection: the torch op gathers
+    and copies ``x``'s block columns for every block row before its batched matmul, which at
+    16 x 128 rows took 475 ms against 168 ms native for a 4096 x 1024 weight at 90% (one thread,
+    loaded machine), and 8.2 against 2.2 ms at 128 rows; at 75% (where the torch op runs one dense
+    GEMM from 128 rows on) 436 against 371 ms at 2048 rows."""
+    if not _native_module(ih) or x.dim() < 1 or x.shape[-1] != ih.in_features:
+        return None
+    p = ih._parameters
+    tensors = [t for t in (p["values"], p.get("bias")) if t is not None]
+    if not native.native_eligible(x, *tensors):
+        return None
+    rows = x.numel() // max(1, ih.in_features)
+    bh, bw = ih.block
+    density = p["values"].numel() / max(1, -(-ih.out_features // bh) * bh * -(-ih.in_features // bw) * bw)
+    if rows >= DENSE_BATCH and density >= NATIVE_MAX_DENSITY:
+        return None  # the torch op's dense GEMM (threaded) wins here
+    y = native.block_linear(x.reshape(-1, ih.in_features), *_native_index(ih), p.get("bias"), ih.in_features,
+                            ih.out_features, index_checked=True)
+    return y.reshape(*x.shape[:-1], ih.out_features)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -103,20 +179,44 @@ class _SparseRNN(nn.Module):
         return ref.new_zeros(self.num_layers * self.num_directions, B, self.hidden_size)
 
     def forward(self, input: torch.Tensor, hx=None):
-        """Same inputs and outputs as ``nn.LSTM`` / ``nn.GRU`` (``proj_size=0``)."""
+        """Same inputs and outputs as ``nn.LSTM`` / ``nn.GRU`` (``proj_size=0``).
+
+        At inference on CPU (nothing needs a gradient, fp32/fp64, a C compiler available and
+        ``COMPRESSOR_NATIVE`` not 0) every layer and direction whose recurrent weight is a
+        :class:`BlockSparseLinear` runs its whole time loop in one native call
+        (:func:`compressor.kernels.native.rnn_layer`); otherwise, and always for training, the
+        torch path below runs one step at a time (the reference: both give the same outputs up to
+        float rounding). A ``PackedSequence``, an empty sequence or a state of the wrong shape is a
+        ValueError (``nn.LSTM`` accepts packed sequences; pad them with
+        ``torch.nn.utils.rnn.pad_packed_sequence`` first).
+        """
+        if isinstance(input, PackedSequence):
+            raise ValueError(f"{type(self).__name__} does not take a PackedSequence: pad it first "
+                             "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
+        if not isinstance(input, torch.Tensor):
+            raise ValueError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
             raise ValueError(f"input must be (T, B, {self.input_size}), (B, T, {self.input_size}) or "
                              f"(T, {self.input_size}), got shape {tuple(input.shape)}")
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)  # (T, B, in)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"input has an empty {'sequence' if x.shape[0] == 0 else 'batch'} dimension "
+                             f"(shape {tuple(input.shape)}, batch_first={self.batch_first}); "
+                             "nn.LSTM / nn.GRU need at least one step and one example too")
+        self._check_hx(hx, x.shape[1], unbatched)
         state = self._init_state(hx, x, unbatched)
         finals: list = []
         for layer in range(self.num_layers):
             outs = []
             for d in range(self.num_directions):
                 sfx = f"l{layer}" + ("_reverse" if d else "")
-                xproj = self.proj["ih_" + sfx](x)  # (T, B, G*H): whole sequence at once
-                out, last = self._run_direction(xproj, self.proj["hh_" + sfx], self._layer_state(state, layer * self.num_directions + d), reverse=bool(d))
+                ih = self.proj["ih_" + sfx]
+                xproj = _native_input_projection(ih, x)  # (T, B, G*H): whole sequence at once
+                xproj = ih(x) if xproj is None else xproj
+                hh, layer_state = self.proj["hh_" + sfx], self._layer_state(state, layer * self.num_directions + d)
+                done = self._native_direction(xproj, hh, layer_state, bool(d))
+                out, last = done if done is not None else self._run_direction(xproj, hh, layer_state, reverse=bool(d))
                 outs.append(out)
                 finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
@@ -124,6 +224,42 @@ class _SparseRNN(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         out = x.squeeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
         return out, self._pack_final(finals, unbatched)
+
+    def _check_hx(self, hx, B: int, unbatched: bool) -> None:
+        """A given ``hx`` must be ``(num_layers * num_directions, B, hidden)`` tensors (without the
+        batch dimension for unbatched input; a pair for LSTM): the native kernel trusts sizes, and a
+        wrong batch (say a ``batch_first`` mismatch) must not broadcast into a wrong result."""
+        if hx is None:
+            return
+        lstm = self._gates == 4
+        parts = tuple(hx) if lstm and isinstance(hx, (tuple, list)) else (hx,)
+        L = self.num_layers * self.num_directions
+        want = (L, self.hidden_size) if unbatched else (L, B, self.hidden_size)
+        if (lstm and len(parts) != 2) or any(not isinstance(t, torch.Tensor) or t.shape != want for t in parts):
+            got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in parts]
+            raise ValueError(f"hx must be {'a pair (h, c) of ' if lstm else 'a '}{want} tensor{'s' if lstm else ''} "
+                             f"for input of this shape (batch_first={self.batch_first}), got {got}")
+
+    def _native_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
+        """``(out, last_state)`` of one layer and direction from the native kernel, or None where
+        it cannot run (see :meth:`forward`): ``hh`` not a plain :class:`BlockSparseLinear`, its
+        backend ``triton`` (asked for explicitly), hooks on it (the kernel does not call the module),
+        autograd, a device or dtype the kernel lacks, tracing, or no compiled library.
+
+        Backends ``auto`` and ``torch`` both take the kernel on CPU: ``backend`` chooses between the
+        torch ops and the Triton (GPU) kernels, and the ``swap_kernels`` pass records ``torch`` on
+        a machine without CUDA, so requiring ``auto`` would leave every swapped model stepping from
+        Python. ``COMPRESSOR_NATIVE=0`` is the switch for the per-step torch ops."""
+        if not _native_module(hh):
+            return None
+        h0, c0 = (state if isinstance(state, tuple) else (state, None))
+        p = hh._parameters
+        values, bias = p["values"], p.get("bias")
+        tensors = [t for t in (values, bias, h0, c0) if t is not None]
+        if not native.native_eligible(xproj, *tensors):
+            return None
+        out, h, c = native.rnn_layer(xproj, *_native_index(hh), bias, h0, c0, reverse, index_checked=True)
+        return out, ((h, c) if c0 is not None else h)
 
     def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
         T = xproj.shape[0]
@@ -142,6 +278,8 @@ class _SparseRNN(nn.Module):
 
         ``state`` is what ``forward`` returns as its second output (``(h, c)`` for LSTM, ``h`` for
         GRU, each ``(num_layers, B, hidden)``), or None for zeros. Unidirectional models only.
+        Where :meth:`forward` would, each layer's recurrent product and gates run as one native call
+        (a one-step sequence): the torch cell is half a dozen op dispatches per layer.
         """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional model (bidirectional=False)")
@@ -152,7 +290,11 @@ class _SparseRNN(nn.Module):
         x = x_t
         for layer in range(self.num_layers):
             sfx = f"l{layer}"
-            s = self._cell(self.proj["ih_" + sfx](x), self.proj["hh_" + sfx], self._layer_state(state, layer))
+            ih, hh, layer_state = self.proj["ih_" + sfx], self.proj["hh_" + sfx], self._layer_state(state, layer)
+            xproj = _native_input_projection(ih, x)
+            xproj = ih(x) if xproj is None else xproj
+            done = self._native_direction(xproj.unsqueeze(0), hh, layer_state, False)  # a one-step sequence
+            s = done[1] if done is not None else self._cell(xproj, hh, layer_state)
             finals.append(s)
             x = self._hidden(s)
         return x, self._pack_final(finals, False)

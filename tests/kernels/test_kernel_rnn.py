@@ -121,3 +121,192 @@ def test_errors(block_mask):
         bi.step(torch.randn(1, IN))
     with pytest.raises(ValueError, match="input must be"):
         bi(torch.randn(2, 3, IN + 1))
+
+
+# -- the native full-sequence kernel (kernels/native.py rnn_layer) ---------------------------------
+
+def _torch_path(monkeypatch):
+    """Rebuild the native state with COMPRESSOR_NATIVE=0: library() is None, the torch path runs."""
+    from compressor.kernels import native
+
+    monkeypatch.setenv("COMPRESSOR_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None and "COMPRESSOR_NATIVE=0" in native.unavailable_reason()
+
+
+def _count_native(monkeypatch):
+    from compressor.kernels import native
+
+    calls = []
+    real = native.rnn_layer
+    monkeypatch.setattr(native, "rnn_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("layout", ["balanced", "bsr"])
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 7), (1, 7)])
+@pytest.mark.parametrize("bidir", [False, True])
+def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, bidir, block_mask, monkeypatch):
+    from compressor.kernels import native
+
+    assert native.library() is not None, native.unavailable_reason()  # CI machines have a C compiler
+    base, sparse_cls, _ = CLASSES[kind]
+    torch.manual_seed(B * 10 + T)
+    rnn = base(IN, H, num_layers=2, bidirectional=bidir, batch_first=True)
+    masks = _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.4, balanced=layout == "balanced",
+                                                     seed=len(n) + 3 * ("reverse" in n)))
+    ref = _masked_copy(rnn, masks).float()
+    mod = sparse_cls.from_dense(rnn, masks, block=(8, 8), layout=layout)
+    assert {m.layout for m in mod.proj.values()} == {layout}
+    D = 2 if bidir else 1
+    x = torch.randn(B, T, IN)
+    h0 = torch.randn(2 * D, B, H)
+    hx = (h0, torch.randn_like(h0)) if kind == "lstm" else h0
+    calls = _count_native(monkeypatch)
+    real_linear, linear_calls = native.block_linear, []
+    monkeypatch.setattr(native, "block_linear", lambda *a, **k: linear_calls.append(1) or real_linear(*a, **k))
+    results = {}
+    with torch.no_grad():
+        for threads in (1, 2):  # one thread, and the block rows split over two
+            monkeypatch.setattr(native, "RNN_THREADS", threads)
+            results[threads] = [mod(x), mod(x, hx)]
+    assert len(calls) == len(linear_calls) == 2 * 2 * 2 * D  # every layer and direction of every call ran natively
+    want = [ref(x), ref(x, hx)]
+    _torch_path(monkeypatch)
+    with torch.no_grad():
+        torch_path = [mod(x), mod(x, hx)]
+    assert len(calls) == 2 * 2 * 2 * D  # no more native calls
+
+    def flat(res):
+        out, state = res
+        return [out, *(state if kind == "lstm" else (state,))]
+
+    for got_sets in (results[1], results[2], torch_path):
+        for got, w in zip(got_sets, want):
+            for g, e in zip(flat(got), flat(w)):
+                assert_close(g, e, atol=2e-6, rtol=1e-5)
+    for native_res, torch_res in zip(results[1], torch_path):
+        for g, e in zip(flat(native_res), flat(torch_res)):
+            assert_close(g, e, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_not_used_for_training_or_hooks(kind, block_mask, monkeypatch):
+    base, sparse_cls, _ = CLASSES[kind]
+    rnn = base(IN, H)
+    mod = sparse_cls.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    calls = _count_native(monkeypatch)
+    x = torch.randn(4, 2, IN)
+    mod(x)[0].sum().backward()  # autograd: the torch path
+    assert len(calls) == 0 and mod.proj["hh_l0"].values.grad is not None
+    seen = []
+    mod.proj["hh_l0"].register_forward_hook(lambda m, i, o: seen.append(1))
+    with torch.no_grad():
+        mod(x)  # a hook on the recurrent module: the torch path calls it every step
+    assert len(calls) == 0 and len(seen) == 4
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bad_inputs_raise(kind, block_mask):
+    base, sparse_cls, _ = CLASSES[kind]
+    rnn = base(IN, H, num_layers=2, batch_first=True)
+    mod = sparse_cls.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    h0 = torch.zeros(2, 3, H)
+    hx = (h0, h0) if kind == "lstm" else h0
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="empty sequence"):
+            mod(torch.randn(3, 0, IN))
+        with pytest.raises(ValueError, match="empty sequence"):
+            mod(torch.randn(0, IN))  # unbatched, no steps
+        with pytest.raises(ValueError, match="empty batch"):
+            mod(torch.randn(0, 5, IN))
+        with pytest.raises(ValueError, match="input must be"):
+            mod(torch.randn(1, 3, 5, IN))  # rank 4
+        # batch_first mismatch: (T=5, B=3) given to a batch_first model with a batch-3 state
+        with pytest.raises(ValueError, match="hx must be"):
+            mod(torch.randn(5, 3, IN), hx)
+        mod(torch.randn(3, 5, IN), hx)  # the right layout runs
+        with pytest.raises(ValueError, match="hx must be"):
+            mod(torch.randn(5, IN), hx)  # unbatched input with a batched state
+        if kind == "lstm":
+            with pytest.raises(ValueError, match="pair"):
+                mod(torch.randn(3, 5, IN), torch.zeros(2, 2, 3, H))  # a tensor, not (h, c)
+        packed = nn.utils.rnn.pack_padded_sequence(torch.randn(3, 5, IN), [5, 4, 2], batch_first=True)
+        with pytest.raises(ValueError, match="PackedSequence"):
+            mod(packed)
+
+
+def test_native_rnn_layer_checks_sizes():
+    from compressor.kernels import native
+
+    assert native.library() is not None, native.unavailable_reason()
+    T, B, Hd, bw = 4, 2, 16, 8
+    values = torch.randn(8 * 2, bw, 8)  # 8 block rows (4*16 / 8) x 2 kept blocks
+    crow = torch.arange(9) * 2
+    cols = torch.zeros(16, dtype=torch.int64)
+    xp, h0 = torch.randn(T, B, 4 * Hd), torch.zeros(B, Hd)
+    out, h, c = native.rnn_layer(xp, values, crow, cols, None, h0, h0, reverse=False)
+    assert out.shape == (T, B, Hd) and torch.equal(out[-1], h)
+    with pytest.raises(ValueError, match="not a BSR index"):
+        native.rnn_layer(xp, values, crow, cols + 2, None, h0, h0, reverse=False)  # block column 2 of 2
+    with pytest.raises(ValueError, match="do not fit"):
+        native.rnn_layer(xp, values, crow, cols, None, torch.zeros(B + 1, Hd), h0, reverse=False)
+    with pytest.raises(TypeError, match="fp32 or fp64"):
+        native.rnn_layer(xp.double(), values, crow, cols, None, h0, h0, reverse=False)
+
+
+def test_native_runs_for_the_torch_backend_that_swapped_models_record(block_mask, monkeypatch):
+    rnn = nn.GRU(IN, H)
+    mod = SparseGRU.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    for m in mod.proj.values():
+        m.backend = "torch"  # what swap_kernels sets on a machine without CUDA
+    calls = _count_native(monkeypatch)
+    x = torch.randn(3, 2, IN)
+    with torch.no_grad():
+        got = mod(x)[0]
+    assert len(calls) == 1
+    assert_close(got, _masked_copy(rnn, {n: m.mask() for n, m in
+                                         (("weight_" + k, v) for k, v in mod.proj.items())}).float()(x)[0],
+                 atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_step_equals_the_torch_cell(kind, block_mask, monkeypatch):
+    base, sparse_cls, _ = CLASSES[kind]
+    rnn = base(IN, H, num_layers=2)
+    mod = sparse_cls.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    x = torch.randn(3, IN)
+    h0 = torch.randn(2, 3, H)
+    state = (h0, torch.randn_like(h0)) if kind == "lstm" else h0
+    calls = _count_native(monkeypatch)
+    from compressor.kernels import native
+
+    real_linear, linear_calls = native.block_linear, []
+    monkeypatch.setattr(native, "block_linear", lambda *a, **k: linear_calls.append(1) or real_linear(*a, **k))
+    with torch.no_grad():
+        native_y, native_state = mod.step(x, state)
+        assert len(calls) == 2 and len(linear_calls) == 2  # per layer: the input projection, the recurrence
+        _torch_path(monkeypatch)
+        torch_y, torch_state = mod.step(x, state)
+    assert len(calls) == 2
+    assert_close(native_y, torch_y, atol=2e-6, rtol=1e-5)
+    for a, b in zip(native_state if kind == "lstm" else (native_state,), torch_state if kind == "lstm" else (torch_state,)):
+        assert_close(a, b, atol=2e-6, rtol=1e-5)
+
+
+def test_native_index_cache_follows_the_pattern_and_dense_inputs_keep_the_gemm(block_mask, monkeypatch):
+    from compressor.kernels import native
+    from compressor.kernels.rnn import _native_index, _native_input_projection
+
+    lin = nn.Linear(IN, 32)
+    mod = BlockSparseLinear.from_dense(lin, block_mask(32, IN, 8, keep=0.5), block=8)
+    _, crow, cols = _native_index(mod)
+    assert torch.equal(cols, mod.col_idx.reshape(-1)) and _native_index(mod)[2] is cols  # cached
+    with torch.no_grad():
+        mod.col_idx.copy_(mod.col_idx.flip(1))  # written in place: rebuilt
+    assert torch.equal(_native_index(mod)[2], mod.col_idx.reshape(-1))
+    x = torch.randn(200, IN)
+    with torch.no_grad():  # half the blocks stored, 200 rows: the torch op's dense GEMM
+        assert _native_input_projection(mod, x) is None
+        assert_close(_native_input_projection(mod, x[:5]), mod(x[:5]), atol=2e-6, rtol=1e-5)
