@@ -34,13 +34,14 @@ can see), are handled as documented in the report notes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ..calibration import module_inputs
+from compressor.calibration import call_model, module_inputs
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
@@ -152,7 +153,8 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
 
 
 def _calibration_batches(state, config):
-    """Calibration inputs, batch after batch; a task that runs out of data (StopIteration) ends them."""
+    """Calibration inputs, batch after batch (positional: a tuple; keyword: a mapping); a task that runs
+    out of data (StopIteration) ends them."""
     task = state.task(config.calibration)
     step = 0
     while True:
@@ -160,7 +162,8 @@ def _calibration_batches(state, config):
             batch = task.batch(1_000_000 + step)
         except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
             return
-        yield tuple(task.inputs(batch))
+        inputs = task.inputs(batch)
+        yield inputs if isinstance(inputs, Mapping) else tuple(inputs)  # keyword inputs stay a mapping
         step += 1
 
 
@@ -301,5 +304,5 @@ def _reestimate_norm_stats(state, config) -> None:
     state.model.train()
     batches = _calibration_batches(state, config)
     for _ in range(8):
-        state.model(*next(batches))
+        call_model(state.model, next(batches))
     state.model.train(was)
