@@ -35,6 +35,7 @@ can see), are handled as documented in the report notes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -128,6 +129,25 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
     """
     x = x.double()
     gram = x.T @ x  # (in, in)
+    # batched factorisations of small systems: with 1 thread 20x faster than with 2 on 1536 systems of
+    # 192 x 192, 1.7x on 96 of 768 x 768 (MKL, torch 2.13.0, 2-core machine)
+    with _one_thread():
+        return _solve_rows(gram, w_ref, mask, damping, x.shape[0])
+
+
+@contextmanager
+def _one_thread():
+    """Run the block with one torch thread, restoring the count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solve_rows(gram, w_ref, mask, damping, n_rows) -> torch.Tensor:
+    """The per-row solves of :func:`reconstruct_lstsq` (``gram`` is damped in place)."""
     gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
     rhs_full = (gram @ w_ref.double().T).T  # (out, in): G w_j for every row
     out = torch.zeros_like(w_ref, dtype=torch.float64)
@@ -146,7 +166,7 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
             if bool((info != 0).any()):
                 raise ValueError(
                     f"nm_convert: the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
-                    f"({x.shape[0]} calibration rows for {x.shape[1]} inputs, damping={damping}); "
+                    f"({n_rows} calibration rows for {gram.shape[0]} inputs, damping={damping}); "
                     "set damping > 0 or record more calibration rows")
             out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     return out.to(w_ref.dtype)
