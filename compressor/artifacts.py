@@ -358,8 +358,9 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     structural = tuple(r["module"] + "." for r in meta.get("replacements", []) if r.get("structural"))
     tied = meta.get("tied", {})
     stored = sum(math.prod(s) for s in shapes.values())
-    # what the state loads into: each parameter and persistent buffer object once (tied weights are one
-    # object; non-persistent buffers such as position ids are never stored)
+    # what the file must hold: each parameter and persistent buffer object once (tied weights are one object);
+    # non-persistent buffers (a Hugging Face BertModel's position_ids, token_type_ids) are never saved, and
+    # counting them refused every such artifact as "damaged"
     unique = {id(t): t for t in skeleton.state_dict(keep_vars=True).values()}
     wanted = sum(t.numel() for t in unique.values())
     for name, tensor in skeleton.state_dict().items():

@@ -11,14 +11,22 @@ Memory stays bounded: inputs are collected for one module at a time and capped a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
 from .errors import CompressorError
 
-__all__ = ["module_inputs", "rnn_layer_inputs"]
+__all__ = ["module_inputs", "rnn_layer_inputs", "call_model"]
+
+
+def call_model(model: nn.Module, inputs):
+    """``model(**inputs)`` for a mapping of keyword inputs (a Hugging Face model's ``input_ids`` and
+    ``attention_mask``), else ``model(*inputs)``: what a task's ``inputs(batch)`` returns."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*inputs)
 
 
 @torch.no_grad()
@@ -63,8 +71,10 @@ _EMPTY_BATCHES = 8
 
 
 @torch.no_grad()
-def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int) -> dict[str, torch.Tensor]:
+def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: int) -> dict[str, torch.Tensor]:
     """Run ``model`` on calibration batches and collect the inputs of every weight of one module.
+
+    A batch is the model's positional inputs (a tuple) or its keyword inputs (a mapping).
 
     Returns ``{parameter name: (N, in_features)}`` with at most ``rows`` rows each.
     """
@@ -79,7 +89,7 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], 
             captured.clear()
             before = count
             try:
-                model(*inputs)
+                call_model(model, inputs)
             except Exception as exc:
                 raise CompressorError(
                     f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"

@@ -143,7 +143,8 @@ def _from_hf_dir(path: Path) -> ModelSpec:
     model.eval()
     seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
     example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
-    source = {"kind": "hf", "config": config.to_dict()}
+    # the directory is a record (the text task finds the tokenizer there); artifacts rebuild from the config alone
+    source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve())}
     return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs
 from .kernels import flatten_outputs
 from .swaps import dense_weight, densify, replay
+from .tasks import TaskConfig
 from .targeting import explain_selection, resolve_targets
 
 __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "output_error"]
@@ -328,6 +329,11 @@ class Pipeline:
             state.reference = copy.deepcopy(model).eval()
         if teacher is not None:
             state.teacher = copy.deepcopy(teacher).eval()  # the task freezes it; the caller's stays as it was
+        # a text task checks its tokenizer against the model's embedding before any pass changes a layer
+        for entry in self.recipe.passes:
+            for value in (getattr(entry.config, f.name) for f in fields(entry.config)):
+                if isinstance(value, TaskConfig) and value.name == "text":
+                    state.task(value)
 
         metrics: dict[str, dict[str, float]] = {}
         reference = None

@@ -36,6 +36,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from compressor.calibration import call_model
+
 from ..timing import time_interleaved
 from ..config import check_block, check_range
 from ..errors import RecipeError
@@ -151,7 +153,7 @@ def keep_frequency(model: nn.Module, mods: dict[str, GatedBlockLinear], task, ba
     model.eval()
     try:
         for i in range(batches):
-            model(*task.inputs(task.batch(20_000_000 + i)))
+            call_model(model, task.inputs(task.batch(20_000_000 + i)))  # positional, or keyword (text task)
     finally:
         for h in handles:
             h.remove()

@@ -34,13 +34,15 @@ can see), are handled as documented in the report notes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ..calibration import module_inputs
+from compressor.calibration import call_model, module_inputs
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
@@ -127,6 +129,25 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
     """
     x = x.double()
     gram = x.T @ x  # (in, in)
+    # batched factorisations of small systems: with 1 thread 20x faster than with 2 on 1536 systems of
+    # 192 x 192, 1.7x on 96 of 768 x 768 (MKL, torch 2.13.0, 2-core machine)
+    with _one_thread():
+        return _solve_rows(gram, w_ref, mask, damping, x.shape[0])
+
+
+@contextmanager
+def _one_thread():
+    """Run the block with one torch thread, restoring the count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solve_rows(gram, w_ref, mask, damping, n_rows) -> torch.Tensor:
+    """The per-row solves of :func:`reconstruct_lstsq` (``gram`` is damped in place)."""
     gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
     rhs_full = (gram @ w_ref.double().T).T  # (out, in): G w_j for every row
     out = torch.zeros_like(w_ref, dtype=torch.float64)
@@ -145,14 +166,15 @@ def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
             if bool((info != 0).any()):
                 raise ValueError(
                     f"nm_convert: the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
-                    f"({x.shape[0]} calibration rows for {x.shape[1]} inputs, damping={damping}); "
+                    f"({n_rows} calibration rows for {gram.shape[0]} inputs, damping={damping}); "
                     "set damping > 0 or record more calibration rows")
             out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     return out.to(w_ref.dtype)
 
 
 def _calibration_batches(state, config):
-    """Calibration inputs, batch after batch; a task that runs out of data (StopIteration) ends them."""
+    """Calibration inputs, batch after batch (positional: a tuple; keyword: a mapping); a task that runs
+    out of data (StopIteration) ends them."""
     task = state.task(config.calibration)
     step = 0
     while True:
@@ -160,7 +182,8 @@ def _calibration_batches(state, config):
             batch = task.batch(1_000_000 + step)
         except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
             return
-        yield tuple(task.inputs(batch))
+        inputs = task.inputs(batch)
+        yield inputs if isinstance(inputs, Mapping) else tuple(inputs)  # keyword inputs stay a mapping
         step += 1
 
 
@@ -302,5 +325,5 @@ def _reestimate_norm_stats(state, config) -> None:
     state.model.train()
     batches = _calibration_batches(state, config)
     for _ in range(8):
-        state.model(*next(batches))
+        call_model(state.model, next(batches))
     state.model.train(was)

@@ -140,3 +140,79 @@ def test_a_broken_model_directory_is_one_line(tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path / "bert") in err
     assert not (tmp_path / "art").exists()
+
+
+def _tiny_bert_with_tokenizer(path, vocab_size=None):
+    """A 2-layer BertModel directory with a character WordPiece tokenizer of 90 tokens."""
+    import string
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + \
+        ["##" + c for c in string.ascii_lowercase] + list(".,;:!?()[]{}<>=+-*/\"'_#0123456789")
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    assert len(tokenizer) == len(words)
+    config = transformers.BertConfig(vocab_size=vocab_size or len(words), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
+    """The text task tokenizes with the directory's own tokenizer; nm_convert's calibration calls the
+    model with input_ids and attention_mask as keywords; the evaluation is the embedding cosine."""
+    from compressor.tasks import TaskConfig, build_task
+
+    spec = compressor.load_model(str(_tiny_bert_with_tokenizer(tmp_path / "bert")))
+    assert spec.source["directory"] == str((tmp_path / "bert").resolve())
+    task = build_task(TaskConfig(name="text", seq_len=16, batch_size=4, eval_sentences=8), spec, spec.model)
+    ids, mask = task.batch(0)
+    assert ids.shape == mask.shape == (4, 16) and bool(mask.all())
+    assert ids[:, 0].eq(2).all() and ids[:, -1].eq(3).all()  # [CLS] ... [SEP]
+    assert set(task.inputs((ids, mask))) == {"input_ids", "attention_mask"}
+    assert len(task.eval_text) == 8
+    seen = []
+    handle = spec.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(sorted(kwargs)), with_kwargs=True)
+    step = {"pass": "nm_convert", "n": 2, "m": 4, "reconstruct": "lstsq", "rows": 64, "ignore": ["pooler"],
+            "calibration": {"name": "text", "seq_len": 16, "batch_size": 4}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(
+        spec, console=Console(file=io.StringIO()))
+    handle.remove()
+    assert ["attention_mask", "input_ids"] in seen
+    layer = result.report.passes[0]["metrics"]["encoder.layer.0.intermediate.dense.weight"]
+    assert layer["reconstruction_error_after"] <= layer["reconstruction_error_before"]
+    dense = compressor.load_model(str(tmp_path / "bert")).model
+    metrics = build_task(TaskConfig(name="text", seq_len=16, eval_sentences=8), spec, dense).evaluate(result.model)
+    assert set(metrics) == {"embedding_cosine_mean", "embedding_cosine_min"}
+    assert -1.0 <= metrics["embedding_cosine_min"] <= metrics["embedding_cosine_mean"] <= 1.0
+    same = build_task(TaskConfig(name="text", seq_len=16, eval_sentences=8), spec, dense).evaluate(dense)
+    assert same["embedding_cosine_min"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["embedding_cosine_min"] < same["embedding_cosine_min"] - 1e-6  # the pruned model differs
+
+
+def test_text_task_refuses_a_tokenizer_the_embedding_cannot_hold_before_any_layer_changes(tmp_path):
+    spec = compressor.load_model(str(_tiny_bert_with_tokenizer(tmp_path / "bert", vocab_size=50)))
+    before = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    recipe = parse_recipe({"version": 1, "passes": [
+        {"pass": "nm_prune", "ignore": ["pooler"]},
+        {"pass": "nm_convert", "reconstruct": "lstsq", "ignore": ["pooler"], "calibration": {"name": "text", "seq_len": 16}}]})
+    with pytest.raises(compressor.CompressorError) as info:
+        compressor.Pipeline(recipe).run(spec, console=Console(file=io.StringIO()))
+    message = str(info.value)
+    assert "\n" not in message and "90 tokens" in message and "50 rows" in message
+    assert all(torch.equal(v, before[k]) for k, v in spec.model.state_dict().items())
+
+
+def test_text_task_without_a_tokenizer_says_so_in_one_line(tmp_path):
+    from compressor.tasks import TaskConfig, build_task
+
+    _tiny_bert_with_tokenizer(tmp_path / "bert")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (tmp_path / "bert" / name).unlink(missing_ok=True)
+    spec = compressor.load_model(str(tmp_path / "bert"))
+    with pytest.raises(compressor.CompressorError, match="no usable tokenizer") as info:
+        build_task(TaskConfig(name="text", seq_len=16), spec, spec.model)
+    assert "\n" not in str(info.value)
+    builtin = compressor.load_model("lstm-lm")
+    with pytest.raises(compressor.CompressorError, match="needs a tokenizer"):
+        build_task(TaskConfig(name="text", seq_len=16), builtin, builtin.model)

@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT)"),
     "storage": ("compressor.bench.storage", "artifact bytes and load time: packed model.safetensors vs the dense checkpoint"),
     "oneshot": ("compressor.bench.oneshot", "one-shot pruning on the LM: magnitude, wanda, nm_convert, sparsegpt"),
+    "hf": ("compressor.bench.hf", "N:M on the pretrained all-MiniLM-L6-v2 encoder: embedding cosine to dense, time"),
     "quality": ("compressor.bench.quality", "perplexity of dense vs block-sparse fine-tuning on the LM (Narang et al.)"),
 }
 

@@ -1,0 +1,34 @@
+"""Smoke test of ``compress bench hf`` on a tiny BERT directory with its own tokenizer (the benchmark's
+default model is the pretrained MiniLM; the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from compressor.bench import hf as bench  # noqa: E402
+from test_hf import _tiny_bert_with_tokenizer  # noqa: E402
+
+
+def test_bench_hf_small(tmp_path, capsys):
+    directory = _tiny_bert_with_tokenizer(tmp_path / "bert")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "hf.json"
+    args = parser.parse_args(["--model-dir", str(directory), "--cases", "2:4,T4:8-lstsq", "--sequences", "8",
+                              "--seq-len", "16", "--eval-sentences", "8", "--eval-corpus", "pydoc", "--json", str(out)])
+    assert bench.run(args) == 0
+    report = json.loads(out.read_text())
+    assert report["held_out_sentences"] == 8
+    results = {r["case"]: r for r in report["results"]}
+    assert set(results) == {"2:4", "T4:8-lstsq"}
+    assert results["2:4"]["layer_error_after"] is None  # magnitude only: no calibration
+    assert results["T4:8-lstsq"]["step"]["rows"] == 8 * 16
+    for r in results.values():
+        assert r["layers"] == 12  # 2 layers x 6 linear layers, the pooler left dense
+        assert -1.0 <= r["embedding_cosine_min"] <= r["embedding_cosine_mean"] <= 1.0
+    assert "embedding cosine to dense" in capsys.readouterr().out
