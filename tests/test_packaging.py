@@ -31,7 +31,8 @@ def test_bare_kernels_is_hugging_face_and_compressor_kernels_still_imports(first
 import importlib, json, os, sys
 assert os.path.realpath(sys.path[0] or ".") == os.getcwd()
 importlib.import_module({first!r}); importlib.import_module({second!r})
-import kernels, compressor.kernels
+kernels = importlib.import_module("kernels")  # the bare name on purpose: it must be Hugging Face's package
+import compressor.kernels
 from transformers.integrations import hub_kernels  # does 'from kernels import ...' when kernels is installed
 print(json.dumps({{"kernels": kernels.__file__, "compressor.kernels": compressor.kernels.__file__,
                   "BlockSparseLinear": hasattr(compressor.kernels, "BlockSparseLinear")}}))
@@ -50,7 +51,7 @@ def test_bare_kernels_without_another_package_says_to_import_compressor_kernels(
 import sys
 sys.path[:] = [p for p in sys.path if "-packages" not in p] + ["tests"]
 try:
-    import kernels
+    kernels = __import__("kernels")  # the bare name on purpose (see above)
 except ModuleNotFoundError as e:
     print(e.name, "|", e)
 else:
