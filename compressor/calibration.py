@@ -70,17 +70,33 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 _EMPTY_BATCHES = 8
 
 
+class _Reached(Exception):
+    """Stops a calibration forward once the recorded module has seen its input."""
+
+
 @torch.no_grad()
-def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: int) -> dict[str, torch.Tensor]:
+def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: int, layers: int | None = None,
+                  stop_at_recurrent: bool = False) -> dict[str, torch.Tensor]:
     """Run ``model`` on calibration batches and collect the inputs of every weight of one module.
 
     A batch is the model's positional inputs (a tuple) or its keyword inputs (a mapping).
+    An ``nn.Linear`` records every call's input. A recurrent module's per-layer inputs (``W_ih``: x_t
+    or the previous layer's outputs, ``W_hh``: h_{t-1}) are recomputed from its input sequence
+    (:func:`rnn_layer_inputs`, the first ``layers`` layers); with ``stop_at_recurrent`` the forward
+    stops at its first call, so the rest of the model is not run (the one-shot passes).
 
     Returns ``{parameter name: (N, in_features)}`` with at most ``rows`` rows each.
     """
     module = model.get_submodule(module_path)
+    recurrent = isinstance(module, nn.RNNBase)
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda mod, args, output: captured.append(args[0].detach()))
+
+    def hook(mod, args):
+        captured.append(args[0].detach())
+        if recurrent and stop_at_recurrent:
+            raise _Reached
+
+    handle = module.register_forward_pre_hook(hook)
     collected: dict[str, list[torch.Tensor]] = {}
     count = 0
     empty_in_a_row = 0
@@ -90,12 +106,14 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: i
             before = count
             try:
                 call_model(model, inputs)
+            except _Reached:
+                pass
             except Exception as exc:
                 raise CompressorError(
                     f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
                 ) from None
             for x in captured:
-                parts = rnn_layer_inputs(module, x) if isinstance(module, nn.RNNBase) else {"weight": _rows(x)}
+                parts = rnn_layer_inputs(module, x, layers) if recurrent else {"weight": _rows(x)}
                 for name, r in parts.items():
                     collected.setdefault(name, []).append(r)
                 count += next(iter(parts.values())).shape[0]

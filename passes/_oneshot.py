@@ -20,9 +20,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from ..calibration import rnn_layer_inputs
+from ..calibration import module_inputs
 from ..capture import Target
-from ..errors import CompressorError
 from ..tasks import TaskConfig
 
 __all__ = ["calibration_batches", "stages", "stage_inputs", "calibrated_stages", "record_inputs", "rows_note"]
@@ -53,65 +52,12 @@ def stages(targets: list[Target]) -> list[tuple[str, list[Target]]]:
     return [(path, group) for (path, _), group in order.items()]
 
 
-class _Reached(Exception):
-    """Stops a calibration forward once a recurrent module's input is recorded (nothing after it is needed)."""
-
-
-#: Consecutive calibration batches that add no rows before recording stops with an error.
-_EMPTY_BATCHES = 8
-
-
-@torch.no_grad()
 def record_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int,
                   layers: int | None = None) -> dict[str, torch.Tensor]:
-    """Calibration rows of every weight of one module: {parameter name: (N, in)}, at most ``rows`` each.
-
-    An ``nn.Linear`` records every call's input (as :func:`compressor.calibration.module_inputs`).
-    A recurrent module records its input sequence at its first call, stops the forward there, and
-    recomputes the per-layer inputs of its first ``layers`` layers only
-    (:func:`compressor.calibration.rnn_layer_inputs`): the later layers and the rest of the model
-    are not run.
-    """
-    module = model.get_submodule(module_path)
-    recurrent = isinstance(module, nn.RNNBase)
-    captured: list[torch.Tensor] = []
-
-    def hook(mod, args):
-        captured.append(args[0].detach())
-        if recurrent:
-            raise _Reached
-
-    handle = module.register_forward_pre_hook(hook)
-    collected: dict[str, list[torch.Tensor]] = {}
-    count = empty = 0
-    try:
-        for inputs in batches:
-            captured.clear()
-            try:
-                model(*inputs)
-            except _Reached:
-                pass
-            except Exception as exc:
-                raise CompressorError(
-                    f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                ) from None
-            before = count
-            for x in captured:
-                parts = rnn_layer_inputs(module, x, layers) if recurrent else {"weight": x.reshape(-1, x.shape[-1])}
-                for name, r in parts.items():
-                    collected.setdefault(name, []).append(r)
-                count += next(iter(parts.values())).shape[0]
-            if count >= rows:
-                break
-            empty = empty + 1 if count == before else 0
-            if empty >= _EMPTY_BATCHES:
-                raise CompressorError(f"no calibration rows reached {module_path!r} in {_EMPTY_BATCHES} batches in a row "
-                                      f"({count} of the {rows} rows wanted so far)")
-    finally:
-        handle.remove()
-    if not collected:
-        raise CompressorError(f"no calibration data reached {module_path!r}: the calibration batches never call it")
-    return {name: torch.cat(parts)[:rows] for name, parts in collected.items()}
+    """Calibration rows of every weight of one module: {parameter name: (N, in)}, at most ``rows`` each
+    (:func:`compressor.calibration.module_inputs`; a recurrent module's forward stops at its first
+    call, and only its first ``layers`` layers' inputs are recomputed)."""
+    return module_inputs(model, module_path, batches, rows, layers, stop_at_recurrent=True)
 
 
 def stage_inputs(state, module_path: str, group: list[Target], task: TaskConfig, rows: int, sequential: bool) -> dict:

@@ -275,3 +275,23 @@ def test_a_hessian_that_no_damping_rescues_is_a_clear_error():
 
     with pytest.raises(HessianError, match="not positive definite even with damping"):
         sparsegpt_prune(torch.randn(3, 4), -torch.eye(4, dtype=torch.float64))
+
+
+def test_calibration_batches_of_keyword_inputs_reach_the_layer():
+    """The text task's batches are keyword inputs (input_ids, attention_mask); the one-shot recorder
+    passed a mapping as positional arguments (its keys) before it shared nm_convert's recorder."""
+    import torch.nn as nn
+
+    class Keyworded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(10, 6)
+            self.proj = nn.Linear(6, 4)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return self.proj(self.embedding(input_ids) * attention_mask.unsqueeze(-1))
+
+    model = Keyworded()
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5)
+    got = _oneshot.record_inputs(model, "proj", iter([{"input_ids": ids, "attention_mask": mask}]), rows=100)
+    torch.testing.assert_close(got["weight"], model.embedding(ids).reshape(-1, 6).detach())
