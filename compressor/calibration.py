@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .errors import CompressorError
 
-__all__ = ["module_inputs", "rnn_layer_inputs", "call_model"]
+__all__ = ["module_inputs", "rnn_layer_inputs", "call_model", "task_batches"]
 
 
 def call_model(model: nn.Module, inputs):
@@ -27,6 +27,27 @@ def call_model(model: nn.Module, inputs):
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(*inputs)
+
+
+#: First task step of calibration batches: far from the training passes' own steps, so calibration
+#: never sees the batches a fine-tuning pass trained on.
+CALIBRATION_STEP = 1_000_000
+
+
+def task_batches(task) -> Iterator:
+    """A task's model inputs for calibration, batch after batch (the same batches on every call):
+    a tuple of positional inputs, or a mapping of keyword inputs (kept a mapping, so a Hugging Face
+    model gets ``input_ids=`` and ``attention_mask=``). A task that runs out of data (``StopIteration``)
+    ends them."""
+    step = 0
+    while True:
+        try:
+            batch = task.batch(CALIBRATION_STEP + step)
+        except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
+            return
+        inputs = task.inputs(batch)
+        yield inputs if isinstance(inputs, Mapping) else tuple(inputs)
+        step += 1
 
 
 @torch.no_grad()

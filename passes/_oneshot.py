@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from ..calibration import module_inputs
+from ..calibration import module_inputs, task_batches
 from ..capture import Target
 from ..tasks import TaskConfig
 
@@ -29,18 +29,10 @@ __all__ = ["calibration_batches", "stages", "stage_inputs", "calibrated_stages",
 _LAYER = re.compile(r"_l(\d+)(_reverse)?$")
 
 
-def calibration_batches(state, config: TaskConfig) -> Iterator[tuple]:
-    """Model inputs of the calibration task, batch after batch (the same batches on every call;
-    the steps are far from the training passes' own). A task that runs out of data ends them."""
-    task = state.task(config)
-    step = 0
-    while True:
-        try:
-            batch = task.batch(1_000_000 + step)
-        except StopIteration:
-            return
-        yield tuple(task.inputs(batch))
-        step += 1
+def calibration_batches(state, config: TaskConfig) -> Iterator:
+    """Model inputs of the calibration task, batch after batch (:func:`compressor.calibration.task_batches`:
+    positional inputs a tuple, keyword inputs a mapping)."""
+    return task_batches(state.task(config))
 
 
 def stages(targets: list[Target]) -> list[tuple[str, list[Target]]]:

@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from compressor.calibration import call_model, module_inputs
+from compressor.calibration import call_model, module_inputs, task_batches
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
@@ -173,18 +173,8 @@ def _solve_rows(gram, w_ref, mask, damping, n_rows) -> torch.Tensor:
 
 
 def _calibration_batches(state, config):
-    """Calibration inputs, batch after batch (positional: a tuple; keyword: a mapping); a task that runs
-    out of data (StopIteration) ends them."""
-    task = state.task(config.calibration)
-    step = 0
-    while True:
-        try:
-            batch = task.batch(1_000_000 + step)
-        except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
-            return
-        inputs = task.inputs(batch)
-        yield inputs if isinstance(inputs, Mapping) else tuple(inputs)  # keyword inputs stay a mapping
-        step += 1
+    """Calibration inputs of the pass's task (:func:`compressor.calibration.task_batches`)."""
+    return task_batches(state.task(config.calibration))
 
 
 @register_pass("nm_convert", NMConvertConfig, kinds=("linear", "functional", "lstm", "gru", "rnn"), needs_reference=True,

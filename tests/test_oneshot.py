@@ -295,3 +295,19 @@ def test_calibration_batches_of_keyword_inputs_reach_the_layer():
     ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5)
     got = _oneshot.record_inputs(model, "proj", iter([{"input_ids": ids, "attention_mask": mask}]), rows=100)
     torch.testing.assert_close(got["weight"], model.embedding(ids).reshape(-1, 6).detach())
+
+    class KeywordTask:  # the protocol of a user task whose inputs() are keyword inputs
+        def batch(self, step):
+            return step
+
+        def inputs(self, batch):
+            return {"input_ids": ids, "attention_mask": mask}
+
+    class State:
+        def task(self, config):
+            return KeywordTask()
+
+    # through the passes' own batch stream (it turned a mapping into a tuple of its keys)
+    batches = _oneshot.calibration_batches(State(), None)
+    got = _oneshot.record_inputs(model, "proj", batches, rows=10)
+    torch.testing.assert_close(got["weight"], model.embedding(ids).reshape(-1, 6).detach())
