@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .errors import CompressorError
 
-__all__ = ["module_inputs", "rnn_layer_inputs", "call_model", "task_batches"]
+__all__ = ["module_inputs", "rnn_layer_inputs", "call_model", "task_batches", "Stage", "SequentialRecorder"]
 
 
 def call_model(model: nn.Module, inputs):
@@ -151,3 +151,312 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: i
     if not collected:
         raise CompressorError(f"no calibration data reached {module_path!r}: the calibration batches never call it")
     return {name: torch.cat(parts)[:rows] for name, parts in collected.items()}
+
+
+def _parts(module: nn.Module, x: torch.Tensor, layers: int | None) -> dict[str, torch.Tensor]:
+    """The rows each weight of ``module`` multiplies, given the module's input ``x``."""
+    return rnn_layer_inputs(module, x, layers) if isinstance(module, nn.RNNBase) else {"weight": _rows(x)}
+
+
+def _capped(parts: list[dict[str, torch.Tensor]], rows: int) -> dict[str, torch.Tensor]:
+    """Concatenate per-call rows by parameter name, at most ``rows`` each."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for p in parts:
+        for name, r in p.items():
+            out.setdefault(name, []).append(r)
+    return {name: torch.cat(rs)[:rows] for name, rs in out.items()}
+
+
+class _Replay:
+    """Replays a batch stream: every call yields the same batches, pulling from the source only past
+    what earlier calls took (a task may run out, or give other batches when asked again)."""
+
+    def __init__(self, source: Iterator):
+        self.source, self.seen = source, []
+
+    def __call__(self) -> Iterator:
+        i = 0
+        while True:
+            if i == len(self.seen):
+                try:
+                    self.seen.append(next(self.source))
+                except StopIteration:
+                    return
+            yield self.seen[i]
+            i += 1
+
+
+class Stage:
+    """Weights that share one recording: the weights of one module, or of one layer ``k`` of a
+    stacked LSTM/GRU/RNN (``layers = k + 1``: only the first ``layers`` layers' inputs are computed)."""
+
+    __slots__ = ("module_path", "layers")
+
+    def __init__(self, module_path: str, layers: int | None = None):
+        self.module_path = module_path
+        self.layers = layers
+
+    def __repr__(self) -> str:
+        return f"Stage({self.module_path!r}, layers={self.layers})"
+
+
+def _same(a, b) -> bool:
+    """Two block arguments are the same (object, equal tensor, or equal value)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Views of the same memory (both are alive, so equal addresses are the same storage)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+def _first(output):
+    """The hidden state a block passes on: its output, or the first element of a tuple/list output."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class _Blocks:
+    """Calibration activations cached at the input of one block of a stack (a ``ModuleList`` or
+    ``nn.Sequential`` of transformer or residual blocks) and carried forward block by block.
+
+    ``inputs[b]`` holds batch b's ``(args, kwargs)`` for block ``at``; :meth:`advance` replaces the
+    first argument by the block's output (the model was checked to call its blocks that way)."""
+
+    def __init__(self, model: nn.Module, path: str, batches, rows: int):
+        self.path = path
+        self.stack = model.get_submodule(path)
+        self.at = 0
+        self.inputs: list[tuple[tuple, dict]] = []
+        first = self.stack[0]
+
+        def hook(mod, args, kwargs):
+            self.inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs)))
+            raise _Reached
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        count = missed = 0
+        try:
+            for batch in batches:
+                before = len(self.inputs)
+                try:
+                    call_model(model, batch)
+                except _Reached:
+                    pass
+                except Exception as exc:
+                    raise CompressorError(f"a calibration batch does not fit the model ({type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0][:200]})") from None
+                if len(self.inputs) == before:
+                    missed += 1
+                    if missed >= _EMPTY_BATCHES:
+                        break
+                    continue
+                missed = 0
+                x = self.inputs[-1][0][0] if self.inputs[-1][0] else None
+                count += x.numel() // max(1, x.shape[-1]) if isinstance(x, torch.Tensor) and x.dim() else 1
+                if count >= rows:
+                    break
+        finally:
+            handle.remove()
+        self.forwards = 0  # block runs so far (the recorder's cost)
+
+    def advance(self, to: int) -> None:
+        """Run the cached activations through the blocks before block ``to``."""
+        while self.at < to:
+            block = self.stack[self.at]
+            self.inputs = [((_first(block(*args, **kwargs)).detach(), *args[1:]), kwargs) for args, kwargs in self.inputs]
+            self.at += 1
+            self.forwards += 1
+
+    def record(self, block: int, modules: dict[str, nn.Module], carry: bool = False) -> dict[str, list[torch.Tensor]]:
+        """Run block ``block`` on the cached activations and return every call's input of each of
+        ``modules`` ({path: module}) in order: {path: [input, ...]}. ``carry``: keep the block's
+        outputs as the next block's inputs (the block will not change any more)."""
+        self.advance(block)
+        seen: dict[str, list[torch.Tensor]] = {p: [] for p in modules}
+        handles = [m.register_forward_pre_hook(lambda mod, args, p=p: seen[p].append(args[0].detach()))
+                   for p, m in modules.items()]
+        try:
+            stack_block = self.stack[block]
+            outputs = [_first(stack_block(*args, **kwargs)).detach() for args, kwargs in self.inputs]
+            self.forwards += 1
+        finally:
+            for h in handles:
+                h.remove()
+        if carry:
+            self.inputs = [((out, *args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, self.inputs)]
+            self.at += 1
+        return seen
+
+
+def _block_stack(model: nn.Module, stages: list[Stage]) -> tuple[str, list[int]] | None:
+    """The ``ModuleList``/``Sequential`` holding the most stages (at least two blocks' worth), with the
+    block index of every stage (-1 outside it); None when no stack holds stages of two blocks, or the
+    stages inside it are not contiguous and in block order."""
+    best: tuple[int, str] | None = None
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2 or not name:
+            continue
+        prefix = name + "."
+        blocks = {s.module_path[len(prefix):].split(".")[0] for s in stages if s.module_path.startswith(prefix)}
+        blocks = {b for b in blocks if b.isdigit()}
+        if len(blocks) >= 2 and (best is None or len(blocks) > best[0]):
+            best = (len(blocks), name)
+    if best is None:
+        return None
+    prefix = best[1] + "."
+    index = []
+    for s in stages:
+        head = s.module_path[len(prefix):].split(".")[0] if s.module_path.startswith(prefix) else ""
+        # a stage that IS a block (a Linear directly in the list) is recorded through the whole model
+        index.append(int(head) if head.isdigit() and s.module_path != prefix + head else -1)
+    inside = [i for i, b in enumerate(index) if b >= 0]
+    if not inside or inside != list(range(inside[0], inside[-1] + 1)) or \
+            any(index[i] > index[j] for i, j in zip(inside, inside[1:])):
+        return None
+    return best[1], index
+
+
+@torch.no_grad()
+def _chain_holds(model: nn.Module, path: str, batch) -> str | None:
+    """Check on one batch that the model calls the blocks of ``path`` once each, in order, every block
+    taking the previous one's output as its first argument and the same other arguments as block 0.
+    Returns None when it holds, else why not."""
+    stack = model.get_submodule(path)
+    calls: list[tuple[int, tuple, dict, object]] = []
+    handles = [blk.register_forward_hook(lambda mod, args, kwargs, out, i=i: calls.append((i, args, kwargs, out)),
+                                         with_kwargs=True) for i, blk in enumerate(stack)]
+    try:
+        call_model(model, batch)
+    except Exception as exc:
+        return f"the model failed on a calibration batch ({type(exc).__name__})"
+    finally:
+        for h in handles:
+            h.remove()
+    if [c[0] for c in calls] != list(range(len(stack))):
+        return f"its blocks are not called once each in order (calls: {[c[0] for c in calls][:12]})"
+    for (_, args0, kwargs0, _), (i, args, kwargs, _) in zip(calls, calls[1:]):
+        previous = calls[i - 1][3]
+        if not args or not _same(args[0], _first(previous)):
+            return f"block {i} does not take block {i - 1}'s output as its first argument"
+        if not _same(args[1:], calls[0][1][1:]) or not _same(kwargs, calls[0][2]):
+            return f"block {i} gets other arguments than block 0"
+    return None
+
+
+class SequentialRecorder:
+    """Calibration inputs of each stage of a model compressed stage by stage, in forward order.
+
+    ``inputs(stage)`` returns the rows every weight of the stage multiplies in ``model`` as it is now
+    (the stages before it already compressed) and, with a ``reference`` (the dense model), in the
+    reference: ``({param name: X}, {param name: X_ref} | None)``, the same rows of the same batches
+    in both. Stages must be asked for in forward order. ``batches`` (model inputs: tuples or
+    mappings) are drawn once and replayed for every recording.
+
+    Cost. Recording a stage by running the whole model costs one forward per stage, so depth x
+    layers in all. When the stages sit in the blocks of one stack (``encoder.layer.0 ... 5``; a
+    ``ModuleList`` or ``nn.Sequential``), the recorder instead caches the calibration activations at
+    the first block's input once and carries them forward block by block: each block runs on the
+    outputs of the already-compressed blocks before it, once per group of stages that share an input
+    tensor (q, k, v projections record together) and once more to move on, so the cost grows
+    linearly with depth. It first checks on one batch that the model really chains its blocks (each
+    called once, in order, on the previous one's output, with the same other arguments); when it
+    does not, or stages outside the stack come between its blocks, every stage is recorded through
+    the whole model (``notes`` says so). Stages before or after the stack always are.
+    """
+
+    def __init__(self, model: nn.Module, stages: list[Stage], batches: Iterator, rows: int,
+                 reference: nn.Module | None = None):
+        self.model, self.reference, self.rows = model, reference, rows
+        self.batches = _Replay(iter(batches))  # every recording sees the same batches
+        self.stages = list(stages)
+        self.notes: list[str] = []
+        found = _block_stack(model, self.stages)
+        self.stack, self.block_of = (found[0], found[1]) if found else (None, [-1] * len(self.stages))
+        self._chain: _Blocks | None = None
+        self._ref_chain: _Blocks | None = None
+        self._ref_rows: dict[int, dict[str, torch.Tensor]] = {}
+        self._pending: dict[int, dict[str, torch.Tensor]] = {}
+        self._next = 0
+
+    def _start_blocks(self) -> None:
+        first = next(iter(self.batches()), None)
+        why = "no calibration batch" if first is None else _chain_holds(self.model, self.stack, first)
+        if why is not None:
+            self.notes.append(f"calibration: recorded through the whole model for every layer, not block by block along "
+                              f"{self.stack!r}: {why}")
+            self.block_of = [-1] * len(self.stages)
+            return
+        self._chain = _Blocks(self.model, self.stack, self.batches(), self.rows)
+        if self.reference is not None:
+            self._ref_chain = _Blocks(self.reference, self.stack, self.batches(), self.rows)
+        self.notes.append(f"calibration: activations carried block by block through {self.stack!r} "
+                          f"({len(self.model.get_submodule(self.stack))} blocks, {len(self._chain.inputs)} batches)")
+
+    @torch.no_grad()
+    def inputs(self, stage: Stage) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The calibration rows of ``stage`` (the next stage in forward order, or a later one)."""
+        try:
+            i = next(k for k in range(self._next, len(self.stages)) if self.stages[k].module_path == stage.module_path
+                     and self.stages[k].layers == stage.layers)
+        except StopIteration:
+            raise ValueError(f"{stage} asked for out of order (or not one of the recorder's stages)") from None
+        self._next = i + 1
+        block = self.block_of[i]
+        if block >= 0 and self._chain is None and self.stack is not None:
+            self._start_blocks()
+            block = self.block_of[i]
+        if block < 0:
+            cur = module_inputs(self.model, stage.module_path, self.batches(), self.rows, stage.layers, stop_at_recurrent=True)
+            ref = None if self.reference is None else module_inputs(
+                self.reference, stage.module_path, self.batches(), self.rows, stage.layers, stop_at_recurrent=True)
+            return cur, ref
+        return self._from_block(i, block, stage)
+
+    def _from_block(self, i: int, block: int, stage: Stage):
+        path = stage.module_path
+        if i not in self._pending:
+            # run the block once for this stage and every later stage of the block: a later stage whose
+            # input is the very tensor this stage gets (q, k and v projections) was given it before this
+            # stage ran, so its rows stay valid after this stage is compressed
+            later = {k: s for k, s in enumerate(self.stages) if k >= i and self.block_of[k] == block}
+            modules = {s.module_path: self.model.get_submodule(s.module_path) for s in later.values()}
+            seen = self._chain.record(block, modules)
+            mine = seen[path]
+            if not mine:
+                raise CompressorError(f"no calibration data reached {path!r}: block {block} of {self.stack!r} never calls it")
+            self._pending = {}
+            for k, s in later.items():
+                xs = seen[s.module_path]
+                if k == i or (s.module_path != path and len(xs) == len(mine) and all(map(_same_tensor, xs, mine))):
+                    self._pending[k] = _capped([_parts(modules[s.module_path], x, s.layers) for x in xs], self.rows)
+        cur = self._pending.pop(i)
+        ref = None
+        if self._ref_chain is not None:
+            if i not in self._ref_rows:
+                mods = {s.module_path: self.reference.get_submodule(s.module_path)
+                        for k, s in enumerate(self.stages) if self.block_of[k] == block}
+                seen = self._ref_chain.record(block, mods, carry=True)
+                self._ref_rows = {k: _capped([_parts(mods[s.module_path], x, s.layers) for x in seen[s.module_path]],
+                                             self.rows)
+                                  for k, s in enumerate(self.stages) if self.block_of[k] == block}
+            ref = self._ref_rows.pop(i)
+        # the block's outputs are carried to the next block when a stage there is asked for: by then
+        # the caller has compressed this stage
+        return cur, ref
+
+    @property
+    def block_forwards(self) -> int:
+        """Block runs of the model being compressed so far (0 when recording through the whole model)."""
+        return 0 if self._chain is None else self._chain.forwards
+

@@ -7,9 +7,10 @@ arXiv 2306.11695, which follows the same procedure). The stages here are in forw
 order capture found the layers in): one stage per ``nn.Linear``, one per layer ``k`` of a stacked
 LSTM/GRU/RNN (``weight_ih_l{k}`` multiplies layer k's input sequence, x_t or layer k-1's outputs,
 and ``weight_hh_l{k}`` the previous hidden state h_{t-1}, gathered over every time step; both
-directions of a bidirectional layer together). Inputs are recorded with
-the module's input recorded at the module and the per-layer inputs recomputed
-(:func:`record_inputs`), from the model as it is now (``sequential``) or from the dense reference.
+directions of a bidirectional layer together). Inputs are recorded by
+:class:`compressor.calibration.SequentialRecorder` (block by block through a stack of transformer
+blocks, so the cost grows linearly with depth), from the model as it is now (``sequential``) or
+from the dense reference.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from ..calibration import module_inputs, task_batches
+from ..calibration import SequentialRecorder, Stage, module_inputs, task_batches
 from ..capture import Target
 from ..tasks import TaskConfig
 
-__all__ = ["calibration_batches", "stages", "stage_inputs", "calibrated_stages", "record_inputs", "rows_note"]
+__all__ = ["calibration_batches", "stages", "stage_of", "recorder", "calibrated_stages", "record_inputs", "rows_note"]
 
 _LAYER = re.compile(r"_l(\d+)(_reverse)?$")
 
@@ -44,7 +45,14 @@ def stages(targets: list[Target]) -> list[tuple[str, list[Target]]]:
     return [(path, group) for (path, _), group in order.items()]
 
 
-def record_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], rows: int,
+def stage_of(module_path: str, group: list[Target]) -> Stage:
+    """The recording stage of one module's targets (a recurrent layer k: its first k + 1 layers)."""
+    if group[0].kind in ("lstm", "gru", "rnn"):
+        return Stage(module_path, 1 + max(int(_LAYER.search(t.param_name).group(1)) for t in group))
+    return Stage(module_path)
+
+
+def record_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: int,
                   layers: int | None = None) -> dict[str, torch.Tensor]:
     """Calibration rows of every weight of one module: {parameter name: (N, in)}, at most ``rows`` each
     (:func:`compressor.calibration.module_inputs`; a recurrent module's forward stops at its first
@@ -52,29 +60,37 @@ def record_inputs(model: nn.Module, module_path: str, batches: Iterator[tuple], 
     return module_inputs(model, module_path, batches, rows, layers, stop_at_recurrent=True)
 
 
-def stage_inputs(state, module_path: str, group: list[Target], task: TaskConfig, rows: int, sequential: bool) -> dict:
-    """Calibration rows (N x in) of every target of one stage: {parameter name: X}."""
+def recorder(state, groups: list[tuple[str, list[Target]]], task: TaskConfig, rows: int, sequential: bool,
+             reference: bool = False) -> SequentialRecorder:
+    """The calibration recorder of the stages ``groups`` (:class:`compressor.calibration.SequentialRecorder`):
+    on the model as it is now (``sequential``) or on the dense reference; ``reference``: also the
+    dense reference's rows of the same batches."""
     model = state.model if sequential or state.reference is None else state.reference
-    layers = None
-    if group[0].kind in ("lstm", "gru", "rnn"):
-        layers = 1 + max(int(_LAYER.search(t.param_name).group(1)) for t in group)
-    inputs = record_inputs(model, module_path, calibration_batches(state, task), rows, layers)
-    return {t.param_name: inputs[t.param_name] for t in group if t.param_name in inputs}
+    return SequentialRecorder(model, [stage_of(p, g) for p, g in groups], calibration_batches(state, task), rows,
+                              reference=state.reference if reference and model is not state.reference else None)
 
 
-def calibrated_stages(state, config, targets: list[Target], skipped: dict[str, str]) -> Iterator[tuple[list[Target], dict]]:
+def calibrated_stages(state, config, targets: list[Target], result) -> Iterator[tuple[list[Target], dict]]:
     """(targets of one module, their calibration inputs by parameter name), module by module in
     forward order, for the one-shot passes (``config``: pattern, m, calibration, rows, sequential).
-    With the N:M pattern a layer with fewer than M inputs is left as it was, recorded in ``skipped``."""
+    With the N:M pattern a layer with fewer than M inputs is left as it was, recorded in
+    ``result.skipped``; how the inputs were recorded goes to ``result.notes``."""
+    groups = []
     for module_path, group in stages(targets):
         if config.pattern == "nm":
+            transposable = getattr(config, "transposable", False)
             for t in group:
-                if t.in_features < config.m:
-                    skipped[t.name] = f"{t.in_features} input features < m={config.m}: left as it was"
-            group = [t for t in group if t.in_features >= config.m]
-            if not group:
-                continue
-        yield group, stage_inputs(state, module_path, group, config.calibration, config.rows, config.sequential)
+                if t.in_features < config.m or (transposable and t.out_features < config.m):
+                    result.skipped[t.name] = f"shape {list(t.shape)} is narrower than m={config.m}: left as it was"
+            group = [t for t in group
+                     if t.name not in result.skipped]
+        if group:
+            groups.append((module_path, group))
+    rec = recorder(state, groups, config.calibration, config.rows, config.sequential)
+    for (module_path, group) in groups:
+        inputs, _ = rec.inputs(stage_of(module_path, group))
+        yield group, {t.param_name: inputs[t.param_name] for t in group if t.param_name in inputs}
+    result.notes.extend(rec.notes)
 
 
 def rows_note(n_rows: int, columns: int) -> str | None:

@@ -35,20 +35,21 @@ can see), are handled as documented in the report notes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from compressor.calibration import call_model, module_inputs, task_batches
+from compressor.calibration import call_model, task_batches
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
+from ..solvers.lstsq import SingularGramError, masked_lstsq
 from ..solvers.quality import kept_magnitude
 from ..solvers.registry import SOLVER_NAMES
 from ..tasks import TaskConfig
+from ._oneshot import recorder, stage_of, stages
 from .registry import PassConfig, PassResult, register_pass
 
 __all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error", "SCORES"]
@@ -62,7 +63,9 @@ class NMConvertConfig(PassConfig):
     """``rows``: calibration rows (positions) per layer; ``iterations``/``lr``/``batch``: Adam;
     ``damping``: ridge term of the least-squares solve, relative to the Gram diagonal's mean;
     ``keep_existing``: keep only weights an earlier mask also kept (sparser than N:M) instead of
-    letting the pattern bring removed weights back."""
+    letting the pattern bring removed weights back. ``sequential``: record each layer's inputs X from
+    the model whose earlier layers are already converted (and reconstruct towards the original
+    layer's output on the original model's inputs of the same rows), else from the dense model."""
 
     n: int = 2
     m: int = 4
@@ -78,6 +81,7 @@ class NMConvertConfig(PassConfig):
     damping: float = 1e-4
     bias_correction: bool = False
     keep_existing: bool = False
+    sequential: bool = True
     calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
 
     def validate(self, path: str) -> None:
@@ -97,19 +101,20 @@ class NMConvertConfig(PassConfig):
             raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid")
 
 
-def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor) -> float:
-    """||X W_ref^T - X W^T|| / ||X W_ref^T|| (Frobenius)."""
-    ref = x @ w_ref.T
+def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor, x_ref: torch.Tensor | None = None) -> float:
+    """||X_ref W_ref^T - X W^T|| / ||X_ref W_ref^T|| (Frobenius); ``x_ref`` defaults to ``x``."""
+    ref = (x if x_ref is None else x_ref) @ w_ref.T
     return float((ref - x @ w.T).norm() / ref.norm().clamp_min(1e-30))
 
 
-def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -> torch.Tensor:
-    """Adam on the kept weights, minimising the output error against ``x @ w_ref.T`` on mini-batches
-    of rows, starting from ``init * mask`` (default ``w_ref * mask``)."""
+def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None, x_ref=None) -> torch.Tensor:
+    """Adam on the kept weights, minimising the output error against ``x_ref @ w_ref.T`` (``x_ref``:
+    the original model's inputs of the same rows, default ``x``) on mini-batches of rows, starting
+    from ``init * mask`` (default ``w_ref * mask``)."""
     w = ((w_ref if init is None else init) * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    target = x @ w_ref.T  # (N, out)
+    target = (x if x_ref is None else x_ref) @ w_ref.T  # (N, out)
     for _ in range(iterations):
         idx = torch.randint(0, x.shape[0], (min(batch, x.shape[0]),), generator=gen)
         loss = (x[idx] @ (w * mask).T - target[idx]).pow(2).mean()
@@ -119,57 +124,19 @@ def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -
     return (w.detach() * mask)
 
 
-def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
-    """Exact per-row least squares on the Gram matrix G = X^T X (rows grouped by kept count).
-
-    Each row's system is a principal submatrix of the damped Gram matrix, symmetric positive
-    definite when ``damping > 0``, so it is solved by a batched Cholesky factorisation. (Batched LU,
-    ``torch.linalg.solve``, also returns wrong pivots on the MKL CPU build once the process has
-    changed its thread count, as the greedy solvers do: measured with torch 2.13.0.)
-    """
+def reconstruct_lstsq(x, w_ref, mask, damping, x_ref=None) -> torch.Tensor:
+    """Exact per-row least squares on the Gram matrix G = X^T X (:func:`compressor.solvers.lstsq.masked_lstsq`):
+    each row's kept weights minimise ``||X_ref w_ref - X w||^2 + lambda ||w_ref - w||^2`` over its
+    kept columns (``x_ref``: the original model's inputs of the same rows, default ``x``; lambda:
+    ``damping`` times the mean of diag G)."""
     x = x.double()
     gram = x.T @ x  # (in, in)
-    # batched factorisations of small systems: with 1 thread 20x faster than with 2 on 1536 systems of
-    # 192 x 192, 1.7x on 96 of 768 x 768 (MKL, torch 2.13.0, 2-core machine)
-    with _one_thread():
-        return _solve_rows(gram, w_ref, mask, damping, x.shape[0])
-
-
-@contextmanager
-def _one_thread():
-    """Run the block with one torch thread, restoring the count after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    cross = None if x_ref is None else x.T @ x_ref.double()  # X^T X_ref
     try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _solve_rows(gram, w_ref, mask, damping, n_rows) -> torch.Tensor:
-    """The per-row solves of :func:`reconstruct_lstsq` (``gram`` is damped in place)."""
-    gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    rhs_full = (gram @ w_ref.double().T).T  # (out, in): G w_j for every row
-    out = torch.zeros_like(w_ref, dtype=torch.float64)
-    counts = mask.sum(1)
-    for k in counts.unique().tolist():
-        if k == 0:
-            continue
-        rows = (counts == k).nonzero().flatten()
-        idx = mask[rows].nonzero()[:, 1].reshape(len(rows), k)  # (R, k) kept columns, ascending
-        step = max(1, (1 << 24) // (k * k))
-        for s in range(0, len(rows), step):
-            r, i = rows[s:s + step], idx[s:s + step]
-            a = gram[i[:, :, None], i[:, None, :]]  # (R, k, k)
-            b = torch.gather(rhs_full[r], 1, i)  # (R, k)
-            chol, info = torch.linalg.cholesky_ex(a)
-            if bool((info != 0).any()):
-                raise ValueError(
-                    f"nm_convert: the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
-                    f"({n_rows} calibration rows for {gram.shape[0]} inputs, damping={damping}); "
-                    "set damping > 0 or record more calibration rows")
-            out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
-    return out.to(w_ref.dtype)
+        return masked_lstsq(gram, cross, w_ref, mask, damping)
+    except SingularGramError as exc:
+        raise ValueError(f"nm_convert: {exc}; {x.shape[0]} calibration rows for {gram.shape[0]} inputs: "
+                         "set damping > 0 or record more calibration rows") from None
 
 
 def _calibration_batches(state, config):
@@ -184,17 +151,18 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
     c = config
     result = PassResult()
     pattern = NM(c.n, c.m, c.transposable)
-    by_module: dict[str, list] = {}
+    selected = []
     for t in targets:
         if t.in_features < c.m or (c.transposable and t.out_features < c.m):
             result.skipped[t.name] = f"shape {list(t.shape)} is narrower than m={c.m}: left as it was"
             continue
-        by_module.setdefault(t.module_path, []).append(t)
-    for module_path, group in by_module.items():
-        hookable = not any(t.kind == "functional" for t in group)
-        needs_inputs = c.reconstruct != "none" or c.score == "activation"
-        inputs = module_inputs(state.reference, module_path, _calibration_batches(state, c), c.rows) \
-            if hookable and needs_inputs else {}
+        selected.append(t)
+    groups = stages(selected)
+    needs_inputs = c.reconstruct != "none" or c.score == "activation"
+    hookable = [(p, g) for p, g in groups if not any(t.kind == "functional" for t in g)] if needs_inputs else []
+    rec = recorder(state, hookable, c.calibration, c.rows, sequential=c.sequential, reference=True)
+    for module_path, group in groups:
+        inputs, dense_inputs = rec.inputs(stage_of(module_path, group)) if (module_path, group) in hookable else ({}, None)
         for t in group:
             current = state.weight(t).clone()  # the effective weight as it came in (masked by earlier passes)
             prior = state.mask(t)
@@ -204,6 +172,8 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             start = current if prior is None else torch.where(prior.to(current.device), current, w_orig)
             x = inputs.get(t.param_name)
             x = None if x is None else x.to(current.dtype)
+            # the reconstruction target: the original layer on the original model's inputs of the same rows
+            x_ref = None if x is None or dense_inputs is None else dense_inputs[t.param_name].to(current.dtype)
             info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
             solver_prior = prior if c.use_prior else None
             mask = _choose_mask(c, start, solver_prior)
@@ -222,17 +192,17 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             new_w = start * mask
             if x is not None:
                 if prior is not None:
-                    metrics["reconstruction_error_incoming"] = relative_error(x, w_orig, current)
-                metrics["reconstruction_error_before"] = relative_error(x, w_orig, new_w)
+                    metrics["reconstruction_error_incoming"] = relative_error(x, w_orig, current, x_ref)
+                metrics["reconstruction_error_before"] = relative_error(x, w_orig, new_w, x_ref)
                 if magnitude_mask is not None:
-                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_orig, start * magnitude_mask)
+                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_orig, start * magnitude_mask, x_ref)
                 if c.reconstruct == "adam":
                     new_w = reconstruct_adam(x, w_orig, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed,
-                                             init=start)
+                                             init=start, x_ref=x_ref)
                 elif c.reconstruct == "lstsq":
-                    new_w = reconstruct_lstsq(x, w_orig, mask, c.damping)
+                    new_w = reconstruct_lstsq(x, w_orig, mask, c.damping, x_ref=x_ref)
                 if c.bias_correction:
-                    _correct_bias(state, t, x, w_orig, new_w, info)
+                    _correct_bias(state, t, x, w_orig, new_w, info, x_ref)
             elif c.reconstruct != "none":
                 info["notes"].append("no reconstruction: F.linear inputs are not visible to hooks")
             with torch.no_grad():
@@ -240,13 +210,14 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             state.set_mask(t, mask, intersect=False)  # the pattern may bring back weights an earlier pass removed
             saved = state.weight(t)  # what finalize will write: every figure below is of these weights
             if x is not None:
-                metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved)
+                metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved, x_ref)
             if prior is not None:
                 _prior_notes(info, metrics, c, prior.to(mask.device), mask, saved)
             info["notes"].append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
             info["metrics"] = metrics
             result.layers[t.name] = info
             result.metrics[t.name] = metrics
+    result.notes.extend(rec.notes)
     _reestimate_norm_stats(state, c)
     return result
 
@@ -294,12 +265,12 @@ def _choose_mask(c: NMConvertConfig, scores: torch.Tensor, prior: torch.Tensor |
     return nm_mask(scores, c.n, c.m, prior=prior)
 
 
-def _correct_bias(state, target, x, w_ref, new_w, info) -> None:
+def _correct_bias(state, target, x, w_ref, new_w, info, x_ref=None) -> None:
     module = state.model.get_submodule(target.module_path)
     bias = getattr(module, target.param_name.replace("weight", "bias"), None)
     if isinstance(bias, nn.Parameter):
         with torch.no_grad():
-            bias.add_((x @ (w_ref - new_w).T).mean(0).to(bias.dtype))
+            bias.add_(((x if x_ref is None else x_ref) @ w_ref.T - x @ new_w.T).mean(0).to(bias.dtype))
         info["notes"].append("bias corrected by the mean output error")
 
 

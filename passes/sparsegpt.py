@@ -13,7 +13,17 @@ whose earlier layers are already pruned; :mod:`compressor.passes._oneshot`):
    (:func:`compressor.solvers.sparsegpt.sparsegpt_prune`): ``pattern: unstructured`` prunes
    ``sparsity`` of every column block (over the block, ``ranking: layer``, as the reference
    implementation; or of every row in it, ``ranking: row``), ``pattern: nm`` keeps N of every M
-   consecutive input columns per row, by the saliency ``w^2 / [H^-1]_jj^2``.
+   consecutive input columns per row, by the saliency ``w^2 / [H^-1]_jj^2``;
+3. patterns whose mask couples columns far apart are chosen once, before any update, on the OBS
+   saliency ``w^2 / [H^-1]_jj`` (:func:`compressor.solvers.sparsegpt.obs_saliency`), then every
+   row's kept weights are set to the exact least-squares optimum for that mask
+   (:func:`compressor.solvers.lstsq.masked_lstsq` with ridge ``percdamp``; with the mask fixed,
+   the column sweep's updates, which only flow to later columns, are an approximation of it):
+   ``pattern: nm`` with ``transposable: true``
+   (the transposable N:M solvers, ``solver``, on the saliencies) and ``pattern: block`` (blocks of
+   ``block`` ranked by the OBS cost of removing each row's run of block-width columns together,
+   ``w_B [(H^-1)_BB]^-1 w_B^T``, summed over the block's rows; ``sparsity`` of them pruned per layer; ``balanced``: the
+   same count in every block row; blocks stay inside one LSTM/GRU gate unless ``cross_gates``).
 
 The report has, per layer, the calibration rows and columns (a note when rows < columns), the
 damping used, and the relative output error on the calibration inputs of the kept weights before
@@ -30,9 +40,14 @@ import torch
 
 from ..config import check_range
 from ..errors import CompressorError, RecipeError
-from ..patterns import NM, Unstructured
-from ..solvers import nm_mask, topk_mask
-from ..solvers.sparsegpt import HessianError, hessian, output_error, sparsegpt_prune
+from ..config import check_block
+from ..patterns import NM, BalancedBlock, Block, Unstructured
+from ..solvers import nm_mask, topk_mask, transposable_nm_mask
+from ..solvers.registry import SOLVER_NAMES
+from ..solvers.lstsq import SingularGramError, masked_lstsq
+from ..solvers.sparsegpt import (HessianError, SparseGPTResult, hessian, obs_group_saliency, obs_saliency, output_error,
+                                 sparsegpt_prune)
+from .block_prune import layer_block_mask
 from ..tasks import TaskConfig
 from ._magnitude import keep_count
 from ._oneshot import calibrated_stages, rows_note
@@ -56,17 +71,24 @@ def check_pattern(config, path: str) -> None:
 @dataclass(frozen=True)
 class SparseGPTConfig(PassConfig):
     """``pattern``: ``unstructured`` (``sparsity`` of each layer, chosen per column block, over the
-    block or per row: ``ranking``) or ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused).
+    block or per row: ``ranking``), ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused;
+    ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
+    (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
     ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
     ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
     model with the earlier layers already pruned (the paper), else on the dense model.
     ``calibration``: the task whose batches are recorded."""
 
-    pattern: Literal["unstructured", "nm"] = "unstructured"
+    pattern: Literal["unstructured", "nm", "block"] = "unstructured"
     sparsity: float = 0.5
     ranking: Literal["layer", "row"] = "layer"
     n: int = 2
     m: int = 4
+    transposable: bool = False
+    solver: str = "exact"
+    block: tuple[int, int] = (16, 16)
+    balanced: bool = False
+    cross_gates: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
     rows: int = 16384
@@ -78,13 +100,52 @@ class SparseGPTConfig(PassConfig):
         if self.blocksize < 1:
             raise RecipeError(f"{path}.blocksize", f"{self.blocksize} is invalid; must be >= 1")
         check_range(f"{path}.percdamp", self.percdamp, 0.0, 10.0)
+        if self.pattern == "block":
+            check_block(f"{path}.block", self.block)
+        if self.transposable and self.pattern != "nm":
+            raise RecipeError(f"{path}.transposable", f"applies to pattern: nm only (pattern is {self.pattern!r})")
+        if self.solver not in SOLVER_NAMES:
+            raise RecipeError(f"{path}.solver", f"{self.solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
 
 
-def magnitude_mask(weight: torch.Tensor, config) -> torch.Tensor:
+def magnitude_mask(weight: torch.Tensor, config, target=None) -> torch.Tensor:
     """The magnitude mask of the same pattern (the reference the report compares against)."""
     if config.pattern == "nm":
+        if getattr(config, "transposable", False):
+            return transposable_nm_mask(weight, config.n, config.m, method=config.solver)
         return nm_mask(weight, config.n, config.m)
+    if config.pattern == "block":
+        return _block_mask(weight.abs(), config, target)
     return topk_mask(weight.abs(), keep_count(weight.numel(), config.sparsity, at_least=0))
+
+
+def _block_mask(scores: torch.Tensor, config, target) -> torch.Tensor:
+    """Blocks of ``config.block`` ranked by their mean score (gate-aware, as ``block_prune``)."""
+    return layer_block_mask(scores, target, config.block, "mean_abs", config.sparsity, config.balanced,
+                            config.cross_gates)
+
+
+def _fixed_mask(weight: torch.Tensor, h: torch.Tensor, config, target, prior) -> torch.Tensor:
+    """The mask of a pattern chosen before the OBS sweep, on the OBS saliencies (an earlier mask's
+    pruned weights score zero, so they stay pruned where the pattern allows)."""
+    # blocks: the cost of removing each row's run of block-width columns together (the OBS cost of the
+    # group, which accounts for correlated inputs), summed over the block's rows by the block ranking
+    saliency = obs_group_saliency(weight, h, config.block[1], config.percdamp) if config.pattern == "block" \
+        else obs_saliency(weight, h, config.percdamp)
+    if prior is not None:
+        saliency = saliency.masked_fill(~prior.to(torch.bool), 0.0)
+    if config.pattern == "block":
+        return _block_mask(saliency, config, target)
+    return transposable_nm_mask(saliency, config.n, config.m, method=config.solver,
+                                prior=None if prior is None else prior.to(torch.bool))
+
+
+def _pattern(config):
+    if config.pattern == "nm":
+        return NM(config.n, config.m, config.transposable)
+    if config.pattern == "block":
+        return (BalancedBlock if config.balanced else Block)(*config.block)
+    return Unstructured()
 
 
 @register_pass("sparsegpt", SparseGPTConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
@@ -93,23 +154,28 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
     c = config
     result = PassResult()
     nm = c.pattern == "nm"
-    pattern = NM(c.n, c.m) if nm else Unstructured()
-    for group, inputs in calibrated_stages(state, c, targets, result.skipped):
+    pattern = _pattern(c)
+    for group, inputs in calibrated_stages(state, c, targets, result):
         for t in group:
             w_ref = state.weight(t).clone()
             h = hessian(inputs[t.param_name])
             n_rows = inputs[t.param_name].shape[0]
             try:
-                solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m, ranking=c.ranking,
-                                         blocksize=c.blocksize, percdamp=c.percdamp, prior=state.mask(t))
-            except HessianError as exc:
+                if c.pattern == "block" or c.transposable:
+                    mask = _fixed_mask(w_ref, h, c, t, state.mask(t))
+                    solved = SparseGPTResult(masked_lstsq(h, None, w_ref, mask, c.percdamp), mask, c.percdamp)
+                else:
+                    solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
+                                             ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,
+                                             prior=state.mask(t))
+            except (HessianError, SingularGramError) as exc:
                 raise CompressorError(f"sparsegpt: layer {t.name} ({n_rows} calibration rows x {t.in_features} "
                                       f"columns): {exc}") from None
             metrics = {
                 "calibration_rows": n_rows, "columns": t.in_features, "damping": solved.damping,
                 "reconstruction_error_before": output_error(h, w_ref, w_ref * solved.mask),
                 "reconstruction_error_after": output_error(h, w_ref, solved.weight),
-                "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c)),
+                "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c, t)),
             }
             notes = [n for n in (rows_note(n_rows, t.in_features), *solved.notes) if n]
             notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}; "

@@ -51,7 +51,7 @@ def wanda(state, config: WandaConfig, targets) -> PassResult:
     result = PassResult()
     nm = c.pattern == "nm"
     pattern = NM(c.n, c.m) if nm else Unstructured()
-    for group, inputs in calibrated_stages(state, c, targets, result.skipped):
+    for group, inputs in calibrated_stages(state, c, targets, result):
         for t in group:
             w = state.weight(t).clone()
             x = inputs[t.param_name]

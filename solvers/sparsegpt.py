@@ -30,8 +30,8 @@ from ._checks import check_nm, check_prior, check_weight
 from .nm import nm_mask
 from .topk import rowwise_topk_mask
 
-__all__ = ["SparseGPTResult", "hessian", "damped_inverse_cholesky", "sparsegpt_prune", "wanda_scores", "wanda_mask",
-           "output_error", "HessianError"]
+__all__ = ["SparseGPTResult", "hessian", "damped_inverse_cholesky", "sparsegpt_prune", "obs_saliency", "obs_group_saliency",
+           "wanda_scores", "wanda_mask", "output_error", "HessianError"]
 
 
 class HessianError(ValueError):
@@ -176,6 +176,41 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
     if n_dead:
         notes.append(f"{n_dead} input column(s) are zero in every calibration row: their weights were zeroed")
     return SparseGPTResult(w.to(weight.dtype), mask, damp, notes, n_dead)
+
+
+def obs_saliency(weight: torch.Tensor, h: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """The optimal-brain-surgeon cost of removing each weight alone, ``w_ij^2 / [H^-1]_jj`` (float64),
+    with ``H`` damped as :func:`damped_inverse_cholesky` does: the score a mask chosen before any
+    update (transposable N:M, blocks) ranks weights by. ``[H^-1]_jj`` is column j's squared norm
+    of the upper factor ``U`` (``U^T U = H^-1``)."""
+    check_weight(weight)
+    h = h.double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    u, _, _ = damped_inverse_cholesky(h, percdamp)
+    inv_diag = u.pow(2).sum(0)
+    return (weight.detach().double().pow(2) / inv_diag.unsqueeze(0)).masked_fill(dead.unsqueeze(0), 0.0)
+
+
+def obs_group_saliency(weight: torch.Tensor, h: torch.Tensor, width: int, percdamp: float = 0.01) -> torch.Tensor:
+    """The OBS cost of removing each row's run of ``width`` consecutive input columns together,
+    ``w_B [(H^-1)_BB]^-1 w_B^T`` (B: columns ``k*width ... (k+1)*width - 1``; the last run may be
+    shorter), spread evenly over the run's entries: an (out x in) float64 score whose block sums
+    rank blocks by what removing them costs (a block pattern's mask is chosen on it)."""
+    check_weight(weight)
+    h = h.double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    u, _, _ = damped_inverse_cholesky(h, percdamp)
+    hinv = u.T @ u
+    w = weight.detach().double()
+    out = torch.empty_like(w)
+    for c0 in range(0, w.shape[1], width):
+        c1 = min(c0 + width, w.shape[1])
+        wb = w[:, c0:c1]
+        cost = (wb @ torch.linalg.inv(hinv[c0:c1, c0:c1]) * wb).sum(1)  # (out,)
+        out[:, c0:c1] = (cost / (c1 - c0)).unsqueeze(1)
+    return out
 
 
 def wanda_scores(weight: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:

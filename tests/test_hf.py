@@ -179,6 +179,8 @@ def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
         spec, console=Console(file=io.StringIO()))
     handle.remove()
     assert ["attention_mask", "input_ids"] in seen
+    # the encoder's blocks chain (checked on a batch): activations were carried block by block
+    assert any("block by block through 'encoder.layer' (2 blocks" in n for n in result.report.passes[0]["notes"])
     layer = result.report.passes[0]["metrics"]["encoder.layer.0.intermediate.dense.weight"]
     assert layer["reconstruction_error_after"] <= layer["reconstruction_error_before"]
     dense = compressor.load_model(str(tmp_path / "bert")).model

@@ -12,13 +12,14 @@ import torch.nn as nn
 from rich.console import Console
 
 import compressor
+from compressor import calibration
 import compressor.tasks
 from compressor.errors import RecipeError
 from compressor.loading import ModelSpec
 from compressor.passes import _oneshot
 from compressor.recipe import parse_recipe
 from compressor.solvers import is_nm, nm_mask, rowwise_topk_mask, topk_mask
-from compressor.solvers.sparsegpt import hessian, output_error, sparsegpt_prune, wanda_mask
+from compressor.solvers.sparsegpt import hessian, obs_group_saliency, obs_saliency, output_error, sparsegpt_prune, wanda_mask
 
 QUIET = Console(file=io.StringIO())
 
@@ -77,6 +78,67 @@ def test_sparsegpt_without_blocks_matches_a_dense_obs_reference():
             err = ref[:, j] * (~got.mask[:, j]) / hinv[0, 0]
             ref[:, j:] -= err.unsqueeze(1) * hinv[0].unsqueeze(0)
         torch.testing.assert_close(got.weight, ref * got.mask, rtol=1e-8, atol=1e-10)
+
+
+def test_fixed_mask_patterns_get_the_least_squares_optimum_and_rank_by_obs_saliency():
+    """Transposable N:M and blocks fix the mask first, then every row's kept weights are the exact
+    least-squares fit of the original outputs (numpy lstsq on the kept columns is the reference)."""
+    from compressor.solvers.lstsq import masked_lstsq
+
+    x = correlated_inputs(200, 12, seed=9)
+    w = torch.randn(8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    h = hessian(x)
+    mask = torch.rand(8, 12, generator=torch.Generator().manual_seed(11)) > 0.5
+    got = masked_lstsq(h, None, w, mask, damping=0.0)
+    xd = x.double()
+    for r in range(8):
+        ref = torch.linalg.lstsq(xd[:, mask[r]], xd @ w[r]).solution
+        torch.testing.assert_close(got[r, mask[r]], ref, rtol=1e-7, atol=1e-9)
+    assert bool((got[~mask] == 0).all())
+    # the saliency the fixed masks rank by: w^2 / [H^-1]_jj, and its group form for runs of columns
+    inv = torch.linalg.inv(h + 0.01 * h.diagonal().mean() * torch.eye(12, dtype=h.dtype))
+    torch.testing.assert_close(obs_saliency(w, h), w.pow(2) / inv.diagonal(), rtol=1e-8, atol=1e-12)
+    group = obs_group_saliency(w, h, 5)  # runs 0-4, 5-9, 10-11
+    for c0, c1 in ((0, 5), (5, 10), (10, 12)):
+        wb = w[:, c0:c1]
+        cost = (wb @ torch.linalg.inv(inv[c0:c1, c0:c1]) * wb).sum(1)
+        torch.testing.assert_close(group[:, c0:c1].sum(1), cost, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("pattern", [{"pattern": "nm", "n": 4, "m": 8, "transposable": True},
+                                     {"pattern": "block", "block": [4, 4], "sparsity": 0.5, "balanced": True},
+                                     {"pattern": "block", "block": [2, 8], "sparsity": 0.75}])
+def test_sparsegpt_fixed_mask_patterns_on_an_lstm_model(pattern):
+    """Transposable 4:8 and (balanced) blocks: the saved weights hold the pattern, blocks stay inside
+    one gate, and the OBS update beats the mask alone and the magnitude mask of the same pattern."""
+    from compressor.solvers.transposable import is_transposable_nm
+
+    spec = _lstm_spec()
+    step = {"pass": "sparsegpt", **pattern, "rows": 512, "calibration": {"name": "distill", "batch_size": 16}}
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
+    metrics = result.report.passes[0]["metrics"]
+    params = dict(result.model.named_parameters())
+    for name, mask in result.masks.items():
+        assert bool((params[name][~mask] == 0).all())
+        if pattern["pattern"] == "nm":
+            assert is_transposable_nm(mask, 4, 8)
+        else:
+            bh, bw = pattern["block"]
+            rows, cols = mask.shape
+            if rows % bh == 0 and cols % bw == 0:
+                blocks = mask.reshape(rows // bh, bh, cols // bw, bw).permute(0, 2, 1, 3).reshape(rows // bh, cols // bw, -1)
+                assert bool((blocks.all(-1) | ~blocks.any(-1)).all())  # every block all kept or all pruned
+                if pattern.get("balanced"):
+                    kept = blocks.all(-1).sum(1)
+                    assert bool((kept == kept[0]).all())
+                # the sparsity asked for, up to rounding to whole blocks in a block row
+                pruned = float((~blocks.all(-1)).float().mean())
+                assert abs(pruned - pattern["sparsity"]) <= 0.5 / (cols // bw) + 1e-6
+        m = metrics[name]
+        assert m["reconstruction_error_after"] < m["reconstruction_error_before"]
+        assert m["reconstruction_error_after"] <= m["reconstruction_error_magnitude_mask"]
+    row = next(r for r in result.report.layers if r.name == "rnn.weight_hh_l0")
+    assert ("transposable" in row.pattern) == (pattern["pattern"] == "nm")
 
 
 def test_sparsegpt_nm_pattern_holds_exactly_on_odd_shapes():
@@ -183,14 +245,14 @@ def test_later_layers_are_calibrated_on_the_pruned_earlier_layers(monkeypatch, s
     spec = _lstm_spec()
     dense = copy.deepcopy(spec.model)
     seen = {}
-    real = _oneshot.record_inputs
+    real = calibration.module_inputs
 
-    def spy(model, module_path, batches, rows, layers=None):
-        out = real(model, module_path, batches, rows, layers)
+    def spy(model, module_path, batches, rows, layers=None, stop_at_recurrent=False):
+        out = real(model, module_path, batches, rows, layers, stop_at_recurrent)
         seen.setdefault(module_path, []).append({k: v.clone() for k, v in out.items()})
         return out
 
-    monkeypatch.setattr(_oneshot, "record_inputs", spy)
+    monkeypatch.setattr(calibration, "module_inputs", spy)  # the recorder records a model without blocks this way
     # the distill task feeds random tokens shaped like the example inputs: 8 x 7 per batch
     step = {"pass": "sparsegpt", "sparsity": 0.5, "rows": 280, "sequential": sequential,
             "calibration": {"name": "distill", "batch_size": 8}}
@@ -263,7 +325,10 @@ def test_fewer_rows_than_columns_gives_a_note():
     ({"percdamp": -0.1}, "passes[0].percdamp"),
     ({"blocksize": 0}, "passes[0].blocksize"),
     ({"rows": 0}, "passes[0].rows"),
-    ({"pattern": "block"}, "passes[0].pattern"),
+    ({"pattern": "blocks"}, "passes[0].pattern"),
+    ({"pattern": "block", "block": [0, 4]}, "passes[0].block"),
+    ({"transposable": True}, "passes[0].transposable"),
+    ({"pattern": "nm", "transposable": True, "solver": "magic"}, "passes[0].solver"),
 ])
 def test_bad_settings_name_the_recipe_path(fields, where):
     with pytest.raises(RecipeError, match=rf"{where.replace('[', '.').replace(']', '.')}"):

@@ -1,0 +1,97 @@
+"""The sequential calibration recorder: the rows it returns equal a brute-force recording through the
+whole model at every stage, while a stack of blocks is run once per group of stages, not once per layer."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from compressor.calibration import SequentialRecorder, Stage, module_inputs
+
+
+class Block(nn.Module):
+    """Attention-like block: q, k and v read the same tensor; keyword ``bias``; a tuple output."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, h, bias=None):
+        a = torch.softmax(self.q(h) @ self.k(h).transpose(-1, -2) / 4 + bias, -1) @ self.v(h)
+        h = h + self.o(a)
+        return (h + self.ff2(torch.relu(self.ff1(h))), "unused")
+
+
+class Stacked(nn.Module):
+    def __init__(self, d=8, depth=3, chained=True):
+        super().__init__()
+        self.emb, self.head = nn.Linear(5, d), nn.Linear(d, 3)
+        self.blocks = nn.ModuleList(Block(d) for _ in range(depth))
+        self.chained = chained
+
+    def forward(self, x):
+        bias = torch.zeros(x.shape[1], x.shape[1])
+        h = e = self.emb(x)
+        for b in self.blocks:
+            # not chained: every block reads the embedding (the recorder must notice and fall back)
+            h = b(h if self.chained else e, bias=bias)[0] + (0 if self.chained else h)
+        return self.head(h)
+
+
+def _stages(model):
+    paths = ["emb"] + [f"blocks.{i}.{n}" for i in range(len(model.blocks))
+                       for n in ("q", "k", "v", "o", "ff1", "ff2")] + ["head"]
+    return [Stage(p) for p in paths]
+
+
+def _batches():
+    return [(torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(s)),) for s in range(5)]
+
+
+def _walk(chained):
+    torch.manual_seed(0)
+    model = Stacked(chained=chained).eval()
+    reference = copy.deepcopy(model)
+    stages = _stages(model)
+    rec = SequentialRecorder(model, stages, iter(_batches()), rows=60, reference=reference)
+    prune = torch.Generator().manual_seed(7)
+    for stage in stages:
+        got, got_ref = rec.inputs(stage)
+        # brute force: the whole model as it is now, and the dense reference
+        want = module_inputs(model, stage.module_path, iter(_batches()), rows=60)
+        want_ref = module_inputs(reference, stage.module_path, iter(_batches()), rows=60)
+        torch.testing.assert_close(got["weight"], want["weight"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_ref["weight"], want_ref["weight"], rtol=1e-5, atol=1e-6)
+        assert got["weight"].shape[0] == 60
+        with torch.no_grad():  # "compress" the stage before the next one is recorded
+            w = model.get_submodule(stage.module_path).weight
+            w.mul_(torch.rand(w.shape, generator=prune) > 0.5)
+    return rec
+
+
+def test_block_by_block_rows_equal_the_whole_model_and_cost_is_linear_in_depth():
+    rec = _walk(chained=True)
+    assert any("block by block through 'blocks'" in n for n in rec.notes)
+    # per block: one run for q, k and v (one input tensor), one each for o, ff1 and ff2, and one to
+    # carry its outputs on (not after the last block: the head is recorded through the whole model)
+    assert rec.block_forwards == 3 * 5 - 1
+
+
+def test_blocks_that_do_not_chain_are_recorded_through_the_whole_model():
+    rec = _walk(chained=False)
+    assert rec.block_forwards == 0
+    assert any("not block by block" in n and "first argument" in n for n in rec.notes)
+
+
+def test_keyword_batches_and_a_stream_that_runs_out_are_replayed():
+    """Batches are drawn once: a one-shot generator still feeds every stage and the reference."""
+    torch.manual_seed(0)
+    model = Stacked().eval()
+    stages = _stages(model)
+    rec = SequentialRecorder(model, stages, (b for b in _batches()[:2]), rows=1000, reference=copy.deepcopy(model))
+    for stage in stages:
+        got, ref = rec.inputs(stage)
+        assert got["weight"].shape[0] == ref["weight"].shape[0] == 2 * 4 * 6
