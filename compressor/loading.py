@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pickle
 import re
 import sys
@@ -32,7 +33,8 @@ import torch.nn as nn
 from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d", "check_finite", "make_inputs"]
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
+           "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -75,14 +77,22 @@ def make_inputs(specs, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _import_factory(ref: str) -> tuple[Callable, str]:
+def import_callable(ref: str, fail: Callable[[str], Exception]) -> tuple[Callable, str]:
+    """The callable a ``file.py:function`` or ``package.module:function`` reference names, and its
+    canonical reference. This runs the code it names: only for references the user wrote (``--model``,
+    a recipe's task), never for ones an artifact holds.
+
+    A file is loaded from its path (relative to the working directory); a dotted module is imported
+    with the working directory on ``sys.path`` for that import only (the ``compress`` script does not
+    put it there, ``python -m compressor`` does), then from the installed packages. ``fail(reason)``
+    makes the exception raised for a bad reference (its one line names the reference)."""
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
-        raise ModelLoadError(f"--model {ref!r}: expected 'file.py:function' or 'package.module:function'")
+        raise fail("expected 'file.py:function' or 'package.module:function'")
     if target.endswith(".py") or "/" in target:
         path = Path(target).resolve()
         if not path.is_file():
-            raise ModelLoadError(f"--model {ref!r}: file not found: {path}")
+            raise fail(f"file not found: {path}")
         name = f"_compressor_user_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -90,20 +100,41 @@ def _import_factory(ref: str) -> tuple[Callable, str]:
         try:
             spec.loader.exec_module(module)
         except SystemExit as exc:
-            raise ModelLoadError(f"--model {ref!r}: importing {path} called sys.exit({short(exc.code)})") from None
+            raise fail(f"importing {path} called sys.exit({short(exc.code)})") from None
         except Exception as exc:
-            raise ModelLoadError(f"--model {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+            raise fail(f"importing {path} failed: {type(exc).__name__}: {_oneline(exc)}") from None
         canonical = f"{path}:{attr}"
     else:
+        cwd = os.getcwd()
+        added = cwd not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
+            importlib.invalidate_caches()  # a module file written a moment ago (the finders cache listings)
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise ModelLoadError(f"--model {ref!r}: cannot import {target!r}: {exc}") from exc
+            raise fail(f"cannot import {target!r} (from the working directory or the installed packages): "
+                       f"{_oneline(exc)}") from None
+        except SystemExit as exc:
+            raise fail(f"importing {target} called sys.exit({short(exc.code)})") from None
+        except Exception as exc:
+            raise fail(f"importing {target} failed: {type(exc).__name__}: {_oneline(exc)}") from None
+        finally:
+            if added and cwd in sys.path:
+                sys.path.remove(cwd)
         canonical = ref
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelLoadError(f"--model {ref!r}: {attr!r} is not a callable in {target}")
+        raise fail(f"{attr!r} is not a callable in {target}")
     return factory, canonical
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _import_factory(ref: str) -> tuple[Callable, str]:
+    return import_callable(ref, lambda reason: ModelLoadError(f"--model {ref!r}: {reason}"))
 
 
 def _from_factory(ref: str) -> ModelSpec:
