@@ -24,6 +24,7 @@ import pickle
 import re
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
 __all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
-           "import_callable", "check_finite", "make_inputs"]
+           "hf_quiet", "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -165,7 +166,12 @@ def _from_hf_dir(path: Path) -> ModelSpec:
         ) from None
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        model = hf_class(config.architectures).from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        try:
+            cls = hf_class(config.architectures)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"--model {path}: {exc}") from None
+        with hf_quiet(progress=False):
+            model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # bad config.json, no weights, unknown model_type
         reason = " ".join(str(exc).split())[:240]
         raise ModelLoadError(f"--model {path}: not a loadable Hugging Face model directory ({type(exc).__name__}: "
@@ -177,6 +183,26 @@ def _from_hf_dir(path: Path) -> ModelSpec:
     # the directory is a record (the text task finds the tokenizer there); artifacts rebuild from the config alone
     source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve())}
     return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
+
+
+@contextmanager
+def hf_quiet(progress: bool = False, info: bool = True):
+    """transformers without its progress bars (``progress=False``: "Loading weights" on stderr made a
+    failing command print more than its one line) and, with ``info=False``, without its info and
+    warning logs (for callers that check what they would say themselves); restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    if not info:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(level)
 
 
 #: how a pre-1.6 torch.save file written with pickle protocol 0 or 1 starts (its magic number as a text LONG)
@@ -309,7 +335,8 @@ def load_model(
         spec = build_builtin(model or "lstm-lm")
     elif Path(model).is_dir():
         if not (Path(model) / "config.json").is_file():
-            raise ModelLoadError(f"--model {model}: a directory must be a Hugging Face model (config.json + weights)")
+            raise ModelLoadError(f"--model {model}: a directory must be a Hugging Face model directory (config.json + "
+                                 "weights), and it has no config.json")
         spec = _from_hf_dir(Path(model))
     elif ":" in model:
         spec = _from_factory(model)
