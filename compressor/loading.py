@@ -35,7 +35,7 @@ from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
 __all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
-           "hf_quiet", "import_callable", "check_finite", "make_inputs"]
+           "conv1d_layout", "hf_companion_files", "hf_file_digests", "hf_quiet", "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -180,9 +180,45 @@ def _from_hf_dir(path: Path) -> ModelSpec:
     model.eval()
     seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
     example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
-    # the directory is a record (the text task finds the tokenizer there); artifacts rebuild from the config alone
-    source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve())}
+    # the directory is a record (the text task finds the tokenizer there; `compress export --hf` copies its files
+    # and checks them against these digests); artifacts rebuild from the config alone
+    source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve()),
+              "files": hf_file_digests(path)}
     return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
+
+
+#: what a Hugging Face model directory holds the model's weights in (an export writes its own, and never copies
+#: these): top-level weight files of every framework and their shard indexes, and folders of other runtimes' exports
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot", ".onnx", ".onnx_data",
+                      ".gguf", ".tflite", ".index.json")
+HF_WEIGHT_FOLDERS = ("onnx", "openvino", "coreml")
+
+
+def hf_companion_files(directory: str | Path) -> list[str]:
+    """The files of a Hugging Face model directory besides the model's weights, as sorted relative
+    paths (``/``-separated): config, tokenizer, sentence-transformers modules (``modules.json``,
+    ``1_Pooling/config.json``, a ``2_Dense/`` layer's own weights), README, ... Left out: hidden
+    entries (``.git``, ``.cache``), the top level's weight files (:data:`HF_WEIGHT_SUFFIXES`: the
+    model's, in any framework) and folders of other runtimes' exports (:data:`HF_WEIGHT_FOLDERS`);
+    linked folders are not followed."""
+    root = Path(directory)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        top = rel == Path(".")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (top and d in HF_WEIGHT_FOLDERS))
+        for name in files:
+            if name.startswith(".") or (top and name.endswith(HF_WEIGHT_SUFFIXES)) or not (Path(folder) / name).is_file():
+                continue
+            found.append((rel / name).as_posix())
+    return sorted(found)
+
+
+def hf_file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of each of :func:`hf_companion_files`, by relative path."""
+    from .checkpoint import file_digest
+
+    return {name: file_digest(Path(directory) / name) for name in hf_companion_files(directory)}
 
 
 @contextmanager
@@ -267,11 +303,12 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     return obj
 
 
-def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str, assign: bool = False) -> None:
     """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches.
 
     A tied parameter stored under one of its names (``safetensors.torch.save_model`` keeps one
-    name per shared tensor) fills its other names."""
+    name per shared tensor) fills its other names. ``assign``: the model's tensors become those of
+    ``state`` (dtypes included), for a model built on the meta device."""
     expected = model.state_dict()
     state = dict(state)
     for names in _tied_names(model):
@@ -292,7 +329,7 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: s
             parts.append("shape mismatches: " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:5]))
         raise ModelLoadError(f"checkpoint {origin} does not match the model; " + "; ".join(parts))
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 
 
 def _tied_names(model: nn.Module) -> list[list[str]]:
@@ -355,8 +392,9 @@ def load_model(
     return spec
 
 
-def rebuild_hf(config: dict) -> nn.Module:
-    """A Hugging Face architecture from a saved ``config.to_dict()`` (random weights).
+def rebuild_hf(config: dict, prepare: bool = True) -> nn.Module:
+    """A Hugging Face architecture from a saved ``config.to_dict()`` (random weights), as the toolkit
+    runs it (:func:`_prepare_hf`), or with ``prepare=False`` as transformers builds it (Conv1D layers).
 
     The config is untrusted (it comes from an artifact): its ``model_type`` must be one that
     transformers itself implements, and code a config points at (``auto_map``) is never loaded."""
@@ -372,7 +410,7 @@ def rebuild_hf(config: dict) -> nn.Module:
     hf_config = transformers.AutoConfig.for_model(model_type, **fields)
     cls = hf_class(hf_config.architectures)
     model = cls.from_config(hf_config, trust_remote_code=False) if cls is transformers.AutoModel else cls(hf_config)
-    return _prepare_hf(model)
+    return _prepare_hf(model) if prepare else model
 
 
 def _prepare_hf(model: nn.Module) -> nn.Module:
@@ -405,6 +443,22 @@ def linear_from_conv1d(model: nn.Module) -> nn.Module:
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, linear)
     return model
+
+
+def conv1d_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`linear_from_conv1d` for a state dict: ``state`` (the toolkit's model,
+    Conv1D layers as ``nn.Linear``, weights (out, in)) with the weight of every ``Conv1D`` of
+    ``model`` (the same architecture as transformers builds it, e.g. on the meta device) back in
+    Conv1D's (in, out) layout."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return dict(state)
+    out = dict(state)
+    for path, module in model.named_modules():
+        if isinstance(module, Conv1D) and f"{path}.weight" in out:
+            out[f"{path}.weight"] = out[f"{path}.weight"].t().contiguous()
+    return out
 
 
 def hf_class(architectures) -> type:
