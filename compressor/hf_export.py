@@ -135,7 +135,7 @@ def _check_config(recorded: dict, src: Path) -> None:
         found = transformers.AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False).to_dict()
         found = json.loads(json.dumps(found, default=str))  # as the artifact holds it (JSON: id2label's keys are strings)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"--source {src}: config.json cannot be read ({type(exc).__name__}: "
+        raise ArtifactError(f"{src}/config.json cannot be read ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:160]})") from None
     keys = sorted(k for k in set(recorded) | set(found) if k not in _CONFIG_NOISE and recorded.get(k) != found.get(k))
     if keys:

@@ -345,3 +345,26 @@ def test_the_readme_decoder_recipe_compresses_a_gpt2_directory_that_exports_back
         for part in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             w = stored[f"transformer.h.{i}.{part}.weight"]
             assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)  # SparseGPT's 50%, as Conv1D (in, out)
+
+
+def test_an_artifact_without_file_digests_checks_the_recorded_directorys_config(bert, tmp_path, capsys):
+    """Artifacts made before the digests were recorded: the recorded directory's config.json must still
+    describe the model (the other files cannot be compared)."""
+    from artifact_tools import copy_artifact, rewrite_metadata  # tests/artifact_tools.py
+
+    src = tmp_path / "model"
+    shutil.copytree(bert[0], src)
+    art = copy_artifact(bert[1], tmp_path)
+
+    def older(meta):
+        del meta["source"]["files"]
+        meta["source"]["directory"] = str(src)
+
+    rewrite_metadata(art, older)
+    (src / "README.md").write_text("edited")  # not noticed: nothing recorded to compare with
+    assert cli_main(["export", str(art), "--hf", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "README.md").read_text() == "edited"
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "num_attention_heads": 4}))
+    err = run_cli(capsys, "export", art, "--hf", tmp_path / "hf2")
+    assert "describes another model" in err and "num_attention_heads: 4 there, 2 in the artifact" in err
