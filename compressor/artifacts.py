@@ -210,6 +210,12 @@ def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         raise ValueError(f"source.kind must be one of {', '.join(SOURCE_KINDS)}")
     if source["kind"] in ("builtin", "hf") and not isinstance(source.get("config", {}) or {}, dict):
         raise ValueError("source.config must be a mapping")
+    if source["kind"] == "hf":  # the directory the model came from, and digests of its files (export --hf)
+        if not isinstance(source.get("directory", ""), str):
+            raise ValueError("source.directory must be a path")
+        files = source.get("files", {})
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("source.files must map file names to digests")
     tied = meta.get("tied", {})
     if not isinstance(tied, dict) or not all(isinstance(k, str) and v in shapes for k, v in tied.items()):
         raise ValueError("tied must map parameter names to stored tensors")

@@ -7,6 +7,7 @@
     compress export DIR              model.onnx (+ step graphs), verified in ONNX Runtime
     compress layers [--model M]      the layers a recipe can target, with their module classes
     compress export DIR --dense F    the weights as dense tensors with zeros + bool masks (format 1)
+    compress export DIR --hf OUT     a Hugging Face model directory (from_pretrained), [--source MODEL_DIR]
     compress bench NAME [...]        benchmarks (solvers, kernels, nm, oneshot, quality, storage, model DIR)
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
@@ -116,14 +117,34 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="load an artifact that holds a pickled module (runs code!)")
     p.add_argument("--dense", metavar="FILE", help="instead of ONNX, write the weights to FILE (safetensors) in the "
                    "dense layout: pruned entries zero plus bool masks __mask__.<name> (outside the artifact)")
+    p.add_argument("--hf", metavar="OUT", help="instead of ONNX, write a Hugging Face model directory OUT that "
+                   "from_pretrained loads: the weights (pruned entries zero) and every other file of the model's "
+                   "directory (config, tokenizer, ...), checked by loading it back")
+    p.add_argument("--source", metavar="DIR", help="with --hf: copy the non-weight files from DIR instead of the "
+                   "directory the artifact was made from (its config.json must describe the same model)")
     return p
 
 
 def _cmd_export(args) -> int:
     from .artifacts import load, read_metadata, write_dense
-    from .errors import ArtifactError
+    from .errors import ArtifactError, CompressorError
     from .export import export_model
 
+    if args.hf and args.dense:
+        raise CompressorError("--hf and --dense write different things; choose one")
+    if args.source and not args.hf:
+        raise CompressorError("--source names the files of a Hugging Face export; use it with --hf OUT")
+    if args.hf:
+        from .hf_export import export_hf
+
+        r = export_hf(args.directory, args.hf, source=args.source, force=args.force, tolerance=args.tolerance)
+        zeros = sum(r["zeros"].values())
+        print(f"{r['out']}: Hugging Face {r['class']} directory: {', '.join(r['weights'])} ({zeros:,} pruned weights "
+              f"stored as zeros in {len(r['zeros'])} tensors) and {len(r['files'])} files from the model's directory "
+              f"({', '.join(r['files'][:6])}{' ...' if len(r['files']) > 6 else ''}); loaded back with "
+              f"{r['class']}.from_pretrained: max abs error {r['max_abs_error']:.3g}, max rel error "
+              f"{r['max_rel_error']:.3g} against the artifact")
+        return 0
     if args.dense:
         path = write_dense(args.directory, args.dense, force=args.force)
         print(f"{path}: dense weights and masks (format 1), {path.stat().st_size:,} bytes")

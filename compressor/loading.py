@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pickle
 import re
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,8 @@ import torch.nn as nn
 from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d", "check_finite", "make_inputs"]
+__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
+           "conv1d_layout", "hf_companion_files", "hf_file_digests", "hf_quiet", "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -75,14 +78,22 @@ def make_inputs(specs, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _import_factory(ref: str) -> tuple[Callable, str]:
+def import_callable(ref: str, fail: Callable[[str], Exception]) -> tuple[Callable, str]:
+    """The callable a ``file.py:function`` or ``package.module:function`` reference names, and its
+    canonical reference. This runs the code it names: only for references the user wrote (``--model``,
+    a recipe's task), never for ones an artifact holds.
+
+    A file is loaded from its path (relative to the working directory); a dotted module is imported
+    with the working directory on ``sys.path`` for that import only (the ``compress`` script does not
+    put it there, ``python -m compressor`` does), then from the installed packages. ``fail(reason)``
+    makes the exception raised for a bad reference (its one line names the reference)."""
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
-        raise ModelLoadError(f"--model {ref!r}: expected 'file.py:function' or 'package.module:function'")
+        raise fail("expected 'file.py:function' or 'package.module:function'")
     if target.endswith(".py") or "/" in target:
         path = Path(target).resolve()
         if not path.is_file():
-            raise ModelLoadError(f"--model {ref!r}: file not found: {path}")
+            raise fail(f"file not found: {path}")
         name = f"_compressor_user_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -90,20 +101,41 @@ def _import_factory(ref: str) -> tuple[Callable, str]:
         try:
             spec.loader.exec_module(module)
         except SystemExit as exc:
-            raise ModelLoadError(f"--model {ref!r}: importing {path} called sys.exit({short(exc.code)})") from None
+            raise fail(f"importing {path} called sys.exit({short(exc.code)})") from None
         except Exception as exc:
-            raise ModelLoadError(f"--model {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+            raise fail(f"importing {path} failed: {type(exc).__name__}: {_oneline(exc)}") from None
         canonical = f"{path}:{attr}"
     else:
+        cwd = os.getcwd()
+        added = cwd not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
+            importlib.invalidate_caches()  # a module file written a moment ago (the finders cache listings)
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise ModelLoadError(f"--model {ref!r}: cannot import {target!r}: {exc}") from exc
+            raise fail(f"cannot import {target!r} (from the working directory or the installed packages): "
+                       f"{_oneline(exc)}") from None
+        except SystemExit as exc:
+            raise fail(f"importing {target} called sys.exit({short(exc.code)})") from None
+        except Exception as exc:
+            raise fail(f"importing {target} failed: {type(exc).__name__}: {_oneline(exc)}") from None
+        finally:
+            if added and cwd in sys.path:
+                sys.path.remove(cwd)
         canonical = ref
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelLoadError(f"--model {ref!r}: {attr!r} is not a callable in {target}")
+        raise fail(f"{attr!r} is not a callable in {target}")
     return factory, canonical
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _import_factory(ref: str) -> tuple[Callable, str]:
+    return import_callable(ref, lambda reason: ModelLoadError(f"--model {ref!r}: {reason}"))
 
 
 def _from_factory(ref: str) -> ModelSpec:
@@ -134,7 +166,12 @@ def _from_hf_dir(path: Path) -> ModelSpec:
         ) from None
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        model = hf_class(config.architectures).from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        try:
+            cls = hf_class(config.architectures)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"--model {path}: {exc}") from None
+        with hf_quiet(progress=False):
+            model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # bad config.json, no weights, unknown model_type
         reason = " ".join(str(exc).split())[:240]
         raise ModelLoadError(f"--model {path}: not a loadable Hugging Face model directory ({type(exc).__name__}: "
@@ -143,9 +180,65 @@ def _from_hf_dir(path: Path) -> ModelSpec:
     model.eval()
     seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
     example = (torch.randint(0, getattr(config, "vocab_size", 2) or 2, (1, seq)),)
-    # the directory is a record (the text task finds the tokenizer there); artifacts rebuild from the config alone
-    source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve())}
+    # the directory is a record (the text task finds the tokenizer there; `compress export --hf` copies its files
+    # and checks them against these digests); artifacts rebuild from the config alone
+    source = {"kind": "hf", "config": config.to_dict(), "directory": str(path.resolve()),
+              "files": hf_file_digests(path)}
     return ModelSpec(model, example, source, description=f"Hugging Face {config.model_type} from {path}")
+
+
+#: what a Hugging Face model directory holds the model's weights in (an export writes its own, and never copies
+#: these): top-level weight files of every framework and their shard indexes, and folders of other runtimes' exports
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot", ".onnx", ".onnx_data",
+                      ".gguf", ".tflite", ".index.json")
+HF_WEIGHT_FOLDERS = ("onnx", "openvino", "coreml")
+
+
+def hf_companion_files(directory: str | Path) -> list[str]:
+    """The files of a Hugging Face model directory besides the model's weights, as sorted relative
+    paths (``/``-separated): config, tokenizer, sentence-transformers modules (``modules.json``,
+    ``1_Pooling/config.json``, a ``2_Dense/`` layer's own weights), README, ... Left out: hidden
+    entries (``.git``, ``.cache``), the top level's weight files (:data:`HF_WEIGHT_SUFFIXES`: the
+    model's, in any framework) and folders of other runtimes' exports (:data:`HF_WEIGHT_FOLDERS`);
+    linked folders are not followed."""
+    root = Path(directory)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        top = rel == Path(".")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (top and d in HF_WEIGHT_FOLDERS))
+        for name in files:
+            if name.startswith(".") or (top and name.endswith(HF_WEIGHT_SUFFIXES)) or not (Path(folder) / name).is_file():
+                continue
+            found.append((rel / name).as_posix())
+    return sorted(found)
+
+
+def hf_file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of each of :func:`hf_companion_files`, by relative path."""
+    from .checkpoint import file_digest
+
+    return {name: file_digest(Path(directory) / name) for name in hf_companion_files(directory)}
+
+
+@contextmanager
+def hf_quiet(progress: bool = False, info: bool = True):
+    """transformers without its progress bars (``progress=False``: "Loading weights" on stderr made a
+    failing command print more than its one line) and, with ``info=False``, without its info and
+    warning logs (for callers that check what they would say themselves); restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    if not info:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(level)
 
 
 #: how a pre-1.6 torch.save file written with pickle protocol 0 or 1 starts (its magic number as a text LONG)
@@ -210,11 +303,12 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     return obj
 
 
-def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str, assign: bool = False) -> None:
     """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches.
 
     A tied parameter stored under one of its names (``safetensors.torch.save_model`` keeps one
-    name per shared tensor) fills its other names."""
+    name per shared tensor) fills its other names. ``assign``: the model's tensors become those of
+    ``state`` (dtypes included), for a model built on the meta device."""
     expected = model.state_dict()
     state = dict(state)
     for names in _tied_names(model):
@@ -235,7 +329,7 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: s
             parts.append("shape mismatches: " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:5]))
         raise ModelLoadError(f"checkpoint {origin} does not match the model; " + "; ".join(parts))
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 
 
 def _tied_names(model: nn.Module) -> list[list[str]]:
@@ -278,7 +372,8 @@ def load_model(
         spec = build_builtin(model or "lstm-lm")
     elif Path(model).is_dir():
         if not (Path(model) / "config.json").is_file():
-            raise ModelLoadError(f"--model {model}: a directory must be a Hugging Face model (config.json + weights)")
+            raise ModelLoadError(f"--model {model}: a directory must be a Hugging Face model directory (config.json + "
+                                 "weights), and it has no config.json")
         spec = _from_hf_dir(Path(model))
     elif ":" in model:
         spec = _from_factory(model)
@@ -297,8 +392,9 @@ def load_model(
     return spec
 
 
-def rebuild_hf(config: dict) -> nn.Module:
-    """A Hugging Face architecture from a saved ``config.to_dict()`` (random weights).
+def rebuild_hf(config: dict, prepare: bool = True) -> nn.Module:
+    """A Hugging Face architecture from a saved ``config.to_dict()`` (random weights), as the toolkit
+    runs it (:func:`_prepare_hf`), or with ``prepare=False`` as transformers builds it (Conv1D layers).
 
     The config is untrusted (it comes from an artifact): its ``model_type`` must be one that
     transformers itself implements, and code a config points at (``auto_map``) is never loaded."""
@@ -314,7 +410,7 @@ def rebuild_hf(config: dict) -> nn.Module:
     hf_config = transformers.AutoConfig.for_model(model_type, **fields)
     cls = hf_class(hf_config.architectures)
     model = cls.from_config(hf_config, trust_remote_code=False) if cls is transformers.AutoModel else cls(hf_config)
-    return _prepare_hf(model)
+    return _prepare_hf(model) if prepare else model
 
 
 def _prepare_hf(model: nn.Module) -> nn.Module:
@@ -347,6 +443,22 @@ def linear_from_conv1d(model: nn.Module) -> nn.Module:
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, linear)
     return model
+
+
+def conv1d_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`linear_from_conv1d` for a state dict: ``state`` (the toolkit's model,
+    Conv1D layers as ``nn.Linear``, weights (out, in)) with the weight of every ``Conv1D`` of
+    ``model`` (the same architecture as transformers builds it, e.g. on the meta device) back in
+    Conv1D's (in, out) layout."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return dict(state)
+    out = dict(state)
+    for path, module in model.named_modules():
+        if isinstance(module, Conv1D) and f"{path}.weight" in out:
+            out[f"{path}.weight"] = out[f"{path}.weight"].t().contiguous()
+    return out
 
 
 def hf_class(architectures) -> type:

@@ -57,17 +57,18 @@ def named_paths(values: object) -> list[Path]:
     return found
 
 
-def check_output(out: str | Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+def check_output(out: str | Path, force: bool, inputs: Iterable[str | Path | None] = (), option: str = "--out") -> Path:
     """Refuse an output location that would lose data, before any work starts.
 
     ``inputs`` are the files and folders the run reads; the working directory is always one.
+    ``option`` is how the messages name the output (the command-line option that set it).
     Returns ``out`` resolved."""
     target = Path(out).resolve()
     shown = str(out)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"output path {shown} exists and is not a directory")
     if target.exists() and not force:
-        raise ArtifactError(f"output directory {shown} exists; choose another --out or pass --force to replace it")
+        raise ArtifactError(f"output directory {shown} exists; choose another {option} or pass --force to replace it")
     cwd = Path.cwd().resolve()
     for raw in [cwd, *inputs]:
         if raw is None:
@@ -75,10 +76,10 @@ def check_output(out: str | Path, force: bool, inputs: Iterable[str | Path | Non
         path = Path(raw).resolve()
         what = "the working directory" if path == cwd else f"input {raw}"
         if path == target or target in path.parents:
-            raise ArtifactError(f"--out {shown} is or contains {what}, which --force would delete; "
+            raise ArtifactError(f"{option} {shown} is or contains {what}, which --force would delete; "
                                 "choose an output directory outside the run's inputs")
         if path != cwd and path.is_dir() and path in target.parents:
-            raise ArtifactError(f"--out {shown} lies inside {what}; write artifacts outside the input directories")
+            raise ArtifactError(f"{option} {shown} lies inside {what}; write outputs outside the input directories")
     return target
 
 
@@ -137,12 +138,12 @@ def _remove_leftovers(out: Path) -> list[str]:
 
 @contextmanager
 def claim_output(out: str | Path, force: bool = False, inputs: Iterable[str | Path | None] = (),
-                 notes: list[str] | None = None) -> Iterator[Path]:
+                 notes: list[str] | None = None, option: str = "--out") -> Iterator[Path]:
     """Check ``out`` (:func:`check_output`), create its parent folders and hold its lock for the block.
 
     Claims nest within one process. Folders this call created are removed again if the block
     fails and left them empty. Removed leftovers of killed runs are appended to ``notes``."""
-    target = check_output(out, force, inputs)
+    target = check_output(out, force, inputs, option)
     if target in _HELD:
         _HELD[target] += 1
         try:
@@ -154,7 +155,7 @@ def claim_output(out: str | Path, force: bool = False, inputs: Iterable[str | Pa
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ArtifactError(f"cannot create the folder of --out {out}: {exc.strerror or exc}") from None
+        raise ArtifactError(f"cannot create the folder of {option} {out}: {exc.strerror or exc}") from None
     ok = False
     try:
         _take_lock(_lock_path(target), str(out))
@@ -178,10 +179,11 @@ def claim_output(out: str | Path, force: bool = False, inputs: Iterable[str | Pa
 
 
 @contextmanager
-def atomic_directory(out: str | Path, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+def atomic_directory(out: str | Path, force: bool = False, inputs: Iterable[str | Path | None] = (),
+                     option: str = "--out") -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block succeeds (under the claim)."""
     out = Path(out)
-    with claim_output(out, force, inputs) as target:
+    with claim_output(out, force, inputs, option=option) as target:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
         try:
             yield tmp

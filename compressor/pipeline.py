@@ -81,13 +81,16 @@ class CompressionState:
         self.replacements: list[dict] = []
         self.baked_masks: dict[str, torch.Tensor] = {}
 
-    def task(self, config):
-        """The task a training pass asks for (built once per config)."""
-        from .tasks import build_task
+    def task(self, config, needs: tuple[str, ...] = ("batch",), where: str = "task"):
+        """The task a pass asks for (built once per config); a user task must have the methods in
+        ``needs`` (:func:`compressor.tasks.check_task`; ``where``: its recipe path)."""
+        from .tasks import build_task, check_task
 
         if config not in self._tasks:
             teacher = self.teacher if self.teacher is not None else self.reference
-            self._tasks[config] = build_task(config, self.spec, teacher)
+            self._tasks[config] = build_task(config, self.spec, teacher, needs, where)
+        else:  # the same config may serve another use, which calls other methods
+            check_task(self._tasks[config], needs, config.name, f"{where}.name")
         return self._tasks[config]
 
     def sync_masks(self) -> None:
@@ -241,6 +244,27 @@ def _check_block_fits(config, targets: list[Target], path: str) -> None:
                                                "smaller block or add the layer to 'ignore'")
 
 
+def task_uses(config, path: str) -> list[tuple[TaskConfig, str, tuple[str, ...]]]:
+    """(task config, its recipe path, the task methods that use calls) for each task a pass config names:
+    a task of the pass itself (``calibration``) is recorded as calibration inputs; ``train.task`` is
+    trained on (``evaluate`` only when ``eval_every`` > 0), and its inputs are recorded too where the pass
+    maps calibration batches of it (``dynamic_gate``'s ``calibration_batches``: the keep-frequency map)."""
+    from .tasks import CALIBRATION_METHODS, TRAINING_METHODS
+    from .training import TrainConfig
+
+    uses = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, TaskConfig):
+            uses.append((value, f"{path}.{f.name}", CALIBRATION_METHODS))
+        elif isinstance(value, TrainConfig):
+            needs = [m for m in TRAINING_METHODS if m != "evaluate" or value.eval_every]
+            if getattr(config, "calibration_batches", 0):
+                needs.append("inputs")
+            uses.append((value.task, f"{path}.{f.name}.task", tuple(needs)))
+    return uses
+
+
 class Pipeline:
     """Runs a validated :class:`Recipe` on a loaded model."""
 
@@ -329,11 +353,12 @@ class Pipeline:
             state.reference = copy.deepcopy(model).eval()
         if teacher is not None:
             state.teacher = copy.deepcopy(teacher).eval()  # the task freezes it; the caller's stays as it was
-        # a text task checks its tokenizer against the model's embedding before any pass changes a layer
-        for entry in self.recipe.passes:
-            for value in (getattr(entry.config, f.name) for f in fields(entry.config)):
-                if isinstance(value, TaskConfig) and value.name == "text":
-                    state.task(value)
+        # before any pass changes a layer: a text task checks its tokenizer against the model's embedding,
+        # a user task is built and must have the methods each of its uses calls
+        for i, entry in enumerate(self.recipe.passes):
+            for config, where, needs in task_uses(entry.config, f"passes[{i}]"):
+                if config.name == "text" or ":" in config.name:
+                    state.task(config, needs, where)
 
         metrics: dict[str, dict[str, float]] = {}
         reference = None

@@ -18,8 +18,12 @@
   first 90% of the corpus; the loss is the MSE of the last hidden states to the dense teacher's;
   the evaluation is the cosine of mean-pooled (attention-masked) embeddings to the teacher's on
   held-out sentences (the last 10% of ``eval_corpus``, by default the same corpus), mean and minimum.
-- ``package.module:function``: ``function(config, spec, teacher)`` returns an object with the
-  same three methods as :class:`Task`.
+- ``module:function`` (a module in the working directory or an installed package) or
+  ``path/to/file.py:function``: a user task. ``function(config, spec, teacher)`` returns an object
+  with the methods of :class:`Task` that its uses call (:data:`CALIBRATION_METHODS` for a pass's
+  ``calibration``, :data:`TRAINING_METHODS` for ``train.task``). The recipe loader imports it and
+  checks the signature (:func:`task_factory`); the pipeline builds it and checks the methods
+  (:func:`check_task`) before any pass changes a layer.
 
 Batches are a pure function of (seed, step): a resumed run sees exactly the batches it would
 have seen, and under torchrun every rank takes its own slice of the same global batch.
@@ -27,7 +31,6 @@ have seen, and under torchrun every rank takes its own slice of the same global 
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -39,8 +42,16 @@ import torch.nn.functional as F
 from .corpus import CharVocab, corpus_text, split_text
 from .errors import CompressorError, RecipeError
 
-__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "kl_distill", "mean_pool",
-           "held_out_sentences"]
+__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
+           "CALIBRATION_METHODS", "TRAINING_METHODS", "kl_distill", "mean_pool", "held_out_sentences"]
+
+#: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
+CALIBRATION_METHODS = ("batch", "inputs")
+#: ... and a training loop (``train.task``) minimises ``loss`` and logs ``evaluate`` (when ``eval_every`` > 0)
+TRAINING_METHODS = ("batch", "loss", "evaluate")
+#: the protocol's methods as a user writes them (the error names the missing one this way)
+_SIGNATURES = {"batch": "batch(step, rank=0, world=1)", "inputs": "inputs(batch)", "loss": "loss(model, batch)",
+               "evaluate": "evaluate(model)"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class TaskConfig:
     def validate(self, path: str) -> None:
         if self.name not in ("lm", "distill", "text", "auto") and ":" not in self.name:
             raise RecipeError(f"{path}.name", f"{self.name!r} is not a task; use lm, distill, text, auto or "
-                                              "'package.module:function'")
+                                              "'module:function'")
         if self.batch_dim is not None and not 0 <= self.batch_dim <= 8:
             raise RecipeError(f"{path}.batch_dim", f"{self.batch_dim} is invalid; a dimension in [0, 8] or null")
         for key, low in (("seq_len", 2), ("batch_size", 1), ("eval_tokens", 0), ("eval_sentences", 1)):
@@ -90,6 +101,43 @@ class TaskConfig:
                 raise RecipeError(f"{path}.{key}", f"only the text task reads {key}; task {self.name!r}")
         if not 0.0 < self.temperature <= 100.0:
             raise RecipeError(f"{path}.temperature", f"{self.temperature} is invalid; must be in (0, 100]")
+        if ":" in self.name:  # a user task: importable, with the factory's signature, before any model loads
+            task_factory(self.name, f"{path}.name")
+
+
+def task_factory(name: str, where: str = "task.name"):
+    """The factory a user task ``module:function`` (or ``file.py:function``) names, imported (the
+    working directory first, for that import only) and checked to accept ``(config, spec, teacher)``.
+
+    This runs the module the user named in their own recipe (artifacts never name tasks).
+    A bad reference is a :class:`RecipeError` at ``where`` naming it."""
+    import inspect
+
+    from .loading import import_callable
+
+    fn, _ = import_callable(name, lambda reason: RecipeError(where, f"task {name!r}: {reason}"))
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: the call will tell
+        return fn
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        attr = name.rpartition(":")[2]
+        raise RecipeError(where, f"task {name!r}: {attr}{signature} cannot be called as {attr}(config, spec, teacher); "
+                                 "a task factory takes the task config, the loaded model spec and the dense teacher") from None
+    return fn
+
+
+def check_task(task, needs: tuple[str, ...], name: str, where: str = "task.name") -> None:
+    """Fail in one line, naming the first missing method, unless ``task`` has every method in ``needs``."""
+    missing = [m for m in needs if not callable(getattr(task, m, None))]
+    if missing:
+        use = "a training loop" if "loss" in needs or "evaluate" in needs else "calibration"
+        others = f" (nor {', '.join(missing[1:])})" if missing[1:] else ""
+        calls = ", ".join(_SIGNATURES[m] for m in needs)
+        raise CompressorError(f"{where}: task {name!r} returned {type(task).__name__}, which has no "
+                              f"{_SIGNATURES[missing[0]]} method{others}; {use} calls {calls}")
 
 
 class Task:
@@ -441,8 +489,10 @@ def _takes_floats(spec) -> bool:
     return any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (getattr(spec, "example_inputs", None) or ()))
 
 
-def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
-    """Instantiate the task a training pass asks for."""
+def build_task(config: TaskConfig, spec, teacher: nn.Module | None, needs: tuple[str, ...] = ("batch",),
+               where: str = "task") -> Task:
+    """Instantiate the task a pass asks for. A user task must have the methods in ``needs`` (the
+    pipeline names what each of the recipe's uses calls); ``where`` is its recipe path."""
     vocab = getattr(spec, "vocab", None)
     if config.name == "auto":
         # the calibration default: token ids cannot feed a model whose inputs are floating point
@@ -461,19 +511,12 @@ def build_task(config: TaskConfig, spec, teacher: nn.Module | None) -> Task:
         if teacher is None:
             raise CompressorError("the distill task needs the dense teacher model")
         return DistillTask(config, teacher, spec.example_inputs, vocab, _batch_dim(config, spec))
-    module_name, _, attr = config.name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CompressorError(f"task {config.name!r} cannot be imported: {exc}") from None
-    if not callable(fn):
-        raise CompressorError(f"task {config.name!r}: {attr!r} is not a function")
+    fn = task_factory(config.name, f"{where}.name")
+    attr = config.name.rpartition(":")[2]
     try:
         task = fn(config, spec, teacher)
-    except TypeError as exc:  # most often the wrong signature
+    except TypeError as exc:  # inside the factory: the signature itself was checked
         raise CompressorError(f"task {config.name!r}: calling {attr}(config, spec, teacher) failed: "
                               f"{' '.join(str(exc).split())[:200]}") from None
-    missing = [m for m in ("batch", "loss", "evaluate") if not callable(getattr(task, m, None))]
-    if missing:
-        raise CompressorError(f"task {config.name!r} returned an object without {', '.join(missing)}")
+    check_task(task, needs, config.name, f"{where}.name")
     return task

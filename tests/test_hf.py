@@ -11,6 +11,7 @@ from rich.console import Console
 
 import compressor
 from compressor.recipe import parse_recipe
+from hf_tools import tiny_bert_with_tokenizer  # tests/hf_tools.py
 
 transformers = pytest.importorskip("transformers")
 
@@ -118,8 +119,14 @@ def test_gpt2_conv1d_layers_compress_as_linear(tmp_path):
     assert (tmp_path / "art" / "model.onnx").is_file()
 
 
-@pytest.mark.parametrize("damage", ["bad_json", "no_weights", "unknown_type"])
-def test_a_broken_model_directory_is_one_line(tmp_path, capsys, damage):
+@pytest.mark.parametrize("damage,match", [
+    ("bad_json", "not a loadable Hugging Face model directory"),
+    ("no_weights", "no file named model.safetensors"),
+    ("unknown_type", "not a loadable Hugging Face model directory"),
+    ("no_config", "has no config.json"),
+    ("unknown_architecture", "architecture 'MadeUpModel', which transformers does not implement"),
+])
+def test_a_broken_model_directory_is_one_line(tmp_path, capsys, damage, match):
     from compressor.cli import main
 
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -130,32 +137,19 @@ def test_a_broken_model_directory_is_one_line(tmp_path, capsys, damage):
     elif damage == "no_weights":
         for f in (tmp_path / "bert").glob("*.safetensors"):
             f.unlink()
+    elif damage == "no_config":
+        (tmp_path / "bert" / "config.json").unlink()
     else:
         cfg = json.loads((tmp_path / "bert" / "config.json").read_text())
-        (tmp_path / "bert" / "config.json").write_text(json.dumps({**cfg, "model_type": "no-such-type"}))
+        change = {"model_type": "no-such-type"} if damage == "unknown_type" else {"architectures": ["MadeUpModel"]}
+        (tmp_path / "bert" / "config.json").write_text(json.dumps({**cfg, **change}))
     recipe = tmp_path / "r.yaml"
     recipe.write_text('{"version": 1, "passes": [{"pass": "nm_prune"}]}')
     capsys.readouterr()  # save_pretrained's progress bar
     code = main(["--recipe", str(recipe), "--model", str(tmp_path / "bert"), "--out", str(tmp_path / "art")])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path / "bert") in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path / "bert") in err and match in err
     assert not (tmp_path / "art").exists()
-
-
-def _tiny_bert_with_tokenizer(path, vocab_size=None):
-    """A 2-layer BertModel directory with a character WordPiece tokenizer of 90 tokens."""
-    import string
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + \
-        ["##" + c for c in string.ascii_lowercase] + list(".,;:!?()[]{}<>=+-*/\"'_#0123456789")
-    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    assert len(tokenizer) == len(words)
-    config = transformers.BertConfig(vocab_size=vocab_size or len(words), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
@@ -163,7 +157,7 @@ def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
     model with input_ids and attention_mask as keywords; the evaluation is the embedding cosine."""
     from compressor.tasks import TaskConfig, build_task
 
-    spec = compressor.load_model(str(_tiny_bert_with_tokenizer(tmp_path / "bert")))
+    spec = compressor.load_model(str(tiny_bert_with_tokenizer(tmp_path / "bert")))
     assert spec.source["directory"] == str((tmp_path / "bert").resolve())
     task = build_task(TaskConfig(name="text", seq_len=16, batch_size=4, eval_sentences=8), spec, spec.model)
     ids, mask = task.batch(0)
@@ -193,7 +187,7 @@ def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
 
 
 def test_text_task_refuses_a_tokenizer_the_embedding_cannot_hold_before_any_layer_changes(tmp_path):
-    spec = compressor.load_model(str(_tiny_bert_with_tokenizer(tmp_path / "bert", vocab_size=50)))
+    spec = compressor.load_model(str(tiny_bert_with_tokenizer(tmp_path / "bert", vocab_size=50)))
     before = {k: v.clone() for k, v in spec.model.state_dict().items()}
     recipe = parse_recipe({"version": 1, "passes": [
         {"pass": "nm_prune", "ignore": ["pooler"]},
@@ -208,7 +202,7 @@ def test_text_task_refuses_a_tokenizer_the_embedding_cannot_hold_before_any_laye
 def test_text_task_without_a_tokenizer_says_so_in_one_line(tmp_path):
     from compressor.tasks import TaskConfig, build_task
 
-    _tiny_bert_with_tokenizer(tmp_path / "bert")
+    tiny_bert_with_tokenizer(tmp_path / "bert")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (tmp_path / "bert" / name).unlink(missing_ok=True)
     spec = compressor.load_model(str(tmp_path / "bert"))
@@ -218,3 +212,22 @@ def test_text_task_without_a_tokenizer_says_so_in_one_line(tmp_path):
     builtin = compressor.load_model("lstm-lm")
     with pytest.raises(compressor.CompressorError, match="needs a tokenizer"):
         build_task(TaskConfig(name="text", seq_len=16), builtin, builtin.model)
+
+
+def test_text_task_longer_than_the_models_positions_is_one_line_before_any_layer_changes(tmp_path, capsys):
+    """seq_len 65 on a model of 64 positions (position embeddings have no row 64: an IndexError mid-pass)."""
+    from compressor.cli import main
+
+    tiny_bert_with_tokenizer(tmp_path / "bert")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('{"version": 1, "passes": [{"pass": "nm_prune", "ignore": ["pooler"]}, {"pass": "nm_convert", '
+                      '"ignore": ["pooler"], "calibration": {"name": "text", "seq_len": 65}}]}')
+    capsys.readouterr()
+    code = main(["--recipe", str(recipe), "--model", str(tmp_path / "bert"), "--out", str(tmp_path / "art")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "seq_len 65 is longer than the model's 64 positions" in err and not (tmp_path / "art").exists()
+    spec = compressor.load_model(str(tmp_path / "bert"))
+    from compressor.tasks import TaskConfig, build_task
+
+    assert build_task(TaskConfig(name="text", seq_len=64, batch_size=2), spec, None).batch(0)[0].shape == (2, 64)

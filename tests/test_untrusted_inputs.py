@@ -251,7 +251,7 @@ def test_task_factory_with_the_wrong_signature_is_one_line(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     from compressor.tasks import TaskConfig, build_task
 
-    with pytest.raises(CompressorError, match=r"calling make\(config, spec, teacher\) failed"):
+    with pytest.raises(RecipeError, match=r"make\(\) cannot be called as make\(config, spec, teacher\)"):
         build_task(TaskConfig(name="badtask:make"), None, None)
 
 
