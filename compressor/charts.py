@@ -111,16 +111,17 @@ class Line:
 
 
 def line_chart_svg(lines: list[Line], x_title: str, y_title: str, fmt_x=str, fmt_y=str, title: str = "",
-                   reference: float | None = None, reference_label: str = "", log_y: bool = False) -> str:
-    """An inline ``<svg>`` with every line on one pair of axes (x from 0), a legend beside it and, given
-    ``reference``, a dashed horizontal line at that y (a dense model's value). ``log_y``: a logarithmic
-    y axis (every y must be positive)."""
+                   reference: float | None = None, reference_label: str = "", log_y: bool = False,
+                   x_max: float | None = None) -> str:
+    """An inline ``<svg>`` with every line on one pair of axes (x from 0 to ``x_max``, default the largest
+    x), a legend beside it and, given ``reference``, a dashed horizontal line at that y (a dense model's
+    value). ``log_y``: a logarithmic y axis (ignored unless every y is positive)."""
     import math
 
     w, h, left, top, bottom = 560, 320, 70, 30, 44
     xs = [x for line in lines for x, _ in line.points]
     ys = [y for line in lines for _, y in line.points] + ([reference] if reference is not None else [])
-    x_max = max(xs, default=1.0) or 1.0
+    x_max = x_max or max(xs, default=1.0) or 1.0
     if log_y and ys and min(ys) <= 0:
         log_y = False
     f = math.log if log_y else (lambda v: v)

@@ -357,7 +357,7 @@ def render_sensitivity_html(curves: dict) -> str:
     log_y = "perplexity" in metric and min(values) > 0 and max(values) / min(values) > 3
     where = f" on {curves['split']}" if curves.get("split") else ""
     chart = line_chart_svg(lines, "sparsity of the one pruned layer", metric + where, _pct, lambda v: f"{v:.4g}",
-                           f"{curves['pass']}: one layer pruned at a time", dense, "dense", log_y)
+                           f"{curves['pass']}: one layer pruned at a time", dense, "dense", log_y, x_max=1.0)
     grid = sorted({p["sparsity"] for layer in curves["layers"].values() for p in layer["points"]})
     head = ["layer", "weights", *[_pct(s) for s in grid]] + (["allocated"] if allocation else [])
     rows = []

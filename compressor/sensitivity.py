@@ -325,7 +325,7 @@ def sweep(recipe, spec, out: str | Path, sparsities=DEFAULT_SPARSITIES, budget: 
                                              owl_lambda=type(entry.config)().owl_lambda)
                 one = Recipe((PassEntry(entry.name, config),), seed=recipe.seed)
                 pruned = dataclasses.replace(spec, model=copy.deepcopy(dense), evaluate=None)
-                result = Pipeline(one).run(pruned, console=quiet)
+                result = Pipeline(one).run(pruned, console=quiet, captured=captured)
                 mask = result.masks[t.name]
                 value = metric(result.model)
                 point = {"sparsity": s, "measured_sparsity": 1.0 - float(mask.sum()) / mask.numel(), "value": value,

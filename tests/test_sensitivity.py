@@ -185,3 +185,30 @@ def test_an_out_that_is_not_a_sweep_is_refused(tmp_path, capsys):
         sweep(parse_recipe({"version": 1, "passes": [STEP]}), _spec([]), out, [0.5], console=QUIET)
     assert (out / "keep.txt").exists()
     assert Path(out).is_dir()
+
+
+def test_an_encoder_calibrated_on_text_is_measured_by_embedding_cosine(tmp_path):
+    """No held-out metric of its own: the text task's embedding cosine to the dense model, as the
+    Hugging Face benchmark measures it; the point equals the task's cosine of the pass's own result."""
+    pytest.importorskip("transformers")
+    from test_hf import _tiny_bert_with_tokenizer
+
+    from compressor.tasks import TaskConfig, TextTask
+
+    directory = str(_tiny_bert_with_tokenizer(tmp_path / "bert"))
+    corpus = tmp_path / "corpus.txt"  # a short text keeps tokenizing cheap
+    corpus.write_text("".join(f"the quick brown fox {i} jumps over the lazy dog near river {i % 7}.\n\n"
+                              for i in range(300)))
+    text = {"name": "text", "corpus": str(corpus), "seq_len": 16, "batch_size": 4, "eval_sentences": 8}
+    step = {"pass": "wanda", "targets": ["encoder.layer.0.intermediate.dense"], "rows": 32, "calibration": text}
+    result = sweep(parse_recipe({"version": 1, "passes": [step]}), compressor.load_model(directory), tmp_path / "s",
+                   [0.5], console=QUIET)
+    curves = result.curves
+    assert (curves["metric"], curves["higher_is_better"]) == ("embedding_cosine_mean", True)
+    assert curves["dense"] == pytest.approx(1.0, abs=1e-6)
+    pruned = compressor.Pipeline(parse_recipe({"version": 1, "passes": [{**step, "sparsity": 0.5}]})).run(
+        compressor.load_model(directory), console=QUIET)
+    dense = compressor.load_model(directory)
+    want = TextTask(TaskConfig(**text), dense, dense.model).evaluate(pruned.model)["embedding_cosine_mean"]
+    (point,) = curves["layers"]["encoder.layer.0.intermediate.dense.weight"]["points"]
+    assert point["value"] == pytest.approx(want, rel=1e-6) and point["value"] < 1.0 - 1e-6
