@@ -176,7 +176,9 @@ class _Metric:
             return
         from .tasks import TextTask, build_task
 
-        task = build_task(config.calibration, spec, dense) if config.calibration.name in ("text", "auto") else None
+        name = config.calibration.name  # "auto" is the text task for a Hugging Face model (build_task)
+        text = name == "text" or (name == "auto" and spec.source.get("kind") == "hf")
+        task = build_task(config.calibration, spec, dense) if text else None
         if isinstance(task, TextTask):
             self.name, self.higher_is_better, self.split = "embedding_cosine_mean", True, "held-out sentences"
             self.fn = lambda model: task.evaluate(model)[self.name]
