@@ -1,9 +1,10 @@
-"""Per-layer bar charts as inline SVG, written by hand (no plotting dependency).
+"""Charts as inline SVG, written by hand (no plotting dependency).
 
-One chart is a row per layer and side-by-side panels (sparsity, bytes, FLOPs, ...); in each panel
-every layer gets one thin bar per series (dense vs compressed, or A vs B), so every value stays
-visible even when a compressed layer is larger than its dense form. Hovering a bar shows its
-exact value (an SVG ``<title>``).
+:func:`bar_chart_svg`: a row per layer and side-by-side panels (sparsity, bytes, FLOPs, ...); in each
+panel every layer gets one thin bar per series (dense vs compressed, or A vs B), so every value stays
+visible even when a compressed layer is larger than its dense form. :func:`line_chart_svg`: curves
+(a metric against sparsity, one line per layer). Hovering a bar or a point shows its exact value
+(an SVG ``<title>``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Series", "Panel", "bar_chart_svg"]
+__all__ = ["Series", "Panel", "bar_chart_svg", "Line", "line_chart_svg", "PALETTE"]
 
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"
 CHAR_PX = 7.3          # width of one 12-px monospace character
 PANEL_W, GAP, PAD = 300, 32, 8
 MAX_LABEL = 34         # longer layer names are shortened in the middle (full name on hover)
+#: line colours, cycled (Tableau 10)
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
 
 @dataclass(frozen=True)
@@ -94,5 +97,80 @@ def bar_chart_svg(names: list[str], panels: list[Panel], title: str = "") -> str
                    f'style="{FONT}">{escape(_short(name))}<title>{escape(name)}</title></text>')
     for p, panel in enumerate(panels):
         out += _panel(panel, label_w + p * (PANEL_W + GAP), top, row_h, n, names)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One curve: a label, a colour and its ``(x, y)`` points."""
+
+    label: str
+    color: str
+    points: list[tuple[float, float]]
+
+
+def line_chart_svg(lines: list[Line], x_title: str, y_title: str, fmt_x=str, fmt_y=str, title: str = "",
+                   reference: float | None = None, reference_label: str = "", log_y: bool = False,
+                   x_max: float | None = None) -> str:
+    """An inline ``<svg>`` with every line on one pair of axes (x from 0 to ``x_max``, default the largest
+    x), a legend beside it and, given ``reference``, a dashed horizontal line at that y (a dense model's
+    value). ``log_y``: a logarithmic y axis (ignored unless every y is positive)."""
+    import math
+
+    w, h, left, top, bottom = 560, 320, 70, 30, 44
+    xs = [x for line in lines for x, _ in line.points]
+    ys = [y for line in lines for _, y in line.points] + ([reference] if reference is not None else [])
+    x_max = x_max or max(xs, default=1.0) or 1.0
+    if log_y and ys and min(ys) <= 0:
+        log_y = False
+    f = math.log if log_y else (lambda v: v)
+    y_lo, y_hi = (f(min(ys)), f(max(ys))) if ys else (0.0, 1.0)
+    if y_hi == y_lo:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    pad = (y_hi - y_lo) * 0.05
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+
+    def px(x: float) -> float:
+        return left + w * x / x_max
+
+    def py(y: float) -> float:
+        return top + h * (1 - (f(y) - y_lo) / (y_hi - y_lo))
+
+    legend_w = 16 + CHAR_PX * min(MAX_LABEL, max((len(_short(line.label)) for line in lines), default=4)) + 24
+    width, height = left + w + 24 + legend_w, top + h + bottom + max(0, 16 * len(lines) - h)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width:.0f} {height}" '
+           f'width="{width:.0f}" height="{height}" role="img" aria-label="{escape(title)}">',
+           f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fafbfc" stroke="#c5ceda"/>']
+    for i in range(5):  # grid and ticks
+        gx, gy = x_max * i / 4, y_lo + (y_hi - y_lo) * i / 4
+        yv = math.exp(gy) if log_y else gy
+        x_pos, y_pos = left + w * i / 4, top + h * (1 - i / 4)
+        out.append(f'<line x1="{x_pos:.1f}" y1="{top}" x2="{x_pos:.1f}" y2="{top + h}" stroke="#e3e8ef"/>'
+                   f'<text x="{x_pos:.1f}" y="{top + h + 15}" font-size="10" fill="#566" text-anchor="middle">'
+                   f'{escape(fmt_x(gx))}</text>'
+                   f'<line x1="{left}" y1="{y_pos:.1f}" x2="{left + w}" y2="{y_pos:.1f}" stroke="#e3e8ef"/>'
+                   f'<text x="{left - 6}" y="{y_pos + 3:.1f}" font-size="10" fill="#566" text-anchor="end">'
+                   f'{escape(fmt_y(yv))}</text>')
+    out.append(f'<text x="{left + w / 2:.0f}" y="{top + h + 34}" font-size="12" text-anchor="middle">{escape(x_title)}</text>'
+               f'<text x="14" y="{top + h / 2:.0f}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 14 {top + h / 2:.0f})">{escape(y_title)}{" (log scale)" if log_y else ""}</text>')
+    if title:
+        out.append(f'<text x="{left}" y="{top - 12}" font-weight="600" font-size="13">{escape(title)}</text>')
+    if reference is not None:
+        y = py(reference)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" stroke="#333" stroke-dasharray="4 3">'
+                   f'<title>{escape(reference_label)} {escape(fmt_y(reference))}</title></line>')
+    for i, line in enumerate(lines):
+        pts = sorted(line.points)
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{line.color}" stroke-width="2"/>')
+        for x, y in pts:
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{line.color}">'
+                       f'<title>{escape(line.label)}: {escape(fmt_x(x))} -> {escape(fmt_y(y))}</title></circle>')
+        ly = top + 6 + 16 * i
+        out.append(f'<rect x="{left + w + 24}" y="{ly}" width="10" height="10" fill="{line.color}"/>'
+                   f'<text x="{left + w + 38}" y="{ly + 9}" font-size="11" style="{FONT}">{escape(_short(line.label))}'
+                   f'<title>{escape(line.label)}</title></text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -9,6 +9,7 @@
     compress export DIR --dense F    the weights as dense tensors with zeros + bool masks (format 1)
     compress export DIR --hf OUT     a Hugging Face model directory (from_pretrained), [--source MODEL_DIR]
     compress bench NAME [...]        benchmarks (solvers, kernels, nm, oneshot, quality, storage, model DIR)
+    compress sensitivity --recipe R  per-layer sensitivity curves of the recipe's first one-shot pass
 
 Exit status 0 on success; on bad input a one-line reason on stderr and status 2.
 """
@@ -27,14 +28,14 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("validate", "report", "bench", "export", "layers")
+SUBCOMMANDS = ("validate", "report", "bench", "export", "layers", "sensitivity")
 
 
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compress",
-        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, export, layers, bench "
-        "(`compress SUBCOMMAND --help`).",
+        description="Compress a PyTorch model with a recipe. Subcommands: validate, report, export, layers, bench, "
+        "sensitivity (`compress SUBCOMMAND --help`).",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
     p.add_argument("--model", help="built-in name (lstm-lm), 'file.py:factory', 'pkg.module:factory', or a HF model directory")
@@ -161,6 +162,65 @@ def _cmd_export(args) -> int:
     for r in results.values():
         print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "
               f"(ONNX Runtime vs torch, {r['trials']} fresh inputs)")
+    return 0
+
+
+def _sensitivity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress sensitivity",
+        description="Prune each layer of the recipe's first one-shot pass (sparsegpt or wanda) alone at several "
+        "sparsities, measure the model, and write the curves, a chart and a recipe that shares the budget by them.")
+    p.add_argument("--recipe", required=True, help="recipe YAML file with a sparsegpt or wanda pass (unstructured)")
+    p.add_argument("--out", help="output directory (default: runs/sensitivity-<recipe>); a rerun resumes it")
+    p.add_argument("--sparsities", default="0.3,0.5,0.7,0.9", help="comma-separated sparsities, each in (0, 1)")
+    p.add_argument("--budget", type=float, help="the budget of the recipe it writes (default: the pass's sparsity)")
+    p.add_argument("--eval-tokens", type=int, default=None, metavar="N",
+                   help="score the held-out metric (built-in models) on at most N tokens (default: the whole split)")
+    p.add_argument("--model", help="built-in name, 'file.py:factory', 'pkg.module:factory' or a HF directory")
+    p.add_argument("--checkpoint", help=".safetensors or state-dict weights")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled module checkpoint (runs code!)")
+    p.add_argument("--input", action="append", default=[], metavar="SPEC", help="example input, e.g. 2x32:int64")
+    p.add_argument("--force", action="store_true", help="discard the results already in --out and start over")
+    return p
+
+
+def _cmd_sensitivity(args) -> int:
+    import torch
+    from rich.console import Console
+
+    from .errors import CompressorError
+    from .loading import load_model
+    from .recipe import load_recipe, parse_input_spec
+    from .sensitivity import check_grid, oneshot_step, render_table, sweep
+
+    recipe = load_recipe(args.recipe)
+    for i, spec in enumerate(args.input):
+        parse_input_spec(spec, f"--input[{i}]")
+    try:
+        sparsities = [float(v) for v in args.sparsities.split(",") if v.strip()]
+    except ValueError:
+        raise CompressorError(f"--sparsities {args.sparsities!r}: expected numbers separated by commas, e.g. "
+                              "0.3,0.5,0.7,0.9") from None
+    oneshot_step(recipe)  # every check that needs no model, before it loads
+    check_grid(sparsities, args.budget)
+    if args.eval_tokens is not None and args.eval_tokens < 256:
+        raise CompressorError(f"--eval-tokens {args.eval_tokens}: score at least 256 tokens (a perplexity window is 128)")
+    out = Path(args.out) if args.out else Path("runs") / f"sensitivity-{Path(args.recipe).stem}"
+    err = Console(stderr=True)
+    torch.manual_seed(recipe.seed)
+    with err.status("loading the model"):
+        spec = load_model(args.model or recipe.model.name, args.checkpoint or recipe.model.checkpoint,
+                          allow_pickle=args.allow_pickle, inputs=tuple(args.input) or recipe.model.inputs)
+    if args.model or args.checkpoint or args.input:  # the recipe it writes names the model it was measured on
+        model = dataclasses.replace(recipe.model, name=args.model or recipe.model.name,
+                                    checkpoint=args.checkpoint or recipe.model.checkpoint,
+                                    inputs=tuple(args.input) or recipe.model.inputs)
+        recipe = dataclasses.replace(recipe, model=model)
+    result = sweep(recipe, spec, out, sparsities, args.budget, args.eval_tokens, args.force, err,
+                   inputs=[args.recipe, args.checkpoint, args.model])
+    render_table(result)
+    print(f"{result.evaluated} point(s) measured, {result.reused} found in {out}; wrote "
+          f"{', '.join(str(p) for p in result.files)}")
     return 0
 
 
@@ -322,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
               "or compress with `compress --recipe R`", file=sys.stderr)
         return 2
     parsers = {"validate": _validate_parser, "report": _report_parser, "bench": _bench_parser, "export": _export_parser,
-               "layers": _layers_parser}
+               "layers": _layers_parser, "sensitivity": _sensitivity_parser}
     handlers = {"validate": _cmd_validate, "report": _cmd_report, "bench": _cmd_bench, "export": _cmd_export,
-                "layers": _cmd_layers}
+                "layers": _cmd_layers, "sensitivity": _cmd_sensitivity}
     if command is None:
         args = _run_parser().parse_args(argv)
         handler = _cmd_run

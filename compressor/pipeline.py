@@ -290,7 +290,8 @@ class Pipeline:
         return plan
 
     def run(self, spec: ModelSpec, out: str | Path | None = None, force: bool = False, console=None,
-            resume: bool = False, teacher: nn.Module | None = None, eval_tokens: int | None = None) -> PipelineResult:
+            resume: bool = False, teacher: nn.Module | None = None, eval_tokens: int | None = None,
+            captured: CaptureResult | None = None) -> PipelineResult:
         """Compress ``spec.model`` in place and, if ``out`` is given, write the artifacts.
 
         With ``resume`` the run continues from the checkpoint a killed run with the same
@@ -298,7 +299,9 @@ class Pipeline:
         task and ``task.distill_weight`` match (same inputs and outputs as ``spec.model``; not
         modified); default: a copy of ``spec.model`` as it was before any pass.
         ``eval_tokens``: score the held-out metric (``spec.evaluate``) on at most this many tokens
-        (tests and quick runs; None: the whole held-out split).
+        (tests and quick runs; None: the whole held-out split). ``captured``: the layers of
+        ``spec.model`` found by an earlier :func:`compressor.capture` of the same architecture (a copy
+        of that model: ``compress sensitivity`` prunes one copy per point), to skip capturing again.
         """
         from rich.console import Console
 
@@ -315,10 +318,11 @@ class Pipeline:
                     console.print(note)
             elif out is not None:
                 check_output(out, force, inputs)
-            return self._run(spec, out, force, console, resume, teacher, inputs, start, eval_tokens)
+            return self._run(spec, out, force, console, resume, teacher, inputs, start, eval_tokens, captured)
 
     def _run(self, spec: ModelSpec, out: Path | None, force: bool, console, resume: bool, teacher: nn.Module | None,
-             inputs: list[Path], start: float, eval_tokens: int | None) -> PipelineResult:
+             inputs: list[Path], start: float, eval_tokens: int | None,
+             captured: CaptureResult | None = None) -> PipelineResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         info = current()
@@ -342,7 +346,7 @@ class Pipeline:
         torch.manual_seed(self.recipe.seed)
         model = spec.model
         model.eval()
-        captured = capture(model, spec.example_inputs)
+        captured = captured or capture(model, spec.example_inputs)
         if not captured.targets:
             raise TargetError(f"found no linear or recurrent layer to compress in {spec.description or 'the model'} "
                               f"(capture method: {captured.method}); nothing was written")

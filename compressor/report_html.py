@@ -8,6 +8,8 @@ layer, and the metrics before/after. :func:`render_comparison_html` draws two re
 from a :class:`compressor.report.Comparison`.
 
     compress report DIR --html report.html [--compare OTHER_DIR]
+
+:func:`render_sensitivity_html` draws the curves of ``compress sensitivity`` in the same style.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
-from .charts import Panel, Series, bar_chart_svg
+from .charts import PALETTE, Line, Panel, Series, bar_chart_svg, line_chart_svg
 from .outputs import atomic_file
 from .mask_pictures import COLORS, MaskPicture, layer_picture
 from .report import Comparison, LayerRow, Report, human, ratio
 
-__all__ = ["layer_pictures", "render_html", "render_comparison_html", "write_html", "artifact_html"]
+__all__ = ["layer_pictures", "render_html", "render_comparison_html", "write_html", "artifact_html",
+           "render_sensitivity_html"]
 
 DARK, LIGHT, A_COLOR, B_COLOR = "#1f4e8c", "#b9c7db", "#1f4e8c", "#d9822b"
 TALL = 25   # tables with more rows scroll inside a box (header kept in view)
@@ -339,3 +342,42 @@ def artifact_html(directory: str | Path, compare: str | Path | None = None) -> s
         return render_html(report, masks)
     comparison = compare_reports(report, read_report(compare), str(directory), str(compare))
     return render_comparison_html(comparison, masks, load_masks(compare))
+
+
+def render_sensitivity_html(curves: dict) -> str:
+    """The page of ``compress sensitivity``: the metric of the model with one layer pruned, against that
+    layer's sparsity (a line per layer, the dense model dashed), the table of values and the allocation
+    (``curves``: :func:`compressor.sensitivity.read_curves`'s data, with its ``allocation``)."""
+    metric, dense, allocation = curves["metric"], curves["dense"], curves.get("allocation")
+    names = list(curves["layers"])
+    lines = [Line(n, PALETTE[i % len(PALETTE)], [(0.0, dense)] + [(p["measured_sparsity"], p["value"])
+                                                                for p in curves["layers"][n]["points"]])
+             for i, n in enumerate(names)]
+    values = [y for line in lines for _, y in line.points]
+    log_y = "perplexity" in metric and min(values) > 0 and max(values) / min(values) > 3
+    where = f" on {curves['split']}" if curves.get("split") else ""
+    chart = line_chart_svg(lines, "sparsity of the one pruned layer", metric + where, _pct, lambda v: f"{v:.4g}",
+                           f"{curves['pass']}: one layer pruned at a time", dense, "dense", log_y, x_max=1.0)
+    grid = sorted({p["sparsity"] for layer in curves["layers"].values() for p in layer["points"]})
+    head = ["layer", "weights", *[_pct(s) for s in grid]] + (["allocated"] if allocation else [])
+    rows = []
+    for n in names:
+        got = {p["sparsity"]: p["value"] for p in curves["layers"][n]["points"]}
+        cells = "".join(_td(f"value@{s:g}", got.get(s), "-" if s not in got else f"{got[s]:.5g}") for s in grid)
+        alloc = _td("allocated", allocation["layers"][n], _pct(allocation["layers"][n])) if allocation else ""
+        rows.append(f'<tr data-layer="{escape(n)}">' + _td("name", n, cls="l name")
+                    + _td("size", curves["layers"][n]["size"], human(curves["layers"][n]["size"])) + cells + alloc + "</tr>")
+    ths = "".join(f'<th class="{"l" if h == "layer" else ""}">{escape(h)}</th>' for h in head)
+    cards = [_card(f"{metric} dense", f"{dense:.5g}", where.strip()),
+             _card("layers x sparsities", f"{len(names)} x {len(grid)}", curves["pass"])]
+    if allocation:
+        cards.append(_card(f"allocation at {_pct(allocation['budget'])}", f"{allocation['predicted_cost']:.4g}",
+                           "predicted cost (sum of the layers' measured costs)"))
+    body = [f"<h1>sensitivity: {escape(curves.get('model') or '')}</h1>",
+            f'<div class="meta">{escape(curves["pass"])}, {len(names)} layers, each pruned alone on the dense model; '
+            f"{escape(metric)}{escape(where)}</div>", f'<div class="cards">{"".join(cards)}</div>',
+            '<h2 id="chart">Curves</h2>', f'<div class="scroll">{chart}</div>',
+            '<h2 id="values">Values</h2>',
+            f'<div class="scroll"><table id="sensitivity"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            "</table></div>"]
+    return _page(f"sensitivity: {curves.get('model') or curves['pass']}", body)

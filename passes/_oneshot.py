@@ -32,8 +32,9 @@ _LAYER = re.compile(r"_l(\d+)(_reverse)?$")
 
 def calibration_batches(state, config: TaskConfig) -> Iterator:
     """Model inputs of the calibration task, batch after batch (:func:`compressor.calibration.task_batches`:
-    positional inputs a tuple, keyword inputs a mapping)."""
-    return task_batches(state.task(config))
+    positional inputs a tuple, keyword inputs a mapping). Lazy: the task is built at the first batch,
+    so a pass that ends up recording nothing never builds it."""
+    yield from task_batches(state.task(config))
 
 
 def stages(targets: list[Target]) -> list[tuple[str, list[Target]]]:

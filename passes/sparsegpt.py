@@ -25,10 +25,13 @@ whose earlier layers are already pruned; :mod:`compressor.passes._oneshot`):
    ``w_B [(H^-1)_BB]^-1 w_B^T``, summed over the block's rows; ``sparsity`` of them pruned per layer; ``balanced``: the
    same count in every block row; blocks stay inside one LSTM/GRU gate unless ``cross_gates``).
 
+``allocation: owl | sensitivity`` shares an unstructured ``sparsity`` among the layers instead of
+giving each the same (:mod:`compressor.passes._allocation`): each layer then prunes exactly its count.
+
 The report has, per layer, the calibration rows and columns (a note when rows < columns), the
 damping used, and the relative output error on the calibration inputs of the kept weights before
 the update (the original values under the chosen mask), after it, and of the magnitude mask of
-the same pattern, for comparison.
+the same pattern and layer sparsity, for comparison.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ..solvers.sparsegpt import (HessianError, SparseGPTResult, hessian, obs_gro
                                  sparsegpt_prune)
 from .block_prune import layer_block_mask
 from ..tasks import TaskConfig
+from ._allocation import OWL_LAMBDA, OWL_THRESHOLD, allocate, check_allocation
 from ._magnitude import keep_count
 from ._oneshot import calibrated_stages, rows_note
 from .registry import PassConfig, PassResult, register_pass
@@ -57,7 +61,7 @@ __all__ = ["SparseGPTConfig", "sparsegpt", "check_pattern"]
 
 
 def check_pattern(config, path: str) -> None:
-    """Checks shared by the one-shot passes: sparsity, N:M, calibration rows."""
+    """Checks shared by the one-shot passes: sparsity, N:M, calibration rows, layer-wise allocation."""
     check_range(f"{path}.sparsity", config.sparsity, 0.0, 1.0)
     if config.pattern == "nm":
         if config.m < 2:
@@ -66,6 +70,7 @@ def check_pattern(config, path: str) -> None:
             raise RecipeError(f"{path}.n", f"{config.n} is invalid; n must satisfy 0 < n < m (m = {config.m})")
     if config.rows < 1:
         raise RecipeError(f"{path}.rows", f"{config.rows} is invalid; must be >= 1")
+    check_allocation(config, path)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,9 @@ class SparseGPTConfig(PassConfig):
     ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
     ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
     model with the earlier layers already pruned (the paper), else on the dense model.
-    ``calibration``: the task whose batches are recorded."""
+    ``calibration``: the task whose batches are recorded. ``allocation``: how the ``sparsity`` budget
+    is shared among the layers (``uniform``, ``owl`` with ``owl_threshold`` and ``owl_lambda``, or
+    ``sensitivity`` from the curves file ``sensitivity``; :mod:`compressor.passes._allocation`)."""
 
     pattern: Literal["unstructured", "nm", "block"] = "unstructured"
     sparsity: float = 0.5
@@ -94,6 +101,10 @@ class SparseGPTConfig(PassConfig):
     rows: int = 16384
     sequential: bool = True
     calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
+    allocation: Literal["uniform", "owl", "sensitivity"] = "uniform"
+    owl_threshold: float = OWL_THRESHOLD
+    owl_lambda: float = OWL_LAMBDA
+    sensitivity: str | None = None
 
     def validate(self, path: str) -> None:
         check_pattern(self, path)
@@ -108,14 +119,18 @@ class SparseGPTConfig(PassConfig):
             raise RecipeError(f"{path}.solver", f"{self.solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
 
 
-def magnitude_mask(weight: torch.Tensor, config, target=None) -> torch.Tensor:
-    """The magnitude mask of the same pattern (the reference the report compares against)."""
+def magnitude_mask(weight: torch.Tensor, config, budget=None, target=None) -> torch.Tensor:
+    """The magnitude mask of the same pattern and layer sparsity (the reference the report compares
+    against); ``budget``: the layer's share under a layer-wise allocation; ``target``: the layer
+    (block patterns keep blocks inside one gate)."""
     if config.pattern == "nm":
         if getattr(config, "transposable", False):
             return transposable_nm_mask(weight, config.n, config.m, method=config.solver)
         return nm_mask(weight, config.n, config.m)
     if config.pattern == "block":
         return _block_mask(weight.abs(), config, target)
+    if budget is not None:
+        return topk_mask(weight.abs(), weight.numel() - budget.count)
     return topk_mask(weight.abs(), keep_count(weight.numel(), config.sparsity, at_least=0))
 
 
@@ -155,11 +170,13 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
     result = PassResult()
     nm = c.pattern == "nm"
     pattern = _pattern(c)
+    plan, result.notes = allocate(state, c, targets, "sparsegpt")
     for group, inputs in calibrated_stages(state, c, targets, result):
         for t in group:
             w_ref = state.weight(t).clone()
             h = hessian(inputs[t.param_name])
             n_rows = inputs[t.param_name].shape[0]
+            budget = plan.get(t.name)
             try:
                 if c.pattern == "block" or c.transposable:
                     mask = _fixed_mask(w_ref, h, c, t, state.mask(t))
@@ -167,7 +184,7 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
                 else:
                     solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
                                              ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,
-                                             prior=state.mask(t))
+                                             prior=state.mask(t), prune=budget.count if budget else None)
             except (HessianError, SingularGramError) as exc:
                 raise CompressorError(f"sparsegpt: layer {t.name} ({n_rows} calibration rows x {t.in_features} "
                                       f"columns): {exc}") from None
@@ -175,9 +192,10 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
                 "calibration_rows": n_rows, "columns": t.in_features, "damping": solved.damping,
                 "reconstruction_error_before": output_error(h, w_ref, w_ref * solved.mask),
                 "reconstruction_error_after": output_error(h, w_ref, solved.weight),
-                "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c, t)),
+                "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c, budget, t)),
+                **(budget.metrics if budget else {}),
             }
-            notes = [n for n in (rows_note(n_rows, t.in_features), *solved.notes) if n]
+            notes = [n for n in (budget.note if budget else None, rows_note(n_rows, t.in_features), *solved.notes) if n]
             notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}; "
                          f"calibration output error {metrics['reconstruction_error_before']:.3g} with the mask alone -> "
                          f"{metrics['reconstruction_error_after']:.3g} after the OBS update (magnitude mask: "
@@ -185,7 +203,7 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
             with torch.no_grad():
                 state.original(t).copy_(solved.weight)
             state.set_mask(t, solved.mask)
-            result.layers[t.name] = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m if nm else c.sparsity,
-                                     "notes": notes, "metrics": metrics}
+            result.layers[t.name] = {"pattern": pattern, "notes": notes, "metrics": metrics,
+                                     "target_sparsity": 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity}
             result.metrics[t.name] = metrics
     return result

@@ -6,7 +6,8 @@ calibration rows, and the scores are compared within each output row: ``pattern:
 prunes ``sparsity`` of every row, ``pattern: nm`` keeps N of every M consecutive inputs per row.
 No weight is updated. Layers are calibrated in forward order on the model whose earlier layers are
 already pruned (``sequential``, as the paper's code does), with the same recording as ``sparsegpt``
-(:mod:`compressor.passes._oneshot`; LSTM/GRU ``weight_hh``: h_{t-1} over every time step).
+(:mod:`compressor.passes._oneshot`; LSTM/GRU ``weight_hh``: h_{t-1} over every time step), and the
+same layer-wise ``allocation`` (:mod:`compressor.passes._allocation`).
 
 The report has, per layer, the calibration rows and the relative output error on the calibration
 inputs of the Wanda mask and of the magnitude mask of the same pattern.
@@ -20,6 +21,7 @@ from typing import Literal
 from ..patterns import NM, Unstructured
 from ..solvers.sparsegpt import hessian, output_error, wanda_mask
 from ..tasks import TaskConfig
+from ._allocation import OWL_LAMBDA, OWL_THRESHOLD, allocate
 from ._oneshot import calibrated_stages, rows_note
 from .registry import PassConfig, PassResult, register_pass
 from .sparsegpt import check_pattern, magnitude_mask
@@ -30,7 +32,9 @@ __all__ = ["WandaConfig", "wanda"]
 @dataclass(frozen=True)
 class WandaConfig(PassConfig):
     """``pattern``: ``unstructured`` (``sparsity`` of every output row) or ``nm`` (``n`` of every ``m``
-    inputs per row). ``rows``, ``sequential``, ``calibration``: as for ``sparsegpt``."""
+    inputs per row). ``rows``, ``sequential``, ``calibration``, ``allocation`` (with ``owl_threshold``,
+    ``owl_lambda``, ``sensitivity``): as for ``sparsegpt``; under ``owl`` or ``sensitivity`` each layer
+    prunes its share of the budget, spread over its rows as evenly as it goes."""
 
     pattern: Literal["unstructured", "nm"] = "unstructured"
     sparsity: float = 0.5
@@ -39,6 +43,10 @@ class WandaConfig(PassConfig):
     rows: int = 16384
     sequential: bool = True
     calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
+    allocation: Literal["uniform", "owl", "sensitivity"] = "uniform"
+    owl_threshold: float = OWL_THRESHOLD
+    owl_lambda: float = OWL_LAMBDA
+    sensitivity: str | None = None
 
     def validate(self, path: str) -> None:
         check_pattern(self, path)
@@ -51,22 +59,25 @@ def wanda(state, config: WandaConfig, targets) -> PassResult:
     result = PassResult()
     nm = c.pattern == "nm"
     pattern = NM(c.n, c.m) if nm else Unstructured()
+    plan, result.notes = allocate(state, c, targets, "wanda")
     for group, inputs in calibrated_stages(state, c, targets, result):
         for t in group:
             w = state.weight(t).clone()
             x = inputs[t.param_name]
+            budget = plan.get(t.name)
             mask = wanda_mask(w, x.double().norm(dim=0), sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
-                              prior=state.mask(t))
+                              prior=state.mask(t), prune=budget.count if budget else None)
             h = hessian(x)
             metrics = {"calibration_rows": x.shape[0], "columns": t.in_features,
                        "reconstruction_error_after": output_error(h, w, w * mask),
-                       "reconstruction_error_magnitude_mask": output_error(h, w, w * magnitude_mask(w, c))}
-            notes = [n for n in (rows_note(x.shape[0], t.in_features),) if n]
+                       "reconstruction_error_magnitude_mask": output_error(h, w, w * magnitude_mask(w, c, budget)),
+                       **(budget.metrics if budget else {})}
+            notes = [n for n in (budget.note if budget else None, rows_note(x.shape[0], t.in_features)) if n]
             notes.append(f"wanda: {x.shape[0]} calibration rows; calibration output error "
                          f"{metrics['reconstruction_error_after']:.3g} (magnitude mask: "
                          f"{metrics['reconstruction_error_magnitude_mask']:.3g})")
             state.set_mask(t, mask)
-            result.layers[t.name] = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m if nm else c.sparsity,
-                                     "notes": notes, "metrics": metrics}
+            result.layers[t.name] = {"pattern": pattern, "notes": notes, "metrics": metrics,
+                                     "target_sparsity": 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity}
             result.metrics[t.name] = metrics
     return result

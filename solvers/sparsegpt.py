@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import check_nm, check_prior, check_weight
+from .allocation import proportional_counts, row_block_counts
 from .nm import nm_mask
 from .topk import rowwise_topk_mask
 
@@ -85,14 +86,14 @@ def damped_inverse_cholesky(h: torch.Tensor, percdamp: float, retries: int = 6) 
     raise HessianError(f"the Hessian X^T X is not positive definite even with damping {damp:g} x mean(diag H)")
 
 
-def _block_mask(scores: torch.Tensor, sparsity: float, ranking: str) -> torch.Tensor:
-    """Pruned (True) entries of one column block: the lowest scores, per row or over the block."""
+def _block_mask(scores: torch.Tensor, prune: int | torch.Tensor, ranking: str) -> torch.Tensor:
+    """Pruned (True) entries of one column block: the ``prune`` lowest scores of the block
+    (``ranking: layer``), or of every row (``row``; ``prune`` one count per row)."""
     rows, cols = scores.shape
     if ranking == "row":
-        prune = round(sparsity * cols)
         pruned = ~rowwise_topk_mask(scores, cols - prune)
     else:
-        prune = round(sparsity * scores.numel())
+        prune = int(prune)
         flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
         if prune:
             flat[torch.argsort(scores.reshape(-1), stable=True)[:prune]] = True
@@ -102,7 +103,7 @@ def _block_mask(scores: torch.Tensor, sparsity: float, ranking: str) -> torch.Te
 
 def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 0.5, n: int = 0, m: int = 0,
                     ranking: str = "layer", blocksize: int = 128, percdamp: float = 0.01,
-                    prior: torch.Tensor | None = None) -> SparseGPTResult:
+                    prior: torch.Tensor | None = None, prune: int | None = None) -> SparseGPTResult:
     """Prune ``weight`` (out x in) to ``sparsity`` (unstructured) or N:M with OBS updates (module docstring).
 
     ``h``: the Hessian ``X^T X`` (any positive scale; :func:`hessian`). ``n``/``m``: N:M along
@@ -110,13 +111,21 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
     columns keeps min(n, r), as :func:`compressor.solvers.nm_mask`). ``ranking``: unstructured
     sparsity per column block over the whole block (``layer``, the reference implementation) or
     in every row of it (``row``). ``prior``: an existing mask; its pruned entries are pruned
-    first (they stay pruned whenever the pattern allows). Computation in float64; the result has
+    first (they stay pruned whenever the pattern allows). ``prune`` (unstructured only): prune exactly
+    this many weights instead of ``sparsity`` of each block or row (a layer-wise allocation's count),
+    spread over the column blocks (and, ``ranking: row``, over the rows) in proportion to their sizes
+    (:func:`compressor.solvers.allocation.proportional_counts`). Computation in float64; the result has
     the weight's dtype and is exactly zero where the mask is False.
     """
     check_weight(weight)
     check_prior(prior, weight)
     if n:
         check_nm(n, m)
+        if prune is not None:
+            raise ValueError("prune (a count of weights) applies to unstructured sparsity, not N:M")
+    elif prune is not None:
+        if not 0 <= int(prune) < weight.numel():
+            raise ValueError(f"prune must be in [0, {weight.numel()}), got {prune}")
     elif not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if ranking not in ("layer", "row"):
@@ -136,7 +145,8 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
     u, damp, notes = damped_inverse_cholesky(h, percdamp)
     forced = None if prior is None else ~prior.to(torch.bool)  # pruned before: prune first
     mask = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
-    for i1 in range(0, cols, blocksize):
+    counts = None if n else _block_counts(rows, cols, blocksize, sparsity, ranking, prune)
+    for b, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         w1 = w[:, i1:i2].clone()
@@ -149,7 +159,7 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
             scores = w1.pow(2) / d1.pow(2)
             if forced is not None:
                 scores = scores.masked_fill(forced[:, i1:i2], -1.0)
-            pruned = _block_mask(scores, sparsity, ranking)
+            pruned = _block_mask(scores, counts[b], ranking)
             if forced is not None:
                 pruned |= forced[:, i1:i2]
         for i in range(count):
@@ -213,6 +223,21 @@ def obs_group_saliency(weight: torch.Tensor, h: torch.Tensor, width: int, percda
     return out
 
 
+def _block_counts(rows: int, cols: int, blocksize: int, sparsity: float, ranking: str, prune: int | None) -> list:
+    """What each column block prunes: a count per block (``ranking: layer``) or a per-row count tensor per
+    block (``row``). Without ``prune``, ``sparsity`` of each block (or of each row in it), rounded."""
+    widths = [min(blocksize, cols - i1) for i1 in range(0, cols, blocksize)]
+    if prune is None:
+        if ranking == "row":
+            return [torch.full((rows,), round(sparsity * w), dtype=torch.int64) for w in widths]
+        return [round(sparsity * rows * w) for w in widths]
+    if ranking == "row":
+        per_row = proportional_counts(int(prune), [cols] * rows)
+        table = row_block_counts(per_row, widths)
+        return [table[:, b] for b in range(len(widths))]
+    return [int(c) for c in proportional_counts(int(prune), [rows * w for w in widths])]
+
+
 def wanda_scores(weight: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
     """``|W_ij| * ||X_j||_2`` (Sun et al.): ``x_norm`` is the L2 norm of every input column."""
     check_weight(weight)
@@ -222,22 +247,30 @@ def wanda_scores(weight: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
 
 
 def wanda_mask(weight: torch.Tensor, x_norm: torch.Tensor, *, sparsity: float = 0.5, n: int = 0, m: int = 0,
-               prior: torch.Tensor | None = None) -> torch.Tensor:
+               prior: torch.Tensor | None = None, prune: int | None = None) -> torch.Tensor:
     """Wanda mask: per output row, keep the largest ``|W_ij| * ||X_j||`` (``sparsity`` of every row
     pruned), or N:M of them when ``n > 0``. ``prior``: pruned entries of an existing mask stay pruned
-    (unstructured) or are pruned first (N:M)."""
+    (unstructured) or are pruned first (N:M). ``prune`` (unstructured only): prune exactly this many
+    weights of the layer instead, spread over the rows as evenly as they go (rows differ by at most one)."""
     scores = wanda_scores(weight, x_norm)
     check_prior(prior, weight)
     if n:
         check_nm(n, m)
+        if prune is not None:
+            raise ValueError("prune (a count of weights) applies to unstructured sparsity, not N:M")
         if prior is not None:  # nm_mask prefers the prior's kept entries
             return nm_mask(scores, n, m, prior=prior)
         return nm_mask(scores, n, m)
-    if not 0.0 <= sparsity < 1.0:
+    if prune is not None:
+        if not 0 <= int(prune) < weight.numel():
+            raise ValueError(f"prune must be in [0, {weight.numel()}), got {prune}")
+    elif not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if prior is not None:
         scores = scores.masked_fill(~prior.to(torch.bool), -1.0)
-    cols = weight.shape[1]
+    rows, cols = weight.shape
+    if prune is not None:
+        return rowwise_topk_mask(scores, cols - proportional_counts(int(prune), [cols] * rows))
     return rowwise_topk_mask(scores, cols - round(sparsity * cols))
 
 

@@ -42,10 +42,19 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
-def rowwise_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask keeping the ``k`` largest entries of every row of a 2-D ``scores``."""
+def rowwise_topk_mask(scores: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Boolean mask keeping the ``k`` largest entries of every row of a 2-D ``scores``; ``k`` is one
+    count for every row or a 1-D tensor with one count per row."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D, got shape {tuple(scores.shape)}")
+    if isinstance(k, torch.Tensor) and k.dim() == 1:
+        if k.numel() != scores.shape[0]:
+            raise ValueError(f"k has {k.numel()} per-row counts for {scores.shape[0]} rows")
+        if bool((k < 0).any()) or bool((k > scores.shape[1]).any()):
+            raise ValueError(f"every per-row k must be in [0, {scores.shape[1]}]")
+        order = torch.argsort(scores, dim=1, descending=True, stable=True)
+        ranked = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < k.to(scores.device).unsqueeze(1)
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, ranked)
     k = int(k)
     if not 0 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in [0, {scores.shape[1]}], got {k}")

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from compressor.bench import hf as bench  # noqa: E402
-from test_hf import _tiny_bert_with_tokenizer  # noqa: E402
+from hf_tools import tiny_bert_with_tokenizer as _tiny_bert_with_tokenizer  # noqa: E402
 
 
 def test_bench_hf_small(tmp_path, capsys):

@@ -18,6 +18,11 @@ def test_every_method_and_pattern_is_a_valid_recipe_step():
                 assert step is None  # nm_convert only makes N:M
                 continue
             parse_recipe({"version": 1, "passes": [step]})
+            for allocation in ("owl", "sensitivity"):  # only wanda and sparsegpt at unstructured patterns take one
+                step = bench._step(method, pattern, ["rnn"], 256, allocation, "curves.json")
+                assert (step is None) == (pattern == "2:4" or method not in ("wanda", "sparsegpt"))
+                if step is not None and allocation == "owl":
+                    assert parse_recipe({"version": 1, "passes": [step]}).passes[0].config.allocation == "owl"
 
 
 def test_bench_oneshot_small(tmp_path, capsys):

@@ -14,6 +14,12 @@ Every calibration-based method records ``--rows`` positions of the same lm-task 
 has the test perplexity (the pydoc test split, the figure the pipeline's report prints; capped at
 ``--eval-tokens`` tokens when given), its change against the dense model, the sparsity of the
 selected layers and the seconds per run (the pass and both evaluations).
+
+``--allocations uniform,owl,sensitivity`` runs ``wanda`` and ``sparsegpt`` at unstructured patterns
+once per layer-wise allocation (``allocation:`` of the passes). ``sensitivity`` needs per-layer curves:
+the benchmark measures them first with :func:`compressor.sensitivity.sweep` (each layer alone at
+``--sensitivity-sparsities``, perplexity on the *validation* split, capped at
+``--sensitivity-eval-tokens``), once per method into ``--sensitivity-dir``/METHOD, which a rerun resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .common import machine_info, print_table, standalone, write_json
 __all__ = ["add_arguments", "run", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "nm_convert", "sparsegpt")
+ALLOCATIONS = ("uniform", "owl", "sensitivity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,19 +43,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=16384, help="calibration rows per layer")
     parser.add_argument("--eval-tokens", type=int, default=0,
                         help="evaluate perplexity on the first N test tokens (0: the whole test split)")
+    parser.add_argument("--allocations", default="uniform",
+                        help=f"comma-separated layer-wise allocations of wanda and sparsegpt at unstructured patterns "
+                             f"({', '.join(ALLOCATIONS)})")
+    parser.add_argument("--sensitivity-dir", default="bench-results/sensitivity",
+                        help="where the curves of allocation sensitivity are measured (one folder per method; resumed)")
+    parser.add_argument("--sensitivity-sparsities", default="0.3,0.5,0.7,0.9")
+    parser.add_argument("--sensitivity-eval-tokens", type=int, default=0,
+                        help="validation tokens per sensitivity point (0: the whole validation split)")
     parser.add_argument("--json", default="bench-results/oneshot.json")
 
 
-def _step(method: str, pattern: str, targets: list[str], rows: int) -> dict | None:
-    """The recipe step of ``method`` at ``pattern`` (None: the method has no such pattern)."""
+def _step(method: str, pattern: str, targets: list[str], rows: int, allocation: str = "uniform",
+          sensitivity: str | None = None) -> dict | None:
+    """The recipe step of ``method`` at ``pattern`` (None: the method has no such pattern, or no such
+    allocation: only wanda and sparsegpt at unstructured patterns take one)."""
     calibration = {"name": "lm", "batch_size": 16}
     if pattern.endswith("%"):
         sparsity = float(pattern[:-1]) / 100
+        shared = {"sparsity": sparsity, "rows": rows, "calibration": calibration, "allocation": allocation,
+                  **({"sensitivity": sensitivity} if allocation == "sensitivity" else {})}
         steps = {
             "magnitude": {"pass": "unstructured_prune", "sparsity": sparsity},
-            "wanda": {"pass": "wanda", "sparsity": sparsity, "rows": rows, "calibration": calibration},
-            "sparsegpt": {"pass": "sparsegpt", "sparsity": sparsity, "rows": rows, "calibration": calibration},
+            "wanda": {"pass": "wanda", **shared},
+            "sparsegpt": {"pass": "sparsegpt", **shared},
         }
+        if allocation != "uniform":
+            steps.pop("magnitude")
     else:
         n, m = (int(v) for v in pattern.split(":"))
         nm = {"pattern": "nm", "n": n, "m": m, "rows": rows, "calibration": calibration}
@@ -58,7 +79,7 @@ def _step(method: str, pattern: str, targets: list[str], rows: int) -> dict | No
             "nm_convert": {"pass": "nm_convert", "n": n, "m": m, "transposable": False, "score": "magnitude",
                            "reconstruct": "lstsq", "rows": rows, "calibration": calibration},
             "sparsegpt": {"pass": "sparsegpt", **nm},
-        }
+        } if allocation == "uniform" else {}
     return {"targets": targets, **steps[method]} if method in steps else None
 
 
@@ -75,36 +96,61 @@ def run(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"compress bench oneshot: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    allocations = [a for a in args.allocations.split(",") if a]
+    unknown = [a for a in allocations if a not in ALLOCATIONS]
+    if unknown:
+        raise SystemExit(f"compress bench oneshot: unknown allocation(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(ALLOCATIONS)}")
+    curves = {}
+    if "sensitivity" in allocations:  # per-layer curves first, one sweep per method (resumed when done before)
+        from pathlib import Path
+
+        from ..sensitivity import SENSITIVITY_FILE, sweep
+
+        grid = [float(v) for v in args.sensitivity_sparsities.split(",") if v]
+        for method in (m for m in methods if m in ("wanda", "sparsegpt")):
+            step = _step(method, "50%", targets, args.rows)  # the sweep varies the sparsity itself
+            out = Path(args.sensitivity_dir) / method
+            t0 = time.perf_counter()
+            done = sweep(parse_recipe({"version": 1, "passes": [step]}), load_model("lstm-lm"), out, grid,
+                         eval_tokens=args.sensitivity_eval_tokens or None, console=Console(file=io.StringIO()))
+            curves[method] = str(out / SENSITIVITY_FILE)
+            print(f"sensitivity curves of {method}: {done.evaluated} point(s) measured, {done.reused} reused, "
+                  f"{time.perf_counter() - t0:.0f} s -> {curves[method]}", flush=True)
     spec = load_model("lstm-lm")
     test_ids = spec.vocab.encode(split_text(pydoc_text()).test)
     if args.eval_tokens:
         test_ids = test_ids[: args.eval_tokens + 1]
     dense = perplexity(spec.model, test_ids)
     print(f"dense: test perplexity {dense:.4f} ({test_ids.numel() - 1} tokens)", flush=True)
-    rows, results = [["dense", "-", f"{dense:.3f}", "-", "0.0%", "-"]], []
-    for pattern in args.patterns.split(","):
-        for method in methods:
-            step = _step(method, pattern, targets, args.rows)
-            if step is None:
-                rows.append([pattern, method, "-", "-", "-", "(N:M only)"])
-                continue
-            spec = load_model("lstm-lm")
-            spec.evaluate = lambda model: {"perplexity": perplexity(model, test_ids)}
-            t0 = time.perf_counter()
-            result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
-            seconds = time.perf_counter() - t0
-            value = result.report.metrics["perplexity"]["after"]
-            selected = [r for r in result.report.layers if r.name in result.masks]
-            sparsity = sum(r.sparsity * r.params for r in selected) / max(sum(r.params for r in selected), 1)
-            entry = {"pattern": pattern, "method": method, "pass": step["pass"], "perplexity": value, "dense": dense,
-                     "change": value / dense - 1, "sparsity": sparsity, "layers": [r.name for r in selected],
-                     "seconds": seconds}
-            results.append(entry)
-            rows.append([pattern, method, f"{value:.3f}", f"{entry['change']:+.1%}", f"{sparsity:.1%}", f"{seconds:.0f}"])
-            print(f"{pattern} {method}: perplexity {value:.4f} ({entry['change']:+.1%}), sparsity {sparsity:.1%}, "
-                  f"{seconds:.0f} s", flush=True)
+    rows, results = [["dense", "-", "-", f"{dense:.3f}", "-", "0.0%", "-"]], []
+    cases = [(pattern, method, allocation) for pattern in args.patterns.split(",") for method in methods
+             for allocation in allocations]
+    for pattern, method, allocation in cases:
+        step = _step(method, pattern, targets, args.rows, allocation, curves.get(method))
+        if step is None:
+            if allocation == "uniform":
+                rows.append([pattern, method, allocation, "-", "-", "-", "(N:M only)"])
+            continue
+        spec = load_model("lstm-lm")
+        spec.evaluate = lambda model: {"perplexity": perplexity(model, test_ids)}
+        t0 = time.perf_counter()
+        result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
+        seconds = time.perf_counter() - t0
+        value = result.report.metrics["perplexity"]["after"]
+        selected = [r for r in result.report.layers if r.name in result.masks]
+        sparsity = sum(r.sparsity * r.params for r in selected) / max(sum(r.params for r in selected), 1)
+        entry = {"pattern": pattern, "method": method, "allocation": allocation, "pass": step["pass"],
+                 "perplexity": value, "dense": dense, "change": value / dense - 1, "sparsity": sparsity,
+                 "layers": [r.name for r in selected], "layer_sparsity": {r.name: r.sparsity for r in selected},
+                 "seconds": seconds}
+        results.append(entry)
+        rows.append([pattern, method, allocation, f"{value:.3f}", f"{entry['change']:+.1%}", f"{sparsity:.1%}",
+                     f"{seconds:.0f}"])
+        print(f"{pattern} {method} {allocation}: perplexity {value:.4f} ({entry['change']:+.1%}), sparsity "
+              f"{sparsity:.1%} ({', '.join(f'{r.sparsity:.1%}' for r in selected)}), {seconds:.0f} s", flush=True)
     print_table(f"one-shot pruning of lstm-lm ({', '.join(targets)}), no fine-tuning",
-                ["pattern", "method", "test ppl", "vs dense", "sparsity", "s"], rows)
+                ["pattern", "method", "allocation", "test ppl", "vs dense", "sparsity", "s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"wrote {args.json}")
     return 0
