@@ -278,24 +278,21 @@ class _Blocks:
             self.at += 1
             self.forwards += 1
 
-    def record(self, block: int, modules: dict[str, nn.Module], carry: bool = False) -> dict[str, list[torch.Tensor]]:
+    def record(self, block: int, modules: dict[str, nn.Module]) -> dict[str, list[torch.Tensor]]:
         """Run block ``block`` on the cached activations and return every call's input of each of
-        ``modules`` ({path: module}) in order: {path: [input, ...]}. ``carry``: keep the block's
-        outputs as the next block's inputs (the block will not change any more)."""
+        ``modules`` ({path: module}) in order: {path: [input, ...]}."""
         self.advance(block)
         seen: dict[str, list[torch.Tensor]] = {p: [] for p in modules}
         handles = [m.register_forward_pre_hook(lambda mod, args, p=p: seen[p].append(args[0].detach()))
                    for p, m in modules.items()]
         try:
             stack_block = self.stack[block]
-            outputs = [_first(stack_block(*args, **kwargs)).detach() for args, kwargs in self.inputs]
+            for args, kwargs in self.inputs:
+                stack_block(*args, **kwargs)
             self.forwards += 1
         finally:
             for h in handles:
                 h.remove()
-        if carry:
-            self.inputs = [((out, *args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, self.inputs)]
-            self.at += 1
         return seen
 
 
@@ -358,9 +355,8 @@ class SequentialRecorder:
     """Calibration inputs of each stage of a model compressed stage by stage, in forward order.
 
     ``inputs(stage)`` returns the rows every weight of the stage multiplies in ``model`` as it is now
-    (the stages before it already compressed) and, with a ``reference`` (the dense model), in the
-    reference: ``({param name: X}, {param name: X_ref} | None)``, the same rows of the same batches
-    in both. Stages must be asked for in forward order. ``batches`` (model inputs: tuples or
+    (the stages before it already compressed): ``{param name: X}``. Stages must be asked for in
+    forward order. ``batches`` (model inputs: tuples or
     mappings) are drawn once and replayed for every recording.
 
     Cost. Recording a stage by running the whole model costs one forward per stage, so depth x
@@ -375,17 +371,14 @@ class SequentialRecorder:
     the whole model (``notes`` says so). Stages before or after the stack always are.
     """
 
-    def __init__(self, model: nn.Module, stages: list[Stage], batches: Iterator, rows: int,
-                 reference: nn.Module | None = None):
-        self.model, self.reference, self.rows = model, reference, rows
+    def __init__(self, model: nn.Module, stages: list[Stage], batches: Iterator, rows: int):
+        self.model, self.rows = model, rows
         self.batches = _Replay(iter(batches))  # every recording sees the same batches
         self.stages = list(stages)
         self.notes: list[str] = []
         found = _block_stack(model, self.stages)
         self.stack, self.block_of = (found[0], found[1]) if found else (None, [-1] * len(self.stages))
         self._chain: _Blocks | None = None
-        self._ref_chain: _Blocks | None = None
-        self._ref_rows: dict[int, dict[str, torch.Tensor]] = {}
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
         self._next = 0
 
@@ -398,13 +391,11 @@ class SequentialRecorder:
             self.block_of = [-1] * len(self.stages)
             return
         self._chain = _Blocks(self.model, self.stack, self.batches(), self.rows)
-        if self.reference is not None:
-            self._ref_chain = _Blocks(self.reference, self.stack, self.batches(), self.rows)
         self.notes.append(f"calibration: activations carried block by block through {self.stack!r} "
                           f"({len(self.model.get_submodule(self.stack))} blocks, {len(self._chain.inputs)} batches)")
 
     @torch.no_grad()
-    def inputs(self, stage: Stage) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    def inputs(self, stage: Stage) -> dict[str, torch.Tensor]:
         """The calibration rows of ``stage`` (the next stage in forward order, or a later one)."""
         try:
             i = next(k for k in range(self._next, len(self.stages)) if self.stages[k].module_path == stage.module_path
@@ -417,10 +408,8 @@ class SequentialRecorder:
             self._start_blocks()
             block = self.block_of[i]
         if block < 0:
-            cur = module_inputs(self.model, stage.module_path, self.batches(), self.rows, stage.layers, stop_at_recurrent=True)
-            ref = None if self.reference is None else module_inputs(
-                self.reference, stage.module_path, self.batches(), self.rows, stage.layers, stop_at_recurrent=True)
-            return cur, ref
+            return module_inputs(self.model, stage.module_path, self.batches(), self.rows, stage.layers,
+                                 stop_at_recurrent=True)
         return self._from_block(i, block, stage)
 
     def _from_block(self, i: int, block: int, stage: Stage):
@@ -440,20 +429,9 @@ class SequentialRecorder:
                 xs = seen[s.module_path]
                 if k == i or (s.module_path != path and len(xs) == len(mine) and all(map(_same_tensor, xs, mine))):
                     self._pending[k] = _capped([_parts(modules[s.module_path], x, s.layers) for x in xs], self.rows)
-        cur = self._pending.pop(i)
-        ref = None
-        if self._ref_chain is not None:
-            if i not in self._ref_rows:
-                mods = {s.module_path: self.reference.get_submodule(s.module_path)
-                        for k, s in enumerate(self.stages) if self.block_of[k] == block}
-                seen = self._ref_chain.record(block, mods, carry=True)
-                self._ref_rows = {k: _capped([_parts(mods[s.module_path], x, s.layers) for x in seen[s.module_path]],
-                                             self.rows)
-                                  for k, s in enumerate(self.stages) if self.block_of[k] == block}
-            ref = self._ref_rows.pop(i)
         # the block's outputs are carried to the next block when a stage there is asked for: by then
         # the caller has compressed this stage
-        return cur, ref
+        return self._pending.pop(i)
 
     @property
     def block_forwards(self) -> int:

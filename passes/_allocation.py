@@ -136,7 +136,7 @@ def _outlier_ratios(state, config, targets) -> dict[str, float]:
     groups = stages(targets)
     rec = recorder(state, groups, config.calibration, config.rows, sequential=False)
     for module_path, group in groups:
-        inputs, _ = rec.inputs(stage_of(module_path, group))
+        inputs = rec.inputs(stage_of(module_path, group))
         for t in group:
             scores = wanda_scores(state.weight(t), inputs[t.param_name].double().norm(dim=0))
             ratios[t.name] = outlier_ratio(scores, config.owl_threshold)

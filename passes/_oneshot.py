@@ -61,14 +61,12 @@ def record_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: i
     return module_inputs(model, module_path, batches, rows, layers, stop_at_recurrent=True)
 
 
-def recorder(state, groups: list[tuple[str, list[Target]]], task: TaskConfig, rows: int, sequential: bool,
-             reference: bool = False) -> SequentialRecorder:
+def recorder(state, groups: list[tuple[str, list[Target]]], task: TaskConfig, rows: int,
+             sequential: bool) -> SequentialRecorder:
     """The calibration recorder of the stages ``groups`` (:class:`compressor.calibration.SequentialRecorder`):
-    on the model as it is now (``sequential``) or on the dense reference; ``reference``: also the
-    dense reference's rows of the same batches."""
+    on the model as it is now (``sequential``) or on the dense reference."""
     model = state.model if sequential or state.reference is None else state.reference
-    return SequentialRecorder(model, [stage_of(p, g) for p, g in groups], calibration_batches(state, task), rows,
-                              reference=state.reference if reference and model is not state.reference else None)
+    return SequentialRecorder(model, [stage_of(p, g) for p, g in groups], calibration_batches(state, task), rows)
 
 
 def calibrated_stages(state, config, targets: list[Target], result) -> Iterator[tuple[list[Target], dict]]:
@@ -89,7 +87,7 @@ def calibrated_stages(state, config, targets: list[Target], result) -> Iterator[
             groups.append((module_path, group))
     rec = recorder(state, groups, config.calibration, config.rows, config.sequential)
     for (module_path, group) in groups:
-        inputs, _ = rec.inputs(stage_of(module_path, group))
+        inputs = rec.inputs(stage_of(module_path, group))
         yield group, {t.param_name: inputs[t.param_name] for t in group if t.param_name in inputs}
     result.notes.extend(rec.notes)
 

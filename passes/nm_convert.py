@@ -64,8 +64,8 @@ class NMConvertConfig(PassConfig):
     ``damping``: ridge term of the least-squares solve, relative to the Gram diagonal's mean;
     ``keep_existing``: keep only weights an earlier mask also kept (sparser than N:M) instead of
     letting the pattern bring removed weights back. ``sequential``: record each layer's inputs X from
-    the model whose earlier layers are already converted (and reconstruct towards the original
-    layer's output on the original model's inputs of the same rows), else from the dense model."""
+    the model whose earlier layers are already converted (as SparseGPT does), else from the dense
+    model (as AdaPrune does); either way the target is the original layer's output on X."""
 
     n: int = 2
     m: int = 4
@@ -101,20 +101,19 @@ class NMConvertConfig(PassConfig):
             raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid")
 
 
-def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor, x_ref: torch.Tensor | None = None) -> float:
-    """||X_ref W_ref^T - X W^T|| / ||X_ref W_ref^T|| (Frobenius); ``x_ref`` defaults to ``x``."""
-    ref = (x if x_ref is None else x_ref) @ w_ref.T
+def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor) -> float:
+    """||X W_ref^T - X W^T|| / ||X W_ref^T|| (Frobenius)."""
+    ref = x @ w_ref.T
     return float((ref - x @ w.T).norm() / ref.norm().clamp_min(1e-30))
 
 
-def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None, x_ref=None) -> torch.Tensor:
-    """Adam on the kept weights, minimising the output error against ``x_ref @ w_ref.T`` (``x_ref``:
-    the original model's inputs of the same rows, default ``x``) on mini-batches of rows, starting
-    from ``init * mask`` (default ``w_ref * mask``)."""
+def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -> torch.Tensor:
+    """Adam on the kept weights, minimising the output error against ``x @ w_ref.T`` on mini-batches
+    of rows, starting from ``init * mask`` (default ``w_ref * mask``)."""
     w = ((w_ref if init is None else init) * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    target = (x if x_ref is None else x_ref) @ w_ref.T  # (N, out)
+    target = x @ w_ref.T  # (N, out)
     for _ in range(iterations):
         idx = torch.randint(0, x.shape[0], (min(batch, x.shape[0]),), generator=gen)
         loss = (x[idx] @ (w * mask).T - target[idx]).pow(2).mean()
@@ -124,16 +123,14 @@ def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None, x
     return (w.detach() * mask)
 
 
-def reconstruct_lstsq(x, w_ref, mask, damping, x_ref=None) -> torch.Tensor:
+def reconstruct_lstsq(x, w_ref, mask, damping) -> torch.Tensor:
     """Exact per-row least squares on the Gram matrix G = X^T X (:func:`compressor.solvers.lstsq.masked_lstsq`):
-    each row's kept weights minimise ``||X_ref w_ref - X w||^2 + lambda ||w_ref - w||^2`` over its
-    kept columns (``x_ref``: the original model's inputs of the same rows, default ``x``; lambda:
-    ``damping`` times the mean of diag G)."""
+    each row's kept weights minimise ``||X w_ref - X w||^2 + lambda ||w_ref - w||^2`` over its kept
+    columns (lambda: ``damping`` times the mean of diag G)."""
     x = x.double()
     gram = x.T @ x  # (in, in)
-    cross = None if x_ref is None else x.T @ x_ref.double()  # X^T X_ref
     try:
-        return masked_lstsq(gram, cross, w_ref, mask, damping)
+        return masked_lstsq(gram, w_ref, mask, damping)
     except SingularGramError as exc:
         raise ValueError(f"nm_convert: {exc}; {x.shape[0]} calibration rows for {gram.shape[0]} inputs: "
                          "set damping > 0 or record more calibration rows") from None
@@ -160,9 +157,9 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
     groups = stages(selected)
     needs_inputs = c.reconstruct != "none" or c.score == "activation"
     hookable = [(p, g) for p, g in groups if not any(t.kind == "functional" for t in g)] if needs_inputs else []
-    rec = recorder(state, hookable, c.calibration, c.rows, sequential=c.sequential, reference=True)
+    rec = recorder(state, hookable, c.calibration, c.rows, sequential=c.sequential)
     for module_path, group in groups:
-        inputs, dense_inputs = rec.inputs(stage_of(module_path, group)) if (module_path, group) in hookable else ({}, None)
+        inputs = rec.inputs(stage_of(module_path, group)) if (module_path, group) in hookable else {}
         for t in group:
             current = state.weight(t).clone()  # the effective weight as it came in (masked by earlier passes)
             prior = state.mask(t)
@@ -172,8 +169,6 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             start = current if prior is None else torch.where(prior.to(current.device), current, w_orig)
             x = inputs.get(t.param_name)
             x = None if x is None else x.to(current.dtype)
-            # the reconstruction target: the original layer on the original model's inputs of the same rows
-            x_ref = None if x is None or dense_inputs is None else dense_inputs[t.param_name].to(current.dtype)
             info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
             solver_prior = prior if c.use_prior else None
             mask = _choose_mask(c, start, solver_prior)
@@ -192,17 +187,17 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             new_w = start * mask
             if x is not None:
                 if prior is not None:
-                    metrics["reconstruction_error_incoming"] = relative_error(x, w_orig, current, x_ref)
-                metrics["reconstruction_error_before"] = relative_error(x, w_orig, new_w, x_ref)
+                    metrics["reconstruction_error_incoming"] = relative_error(x, w_orig, current)
+                metrics["reconstruction_error_before"] = relative_error(x, w_orig, new_w)
                 if magnitude_mask is not None:
-                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_orig, start * magnitude_mask, x_ref)
+                    metrics["reconstruction_error_magnitude_mask"] = relative_error(x, w_orig, start * magnitude_mask)
                 if c.reconstruct == "adam":
                     new_w = reconstruct_adam(x, w_orig, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed,
-                                             init=start, x_ref=x_ref)
+                                             init=start)
                 elif c.reconstruct == "lstsq":
-                    new_w = reconstruct_lstsq(x, w_orig, mask, c.damping, x_ref=x_ref)
+                    new_w = reconstruct_lstsq(x, w_orig, mask, c.damping)
                 if c.bias_correction:
-                    _correct_bias(state, t, x, w_orig, new_w, info, x_ref)
+                    _correct_bias(state, t, x, w_orig, new_w, info)
             elif c.reconstruct != "none":
                 info["notes"].append("no reconstruction: F.linear inputs are not visible to hooks")
             with torch.no_grad():
@@ -210,7 +205,7 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             state.set_mask(t, mask, intersect=False)  # the pattern may bring back weights an earlier pass removed
             saved = state.weight(t)  # what finalize will write: every figure below is of these weights
             if x is not None:
-                metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved, x_ref)
+                metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved)
             if prior is not None:
                 _prior_notes(info, metrics, c, prior.to(mask.device), mask, saved)
             info["notes"].append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
@@ -265,12 +260,12 @@ def _choose_mask(c: NMConvertConfig, scores: torch.Tensor, prior: torch.Tensor |
     return nm_mask(scores, c.n, c.m, prior=prior)
 
 
-def _correct_bias(state, target, x, w_ref, new_w, info, x_ref=None) -> None:
+def _correct_bias(state, target, x, w_ref, new_w, info) -> None:
     module = state.model.get_submodule(target.module_path)
     bias = getattr(module, target.param_name.replace("weight", "bias"), None)
     if isinstance(bias, nn.Parameter):
         with torch.no_grad():
-            bias.add_(((x if x_ref is None else x_ref) @ w_ref.T - x @ new_w.T).mean(0).to(bias.dtype))
+            bias.add_((x @ (w_ref - new_w).T).mean(0).to(bias.dtype))
         info["notes"].append("bias corrected by the mean output error")
 
 

@@ -180,7 +180,7 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
             try:
                 if c.pattern == "block" or c.transposable:
                     mask = _fixed_mask(w_ref, h, c, t, state.mask(t))
-                    solved = SparseGPTResult(masked_lstsq(h, None, w_ref, mask, c.percdamp), mask, c.percdamp)
+                    solved = SparseGPTResult(masked_lstsq(h, w_ref, mask, c.percdamp), mask, c.percdamp)
                 else:
                     solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
                                              ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,

@@ -3,14 +3,12 @@
 For a layer ``y = W x``, calibration inputs ``X`` (rows: positions) and a mask ``S`` (True = kept),
 each output row ``j`` gets the kept weights ``w'`` (zero where ``S_j`` is False) minimising
 
-    ||X_ref w_j - X w'||^2 + lambda ||w_j - w'||^2
+    ||X w_j - X w'||^2 + lambda ||w_j - w'||^2
 
-where ``w_j`` is the original row, ``X_ref`` the inputs the original layer saw (``X`` itself
-unless the layer is reconstructed towards an original model whose earlier layers differ), and
-``lambda = damping * mean(diag X^T X)`` a ridge towards the original values that keeps every
-system positive definite. Only the Gram matrices ``G = X^T X`` and ``C = X^T X_ref`` are needed:
-the kept columns ``K`` of a row solve ``(G_KK + lambda I) w'_K = (C w_j + lambda w_j)_K``. Rows
-with the same number of kept weights are solved together by a batched Cholesky factorisation.
+where ``w_j`` is the original row and ``lambda = damping * mean(diag X^T X)`` a ridge towards the
+original values that keeps every system positive definite. Only the Gram matrix ``G = X^T X`` is
+needed: the kept columns ``K`` of a row solve ``(G_KK + lambda I) w'_K = ((G + lambda I) w_j)_K``.
+Rows with the same number of kept weights are solved together by a batched Cholesky factorisation.
 
 Pure tensor math: no model access.
 """
@@ -29,21 +27,17 @@ class SingularGramError(ValueError):
     """A row's kept-column system is not positive definite (no damping and too few calibration rows)."""
 
 
-def masked_lstsq(gram: torch.Tensor, cross: torch.Tensor | None, weight: torch.Tensor, mask: torch.Tensor,
-                 damping: float) -> torch.Tensor:
+def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, damping: float) -> torch.Tensor:
     """The kept weights of every row of ``weight`` (out x in) minimising the output error (module
-    docstring) from ``gram`` = X^T X and ``cross`` = X^T X_ref (None: ``gram``), both (in x in) and
-    on any common scale. Zero where ``mask`` is False; the weight's dtype; computed in float64.
+    docstring) from ``gram`` = X^T X (in x in, any scale). Zero where ``mask`` is False; the
+    weight's dtype; computed in float64.
     Raises :class:`SingularGramError` when a system cannot be factorised."""
     check_weight(weight)
     check_prior(mask, weight, "mask")
     gram = gram.double().clone()
-    cross = gram.clone() if cross is None else cross.double().clone()
-    ridge = damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype,
-                                                                         device=gram.device)
-    gram += ridge
-    cross += ridge
-    rhs_full = (cross @ weight.double().T).T  # (out, in): (C + lambda I) w_j for every row
+    gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype,
+                                                                          device=gram.device)
+    rhs_full = (gram @ weight.double().T).T  # (out, in): (G + lambda I) w_j for every row
     out = torch.zeros_like(weight, dtype=torch.float64)
     mask = mask.to(torch.bool)
     counts = mask.sum(1)
