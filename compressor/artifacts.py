@@ -27,6 +27,7 @@ from typing import Union
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from . import packing
 from .errors import ArtifactError, CompressorError, ModelLoadError, short
@@ -427,11 +428,48 @@ def _called(factory: Callable[[], object]) -> nn.Module:
     return built
 
 
+#: in-place writes of values (initialisers) that a constructor runs on its new parameters
+_VALUE_WRITES = frozenset({"normal_", "uniform_", "zero_", "fill_", "erfinv_", "exponential_", "bernoulli_", "random_",
+                           "log_normal_", "cauchy_", "geometric_", "clamp_", "mul_", "add_", "sub_", "div_"})
+#: random factories (a built-in model's example inputs): name -> dtype when none is given
+_RANDOM_FACTORIES = {"rand": None, "randn": None, "randint": torch.int64, "randperm": torch.int64}
+
+
+class _NoValuesOnMeta(TorchFunctionMode):
+    """Skips computing values for meta tensors, which hold none: on the meta device ``normal_``
+    (``nn.Embedding``'s initialiser) and ``randint`` (a built-in model's example inputs) run
+    Python meta kernels whose first call in a process imported torch's meta registrations and
+    sympy (3-5 s and ~160 MB in every ``compressor.load`` of a built-in model). Initialisers on
+    meta tensors return them as they are, random factories an empty meta tensor of their size;
+    everything else runs as usual. Entered inside ``torch.device("meta")``, so factories arrive
+    here with the device already set."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _VALUE_WRITES:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes its tensor by keyword
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        elif name in _RANDOM_FACTORIES and str(kwargs.get("device")) == "meta":
+            if "size" in kwargs:
+                size = kwargs["size"]
+            elif name == "randperm":
+                size = args[:1]
+            elif name == "randint":
+                size = args[-1]
+            else:
+                size = args[0] if len(args) == 1 and not isinstance(args[0], int) else args
+            dtype = kwargs.get("dtype") or _RANDOM_FACTORIES[name] or torch.get_default_dtype()
+            return torch.empty(tuple(size), dtype=dtype, device="meta")
+        return func(*args, **kwargs)
+
+
 def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], meta: dict, path: Path) -> nn.Module:
     """Build the architecture on the meta device (no memory) and compare it with the stored tensors,
     so metadata claiming a huge model is refused before anything is allocated; returns that skeleton."""
     try:
-        with torch.device("meta"):
+        with _NoValuesOnMeta(), torch.device("meta"):  # the device mode on top: it sets the device first
             skeleton = build()
     except CompressorError:
         raise

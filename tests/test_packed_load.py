@@ -247,3 +247,18 @@ def test_damaged_packed_tensor_of_a_swapped_layer_is_one_line_and_nothing_is_loa
     assert [type(m) for m in model.modules()] == types
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+
+
+def test_a_fresh_process_loads_a_built_in_artifact_without_torch_meta_kernels(artifacts):
+    # on the meta device, the skeleton's initialiser (normal_) and example inputs (randint) ran Python meta
+    # kernels that imported torch._dynamo and sympy: 3-5 s and ~160 MB in every process loading an artifact
+    import subprocess
+    import sys
+
+    _, _, art = artifacts("SparseLSTM, balanced blocks")
+    code = ("import sys, compressor; m = compressor.load(sys.argv[1]); "
+            "print(type(m.rnn).__name__, 'sympy' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, cwd=art.parent,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["SparseLSTM", "False", "False"]
