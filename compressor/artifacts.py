@@ -229,11 +229,11 @@ def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         check_input_spec(spec, f"inputs[{i}]")
 
 
-def _read(directory: Path, header: tuple | None = None, kernels: dict[str, dict] | None = None
+def _read(directory: Path, header: tuple | None = None, kernels: dict[str, dict] | None = None, masks: bool = True
           ) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, object]]:
-    """Metadata, dense state (packed weights unpacked, after every check), masks by name, and the
-    kernel formats of the packed weights named in ``kernels`` (name -> keywords of
-    :func:`compressor.packing.kernel_format`), which get no dense weight or mask at all."""
+    """Metadata, dense state (packed weights unpacked, after every check), masks by name (format 2:
+    none unless ``masks``), and the kernel formats of the packed weights named in ``kernels`` (name
+    -> keywords of :func:`compressor.packing.kernel_format`), which get no dense weight or mask."""
     path, meta, _ = header or _header(directory)
     state = _tensors(path)
     if meta["format"] == DENSE_FORMAT:
@@ -247,9 +247,11 @@ def _read(directory: Path, header: tuple | None = None, kernels: dict[str, dict]
             if name in kernels:
                 formats[name] = packing.kernel_format(name, rec, parts, **kernels[name])
             else:
-                state[name], unpacked[name] = packing.unpack(name, rec, parts)
+                state[name], unpacked[name] = packing.unpack(name, rec, parts, mask=masks)
         except ValueError as exc:
             raise ArtifactError(f"{path}: {exc}; the artifact is damaged (nothing was loaded)") from None
+    if not masks:
+        return meta, state, {}, formats
     tied = meta.get("tied", {})
     return meta, state, {n: unpacked[tied.get(n, n)] for n in meta["masks"] if tied.get(n, n) in unpacked}, formats
 
@@ -307,7 +309,8 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     if model is None and meta["source"]["kind"] in ("builtin", "hf"):  # sizes come from the metadata
         skeleton = _check_sizes(build, shapes, meta, path)
     kernels = _kernel_weights(meta, path)
-    _, state, masks, formats = _read(directory, header, {name: request for name, (_, request) in kernels.items()})
+    requests = {name: request for name, (_, request) in kernels.items()}
+    _, state, masks, formats = _read(directory, header, requests, masks=with_masks)  # the masks only to install
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
     swaps = [r for r in replacements if not r.get("structural")]

@@ -314,6 +314,9 @@ def _unpack_fields(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
     2:4 weight would be twice the size of the dense weight."""
     if bits == 0:
         return torch.zeros(count, dtype=torch.uint8)
+    if 8 % bits == 0:  # 1, 2, 4 bits: whole fields in every byte, shifted out in uint8
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        return ((packed[: _ceil(count * bits, 8)].unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
     g = math.gcd(bits, 8)
     span, per = bits // g, 8 // g  # every `span` bytes hold exactly `per` whole fields
     periods = _ceil(count, per)
@@ -383,31 +386,35 @@ def native_format(name: str, rec: dict, parts: dict[str, torch.Tensor]) -> Balan
     return NMPacked(values, idx, counts, (rows, cols), n, m)
 
 
-def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dense weight, bool mask)`` of a packed weight whose parts passed :func:`check_parts`."""
+def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor], mask: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(dense weight, bool mask)`` of a packed weight whose parts passed :func:`check_parts`
+    (the mask None unless ``mask``: a plain load needs only the weight)."""
     layout, shape = rec["layout"], tuple(rec["shape"])
     rows, cols = _geometry(rec)
     values = parts["values"]
     if layout == "dense":
-        return values, torch.ones(shape, dtype=torch.bool)
+        return values, torch.ones(shape, dtype=torch.bool) if mask else None
     fmt = native_format(name, rec, parts)
     if fmt is not None:
-        return fmt.to_dense(), fmt.to_mask()
+        return fmt.to_dense(), fmt.to_mask() if mask else None
     if layout == "bitmask":
         kept = _popcount(parts["bits"], rows * cols)
         if kept != values.numel():
             raise ValueError(f"{part_key(name, 'bits')}: keeps {kept} entries but {values.numel()} values are stored")
-        mask = unpack_bits(parts["bits"], rows * cols)
+        flags = unpack_bits(parts["bits"], rows * cols)
         dense = torch.zeros(rows * cols, dtype=values.dtype)
-        dense[mask] = values
-        return dense.view(shape), mask.view(shape)
+        dense[flags] = values
+        return dense.view(shape), flags.view(shape) if mask else None
     col, crow = parts["col_idx"].to(torch.int64), parts["crow"].to(torch.int64)  # csr
     row = _check_rows(name, crow, col, cols)
     dense = torch.zeros(rows, cols, dtype=values.dtype)
-    mask = torch.zeros(rows, cols, dtype=torch.bool)
     dense[row, col] = values
-    mask[row, col] = True
-    return dense.view(shape), mask.view(shape)
+    if not mask:
+        return dense.view(shape), None
+    flags = torch.zeros(rows, cols, dtype=torch.bool)
+    flags[row, col] = True
+    return dense.view(shape), flags.view(shape)
 
 
 # -- kernel formats straight from the packed parts (compressor.load of a swapped layer) -----------

@@ -64,6 +64,13 @@ def is_balanced(mask: torch.Tensor, block) -> bool:
     return bool((counts == counts[0]).all()) if counts.numel() else True
 
 
+def _blocks_to_entries(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """A block grid ``(R, C)`` as the padded ``(R*bh, C*bw)`` matrix, each flag repeated over its block
+    (one copy; ``repeat_interleave`` twice made two)."""
+    (R, C), (bh, bw) = grid.shape, block
+    return grid.view(R, 1, C, 1).expand(R, bh, C, bw).reshape(R * bh, C * bw)
+
+
 def _slots(kept: torch.Tensor, k: int) -> torch.Tensor:
     """Per row of the bool grid ``kept (R, C)``: the kept columns ascending, then unkept ones; first k."""
     C = kept.shape[1]
@@ -129,10 +136,10 @@ class BalancedBlock:
     def to_dense(self) -> torch.Tensor:
         """Dense ``(out, in)`` weight (exactly ``weight * mask``)."""
         (R, C), (bh, bw), k = self.grid, self.block, self.k
-        vb = self.values.view(R, bh, k, bw).permute(0, 2, 1, 3)  # (R, k, bh, bw)
-        dense = torch.zeros(R, C, bh, bw, dtype=self.values.dtype, device=self.values.device)
-        dense.scatter_(1, self.col_idx.view(R, k, 1, 1).expand(R, k, bh, bw), vb)
-        return dense.permute(0, 2, 1, 3).reshape(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
+        # scattered straight into the row-major (R, bh, C, bw) view of the padded matrix: no permuted copy
+        dense = torch.zeros(R, bh, C, bw, dtype=self.values.dtype, device=self.values.device)
+        dense.scatter_(2, self.col_idx.view(R, 1, k, 1).expand(R, bh, k, bw), self.values.view(R, bh, k, bw))
+        return dense.view(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
 
     def to_mask(self) -> torch.Tensor:
         """Bool mask of the real (not padding) blocks, shape ``shape``."""
@@ -140,8 +147,7 @@ class BalancedBlock:
         real = torch.arange(k, device=self.col_idx.device).view(1, k) < self.row_nnz.view(R, 1)  # (R, k)
         grid = torch.zeros(R, C, dtype=torch.bool, device=self.col_idx.device)
         grid.scatter_(1, self.col_idx, real)
-        full = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
-        return full[: self.shape[0], : self.shape[1]]
+        return _blocks_to_entries(grid, self.block)[: self.shape[0], : self.shape[1]]
 
     def to_bsr(self) -> "BSR":
         """The real blocks (padding slots dropped) as a :class:`BSR`, equal to ``BSR.from_dense`` of
@@ -200,15 +206,15 @@ class BSR:
 
     def to_dense(self) -> torch.Tensor:
         (R, C), (bh, bw) = self.grid, self.block
-        dense = torch.zeros(R, C, bh, bw, dtype=self.values.dtype, device=self.values.device)
-        dense[self.row_indices(), self.col_indices] = self.values
-        return dense.permute(0, 2, 1, 3).reshape(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
+        dense = torch.zeros(R, bh, C, bw, dtype=self.values.dtype, device=self.values.device)
+        dense.permute(0, 2, 1, 3)[self.row_indices(), self.col_indices] = self.values  # written through the view
+        return dense.view(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
 
     def to_mask(self) -> torch.Tensor:
-        (R, C), (bh, bw) = self.grid, self.block
+        (R, C) = self.grid
         grid = torch.zeros(R, C, dtype=torch.bool, device=self.values.device)
         grid[self.row_indices(), self.col_indices] = True
-        return grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: self.shape[0], : self.shape[1]]
+        return _blocks_to_entries(grid, self.block)[: self.shape[0], : self.shape[1]]
 
     def to_balanced(self) -> BalancedBlock:
         """The same blocks in the balanced layout, short block rows padded as

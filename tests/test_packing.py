@@ -226,3 +226,13 @@ def test_kernel_format_refuses_what_the_kernel_cannot_hold():
     bad = {**parts, "idx": torch.full_like(parts["idx"], 0b01010101)}  # every slot at position 1
     with pytest.raises(ValueError, match=r"__packed__\.w\.idx: positions must be ascending"):
         kernel_format("w", record, bad, nm=(2, 4))
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 8, 16, 33, 64])
+def test_nm_positions_of_every_bit_width_round_trip(m):
+    # 1 to 6 bits per position: the fast whole-byte path (1, 2, 4 bits) and the straddling one
+    w = torch.randn(9, 5 * m, generator=GEN)
+    mask = nm(9, 5 * m, 1, m, GEN)
+    record, parts = round_trip(w, mask, {"kind": "nm", "n": 1, "m": m})
+    assert record["layout"] == "nm"
+    same_format(kernel_format("w", record, parts, nm=(1, m)), NMPacked.from_dense(w, mask, 1, m))
