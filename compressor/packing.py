@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .kernels.formats import BSR, BalancedBlock, NMPacked
@@ -81,8 +82,27 @@ def pack_bits(flags: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``count`` flags, as bool."""
-    shifts = torch.arange(8, dtype=torch.uint8)
-    return ((packed.unsqueeze(1) >> shifts) & 1).reshape(-1)[:count].bool()  # uint8 ops: 1 byte per flag
+    # numpy's unpackbits: 0.03 ms for 256K flags, torch's shifts 0.5 ms (one thread)
+    flags = np.unpackbits(packed.detach().cpu().numpy(), count=count, bitorder="little")
+    return torch.from_numpy(flags.view(np.bool_))
+
+
+#: integer dtypes of each float width: values are moved as their raw bits (numpy has no bfloat16)
+_RAW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _expand(flags: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor of ``flags.numel()`` zeros with ``values`` at the set flags, in order (the
+    row-major bitmask layout). numpy's index put takes half the time of ``masked_scatter_`` (one
+    thread); the indices go 1M flags at a time, so their int64s stay small."""
+    raw = values.contiguous().view(_RAW[values.element_size()]).numpy()
+    out, where = np.zeros(flags.numel(), raw.dtype), flags.numpy()
+    done, step = 0, 1 << 20
+    for start in range(0, where.size, step):
+        idx = np.flatnonzero(where[start:start + step])
+        out[start + idx] = raw[done:done + idx.size]
+        done += idx.size
+    return torch.from_numpy(out).view(values.dtype)
 
 
 def _record(layout: str, weight: torch.Tensor, **extra) -> dict:
@@ -332,13 +352,13 @@ def _unpack_fields(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
     return out[:count]
 
 
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def _popcount(packed: torch.Tensor, count: int) -> int:
     """Set flags among the first ``count`` of a :func:`pack_bits` stream (without unpacking it)."""
     whole, rest = divmod(count, 8)
-    total = int(_POPCOUNT[packed[:whole].to(torch.int32)].sum()) if whole else 0
+    total = int(_POPCOUNT[packed[:whole].numpy()].sum(dtype=np.int64)) if whole else 0
     if rest:
         total += int(unpack_bits(packed[whole:whole + 1], rest).sum())
     return total
@@ -399,12 +419,11 @@ def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor], mask: bool = Tr
     if fmt is not None:
         return fmt.to_dense(), fmt.to_mask() if mask else None
     if layout == "bitmask":
-        kept = _popcount(parts["bits"], rows * cols)
+        flags = unpack_bits(parts["bits"], rows * cols)
+        kept = int(np.count_nonzero(flags.numpy()))
         if kept != values.numel():
             raise ValueError(f"{part_key(name, 'bits')}: keeps {kept} entries but {values.numel()} values are stored")
-        flags = unpack_bits(parts["bits"], rows * cols)
-        dense = torch.zeros(rows * cols, dtype=values.dtype)
-        dense[flags] = values
+        dense = _expand(flags, values)
         return dense.view(shape), flags.view(shape) if mask else None
     col, crow = parts["col_idx"].to(torch.int64), parts["crow"].to(torch.int64)  # csr
     row = _check_rows(name, crow, col, cols)
@@ -532,16 +551,16 @@ def _bands(name: str, rec: dict, parts: dict[str, torch.Tensor], height: int):
             weight = values.reshape(rows, cols)[r0:r1]
             yield r0, weight, torch.ones(weight.shape, dtype=torch.bool)
             continue
-        weight = torch.zeros(r1 - r0, cols, dtype=values.dtype)
         if layout == "bitmask":
             e0, e1 = r0 * cols, r1 * cols
             first = e0 // 8
             mask = unpack_bits(bits[first:_ceil(e1, 8)], e1 - first * 8)[e0 - first * 8:].view(r1 - r0, cols)
-            k = int(mask.sum())
-            weight[mask] = values[done:done + k]
+            k = int(np.count_nonzero(mask.numpy()))
+            weight = _expand(mask.reshape(-1), values[done:done + k]).view(r1 - r0, cols)
             done += k
         else:  # csr
             a, b = int(crow[r0]), int(crow[r1])
+            weight = torch.zeros(r1 - r0, cols, dtype=values.dtype)
             mask = torch.zeros(r1 - r0, cols, dtype=torch.bool)
             weight[row[a:b] - r0, col[a:b]] = values[a:b]
             mask[row[a:b] - r0, col[a:b]] = True
