@@ -444,8 +444,8 @@ class _NoValuesOnMeta(TorchFunctionMode):
     Python meta kernels whose first call in a process imported torch's meta registrations and
     sympy (3-5 s and ~160 MB in every ``compressor.load`` of a built-in model). Initialisers on
     meta tensors return them as they are, random factories an empty meta tensor of their size;
-    everything else runs as usual. Entered inside ``torch.device("meta")``, so factories arrive
-    here with the device already set."""
+    everything else runs as usual. Entered before ``torch.device("meta")``, whose mode then sits
+    on top and sets the device, so factories arrive here with ``device="meta"``."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -262,3 +262,22 @@ def test_a_fresh_process_loads_a_built_in_artifact_without_torch_meta_kernels(ar
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["SparseLSTM", "False", "False"]
+
+
+def test_a_tied_hugging_face_model_loads_on_the_meta_device_still_tied(tmp_path):
+    # assignment gives each name its own Parameter unless tied names share one: they must stay one object
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1,
+                                                         n_head=2)).save_pretrained(tmp_path / "gpt2")
+    spec = compressor.load_model(str(tmp_path / "gpt2"))
+    passes = [{"pass": "unstructured_prune", "sparsity": 0.5}]
+    result = compressor.Pipeline(parse_recipe({"version": 1, "passes": passes})).run(spec, out=tmp_path / "art",
+                                                                                    console=QUIET)
+    assert compressor.read_metadata(tmp_path / "art")["tied"]
+    loaded = compressor.load(tmp_path / "art")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x = spec.example_inputs
+    with torch.no_grad():
+        assert torch.equal(loaded(*x).logits, result.model.eval()(*x).logits)
