@@ -27,6 +27,7 @@ from typing import Union
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from . import packing
 from .errors import ArtifactError, CompressorError, ModelLoadError, short
@@ -35,7 +36,7 @@ from .models import rebuild_builtin
 from .masks import set_mask
 from .outputs import atomic_directory, atomic_file
 from .export import check_input_spec
-from .swaps import check_record, replay
+from .swaps import build_packed, check_record, kernel_request, replay, set_module
 from .report import Report
 
 __all__ = ["FORMAT_VERSION", "DENSE_FORMAT", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report",
@@ -234,22 +235,31 @@ def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         check_input_spec(spec, f"inputs[{i}]")
 
 
-def _read(directory: Path, header: tuple | None = None) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Metadata, dense state (packed weights unpacked, after every check) and masks by name."""
+def _read(directory: Path, header: tuple | None = None, kernels: dict[str, dict] | None = None, masks: bool = True
+          ) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, object]]:
+    """Metadata, dense state (packed weights unpacked, after every check), masks by name (format 2:
+    none unless ``masks``), and the kernel formats of the packed weights named in ``kernels`` (name
+    -> keywords of :func:`compressor.packing.kernel_format`), which get no dense weight or mask."""
     path, meta, _ = header or _header(directory)
     state = _tensors(path)
     if meta["format"] == DENSE_FORMAT:
         masks = {k[len(MASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(MASK_PREFIX)}
-        return meta, state, masks
-    unpacked = {}
+        return meta, state, masks, {}
+    kernels = kernels or {}
+    unpacked, formats = {}, {}
     for name, rec in meta["layouts"].items():
         parts = {p: state.pop(packing.part_key(name, p)) for p in packing.parts_of(rec)}
         try:
-            state[name], unpacked[name] = packing.unpack(name, rec, parts)
+            if name in kernels:
+                formats[name] = packing.kernel_format(name, rec, parts, **kernels[name])
+            else:
+                state[name], unpacked[name] = packing.unpack(name, rec, parts, mask=masks)
         except ValueError as exc:
             raise ArtifactError(f"{path}: {exc}; the artifact is damaged (nothing was loaded)") from None
+    if not masks:
+        return meta, state, {}, formats
     tied = meta.get("tied", {})
-    return meta, state, {n: unpacked[tied.get(n, n)] for n in meta["masks"]}
+    return meta, state, {n: unpacked[tied.get(n, n)] for n in meta["masks"] if tied.get(n, n) in unpacked}, formats
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -283,30 +293,55 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
 
     With ``with_masks`` the masks are re-installed as parametrizations (for further
     fine-tuning); otherwise the model is plain, with the pruned weights stored as zeros. Sparse
-    kernel modules the pipeline installed (``swap_kernels``) are rebuilt from the weights and
-    masks; structural replacements (``dynamic_gate``'s gated modules, which hold parameters of
-    their own) are rebuilt as fresh modules before the saved state is loaded into them.
+    kernel modules the pipeline installed (``swap_kernels``) are built straight from the packed
+    weights (:func:`compressor.packing.kernel_format`): a balanced-block module takes the file's
+    kept blocks and block columns, an N:M module its values and positions, and no dense copy of a
+    swapped weight is made; the other masked weights are unpacked to dense. Structural
+    replacements (``dynamic_gate``'s gated modules, which hold parameters of their own) are
+    rebuilt as fresh modules before the saved state is loaded into them.
+
+    A built-in or Hugging Face architecture is built on the meta device (the skeleton the sizes
+    were checked on) and takes the file's tensors as they are: nothing is initialised or copied,
+    and a swapped layer's dense weight never exists. A model passed as ``model``, a pickled one,
+    one with gated modules or with buffers it does not save outside the swapped modules (a Hugging
+    Face position-id table) is built for real first, so its dense layers are allocated once by
+    its constructor.
     """
     directory = Path(directory)
     header = path, meta, shapes = _header(directory)
     replacements = meta.get("replacements", [])
     build = _architecture(meta["source"], model, allow_pickle, directory, path)
+    skeleton = None
     if model is None and meta["source"]["kind"] in ("builtin", "hf"):  # sizes come from the metadata
-        _check_sizes(build, shapes, meta, path)
-    _, state, masks = _read(directory, header)
+        skeleton = _check_sizes(build, shapes, meta, path)
+    kernels = _kernel_weights(meta, path)
+    requests = {name: request for name, (_, request) in kernels.items()}
+    _, state, masks, formats = _read(directory, header, requests, masks=with_masks)  # the masks only to install
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
+    swaps = [r for r in replacements if not r.get("structural")]
     try:
-        net = build()
+        # the meta-device skeleton takes the file's tensors as they are: no initialisation, no copy, and a
+        # swapped layer's dense weight is never allocated; a built model where that cannot work
+        on_meta = _skeleton_takes_state(skeleton, replacements)
+        net = skeleton if on_meta else build()
         # structural replacements (gated modules) add parameters: rebuild them before loading the state
         replay(net, replacements, masks, structural=True)
-        apply_state_dict(net, state, str(path))
+        if meta["format"] == FORMAT_VERSION:
+            _install_kernels(net, swaps, formats, state)
+        apply_state_dict(net, state, str(path), assign=on_meta)
+        if on_meta:
+            left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+            if left:
+                raise ArtifactError(f"{path}: {short(left[0], 80)} is not in the artifact (a tensor the model does "
+                                    "not save); the artifact was made for other code")
         if with_masks:
-            if any(not r.get("structural") for r in replacements):
+            if swaps:
                 raise ArtifactError(f"{directory} has sparse kernel modules installed; load it without with_masks")
             for name, mask in masks.items():
                 set_mask(net, name, mask)
-        replay(net, replacements, masks)
+        if meta["format"] == DENSE_FORMAT:
+            replay(net, replacements, masks)  # format 1: the kernel modules from the dense weights and masks
     except CompressorError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
@@ -314,6 +349,58 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
                             f"{_brief(exc)}); the artifact is damaged or was made for other code") from None
     net.eval()
     return net
+
+
+def _kernel_weights(meta: dict, path: Path) -> dict[str, tuple[str, dict]]:
+    """Packed weights that kernel swaps hold: weight name -> (module path, the format to build)."""
+    if meta["format"] != FORMAT_VERSION:
+        return {}
+    tied = meta.get("tied", {})
+    shared = set(tied) | set(tied.values())
+    kernels = {}
+    for rec in meta.get("replacements", []):
+        request = kernel_request(rec["kind"], rec["options"])
+        if request is None:
+            continue
+        prefix = rec["module"] + "."
+        for name in meta["layouts"]:
+            if name.startswith(prefix) and "." not in name[len(prefix):]:
+                if name in shared:  # swap_kernels leaves tied weights dense: this file was not written by it
+                    raise ArtifactError(f"{path}: {short(name, 80)} is tied to another name but stored in the kernel "
+                                        f"module {short(rec['module'], 80)}; the artifact is damaged")
+                kernels[name] = (rec["module"], request)
+    return kernels
+
+
+def _skeleton_takes_state(skeleton: nn.Module | None, replacements: list[dict]) -> bool:
+    """Whether the meta-device skeleton can be loaded by assignment: it was built (a built-in or
+    Hugging Face architecture), no gated module must be rebuilt first (those draw initial values),
+    and every buffer the model does not save (a Hugging Face position-id table) sits inside a module
+    that a kernel swap replaces; the values of the others exist only in a really built model."""
+    if skeleton is None or any(r.get("structural") for r in replacements):
+        return False
+    saved = set(skeleton.state_dict())
+    swapped = tuple(r["module"] + "." for r in replacements)
+    return all(name in saved or name.startswith(swapped) for name, _ in skeleton.named_buffers())
+
+
+def _install_kernels(net: nn.Module, swaps: list[dict], formats: dict[str, object],
+                     state: dict[str, torch.Tensor]) -> None:
+    """Put each kernel swap's module into ``net``, built from its weights' kernel formats and its other
+    tensors (taken out of ``state``); the new modules' own tensors go into ``state`` under their names,
+    so the one strict key check of :func:`apply_state_dict` covers them. Every module is built before
+    any is installed."""
+    built = []
+    for rec in swaps:
+        path = rec["module"]
+        module = net.get_submodule(path)
+        prefix = path + "."
+        own = {k[len(prefix):]: v for k, v in formats.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        tensors = {k: state.pop(prefix + k) for k in module.state_dict(keep_vars=True) if prefix + k in state}
+        built.append((path, build_packed(module, rec["kind"], own, tensors, rec["options"])))
+    for path, new in built:
+        set_module(net, path, new)
+        state.update({f"{path}.{k}": v for k, v in new.state_dict(keep_vars=True).items()})
 
 
 def _architecture(source: dict, model: ModelArg, allow_pickle: bool, directory: Path, path: Path) -> Callable[[], nn.Module]:
@@ -350,11 +437,48 @@ def _called(factory: Callable[[], object]) -> nn.Module:
     return built
 
 
-def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], meta: dict, path: Path) -> None:
+#: in-place writes of values (initialisers) that a constructor runs on its new parameters
+_VALUE_WRITES = frozenset({"normal_", "uniform_", "zero_", "fill_", "erfinv_", "exponential_", "bernoulli_", "random_",
+                           "log_normal_", "cauchy_", "geometric_", "clamp_", "mul_", "add_", "sub_", "div_"})
+#: random factories (a built-in model's example inputs): name -> dtype when none is given
+_RANDOM_FACTORIES = {"rand": None, "randn": None, "randint": torch.int64, "randperm": torch.int64}
+
+
+class _NoValuesOnMeta(TorchFunctionMode):
+    """Skips computing values for meta tensors, which hold none: on the meta device ``normal_``
+    (``nn.Embedding``'s initialiser) and ``randint`` (a built-in model's example inputs) run
+    Python meta kernels whose first call in a process imported torch's meta registrations and
+    sympy (3-5 s and ~160 MB in every ``compressor.load`` of a built-in model). Initialisers on
+    meta tensors return them as they are, random factories an empty meta tensor of their size;
+    everything else runs as usual. Entered before ``torch.device("meta")``, whose mode then sits
+    on top and sets the device, so factories arrive here with ``device="meta"``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _VALUE_WRITES:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes its tensor by keyword
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        elif name in _RANDOM_FACTORIES and str(kwargs.get("device")) == "meta":
+            if "size" in kwargs:
+                size = kwargs["size"]
+            elif name == "randperm":
+                size = args[:1]
+            elif name == "randint":
+                size = args[-1]
+            else:
+                size = args[0] if len(args) == 1 and not isinstance(args[0], int) else args
+            dtype = kwargs.get("dtype") or _RANDOM_FACTORIES[name] or torch.get_default_dtype()
+            return torch.empty(tuple(size), dtype=dtype, device="meta")
+        return func(*args, **kwargs)
+
+
+def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], meta: dict, path: Path) -> nn.Module:
     """Build the architecture on the meta device (no memory) and compare it with the stored tensors,
-    so metadata claiming a huge model is refused before anything is allocated."""
+    so metadata claiming a huge model is refused before anything is allocated; returns that skeleton."""
     try:
-        with torch.device("meta"):
+        with _NoValuesOnMeta(), torch.device("meta"):  # the device mode on top: it sets the device first
             skeleton = build()
     except CompressorError:
         raise
@@ -379,6 +503,7 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     if wanted > stored:
         raise ArtifactError(f"{path}: the metadata describes a model of {wanted:,} values but the file stores "
                             f"{stored:,}; the artifact is damaged (nothing was allocated)")
+    return skeleton
 
 
 def write_dense(directory: str | Path, path: str | Path, force: bool = False) -> Path:
@@ -391,7 +516,7 @@ def write_dense(directory: str | Path, path: str | Path, force: bool = False) ->
     directory, path = Path(directory), Path(path)
     if path.resolve().is_relative_to(directory.resolve()):
         raise ArtifactError(f"{path} is inside the artifact {directory}; write the dense weights elsewhere")
-    meta, state, masks = _read(directory)
+    meta, state, masks, _ = _read(directory)
     meta = {k: v for k, v in meta.items() if k not in ("layouts", "masks")} | {"format": DENSE_FORMAT}
     state.update({MASK_PREFIX + name: mask.contiguous() for name, mask in masks.items()})
     with atomic_file(path, mode="wb", force=force) as tmp:

@@ -64,7 +64,7 @@ def export_hf(directory: str | Path, out: str | Path, source: str | Path | None 
     _transformers()
 
     reference = load(directory)  # the artifact's model (every check of the loader), the outputs to match
-    _, state, masks = _read(directory)
+    _, state, masks, _ = _read(directory)
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
     config = meta["source"].get("config") or {}
@@ -146,7 +146,8 @@ def _check_config(recorded: dict, src: Path) -> None:
 
 def _hf_model(config: dict, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
     """The config's class as transformers builds it, holding ``state`` (Conv1D weights transposed
-    back); built on the meta device, so the state's tensors (and dtypes) are the model's."""
+    back); built on the meta device, so the state's tensors become the model's (cast to the dtypes
+    the class builds where they differ)."""
     from .loading import apply_state_dict, conv1d_layout, rebuild_hf
 
     with torch.device("meta"):

@@ -307,8 +307,9 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: s
     """Load ``state`` into ``model``, failing with the missing/unexpected keys and shape mismatches.
 
     A tied parameter stored under one of its names (``safetensors.torch.save_model`` keeps one
-    name per shared tensor) fills its other names. ``assign``: the model's tensors become those of
-    ``state`` (dtypes included), for a model built on the meta device."""
+    name per shared tensor) fills its other names. With ``assign`` the model's tensors become the
+    given ones, cast to the model's dtypes where they differ (a model built on the meta device:
+    nothing copied or initialised); names tied in the model share one ``nn.Parameter`` again."""
     expected = model.state_dict()
     state = dict(state)
     for names in _tied_names(model):
@@ -329,7 +330,29 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: s
             parts.append("shape mismatches: " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:5]))
         raise ModelLoadError(f"checkpoint {origin} does not match the model; " + "; ".join(parts))
+    if assign:
+        state = _as_parameters(model, state)
     model.load_state_dict(state, assign=assign)
+
+
+def _as_parameters(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each parameter's tensor wrapped once in an ``nn.Parameter`` (one object for all
+    the names one tensor fills, so assignment keeps weights tied) and every tensor in the model's dtype."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(tensor) -> (tensor, what it became)
+    out = {}
+    for name, tensor in state.items():
+        if id(tensor) in made:
+            out[name] = made[id(tensor)][1]
+            continue
+        like = params.get(name, buffers.get(name))
+        value = tensor.to(like.dtype) if like is not None and like.dtype != tensor.dtype else tensor
+        if name in params and not isinstance(value, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=params[name].requires_grad)
+        made[id(tensor)] = (tensor, value)
+        out[name] = value
+    return out
 
 
 def _tied_names(model: nn.Module) -> list[list[str]]:

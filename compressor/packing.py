@@ -22,20 +22,25 @@ fits, trying the pattern's own layout first (ties keep it): e.g. 4:8 masks are s
 bitmask (8 bits per group) than as 3-bit indices (12 bits per group).
 
 Loading is hardened: :func:`check_record` (metadata), :func:`check_parts` (header shapes and
-dtypes, before any data is read) and :func:`unpack` (index ranges and order) raise ValueError
-naming the offending tensor.
+dtypes, before any data is read) and :func:`unpack` / :func:`native_format` /
+:func:`kernel_format` (index ranges and order, counts) raise ValueError naming the offending
+tensor. :func:`unpack` gives the dense weight and mask; :func:`kernel_format` gives a swapped
+layer's kernel format (``BalancedBlock``/``BSR``/``NMPacked``) from the parts as they are, with no
+dense ``(rows, cols)`` tensor (a ``bitmask``/``csr`` weight is converted in bounded row bands).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .kernels.formats import BSR, BalancedBlock, NMPacked
 
-__all__ = ["LAYOUT_VERSION", "PREFIX", "LAYOUTS", "pack", "packed_bytes", "check_record", "check_parts", "unpack",
-           "part_key", "parts_of", "dense_numel", "index_dtype", "pack_bits", "unpack_bits"]
+__all__ = ["LAYOUT_VERSION", "PREFIX", "LAYOUTS", "BAND_ENTRIES", "pack", "packed_bytes", "check_record", "check_parts",
+           "unpack", "native_format", "kernel_format", "part_key", "parts_of", "dense_numel", "index_dtype", "pack_bits",
+           "unpack_bits"]
 
 LAYOUT_VERSION = 1
 PREFIX = "__packed__."
@@ -77,7 +82,27 @@ def pack_bits(flags: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``count`` flags, as bool."""
-    return ((packed.to(torch.int64).unsqueeze(1) >> torch.arange(8)) & 1).reshape(-1)[:count].bool()
+    # numpy's unpackbits: 0.03 ms for 256K flags, torch's shifts 0.5 ms (one thread)
+    flags = np.unpackbits(packed.detach().cpu().numpy(), count=count, bitorder="little")
+    return torch.from_numpy(flags.view(np.bool_))
+
+
+#: integer dtypes of each float width: values are moved as their raw bits (numpy has no bfloat16)
+_RAW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _expand(flags: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor of ``flags.numel()`` zeros with ``values`` at the set flags, in order (the
+    row-major bitmask layout). numpy's index put takes half the time of ``masked_scatter_`` (one
+    thread); the indices go 1M flags at a time, so their int64s stay small."""
+    raw = values.contiguous().view(_RAW[values.element_size()]).numpy()
+    out, where = np.zeros(flags.numel(), raw.dtype), flags.numpy()
+    done, step = 0, 1 << 20
+    for start in range(0, where.size, step):
+        idx = np.flatnonzero(where[start:start + step])
+        out[start + idx] = raw[done:done + idx.size]
+        done += idx.size
+    return torch.from_numpy(out).view(values.dtype)
 
 
 def _record(layout: str, weight: torch.Tensor, **extra) -> dict:
@@ -303,50 +328,240 @@ def _check_rows(name: str, crow: torch.Tensor, col: torch.Tensor, ncols: int) ->
     return row
 
 
-def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dense weight, bool mask)`` of a packed weight whose parts passed :func:`check_parts`."""
+def _unpack_fields(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """The first ``count`` ``bits``-wide fields of the least-significant-bit-first stream ``packed``
+    (uint8), as uint8. Decoded a few thousand bytes at a time: a field-per-int64 temporary of a
+    2:4 weight would be twice the size of the dense weight."""
+    if bits == 0:
+        return torch.zeros(count, dtype=torch.uint8)
+    if 8 % bits == 0:  # 1, 2, 4 bits: whole fields in every byte, shifted out in uint8
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        return ((packed[: _ceil(count * bits, 8)].unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
+    g = math.gcd(bits, 8)
+    span, per = bits // g, 8 // g  # every `span` bytes hold exactly `per` whole fields
+    periods = _ceil(count, per)
+    data = packed[: periods * span]
+    data = torch.cat([data, data.new_zeros(periods * span - data.numel())]).view(periods, span)
+    out = torch.empty(periods * per, dtype=torch.uint8)
+    byte_shift, field_shift = torch.arange(span) * 8, torch.arange(per) * bits
+    step = 1 << 15
+    for start in range(0, periods, step):
+        word = (data[start:start + step].to(torch.int64) << byte_shift).sum(dim=1)  # <= 48 bits (bits <= 6)
+        fields = (word.unsqueeze(1) >> field_shift) & ((1 << bits) - 1)
+        out[start * per:start * per + fields.numel()] = fields.reshape(-1).to(torch.uint8)
+    return out[:count]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(packed: torch.Tensor, count: int) -> int:
+    """Set flags among the first ``count`` of a :func:`pack_bits` stream (without unpacking it)."""
+    whole, rest = divmod(count, 8)
+    total = int(_POPCOUNT[packed[:whole].numpy()].sum(dtype=np.int64)) if whole else 0
+    if rest:
+        total += int(unpack_bits(packed[whole:whole + 1], rest).sum())
+    return total
+
+
+def _block_cols(name: str, col: torch.Tensor, C: int) -> None:
+    """A balanced_block layout's block columns: in range and strictly ascending in each block row."""
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= C):
+        raise ValueError(f"{part_key(name, 'col_idx')}: block columns outside [0, {C})")
+    if bool((col[:, 1:] <= col[:, :-1]).any()):
+        raise ValueError(f"{part_key(name, 'col_idx')}: block columns must be strictly ascending per block row")
+
+
+def native_format(name: str, rec: dict, parts: dict[str, torch.Tensor]) -> BalancedBlock | BSR | NMPacked | None:
+    """The kernels' format that a ``balanced_block``, ``bsr`` or ``nm`` layout stores, built from the
+    parts as they are (values untouched, indices widened to the kernels' dtypes) after checking the
+    indices (ValueError naming the tensor); None for the other layouts. No dense tensor is built."""
     layout, shape = rec["layout"], tuple(rec["shape"])
     rows, cols = _geometry(rec)
     values = parts["values"]
-    if layout == "dense":
-        return values, torch.ones(shape, dtype=torch.bool)
     if layout in ("balanced_block", "bsr"):
         block = tuple(rec["block"])
         C = _ceil(cols, block[1])
         col = parts["col_idx"].to(torch.int64)
         if layout == "balanced_block":
-            if col.numel() and (int(col.min()) < 0 or int(col.max()) >= C):
-                raise ValueError(f"{part_key(name, 'col_idx')}: block columns outside [0, {C})")
-            if bool((col[:, 1:] <= col[:, :-1]).any()):
-                raise ValueError(f"{part_key(name, 'col_idx')}: block columns must be strictly ascending per block row")
-            full = torch.full((col.shape[0],), col.shape[1], dtype=torch.int64)
-            fmt = BalancedBlock(values, col, full, shape, block)
-        else:
-            crow = parts["crow"].to(torch.int64)
-            _check_rows(name, crow, col, C)
-            fmt = BSR(crow, col, values, shape, block)
-        return fmt.to_dense(), fmt.to_mask()
-    if layout == "nm":
-        n, m, b = rec["n"], rec["m"], _bits(rec["m"])
-        G = values.shape[1]
-        bits = unpack_bits(parts["idx"], rows * G * n * b).view(rows * G * n, b).to(torch.int64)
-        idx = (bits << torch.arange(b)).sum(dim=1).view(rows, G, n)  # m == 1: no bits, every position 0
-        if bool((idx >= m).any()) or bool((idx[:, :, 1:] <= idx[:, :, :-1]).any()):
-            raise ValueError(f"{part_key(name, 'idx')}: positions must be ascending within each group and < {m}")
-        fmt = NMPacked(values, idx.to(torch.uint8), torch.full((rows, G), n, dtype=torch.uint8), (rows, cols), n, m)
-        return fmt.to_dense(), fmt.to_mask()
+            _block_cols(name, col, C)
+            return BalancedBlock(values, col, torch.full((col.shape[0],), col.shape[1], dtype=torch.int64), shape, block)
+        crow = parts["crow"].to(torch.int64)
+        _check_rows(name, crow, col, C)
+        return BSR(crow, col, values, shape, block)
+    if layout != "nm":
+        return None
+    n, m = rec["n"], rec["m"]
+    G = values.shape[1]
+    idx = _unpack_fields(parts["idx"], rows * G * n, _bits(m)).view(rows, G, n)  # m == 1: no bits, position 0
+    if bool((idx >= m).any()) or bool((idx[:, :, 1:] <= idx[:, :, :-1]).any()):
+        raise ValueError(f"{part_key(name, 'idx')}: positions must be ascending within each group and < {m}")
+    counts = torch.full((rows, G), n, dtype=torch.uint8)
+    if G * m > cols:  # slots of the last, partial group past the last column are padding: not kept
+        tail = idx[:, -1, :].to(torch.int64) + (G - 1) * m >= cols  # (rows, n), ascending: padding slots last
+        counts[:, -1] = n - tail.sum(dim=1).to(torch.uint8)
+        if bool(values[:, -1, :][tail].any()):  # values at padding are cropped on unpacking: zero here too
+            values = values.clone()
+            values[:, -1, :].masked_fill_(tail, 0)
+    return NMPacked(values, idx, counts, (rows, cols), n, m)
+
+
+def unpack(name: str, rec: dict, parts: dict[str, torch.Tensor], mask: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(dense weight, bool mask)`` of a packed weight whose parts passed :func:`check_parts`
+    (the mask None unless ``mask``: a plain load needs only the weight)."""
+    layout, shape = rec["layout"], tuple(rec["shape"])
+    rows, cols = _geometry(rec)
+    values = parts["values"]
+    if layout == "dense":
+        return values, torch.ones(shape, dtype=torch.bool) if mask else None
+    fmt = native_format(name, rec, parts)
+    if fmt is not None:
+        return fmt.to_dense(), fmt.to_mask() if mask else None
     if layout == "bitmask":
-        mask = unpack_bits(parts["bits"], rows * cols)
-        if int(mask.sum()) != values.numel():
-            raise ValueError(f"{part_key(name, 'bits')}: keeps {int(mask.sum())} entries but {values.numel()} values "
-                             "are stored")
-        dense = torch.zeros(rows * cols, dtype=values.dtype)
-        dense[mask] = values
-        return dense.view(shape), mask.view(shape)
+        flags = unpack_bits(parts["bits"], rows * cols)
+        kept = int(np.count_nonzero(flags.numpy()))
+        if kept != values.numel():
+            raise ValueError(f"{part_key(name, 'bits')}: keeps {kept} entries but {values.numel()} values are stored")
+        dense = _expand(flags, values)
+        return dense.view(shape), flags.view(shape) if mask else None
     col, crow = parts["col_idx"].to(torch.int64), parts["crow"].to(torch.int64)  # csr
     row = _check_rows(name, crow, col, cols)
     dense = torch.zeros(rows, cols, dtype=values.dtype)
-    mask = torch.zeros(rows, cols, dtype=torch.bool)
     dense[row, col] = values
-    mask[row, col] = True
-    return dense.view(shape), mask.view(shape)
+    if not mask:
+        return dense.view(shape), None
+    flags = torch.zeros(rows, cols, dtype=torch.bool)
+    flags[row, col] = True
+    return dense.view(shape), flags.view(shape)
+
+
+# -- kernel formats straight from the packed parts (compressor.load of a swapped layer) -----------
+
+#: dense entries per row band when a weight is converted band by band (4 MiB of fp32)
+BAND_ENTRIES = 1 << 20
+
+
+def kernel_format(name: str, rec: dict, parts: dict[str, torch.Tensor], *, block: tuple[int, int] | None = None,
+                  layout: str = "auto", nm: tuple[int, int] | None = None) -> BalancedBlock | BSR | NMPacked:
+    """The weight in the format a kernel module is built from, without a dense ``(rows, cols)`` copy.
+
+    ``block`` (with ``layout`` ``auto``/``balanced``/``bsr``, as ``BlockSparseLinear.from_dense``
+    takes it) asks for a :class:`BalancedBlock` or :class:`BSR`; ``nm = (n, m)`` for an
+    :class:`NMPacked`. The result equals ``from_dense`` of the unpacked weight and mask (short block
+    rows padded, spare N:M slots placed as it places them), so a loaded kernel module holds exactly
+    what the saved one held. A layout storing that format already is used as it is (its values and
+    indices; ``bsr`` <-> ``balanced_block`` converted block by block); a ``bitmask``, ``csr`` or
+    ``dense`` layout is converted in row bands of at most :data:`BAND_ENTRIES` entries. A mask the
+    kernel cannot hold (partial blocks, more than ``n`` of ``m``) is a ValueError naming the tensor.
+    """
+    from .kernels.modules import BlockSparseLinear
+
+    if (block is None) == (nm is None):
+        raise ValueError("kernel_format: give block or nm")
+    rows, cols = _geometry(rec)
+    if len(rec["shape"]) != 2:
+        raise ValueError(f"layouts[{name[:80]!r}]: a kernel module's weight is 2-D, the layout stores {rec['shape']}")
+    if layout not in ("auto", "balanced", "bsr"):
+        raise ValueError(f"layout must be 'auto', 'balanced' or 'bsr', got {layout!r}")
+    native = rec["layout"] in ("balanced_block", "bsr", "nm")
+    if native:
+        fmt = native_format(name, rec, parts)
+        wanted = (tuple(block), "block") if block is not None else (tuple(nm), "nm")
+        have = (fmt.block, "block") if rec["layout"] != "nm" else ((fmt.n, fmt.m), "nm")
+        if have != wanted:
+            raise ValueError(f"layouts[{name[:80]!r}]: a {rec['layout']} layout of {have[0]} cannot feed a kernel "
+                             f"module of {wanted[1]} {wanted[0]}")
+    else:
+        fmt = _from_bands(name, rec, parts, block, nm)
+    if nm is not None:
+        return _nm_spares(fmt) if native else fmt
+    if isinstance(fmt, BSR):
+        counts = fmt.crow_indices[1:] - fmt.crow_indices[:-1]
+        wanted = BlockSparseLinear.layout_for_counts(counts) if layout == "auto" else layout
+        return fmt if wanted == "bsr" else fmt.to_balanced()
+    return fmt.to_bsr() if layout == "bsr" else fmt  # a balanced_block layout: every block row keeps k
+
+
+def _nm_spares(fmt: NMPacked) -> NMPacked:
+    """Spare slots (groups keeping fewer than n: only the last, partial group of an ``nm`` layout)
+    moved to the positions ``NMPacked.from_dense`` gives them: the smallest positions not kept."""
+    if bool((fmt.counts == fmt.n).all()):
+        return fmt
+    rows, cols = fmt.shape
+    G, m = fmt.groups, fmt.m
+    short = (fmt.counts < fmt.n).any(dim=0).nonzero().flatten().tolist()
+    values, indices, counts = fmt.values.clone(), fmt.indices.clone(), fmt.counts.clone()
+    for g in short:  # one (rows, m) slice per group with spare slots
+        width = min(m, cols - g * m)
+        part = NMPacked(fmt.values[:, g:g + 1], fmt.indices[:, g:g + 1], fmt.counts[:, g:g + 1], (rows, m), fmt.n, m)
+        redo = NMPacked.from_dense(part.to_dense()[:, :width], part.to_mask()[:, :width], fmt.n, m)
+        values[:, g:g + 1], indices[:, g:g + 1], counts[:, g:g + 1] = redo.values, redo.indices, redo.counts
+    return NMPacked(values, indices, counts, fmt.shape, fmt.n, m)
+
+
+def _from_bands(name: str, rec: dict, parts: dict[str, torch.Tensor], block, nm) -> BSR | NMPacked:
+    """A ``bitmask``/``csr``/``dense`` weight as a BSR (``block``) or NMPacked (``nm``), built band by band."""
+    rows, cols = _geometry(rec)
+    unit = block[0] if block is not None else 1
+    height = max(unit, BAND_ENTRIES // max(cols, 1) // unit * unit)
+    pieces = []
+    for r0, weight, mask in _bands(name, rec, parts, height):
+        try:
+            if block is not None:
+                pieces.append(BSR.from_dense(weight, mask, block))
+            else:
+                pieces.append(NMPacked.from_dense(weight, mask, *nm))
+        except ValueError as exc:  # the band's own row numbers: say where the band starts
+            raise ValueError(f"{part_key(name, parts_of(rec)[0])}: rows {r0}..{r0 + weight.shape[0] - 1} do not fit "
+                             f"the kernel module ({' '.join(str(exc).split())[:160]})") from None
+    if nm is not None:
+        cat = lambda key: torch.cat([getattr(p, key) for p in pieces]) if pieces else None  # noqa: E731
+        if not pieces:
+            return NMPacked.from_dense(torch.zeros(0, cols, dtype=FLOATS[rec["dtype"]]), None, *nm)
+        return NMPacked(cat("values"), cat("indices"), cat("counts"), (rows, cols), *nm)
+    counts = [p.crow_indices[1:] - p.crow_indices[:-1] for p in pieces]
+    crow = torch.zeros(_ceil(rows, block[0]) + 1, dtype=torch.int64)
+    if counts:
+        crow[1:] = torch.cumsum(torch.cat(counts), 0)
+    bh, bw = block
+    values = torch.cat([p.values for p in pieces]) if pieces else torch.zeros(0, bh, bw, dtype=FLOATS[rec["dtype"]])
+    col = torch.cat([p.col_indices for p in pieces]) if pieces else torch.zeros(0, dtype=torch.int64)
+    return BSR(crow, col, values, (rows, cols), tuple(block))
+
+
+def _bands(name: str, rec: dict, parts: dict[str, torch.Tensor], height: int):
+    """``(first row, weight rows, mask rows)`` of a ``dense``/``bitmask``/``csr`` weight, ``height`` rows
+    at a time (every index checked first, ValueError naming the tensor)."""
+    layout = rec["layout"]
+    rows, cols = _geometry(rec)
+    values = parts["values"]
+    if layout == "bitmask":
+        bits = parts["bits"]
+        kept = _popcount(bits, rows * cols)
+        if kept != values.numel():
+            raise ValueError(f"{part_key(name, 'bits')}: keeps {kept} entries but {values.numel()} values are stored")
+    elif layout == "csr":
+        col, crow = parts["col_idx"].to(torch.int64), parts["crow"].to(torch.int64)
+        row = _check_rows(name, crow, col, cols)
+    done = 0  # values used so far (bitmask)
+    for r0 in range(0, rows, height):
+        r1 = min(rows, r0 + height)
+        if layout == "dense":
+            weight = values.reshape(rows, cols)[r0:r1]
+            yield r0, weight, torch.ones(weight.shape, dtype=torch.bool)
+            continue
+        if layout == "bitmask":
+            e0, e1 = r0 * cols, r1 * cols
+            first = e0 // 8
+            mask = unpack_bits(bits[first:_ceil(e1, 8)], e1 - first * 8)[e0 - first * 8:].view(r1 - r0, cols)
+            k = int(np.count_nonzero(mask.numpy()))
+            weight = _expand(mask.reshape(-1), values[done:done + k]).view(r1 - r0, cols)
+            done += k
+        else:  # csr
+            a, b = int(crow[r0]), int(crow[r1])
+            weight = torch.zeros(r1 - r0, cols, dtype=values.dtype)
+            mask = torch.zeros(r1 - r0, cols, dtype=torch.bool)
+            weight[row[a:b] - r0, col[a:b]] = values[a:b]
+            mask[row[a:b] - r0, col[a:b]] = True
+        yield r0, weight, mask

@@ -1,9 +1,12 @@
 """Module replacements: sparse kernel modules swapped in for dense ones, recorded and replayed.
 
 A replacement is a small JSON-able record ``{"module": path, "kind": ..., "options": {...}}``.
-Artifacts always store the dense (masked) weights and the masks; :func:`compressor.load`
-rebuilds the dense model and replays the records with the kernels' deterministic
-``from_dense``, so the file format does not depend on which kernels were installed.
+Artifacts store every masked weight packed in its pattern's layout (:mod:`compressor.packing`),
+whichever kernels were installed; :func:`compressor.load` builds each kernel module straight
+from those packed parts (:func:`kernel_request` names the format, :func:`build_packed` builds
+the module; no dense copy of a swapped weight), and replays format-1 artifacts (dense weights
+plus masks) with the kernels' deterministic ``from_dense`` (:func:`replay`). Both give the
+module the pipeline installed, tensor for tensor.
 
 Structural replacements (``"structural": true``; the ``dynamic_gate`` pass's ``gated_linear``,
 ``gated_lstm``, ``gated_gru``) add parameters the dense model does not have (gate networks), so
@@ -20,9 +23,10 @@ import torch
 import torch.nn as nn
 
 from .kernels import BlockSparseLinear, GatedBlockLinear, GatedGRU, GatedLSTM, NMLinear, SparseGRU, SparseLSTM, gated_linear
+from .kernels.formats import BSR, BalancedBlock, NMPacked
 
-__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "check_record", "build_replacement", "build_gated", "set_module",
-           "densify", "dense_model", "dense_weight", "replay"]
+__all__ = ["REPLACEMENT_KINDS", "STRUCTURAL_KINDS", "check_record", "build_replacement", "build_gated", "kernel_request",
+           "build_packed", "set_module", "densify", "dense_model", "dense_weight", "replay"]
 
 REPLACEMENT_KINDS = ("block_sparse_linear", "nm_linear", "sparse_lstm", "sparse_gru", "gated_linear", "gated_lstm",
                      "gated_gru")
@@ -87,12 +91,91 @@ def build_replacement(module: nn.Module, kind: str, masks: dict[str, torch.Tenso
     ``masks`` maps the module's own parameter names (``weight``, ``weight_hh_l0``) to bool masks;
     ``options["backend"]`` (``torch``/``triton``/``auto``) is set on every kernel module inside.
     """
-    new = _build(module, kind, masks, options)
+    return _with_backend(_build(module, kind, masks, options), options)
+
+
+def _with_backend(new: nn.Module, options: dict) -> nn.Module:
     if "backend" in options:
         for sub in new.modules():
             if hasattr(sub, "backend"):
                 sub.backend = options["backend"]
     return new
+
+
+def kernel_request(kind: str, options: dict) -> dict | None:
+    """The sparse format a kernel swap's masked weights are built in, as keywords of
+    :func:`compressor.packing.kernel_format` (``block`` and ``layout``, or ``nm``); None for the
+    structural kinds (gated modules store their own dense parameters)."""
+    if kind in ("block_sparse_linear", "sparse_lstm", "sparse_gru"):
+        return {"block": tuple(options["block"]), "layout": options.get("layout", "auto")}
+    if kind == "nm_linear":
+        return {"nm": (options["n"], options["m"])}
+    return None
+
+
+def build_packed(module: nn.Module, kind: str, formats: dict[str, object], tensors: dict[str, torch.Tensor],
+                 options: dict) -> nn.Module:
+    """The kernel module of a swap record built from ready sparse formats, with no dense copy of its
+    weights (what :func:`compressor.load` does with a packed artifact; :func:`build_replacement`
+    builds the same module from dense masked weights).
+
+    ``module`` is the dense module the record replaces; only its sizes and flags are read (it may
+    live on the meta device). ``formats`` maps its masked weights' own names to the formats
+    :func:`kernel_request` asks for (``BalancedBlock``/``BSR``/``NMPacked``), ``tensors`` its other
+    own tensors (biases, unmasked recurrent weights). ValueError/KeyError/TypeError when they do not
+    fit the module.
+    """
+    def block_linear(fmt, bias, shape):
+        if not isinstance(fmt, (BalancedBlock, BSR)) or tuple(fmt.shape) != tuple(shape):
+            raise ValueError(f"expected a block-sparse weight of shape {tuple(shape)}")
+        return BlockSparseLinear(fmt, bias)
+
+    def check_bias(bias, out):
+        if bias is not None and tuple(bias.shape) != (out,):
+            raise ValueError(f"bias of shape {tuple(bias.shape)}, expected ({out},)")
+        return bias
+
+    if kind in ("block_sparse_linear", "nm_linear"):
+        if not isinstance(module, nn.Linear) or set(formats) != {"weight"}:
+            raise ValueError(f"a {kind} replaces an nn.Linear whose weight is packed")
+        want_bias = module.bias is not None
+        bias = check_bias(tensors["bias"], module.out_features) if want_bias else None
+        shape = (module.out_features, module.in_features)
+        if kind == "block_sparse_linear":
+            return _with_backend(block_linear(formats["weight"], bias, shape), options)
+        fmt = formats["weight"]
+        if not isinstance(fmt, NMPacked) or tuple(fmt.shape) != shape:
+            raise ValueError(f"expected an N:M weight of shape {shape}")
+        return _with_backend(NMLinear(fmt, bias), options)
+    if kind in ("sparse_lstm", "sparse_gru"):
+        cls = SparseLSTM if kind == "sparse_lstm" else SparseGRU
+        if not isinstance(module, cls._base):
+            raise ValueError(f"a {kind} replaces an nn.{cls._base.__name__}")
+        cells = {}
+        for name in (n for n in module._flat_weights_names if n.startswith("weight_")):
+            part = name[len("weight_"):]
+            shape = tuple(getattr(module, name).shape)
+            bias = check_bias(tensors["bias_" + part], shape[0]) if module.bias else None
+            if name in formats:
+                cells[part] = block_linear(formats[name], bias, shape)
+            else:  # an unpruned weight of the layer stays a dense projection, its tensors as loaded
+                cells[part] = _assigned_linear(tensors[name], bias, shape)
+        unknown = sorted(set(formats) - {"weight_" + p for p in cells})
+        if unknown:
+            raise ValueError(f"packed weights {unknown} are not weights of the {kind}'s module")
+        return _with_backend(cls.from_projections(module, cells), options)
+    raise ValueError(f"{kind!r} is not a kernel swap; known: {', '.join(k for k in REPLACEMENT_KINDS if k not in STRUCTURAL_KINDS)}")
+
+
+def _assigned_linear(weight: torch.Tensor, bias: torch.Tensor | None, shape: tuple[int, int]) -> nn.Linear:
+    """An ``nn.Linear`` holding these tensors (built on the meta device: nothing initialised, then assigned)."""
+    if tuple(weight.shape) != shape:
+        raise ValueError(f"weight of shape {tuple(weight.shape)}, expected {shape}")
+    lin = nn.Linear(shape[1], shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    lin.weight = nn.Parameter(weight)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias)
+    return lin
 
 
 def _build(module: nn.Module, kind: str, masks: dict[str, torch.Tensor], options: dict) -> nn.Module:

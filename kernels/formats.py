@@ -64,6 +64,13 @@ def is_balanced(mask: torch.Tensor, block) -> bool:
     return bool((counts == counts[0]).all()) if counts.numel() else True
 
 
+def _blocks_to_entries(grid: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """A block grid ``(R, C)`` as the padded ``(R*bh, C*bw)`` matrix, each flag repeated over its block
+    (one copy; ``repeat_interleave`` twice made two)."""
+    (R, C), (bh, bw) = grid.shape, block
+    return grid.view(R, 1, C, 1).expand(R, bh, C, bw).reshape(R * bh, C * bw)
+
+
 def _slots(kept: torch.Tensor, k: int) -> torch.Tensor:
     """Per row of the bool grid ``kept (R, C)``: the kept columns ascending, then unkept ones; first k."""
     C = kept.shape[1]
@@ -129,10 +136,10 @@ class BalancedBlock:
     def to_dense(self) -> torch.Tensor:
         """Dense ``(out, in)`` weight (exactly ``weight * mask``)."""
         (R, C), (bh, bw), k = self.grid, self.block, self.k
-        vb = self.values.view(R, bh, k, bw).permute(0, 2, 1, 3)  # (R, k, bh, bw)
-        dense = torch.zeros(R, C, bh, bw, dtype=self.values.dtype, device=self.values.device)
-        dense.scatter_(1, self.col_idx.view(R, k, 1, 1).expand(R, k, bh, bw), vb)
-        return dense.permute(0, 2, 1, 3).reshape(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
+        # scattered straight into the row-major (R, bh, C, bw) view of the padded matrix: no permuted copy
+        dense = torch.zeros(R, bh, C, bw, dtype=self.values.dtype, device=self.values.device)
+        dense.scatter_(2, self.col_idx.view(R, 1, k, 1).expand(R, bh, k, bw), self.values.view(R, bh, k, bw))
+        return dense.view(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
 
     def to_mask(self) -> torch.Tensor:
         """Bool mask of the real (not padding) blocks, shape ``shape``."""
@@ -140,8 +147,18 @@ class BalancedBlock:
         real = torch.arange(k, device=self.col_idx.device).view(1, k) < self.row_nnz.view(R, 1)  # (R, k)
         grid = torch.zeros(R, C, dtype=torch.bool, device=self.col_idx.device)
         grid.scatter_(1, self.col_idx, real)
-        full = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
-        return full[: self.shape[0], : self.shape[1]]
+        return _blocks_to_entries(grid, self.block)[: self.shape[0], : self.shape[1]]
+
+    def to_bsr(self) -> "BSR":
+        """The real blocks (padding slots dropped) as a :class:`BSR`, equal to ``BSR.from_dense`` of
+        ``to_dense()`` and ``to_mask()``; no dense matrix is built. Real slots must hold ascending
+        block columns (as :meth:`from_dense` writes them)."""
+        R, (bh, bw), k = self.grid[0], self.block, self.k
+        real = torch.arange(k, device=self.col_idx.device).view(1, k) < self.row_nnz.view(R, 1)  # (R, k)
+        blocks = self.values.view(R, bh, k, bw).permute(0, 2, 1, 3)[real]  # (nnzb, bh, bw)
+        crow = torch.zeros(R + 1, dtype=torch.int64, device=self.col_idx.device)
+        crow[1:] = torch.cumsum(self.row_nnz.to(torch.int64), 0)
+        return BSR(crow, self.col_idx[real].to(torch.int64), blocks.contiguous(), self.shape, self.block)
 
 
 @dataclass(frozen=True)
@@ -189,15 +206,35 @@ class BSR:
 
     def to_dense(self) -> torch.Tensor:
         (R, C), (bh, bw) = self.grid, self.block
-        dense = torch.zeros(R, C, bh, bw, dtype=self.values.dtype, device=self.values.device)
-        dense[self.row_indices(), self.col_indices] = self.values
-        return dense.permute(0, 2, 1, 3).reshape(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
+        dense = torch.zeros(R, bh, C, bw, dtype=self.values.dtype, device=self.values.device)
+        dense.permute(0, 2, 1, 3)[self.row_indices(), self.col_indices] = self.values  # written through the view
+        return dense.view(R * bh, C * bw)[: self.shape[0], : self.shape[1]]
 
     def to_mask(self) -> torch.Tensor:
-        (R, C), (bh, bw) = self.grid, self.block
+        (R, C) = self.grid
         grid = torch.zeros(R, C, dtype=torch.bool, device=self.values.device)
         grid[self.row_indices(), self.col_indices] = True
-        return grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: self.shape[0], : self.shape[1]]
+        return _blocks_to_entries(grid, self.block)[: self.shape[0], : self.shape[1]]
+
+    def to_balanced(self) -> BalancedBlock:
+        """The same blocks in the balanced layout, short block rows padded as
+        ``BalancedBlock.from_dense(..., pad_rows=True)`` pads them (zero blocks at the smallest block
+        columns the row does not keep), so the result equals that of the dense round trip; only the
+        ``(R, C)`` block grid is built, never the dense matrix. Column indices must ascend within
+        each block row (as :meth:`from_dense` writes them)."""
+        (R, C), (bh, bw) = self.grid, self.block
+        device = self.values.device
+        counts = (self.crow_indices[1:] - self.crow_indices[:-1]).to(torch.int64)
+        k = int(counts.max()) if R else 0
+        rows = self.row_indices()
+        kept = torch.zeros(R, C, dtype=torch.bool, device=device)
+        kept[rows, self.col_indices] = True
+        # _slots lists a row's kept columns first, ascending: stored block j of row r is slot j - crow[r]
+        slot = torch.arange(self.nnzb, device=device) - self.crow_indices[rows]
+        blocks = torch.zeros(R, k, bh, bw, dtype=self.values.dtype, device=device)
+        blocks[rows, slot] = self.values
+        values = blocks.permute(0, 2, 1, 3).reshape(R, bh, k * bw)
+        return BalancedBlock(values.contiguous(), _slots(kept, k), counts, self.shape, self.block)
 
     def to_torch(self) -> torch.Tensor:
         """The padded matrix as a ``torch.sparse_bsr_tensor`` (for torch's own BSR kernels)."""
@@ -250,6 +287,20 @@ class NMPacked:
         values = torch.gather(wp, 2, idx)
         small = torch.uint8 if m <= 256 else torch.int64
         return cls(values.contiguous(), idx.to(small), counts.to(small), tuple(weight.shape), n, m)
+
+    def transposable(self) -> bool:
+        """True if the mask also keeps at most ``n`` of every ``m`` down each column, in the aligned
+        ``m x m`` tiles (both sizes multiples of ``m``): what ``is_transposable_2to4(self.to_mask())``
+        says for 2:4, counted from the slots without building the ``(out, in)`` mask."""
+        out, inp = self.shape
+        if out % self.m or inp % self.m:
+            return False
+        G, n, m = self.groups, self.n, self.m
+        real = torch.arange(n, device=self.indices.device).view(1, 1, n) < self.counts.long().unsqueeze(2)
+        for p in range(m):  # kept entries at in-group position p, per tile of m rows: (out/m, G)
+            if bool(((self.indices == p) & real).view(out // m, m, G, n).sum(dim=(1, 3)).gt(n).any()):
+                return False
+        return True
 
     def column_indices(self) -> torch.Tensor:
         """Absolute (padded) input column of every stored value, ``(out, G*n)`` int64."""

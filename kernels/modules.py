@@ -43,7 +43,6 @@ from .native import gated_linear_fused
 from .nm_ops import nm_linear
 from .semi_structured import (
     SemiStructuredWeight,
-    is_transposable_2to4,
     semi_structured_linear_trainable,
     semi_structured_unavailable_reason,
 )
@@ -167,7 +166,12 @@ class BlockSparseLinear(_SparseLinearBase):
         """``balanced`` unless padding to the largest row would add more than ``MAX_PAD_OVERHEAD``."""
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
             raise TypeError("mask must be a 2-D bool torch.Tensor")
-        counts = block_mask_grid(mask, check_block("block", block)).sum(dim=1)
+        return BlockSparseLinear.layout_for_counts(block_mask_grid(mask, check_block("block", block)).sum(dim=1))
+
+    @staticmethod
+    def layout_for_counts(counts: torch.Tensor) -> str:
+        """:meth:`choose_layout` from the number of kept blocks of each block row (a loader knows them
+        from a packed weight's index tensors, without the mask)."""
         nnzb = int(counts.sum())
         padded = int(counts.max()) * counts.numel() if counts.numel() else 0
         return "balanced" if padded <= (1.0 + MAX_PAD_OVERHEAD) * nnzb else "bsr"
@@ -237,7 +241,7 @@ class NMLinear(_SparseLinearBase):
         self.bias = _bias(bias)
         self.backend = "auto"
         #: W and W^T both 2:4: training can run forward and backward on the 2:4 sparse kernels
-        self.transposable = (self.n, self.m) == (2, 4) and is_transposable_2to4(fmt.to_mask())
+        self.transposable = (self.n, self.m) == (2, 4) and fmt.transposable()  # from the slots: no (out, in) mask
         self._semi = SemiStructuredWeight()
 
     @classmethod

@@ -156,8 +156,31 @@ class _SparseRNN(nn.Module):
             part = name[len("weight_"):]  # "ih_l0", "hh_l1_reverse"
             lin = _linear(getattr(rnn, name).detach(), getattr(rnn, "bias_" + part).detach() if rnn.bias else None)
             cells[part] = make(i, name, lin) if name in chosen else lin
+        return cls.from_projections(rnn, cells)
+
+    @classmethod
+    def from_projections(cls, rnn: nn.RNNBase, cells: dict[str, nn.Module]):
+        """Build around ready projections, one per weight of ``rnn`` (``"ih_l0"``, ``"hh_l1_reverse"``
+        ... -> a :class:`BlockSparseLinear` or an ``nn.Linear``, bias included). Only ``rnn``'s sizes
+        and flags are read, so it may live on the meta device: the artifact loader builds the
+        projections straight from packed weights and never allocates the dense ones."""
+        if not isinstance(rnn, cls._base):
+            raise TypeError(f"rnn must be an nn.{cls._base.__name__}, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError(f"rnn.proj_size={rnn.proj_size} is not supported (only proj_size=0)")
+        names = [n[len("weight_"):] for n in rnn._flat_weights_names if n.startswith("weight_")]
+        if sorted(cells) != sorted(names):
+            raise ValueError(f"projections must be exactly {names}, got {sorted(cells)}")
+        for part in names:
+            out, inp = getattr(rnn, "weight_" + part).shape
+            cell = cells[part]
+            bias = getattr(cell, "bias", None)
+            if (getattr(cell, "out_features", None), getattr(cell, "in_features", None)) != (out, inp) \
+                    or (bias is not None) != bool(rnn.bias) or (bias is not None and tuple(bias.shape) != (out,)):
+                raise ValueError(f"projection {part} must map {inp} -> {out} features "
+                                 f"{'with' if rnn.bias else 'without'} a bias, got {type(cell).__name__}")
         return cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first, rnn.bidirectional,
-                   float(rnn.dropout), cells)
+                   float(rnn.dropout), dict(cells))
 
     # -- dense round trip -------------------------------------------------------------------
     def to_dense(self) -> nn.RNNBase:
@@ -172,7 +195,7 @@ class _SparseRNN(nn.Module):
                 getattr(rnn, "weight_" + part).copy_(w)
                 if self.bias:
                     getattr(rnn, "bias_" + part).copy_(mod.bias)
-        return rnn
+        return rnn.train(self.training)  # a fresh module trains: in eval it must not apply its dropout
 
     # -- full sequence ----------------------------------------------------------------------
     def _zeros(self, B: int, ref: torch.Tensor) -> torch.Tensor:

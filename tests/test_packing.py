@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.packing import check_parts, check_record, index_dtype, pack, pack_bits, packed_bytes, unpack, unpack_bits
+from compressor import packing
+from compressor.kernels import BSR, BalancedBlock, BlockSparseLinear, NMPacked
+from compressor.packing import (check_parts, check_record, index_dtype, kernel_format, pack, pack_bits, packed_bytes,
+                                unpack, unpack_bits)
 
 
 def blocky(rows, cols, block, keep_cols_per_row, gen, balanced=True):
@@ -130,3 +133,106 @@ def test_bad_records_and_parts_name_the_tensor():
     dup[:, 1] = dup[:, 0]
     with pytest.raises(ValueError, match=r"__packed__\.w\.col_idx: block columns must be strictly ascending"):
         unpack("w", record, {**parts, "col_idx": dup})
+
+
+def same_format(a, b):
+    """Two kernel formats field for field (tensors equal with their dtypes, sizes equal)."""
+    assert type(a) is type(b)
+    for key, value in vars(a).items():
+        other = getattr(b, key)
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other) and value.dtype == other.dtype, key
+        else:
+            assert value == other, key
+
+
+def nm_short_last_group(rows, cols, gen):
+    """2:8 whose last group (5 columns) keeps one, at its last column, so its spare slot goes to
+    padding in the file and to the group's first unkept column in from_dense."""
+    mask = nm(rows, cols, 2, 8, gen)
+    mask[:, cols - 5:] = False
+    mask[:, cols - 1] = True
+    return mask
+
+
+def _unbalanced(rows, cols, block, gen):
+    """Whole blocks, one block row keeping one block more than the others (padding adds < 25%)."""
+    mask = blocky(rows, cols, block, 4, gen)
+    grid_cols = (~mask[0].view(-1, block[1]).any(dim=1)).nonzero().flatten()
+    mask[: block[0], grid_cols[0] * block[1]:(grid_cols[0] + 1) * block[1]] = True
+    return mask
+
+
+# (file layout written, shape, mask, pattern, kernel request): the files a swapped layer can come from
+KERNEL_CASES = [
+    ("balanced_block", (64, 72), lambda: blocky(64, 72, (8, 8), 3, GEN), {"kind": "balanced_block", "h": 8, "w": 8},
+     {"block": (8, 8)}),
+    ("balanced_block", (64, 72), lambda: blocky(64, 72, (8, 8), 3, GEN), {"kind": "balanced_block", "h": 8, "w": 8},
+     {"block": (8, 8), "layout": "bsr"}),
+    ("bsr", (64, 256), lambda: _unbalanced(64, 256, (8, 8), GEN), {"kind": "block", "h": 8, "w": 8},
+     {"block": (8, 8)}),  # auto: padded to balanced
+    ("bsr", (64, 48), lambda: blocky(64, 48, (8, 8), 0, GEN, balanced=False), {"kind": "block", "h": 8, "w": 8},
+     {"block": (8, 8)}),  # auto: too unbalanced, stays BSR
+    ("bsr", (64, 48), lambda: blocky(64, 48, (8, 8), 0, GEN, balanced=False), {"kind": "block", "h": 8, "w": 8},
+     {"block": (8, 8), "layout": "balanced"}),
+    ("bitmask", (61, 45), lambda: blocky(61, 45, (8, 8), 2, GEN), None, {"block": (8, 8)}),
+    ("csr", (61, 400), lambda: blocky(61, 400, (1, 8), 1, GEN), None, {"block": (1, 8), "layout": "bsr"}),
+    ("dense", (24, 16), lambda: torch.ones(24, 16, dtype=torch.bool), None, {"block": (8, 8)}),
+    ("nm", (40, 64), lambda: nm(40, 64, 2, 4, GEN), {"kind": "nm", "n": 2, "m": 4}, {"nm": (2, 4)}),
+    ("nm", (12, 253), lambda: nm_short_last_group(12, 253, GEN), {"kind": "nm", "n": 2, "m": 8}, {"nm": (2, 8)}),
+    ("bitmask", (40, 64), lambda: nm(40, 64, 4, 8, GEN), {"kind": "nm", "n": 4, "m": 8}, {"nm": (4, 8)}),
+    ("bitmask", (37, 30), lambda: nm(37, 30, 2, 4, GEN), {"kind": "nm", "n": 2, "m": 4}, {"nm": (2, 4)}),
+    ("csr", (30, 640), lambda: nm(30, 640, 1, 64, GEN), None, {"nm": (1, 64)}),
+]
+
+
+@pytest.mark.parametrize("layout,shape,make_mask,pattern,request_", KERNEL_CASES)
+@pytest.mark.parametrize("band_entries", [packing.BAND_ENTRIES, 100])
+def test_kernel_format_equals_from_dense_of_the_unpacked_weight(monkeypatch, layout, shape, make_mask, pattern,
+                                                                request_, band_entries):
+    # reference: the kernels' own from_dense of the dense masked weight, as swap_kernels builds them
+    monkeypatch.setattr(packing, "BAND_ENTRIES", band_entries)  # 100: many bands, odd band heights
+    weight, mask = torch.randn(shape, generator=GEN), make_mask()
+    record, parts = pack(weight, mask, pattern)
+    assert record["layout"] == layout
+    got = kernel_format("w", record, parts, **request_)
+    if "nm" in request_:
+        want = NMPacked.from_dense(weight, mask, *request_["nm"])
+    else:
+        block, chosen = request_["block"], request_.get("layout", "auto")
+        if chosen == "auto":
+            chosen = BlockSparseLinear.choose_layout(mask, block)
+        want = (BalancedBlock.from_dense(weight, mask, block, pad_rows=True) if chosen == "balanced"
+                else BSR.from_dense(weight, mask, block))
+    same_format(got, want)
+    assert torch.equal(got.to_dense(), weight * mask) and torch.equal(got.to_mask(), mask)
+
+
+def test_kernel_format_refuses_what_the_kernel_cannot_hold():
+    w = torch.randn(32, 32, generator=GEN)
+    record, parts = pack(w, blocky(32, 32, (8, 8), 2, GEN), {"kind": "balanced_block", "h": 8, "w": 8})
+    with pytest.raises(ValueError, match=r"layouts\['w'\]: a balanced_block layout of \(8, 8\) cannot feed a kernel "
+                                         r"module of block \(4, 4\)"):
+        kernel_format("w", record, parts, block=(4, 4))
+    with pytest.raises(ValueError, match=r"cannot feed a kernel module of nm \(2, 4\)"):
+        kernel_format("w", record, parts, nm=(2, 4))
+    record, parts = pack(w, torch.rand(32, 32, generator=GEN) < 0.5, None)  # unstructured: no whole blocks
+    with pytest.raises(ValueError, match=r"__packed__\.w\.bits: rows 0\.\.31 do not fit the kernel module \(mask "
+                                         r"does not form whole 8x8 blocks"):
+        kernel_format("w", record, parts, block=(8, 8))
+    with pytest.raises(ValueError, match=r"__packed__\.w\.bits: rows 0\.\.31 do not fit .*mask is not 2:4"):
+        kernel_format("w", record, parts, nm=(2, 4))
+    record, parts = pack(w, nm(32, 32, 2, 4, GEN), {"kind": "nm", "n": 2, "m": 4})
+    bad = {**parts, "idx": torch.full_like(parts["idx"], 0b01010101)}  # every slot at position 1
+    with pytest.raises(ValueError, match=r"__packed__\.w\.idx: positions must be ascending"):
+        kernel_format("w", record, bad, nm=(2, 4))
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 8, 16, 33, 64])
+def test_nm_positions_of_every_bit_width_round_trip(m):
+    # 1 to 6 bits per position: the fast whole-byte path (1, 2, 4 bits) and the straddling one
+    w = torch.randn(9, 5 * m, generator=GEN)
+    mask = nm(9, 5 * m, 1, m, GEN)
+    record, parts = round_trip(w, mask, {"kind": "nm", "n": 1, "m": m})
+    assert record["layout"] == "nm"
+    same_format(kernel_format("w", record, parts, nm=(1, m)), NMPacked.from_dense(w, mask, 1, m))

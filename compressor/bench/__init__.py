@@ -17,7 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
     "nm": ("compressor.bench.nm", "plain vs transposable N:M conversion, with and without reconstruction"),
     "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT)"),
-    "storage": ("compressor.bench.storage", "artifact bytes and load time: packed model.safetensors vs the dense checkpoint"),
+    "storage": ("compressor.bench.storage", "artifact bytes vs the dense checkpoint, with the issue targets; load time and peak RSS"),
     "oneshot": ("compressor.bench.oneshot", "one-shot pruning on the LM: magnitude, wanda, nm_convert, sparsegpt"),
     "hf": ("compressor.bench.hf", "N:M on the pretrained all-MiniLM-L6-v2 encoder: embedding cosine to dense, time"),
     "quality": ("compressor.bench.quality", "perplexity of dense vs block-sparse fine-tuning on the LM (Narang et al.)"),

@@ -142,3 +142,43 @@ def test_nm_too_many_kept():
         NMPacked.from_dense(torch.randn(4, 8), mask, 2, 4)
     with pytest.raises(ValueError, match="n must be <= m"):
         NMPacked.from_dense(torch.randn(4, 8), None, 5, 4)
+
+
+def _same(a, b):
+    """Two formats field for field: every tensor equal (dtype too), every size equal."""
+    assert type(a) is type(b)
+    for key, value in vars(a).items():
+        other = getattr(b, key)
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other) and value.dtype == other.dtype, key
+        else:
+            assert value == other, key
+
+
+@pytest.mark.parametrize("shape,block", [((70, 45), (16, 8)), ((64, 96), (32, 32)), ((5, 7), (4, 4))])
+@pytest.mark.parametrize("balanced", [True, False])
+def test_bsr_and_balanced_convert_like_the_dense_round_trip(shape, block, balanced, block_mask):
+    # the reference: from_dense of the dense masked weight; the conversions never build that matrix
+    w = torch.randn(shape)
+    mask = block_mask(*shape, block, keep=0.4, balanced=balanced)
+    bsr = BSR.from_dense(w, mask, block)
+    _same(bsr.to_balanced(), BalancedBlock.from_dense(w, mask, block, pad_rows=True))
+    _same(BalancedBlock.from_dense(w, mask, block, pad_rows=True).to_bsr(), bsr)
+
+
+@pytest.mark.parametrize("shape", [(8, 16), (64, 32), (6, 8)])
+def test_nm_transposable_from_slots_matches_the_mask_check(shape):
+    from compressor.kernels import is_transposable_2to4
+
+    gen = torch.Generator().manual_seed(1)
+    tile = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    out, inp = shape
+    masks = [tile.repeat(-(-out // 4), inp // 4)[:out]]  # transposable where out is a multiple of 4
+    broken = masks[0].clone()
+    broken[:4, :4] = torch.tensor([[1, 1, 0, 0]] * 4, dtype=torch.bool)  # rows 2:4, columns 0 and 1 kept 4 times
+    masks.append(broken)
+    masks.append(torch.rand(out, inp // 4, 4, generator=gen).argsort(dim=2).lt(2).view(out, inp))  # random rows 2:4
+    for mask in masks:
+        fmt = NMPacked.from_dense(torch.randn(shape, generator=gen), mask, 2, 4)
+        assert fmt.transposable() == is_transposable_2to4(mask)
+    assert is_transposable_2to4(masks[0]) is (out % 4 == 0) and not is_transposable_2to4(broken)  # both answers seen

@@ -310,3 +310,26 @@ def test_native_index_cache_follows_the_pattern_and_dense_inputs_keep_the_gemm(b
     with torch.no_grad():  # half the blocks stored, 200 rows: the torch op's dense GEMM
         assert _native_input_projection(mod, x) is None
         assert_close(_native_input_projection(mod, x[:5]), mod(x[:5]), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_to_dense_keeps_eval_mode_and_from_projections_checks_sizes(kind, block_mask):
+    # a 2-layer model with dropout: the dense copy of an eval module must not apply it (it was built training)
+    base, cls, gates = CLASSES[kind]
+    rnn = base(IN, H, num_layers=2, dropout=0.5, batch_first=True).eval()
+    masks = _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5))
+    sparse = cls.from_dense(rnn, masks, 8).eval()
+    dense = sparse.to_dense()
+    assert not dense.training
+    x = torch.randn(2, 5, IN)
+    with torch.no_grad():
+        assert_close(dense(x)[0], _masked_copy(rnn, masks).float().eval()(x)[0])
+    cells = dict(sparse.proj.items())
+    rebuilt = cls.from_projections(rnn, cells).eval()  # the loader's way in: the projections as they are
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x)[0], sparse(x)[0])
+    with pytest.raises(ValueError, match=r"projections must be exactly"):
+        cls.from_projections(rnn, {k: v for k, v in cells.items() if k != "hh_l1"})
+    wrong = dict(cells, hh_l0=nn.Linear(H, gates * H + 1))
+    with pytest.raises(ValueError, match=rf"projection hh_l0 must map {H} -> {gates * H} features with a bias"):
+        cls.from_projections(rnn, wrong)
