@@ -11,16 +11,18 @@ from compressor.recipe import parse_recipe
 
 
 def test_every_method_and_pattern_is_a_valid_recipe_step():
-    for pattern in ("50%", "2:4"):
+    for pattern in ("50%", "2:4", "T4:8"):
         for method in bench.METHODS:
-            step = bench._step(method, pattern, ["rnn"], 256)
-            if method == "nm_convert" and pattern == "50%":
-                assert step is None  # nm_convert only makes N:M
+            step = bench._step(method, pattern, {"targets": ["rnn"]}, 256)
+            if (method == "nm_convert" and pattern == "50%") or (method == "wanda" and pattern == "T4:8"):
+                assert step is None  # nm_convert only makes N:M; wanda has no transposable N:M
                 continue
-            parse_recipe({"version": 1, "passes": [step]})
+            config = parse_recipe({"version": 1, "passes": [step]}).passes[0].config
+            if pattern == "T4:8":
+                assert (config.n, config.m, config.transposable) == (4, 8, True)
             for allocation in ("owl", "sensitivity"):  # only wanda and sparsegpt at unstructured patterns take one
-                step = bench._step(method, pattern, ["rnn"], 256, allocation, "curves.json")
-                assert (step is None) == (pattern == "2:4" or method not in ("wanda", "sparsegpt"))
+                step = bench._step(method, pattern, {"targets": ["rnn"]}, 256, allocation, "curves.json")
+                assert (step is None) == (pattern != "50%" or method not in ("wanda", "sparsegpt"))
                 if step is not None and allocation == "owl":
                     assert parse_recipe({"version": 1, "passes": [step]}).passes[0].config.allocation == "owl"
 

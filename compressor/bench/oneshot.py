@@ -1,10 +1,11 @@
 """``compress bench oneshot``: one-shot pruning methods side by side on the built-in LM.
 
-For each pattern in ``--patterns`` (``50%`` unstructured, ``2:4``), the selected layers
+For each pattern in ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable), the selected layers
 (``--targets``, default the LSTM) of ``lstm-lm`` are pruned in one shot, without fine-tuning, by:
 
-- ``magnitude``: ``unstructured_prune`` (per layer) or ``nm_prune``;
-- ``wanda``: |W| x input column norm per output row (Sun et al., arXiv 2306.11695);
+- ``magnitude``: ``unstructured_prune`` (per layer), ``nm_prune``, or for transposable N:M the
+  solvers' magnitude mask (``nm_convert`` without reconstruction);
+- ``wanda``: |W| x input column norm per output row (Sun et al., arXiv 2306.11695; not transposable);
 - ``nm_convert``: magnitude N:M mask plus exact least-squares reconstruction of every row on the
   calibration inputs (Hubara et al.'s AdaPrune, ``reconstruct: lstsq``; N:M only, so ``-`` for
   unstructured);
@@ -30,7 +31,7 @@ import time
 
 from .common import machine_info, print_table, standalone, write_json
 
-__all__ = ["add_arguments", "run", "METHODS"]
+__all__ = ["add_arguments", "run", "METHODS", "parse_pattern"]
 
 METHODS = ("magnitude", "wanda", "nm_convert", "sparsegpt")
 ALLOCATIONS = ("uniform", "owl", "sensitivity")
@@ -54,13 +55,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="bench-results/oneshot.json")
 
 
-def _step(method: str, pattern: str, targets: list[str], rows: int, allocation: str = "uniform",
-          sensitivity: str | None = None) -> dict | None:
-    """The recipe step of ``method`` at ``pattern`` (None: the method has no such pattern, or no such
-    allocation: only wanda and sparsegpt at unstructured patterns take one)."""
-    calibration = {"name": "lm", "batch_size": 16}
-    if pattern.endswith("%"):
-        sparsity = float(pattern[:-1]) / 100
+def parse_pattern(pattern: str) -> tuple[float | None, int, int, bool]:
+    """``50%`` -> (0.5, 0, 0, False); ``2:4`` -> (None, 2, 4, False); ``T4:8`` (transposable) -> (None, 4, 8, True)."""
+    try:
+        if pattern.endswith("%"):
+            return float(pattern[:-1]) / 100, 0, 0, False
+        transposable = pattern.startswith("T")
+        n, m = (int(v) for v in pattern.lstrip("T").split(":"))
+        return None, n, m, transposable
+    except ValueError:
+        raise SystemExit(f"bench: pattern {pattern!r} is not a sparsity like 50% or [T]N:M") from None
+
+
+def _step(method: str, pattern: str, select: dict, rows: int, allocation: str = "uniform",
+          sensitivity: str | None = None, calibration: dict | None = None) -> dict | None:
+    """The recipe step of ``method`` at ``pattern`` (``50%``, ``2:4``, ``T4:8``) on the layers ``select``
+    names (``{"targets": [...]}`` or ``{"ignore": [...]}``), calibrated on ``calibration`` (default the
+    lm task). None: the method has no such pattern (wanda has no transposable N:M; nm_convert no
+    unstructured), or no such allocation (only wanda and sparsegpt at unstructured patterns take one)."""
+    calibration = calibration or {"name": "lm", "batch_size": 16}
+    sparsity, n, m, transposable = parse_pattern(pattern)
+    if sparsity is not None:
         shared = {"sparsity": sparsity, "rows": rows, "calibration": calibration, "allocation": allocation,
                   **({"sensitivity": sensitivity} if allocation == "sensitivity" else {})}
         steps = {
@@ -71,16 +86,17 @@ def _step(method: str, pattern: str, targets: list[str], rows: int, allocation: 
         if allocation != "uniform":
             steps.pop("magnitude")
     else:
-        n, m = (int(v) for v in pattern.split(":"))
         nm = {"pattern": "nm", "n": n, "m": m, "rows": rows, "calibration": calibration}
+        convert = {"pass": "nm_convert", "n": n, "m": m, "transposable": transposable, "score": "magnitude"}
         steps = {
-            "magnitude": {"pass": "nm_prune", "n": n, "m": m},
-            "wanda": {"pass": "wanda", **nm},
-            "nm_convert": {"pass": "nm_convert", "n": n, "m": m, "transposable": False, "score": "magnitude",
-                           "reconstruct": "lstsq", "rows": rows, "calibration": calibration},
-            "sparsegpt": {"pass": "sparsegpt", **nm},
+            # a transposable magnitude mask: nm_convert's solvers without calibration or reconstruction
+            "magnitude": {**convert, "reconstruct": "none"} if transposable else {"pass": "nm_prune", "n": n, "m": m},
+            "nm_convert": {**convert, "reconstruct": "lstsq", "rows": rows, "calibration": calibration},
+            "sparsegpt": {"pass": "sparsegpt", **nm, "transposable": transposable},
         } if allocation == "uniform" else {}
-    return {"targets": targets, **steps[method]} if method in steps else None
+        if not transposable and steps:
+            steps["wanda"] = {"pass": "wanda", **nm}
+    return {**select, **steps[method]} if method in steps else None
 
 
 def run(args) -> int:
@@ -109,7 +125,7 @@ def run(args) -> int:
 
         grid = [float(v) for v in args.sensitivity_sparsities.split(",") if v]
         for method in (m for m in methods if m in ("wanda", "sparsegpt")):
-            step = _step(method, "50%", targets, args.rows)  # the sweep varies the sparsity itself
+            step = _step(method, "50%", {"targets": targets}, args.rows)  # the sweep varies the sparsity itself
             out = Path(args.sensitivity_dir) / method
             t0 = time.perf_counter()
             done = sweep(parse_recipe({"version": 1, "passes": [step]}), load_model("lstm-lm"), out, grid,
@@ -127,10 +143,10 @@ def run(args) -> int:
     cases = [(pattern, method, allocation) for pattern in args.patterns.split(",") for method in methods
              for allocation in allocations]
     for pattern, method, allocation in cases:
-        step = _step(method, pattern, targets, args.rows, allocation, curves.get(method))
+        step = _step(method, pattern, {"targets": targets}, args.rows, allocation, curves.get(method))
         if step is None:
             if allocation == "uniform":
-                rows.append([pattern, method, allocation, "-", "-", "-", "(N:M only)"])
+                rows.append([pattern, method, allocation, "-", "-", "-", "(no such pattern)"])
             continue
         spec = load_model("lstm-lm")
         spec.evaluate = lambda model: {"perplexity": perplexity(model, test_ids)}
