@@ -38,14 +38,10 @@ def _run_parser() -> argparse.ArgumentParser:
         "sensitivity (`compress SUBCOMMAND --help`).",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
-    p.add_argument("--model", help="built-in name (lstm-lm), 'file.py:factory', 'pkg.module:factory', or a HF model directory")
-    p.add_argument("--checkpoint", help=".safetensors or state-dict .pt/.bin (weights_only); a pickled module needs --allow-pickle")
+    _model_arguments(p)
     p.add_argument("--out", help="artifact directory (default: runs/<recipe>-<timestamp>)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory (and discard an interrupted run's checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same recipe, model and --out from its last checkpoint")
-    p.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that unpickle Python objects (runs code!)")
-    p.add_argument("--input", action="append", default=[], metavar="SPEC",
-                   help="example input shape and dtype for tracing, e.g. 2x32:int64 (repeat per input)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--eval-tokens", type=int, default=None, metavar="N",
                    help="score the held-out metric (built-in models) on at most N tokens (default: the whole split)")
@@ -72,13 +68,21 @@ def _report_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that name the model to load (compress, layers, sensitivity)."""
+    p.add_argument("--model", help="built-in name (default lstm-lm), 'file.py:factory', 'pkg.module:factory', "
+                                   "or a Hugging Face model directory")
+    p.add_argument("--checkpoint", help=".safetensors or state-dict .pt/.bin (weights_only); a pickled module needs "
+                                        "--allow-pickle")
+    p.add_argument("--allow-pickle", action="store_true", help="allow checkpoints that unpickle Python objects (runs code!)")
+    p.add_argument("--input", action="append", default=[], metavar="SPEC",
+                   help="example input shape and dtype for tracing, e.g. 2x32:int64 (repeat per input)")
+
+
 def _layers_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress layers",
                                 description="List the layers a recipe can target: name, module class, kind, shape.")
-    p.add_argument("--model", help="built-in name (default lstm-lm), 'file.py:factory', 'pkg.module:factory' or a HF directory")
-    p.add_argument("--checkpoint", help=".safetensors or state-dict weights")
-    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled module checkpoint (runs code!)")
-    p.add_argument("--input", action="append", default=[], metavar="SPEC", help="example input, e.g. 2x32:int64")
+    _model_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON object (method, attempts, layers)")
     return p
 
@@ -176,10 +180,7 @@ def _sensitivity_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help="the budget of the recipe it writes (default: the pass's sparsity)")
     p.add_argument("--eval-tokens", type=int, default=None, metavar="N",
                    help="score the held-out metric (built-in models) on at most N tokens (default: the whole split)")
-    p.add_argument("--model", help="built-in name, 'file.py:factory', 'pkg.module:factory' or a HF directory")
-    p.add_argument("--checkpoint", help=".safetensors or state-dict weights")
-    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled module checkpoint (runs code!)")
-    p.add_argument("--input", action="append", default=[], metavar="SPEC", help="example input, e.g. 2x32:int64")
+    _model_arguments(p)
     p.add_argument("--force", action="store_true", help="discard the results already in --out and start over")
     return p
 

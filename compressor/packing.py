@@ -489,7 +489,7 @@ def _nm_spares(fmt: NMPacked) -> NMPacked:
     if bool((fmt.counts == fmt.n).all()):
         return fmt
     rows, cols = fmt.shape
-    G, m = fmt.groups, fmt.m
+    m = fmt.m
     short = (fmt.counts < fmt.n).any(dim=0).nonzero().flatten().tolist()
     values, indices, counts = fmt.values.clone(), fmt.indices.clone(), fmt.counts.clone()
     for g in short:  # one (rows, m) slice per group with spare slots

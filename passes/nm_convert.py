@@ -34,7 +34,6 @@ can see), are handled as documented in the report notes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 

@@ -57,7 +57,7 @@ from ._magnitude import keep_count
 from ._oneshot import calibrated_stages, rows_note
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["SparseGPTConfig", "sparsegpt", "check_pattern"]
+__all__ = ["OneShotConfig", "SparseGPTConfig", "sparsegpt", "check_pattern"]
 
 
 def check_pattern(config, path: str) -> None:
@@ -74,7 +74,30 @@ def check_pattern(config, path: str) -> None:
 
 
 @dataclass(frozen=True)
-class SparseGPTConfig(PassConfig):
+class OneShotConfig(PassConfig):
+    """Settings shared by the calibration-based one-shot passes (``sparsegpt``, ``wanda``): the pattern
+    (``sparsity`` of ``unstructured``, or ``n`` of every ``m`` inputs), ``rows`` of calibration inputs
+    per layer recorded on ``calibration`` (``sequential``: from the model whose earlier layers are
+    already pruned), and the layer-wise ``allocation`` of an unstructured budget."""
+
+    pattern: Literal["unstructured", "nm"] = "unstructured"
+    sparsity: float = 0.5
+    n: int = 2
+    m: int = 4
+    rows: int = 16384
+    sequential: bool = True
+    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
+    allocation: Literal["uniform", "owl", "sensitivity"] = "uniform"
+    owl_threshold: float = OWL_THRESHOLD
+    owl_lambda: float = OWL_LAMBDA
+    sensitivity: str | None = None
+
+    def validate(self, path: str) -> None:
+        check_pattern(self, path)
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig(OneShotConfig):
     """``pattern``: ``unstructured`` (``sparsity`` of each layer, chosen per column block, over the
     block or per row: ``ranking``), ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused;
     ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
@@ -87,10 +110,7 @@ class SparseGPTConfig(PassConfig):
     ``sensitivity`` from the curves file ``sensitivity``; :mod:`compressor.passes._allocation`)."""
 
     pattern: Literal["unstructured", "nm", "block"] = "unstructured"
-    sparsity: float = 0.5
     ranking: Literal["layer", "row"] = "layer"
-    n: int = 2
-    m: int = 4
     transposable: bool = False
     solver: str = "exact"
     block: tuple[int, int] = (16, 16)
@@ -98,16 +118,9 @@ class SparseGPTConfig(PassConfig):
     cross_gates: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
-    rows: int = 16384
-    sequential: bool = True
-    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
-    allocation: Literal["uniform", "owl", "sensitivity"] = "uniform"
-    owl_threshold: float = OWL_THRESHOLD
-    owl_lambda: float = OWL_LAMBDA
-    sensitivity: str | None = None
 
     def validate(self, path: str) -> None:
-        check_pattern(self, path)
+        super().validate(path)
         if self.blocksize < 1:
             raise RecipeError(f"{path}.blocksize", f"{self.blocksize} is invalid; must be >= 1")
         check_range(f"{path}.percdamp", self.percdamp, 0.0, 10.0)

@@ -15,41 +15,24 @@ inputs of the Wanda mask and of the magnitude mask of the same pattern.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from ..patterns import NM, Unstructured
 from ..solvers.sparsegpt import hessian, output_error, wanda_mask
-from ..tasks import TaskConfig
-from ._allocation import OWL_LAMBDA, OWL_THRESHOLD, allocate
+from ._allocation import allocate
 from ._oneshot import calibrated_stages, rows_note
-from .registry import PassConfig, PassResult, register_pass
-from .sparsegpt import check_pattern, magnitude_mask
+from .registry import PassResult, register_pass
+from .sparsegpt import OneShotConfig, magnitude_mask
 
 __all__ = ["WandaConfig", "wanda"]
 
 
 @dataclass(frozen=True)
-class WandaConfig(PassConfig):
+class WandaConfig(OneShotConfig):
     """``pattern``: ``unstructured`` (``sparsity`` of every output row) or ``nm`` (``n`` of every ``m``
     inputs per row). ``rows``, ``sequential``, ``calibration``, ``allocation`` (with ``owl_threshold``,
     ``owl_lambda``, ``sensitivity``): as for ``sparsegpt``; under ``owl`` or ``sensitivity`` each layer
     prunes its share of the budget, spread over its rows as evenly as it goes."""
-
-    pattern: Literal["unstructured", "nm"] = "unstructured"
-    sparsity: float = 0.5
-    n: int = 2
-    m: int = 4
-    rows: int = 16384
-    sequential: bool = True
-    calibration: TaskConfig = field(default_factory=lambda: TaskConfig(name="auto", batch_size=16))
-    allocation: Literal["uniform", "owl", "sensitivity"] = "uniform"
-    owl_threshold: float = OWL_THRESHOLD
-    owl_lambda: float = OWL_LAMBDA
-    sensitivity: str | None = None
-
-    def validate(self, path: str) -> None:
-        check_pattern(self, path)
 
 
 @register_pass("wanda", WandaConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
