@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_from_env", "current", "broadcast_tensors", "barrier"]
+__all__ = ["DistInfo", "init_from_env", "current", "broadcast_tensors"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,3 @@ def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
         dist.broadcast(buf, src)
         if buf is not t:
             t.copy_(buf.to(t.dtype))
-
-
-def barrier() -> None:
-    if current().enabled:
-        dist.barrier()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .capture import Target
 from .errors import RecipeError, TargetError
 
-__all__ = ["compile_pattern", "matches", "resolve_targets", "explain_selection"]
+__all__ = ["compile_pattern", "resolve_targets", "explain_selection"]
 
 
 def compile_pattern(pattern: str, path: str):
@@ -38,11 +38,6 @@ def compile_pattern(pattern: str, path: str):
         pattern in (t.name, t.module_path, *t.aliases, *t.module_classes)
         or t.module_path.startswith(pattern + ".")
     )
-
-
-def matches(pattern: str, target: Target) -> bool:
-    """Whether one targeting entry selects ``target``."""
-    return compile_pattern(pattern, "pattern")(target)
 
 
 def resolve_targets(

@@ -51,7 +51,7 @@ else:
     from compressor.kernels.rnn import RNNStep, SparseGRU, SparseLSTM
     from compressor.kernels.semi_structured import SemiStructuredWeight, is_transposable_2to4
     from compressor.kernels.triton_common import BACKENDS, TritonUnavailableError, resolve_backend
-    from compressor.kernels.gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear, kept_fraction
+    from compressor.kernels.gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -80,7 +80,6 @@ __all__ = [
     "build_gate",
     "gate_macs",
     "gated_linear",
-    "kept_fraction",
     "GATE_INITS",
     "OnnxCheck",
     "flatten_outputs",

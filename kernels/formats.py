@@ -143,7 +143,7 @@ class BalancedBlock:
 
     def to_mask(self) -> torch.Tensor:
         """Bool mask of the real (not padding) blocks, shape ``shape``."""
-        (R, C), (bh, bw), k = self.grid, self.block, self.k
+        (R, C), k = self.grid, self.k
         real = torch.arange(k, device=self.col_idx.device).view(1, k) < self.row_nnz.view(R, 1)  # (R, k)
         grid = torch.zeros(R, C, dtype=torch.bool, device=self.col_idx.device)
         grid.scatter_(1, self.col_idx, real)

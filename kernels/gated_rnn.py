@@ -39,12 +39,10 @@ import math
 import torch
 import torch.nn as nn
 
-from ._checks import ceil_div
-from .gated_ops import kept_blocks
 from .modules import GatedBlockLinear
 from .rnn import SparseGRU, SparseLSTM
 
-__all__ = ["GatedLinear", "LowRankGate", "build_gate", "gate_macs", "gated_linear", "kept_fraction", "GatedLSTM", "GatedGRU",
+__all__ = ["GatedLinear", "LowRankGate", "build_gate", "gate_macs", "gated_linear", "GatedLSTM", "GatedGRU",
            "GATE_INITS"]
 
 GATE_INITS = ("norm", "random")
@@ -125,13 +123,6 @@ def build_gate(in_features: int, num_blocks: int, rank: int = 0, dtype=torch.flo
 def gate_macs(in_features: int, num_blocks: int, rank: int = 0) -> int:
     """Multiply-adds of the gate network per example: ``in*K``, or ``in*r + r*K`` with a bottleneck."""
     return in_features * num_blocks if rank == 0 else in_features * rank + rank * num_blocks
-
-
-def kept_fraction(shape: tuple[int, int], block: tuple[int, int], keep: float, mode: str) -> tuple[int, int]:
-    """``(n_kept, K)``: blocks kept per example and blocks in all for an ``(out, in)`` weight."""
-    grid = (ceil_div(shape[0], block[0]), ceil_div(shape[1], block[1]))
-    k = kept_blocks(keep, grid, mode)
-    return (k if mode == "global" else k * grid[0]), grid[0] * grid[1]
 
 
 def gated_linear(linear: nn.Linear, block, keep: float, mode: str = "global", rank: int = 0, init: str = "random",

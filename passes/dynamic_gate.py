@@ -49,10 +49,7 @@ from ..swaps import build_gated, set_module
 from ..training import TrainConfig, TrainHooks, fine_tune
 from .registry import PassConfig, PassResult, register_pass
 
-__all__ = ["DynamicGateConfig", "dynamic_gate", "GATED_KINDS", "check_gate_shape"]
-
-#: replacement kinds this pass records (all structural)
-GATED_KINDS = ("gated_linear", "gated_lstm", "gated_gru")
+__all__ = ["DynamicGateConfig", "dynamic_gate", "check_gate_shape"]
 
 
 @dataclass(frozen=True)
