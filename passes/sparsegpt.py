@@ -103,6 +103,8 @@ class SparseGPTConfig(OneShotConfig):
     ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
     (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
     ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
+    ``refit``: after the OBS sweep (unstructured, N:M), set each row's kept weights to the exact
+    least-squares optimum for the mask it chose (the sweep's updates only flow to later columns).
     ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
     model with the earlier layers already pruned (the paper), else on the dense model.
     ``calibration``: the task whose batches are recorded. ``allocation``: how the ``sparsity`` budget
@@ -118,6 +120,7 @@ class SparseGPTConfig(OneShotConfig):
     cross_gates: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
+    refit: bool = False
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -198,6 +201,8 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
                     solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
                                              ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,
                                              prior=state.mask(t), prune=budget.count if budget else None)
+                    if c.refit:
+                        solved.weight = masked_lstsq(h, w_ref, solved.mask, solved.damping)
             except (HessianError, SingularGramError) as exc:
                 raise CompressorError(f"sparsegpt: layer {t.name} ({n_rows} calibration rows x {t.in_features} "
                                       f"columns): {exc}") from None

@@ -141,6 +141,25 @@ def test_sparsegpt_fixed_mask_patterns_on_an_lstm_model(pattern):
     assert ("transposable" in row.pattern) == (pattern["pattern"] == "nm")
 
 
+@pytest.mark.parametrize("pattern", [{"pattern": "nm", "n": 2, "m": 4}, {"sparsity": 0.5}])
+def test_refit_keeps_the_sweeps_mask_and_never_raises_the_layer_error(pattern):
+    """refit: the OBS sweep's mask, then the exact least-squares weights for it: the same mask (both runs
+    record the same dense-model inputs), and on those inputs an error no higher than the sweep's."""
+    runs = []
+    for refit in (False, True):
+        step = {"pass": "sparsegpt", **pattern, "refit": refit, "sequential": False, "rows": 512,
+                "calibration": {"name": "distill", "batch_size": 16}}
+        runs.append(compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(_lstm_spec(), console=QUIET))
+    sweep, refit = runs
+    for name, mask in sweep.masks.items():
+        assert torch.equal(mask, refit.masks[name])
+        before = sweep.report.passes[0]["metrics"][name]["reconstruction_error_after"]
+        after = refit.report.passes[0]["metrics"][name]["reconstruction_error_after"]
+        assert after <= before + 1e-9
+    assert any(refit.report.passes[0]["metrics"][n]["reconstruction_error_after"] <
+               sweep.report.passes[0]["metrics"][n]["reconstruction_error_after"] - 1e-4 for n in sweep.masks)
+
+
 def test_sparsegpt_nm_pattern_holds_exactly_on_odd_shapes():
     x = correlated_inputs(300, 18, seed=5)
     w = torch.randn(7, 18)
