@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
+
+# One intra-op thread per test process, and through the environment per process a test starts
+# (a CLI run, torchrun's ranks): the tests' models and batches are tiny, so a second thread buys
+# nothing, and on a busy 2-core machine OpenMP's fork/join waits for a descheduled thread on every
+# op (measured: a training step of the fixture LSTM 0.25 s with 2 threads, 0.006 s with 1).
+# Tests of threading set their own counts (bench --threads, the native kernel's thread test);
+# OMP_NUM_THREADS set outside (e.g. by CI) is left as it is.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _cache_torchlib_registry() -> None:
