@@ -34,13 +34,24 @@ def test_bench_nm_char_encoder_small(tmp_path):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "nm.json"
+    # plain 2:4 only: the transposable kind (the same pass and solver) is the lstm run's
     args = parser.parse_args(["--models", "char-encoder", "--patterns", "2:4", "--scores", "magnitude",
-                              "--rows", "256", "--eval-tokens", "4096",
+                              "--kinds", "plain", "--rows", "256", "--eval-tokens", "4096",
                               "--json", str(out)])
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
-    assert len(results) == 4 and {r["metric"] for r in results} == {"masked test ppl"}
+    assert len(results) == 2 and {r["metric"] for r in results} == {"masked test ppl"}
+    assert not any(r["transposable"] for r in results)
     for r in results:
         assert r["dense"] > 1.0 and r["value"] > 1.0
         if r["reconstruct"] == "lstsq":
             assert r["layer_error_after"] < r["layer_error_before"]
+
+
+def test_bench_nm_refuses_an_unknown_kind(tmp_path, capsys):
+    from compressor.cli import main
+
+    out = tmp_path / "nm.json"
+    assert main(["bench", "nm", "--kinds", "plain,sparse", "--json", str(out)]) == 2
+    assert "--kinds plain,sparse" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,9 +1,9 @@
 """The `compress` command end to end, as a user runs it.
 
-The main job runs through the installed entry point in a subprocess (``python -m compressor``);
-every other case calls the same ``main`` in-process (a subprocess per case paid a full torch
+Every case calls ``compressor.cli.main`` in-process (a subprocess per case paid a full torch
 import, about 5 s each on 2 cores), with the working directory, streams and terminal width a
-subprocess would have."""
+subprocess would have; tests/test_packaging.py runs the entry point itself (``python -m compressor``)
+in fresh processes."""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def compress_subprocess(*args, cwd=None):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "compressor", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
 
 
 def compress(*args, cwd=None):
@@ -52,8 +46,10 @@ def compress(*args, cwd=None):
 
 
 def test_main_job_on_the_builtin_model(tmp_path):
+    """The README's first command on the real recipe; perplexity on the first 4096 test tokens (the
+    whole split, 23k, is the README's figure) keeps the run short, the rest is as a user runs it."""
     out = tmp_path / "art"
-    proc = compress_subprocess("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--out", out)
+    proc = compress("--recipe", ROOT / "recipes" / "lstm-oneshot.yaml", "--out", out, "--eval-tokens", "4096")
     assert proc.returncode == 0, proc.stderr
     assert "perplexity: before" in proc.stdout and "rnn.weight_hh_l1" in proc.stdout
     assert {"model.safetensors", "recipe.resolved.yaml", "report.json"} <= set(os.listdir(out))

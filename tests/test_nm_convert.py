@@ -69,13 +69,19 @@ def test_lstsq_is_right_after_a_greedy_solve_changed_the_thread_count():
 
     from compressor.solvers import transposable_nm_mask
 
-    transposable_nm_mask(torch.randn(16, 16), 2, 4, method="greedy")  # enters and leaves single_thread
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(700, 600, generator=gen, dtype=torch.float64)
-    w = torch.randn(4, 600, generator=gen, dtype=torch.float64)
-    mask = torch.zeros(4, 600, dtype=torch.bool)
-    mask[:, ::2] = True  # 300 kept inputs per row: the size that failed
-    got = reconstruct_lstsq(x, w, mask, damping=0.0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite runs on one thread (tests/conftest.py): here the count must change
+    try:
+        transposable_nm_mask(torch.randn(16, 16), 2, 4, method="greedy")  # enters and leaves single_thread: 2 -> 1 -> 2
+        assert torch.get_num_threads() == 2
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(700, 600, generator=gen, dtype=torch.float64)
+        w = torch.randn(4, 600, generator=gen, dtype=torch.float64)
+        mask = torch.zeros(4, 600, dtype=torch.bool)
+        mask[:, ::2] = True  # 300 kept inputs per row: the size that failed
+        got = reconstruct_lstsq(x, w, mask, damping=0.0)
+    finally:
+        torch.set_num_threads(old)
     xn, wn = x.numpy(), w.numpy()
     for r in range(4):
         keep = mask[r].numpy()

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patterns", default="2:4,4:8")
     parser.add_argument("--reconstruct", default="lstsq", choices=["lstsq", "adam"])
     parser.add_argument("--scores", default="magnitude,activation", help="mask scores to compare (nm_convert score)")
+    parser.add_argument("--kinds", default="plain,transposable",
+                        help="N:M kinds to run: plain and/or transposable (comma list)")
     parser.add_argument("--rows", type=int, default=4096, help="calibration rows per layer")
     parser.add_argument("--eval-tokens", type=int, default=0,
                         help="score the held-out metric on at most this many tokens (0: the whole test split)")
@@ -50,11 +52,16 @@ def run(args) -> int:
     from .. import Pipeline, load_model
     from ..recipe import parse_recipe
 
+    from ..errors import CompressorError
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"plain", "transposable"}:
+        raise CompressorError(f"--kinds {args.kinds}: choose plain and/or transposable (comma list)")
     rows, results = [], []
     for model_name in args.models.split(","):
         for pattern in args.patterns.split(","):
             n, m = (int(v) for v in pattern.split(":"))
-            for transposable in (False, True):
+            for transposable in [kind == "transposable" for kind in ("plain", "transposable") if kind in kinds]:
                 for score, reconstruct in [(sc, rc) for sc in args.scores.split(",") for rc in ("none", args.reconstruct)]:
                     spec = load_model(model_name)
                     dense = copy.deepcopy(spec.model)

@@ -45,7 +45,7 @@ def test_bench_onnx_on_the_shared_ort_pool(tmp_path):
 
     out = tmp_path / "k.json"
     proc = subprocess.run([sys.executable, "-m", "compressor.bench.kernels", "--sections", "onnx", "--shape", "96x80",
-                           "--block", "16", "--sparsities", "0.5", "--repeats", "2", "--warmup", "1", "--copies", "2",
+                           "--block", "16", "--sparsities", "0.5", "--repeats", "2", "--warmup", "1", "--copies", "1",
                            "--threads", "2", "--ort-pool", "shared", "--onnx-layers", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

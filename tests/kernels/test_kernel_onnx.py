@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from compressor.kernels import BlockSparseLinear, GatedBlockLinear, NMLinear, SparseGRU, SparseLSTM, onnx_check
+from compressor.kernels import BlockSparseLinear, GatedBlockLinear, NMLinear, SparseGRU, SparseLSTM, export_onnx, onnx_check
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -67,36 +69,39 @@ def test_check_detects_disagreement():
     assert res.max_abs > 0.1
 
 
+# The fresh process only opens sessions: the graph, its input and the dense reference output are
+# made here (exporting in the child would pay the exporter's start-up again).
 _SHARED_POOL_SCRIPT = r"""
-import os, sys, tempfile
-import numpy as np, torch, torch.nn.functional as F
-from compressor.kernels import BlockSparseLinear, export_onnx
+import os, sys
+import numpy as np
 from compressor.kernels.onnx_check import ort_session, use_global_ort_threads
 
+path, x_path, want_path = sys.argv[1:]
 use_global_ort_threads(2)
-torch.manual_seed(0)
-lin = torch.nn.Linear(64, 48)
-mask = torch.zeros(48, 64, dtype=torch.bool)
-for r in range(3):  # balanced 16x16 blocks: block row r keeps block columns r and r + 1 (2 of 4)
-    for c in (r, r + 1):
-        mask[16 * r:16 * (r + 1), 16 * c:16 * (c + 1)] = True
-mod = BlockSparseLinear.from_dense(lin, mask, (16, 16))
-path = export_onnx(mod, (torch.randn(2, 64),), os.path.join(tempfile.mkdtemp(), "m.onnx"))
 first = ort_session(path, shared_pool=True)
 threads = len(os.listdir("/proc/self/task"))
 more = [ort_session(path, shared_pool=True) for _ in range(3)]
 print("added", len(os.listdir("/proc/self/task")) - threads)
-x = torch.randn(2, 64)
-want = F.linear(x, lin.weight * mask, lin.bias).detach().numpy()
+x, want = np.load(x_path), np.load(want_path)
 for s in [first] + more:
-    got = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+    got = s.run(None, {s.get_inputs()[0].name: x})[0]
     assert np.abs(got - want).max() < 1e-5, np.abs(got - want).max()
 """
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
-def test_sessions_on_the_shared_ort_pool_agree_with_torch_and_add_no_threads():
+def test_sessions_on_the_shared_ort_pool_agree_with_torch_and_add_no_threads(tmp_path):
     """``use_global_ort_threads`` must come before the process's first ORT session: a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _SHARED_POOL_SCRIPT], capture_output=True, text=True, timeout=300)
+    lin = nn.Linear(64, 48)
+    mask = torch.zeros(48, 64, dtype=torch.bool)
+    for r in range(3):  # balanced 16x16 blocks: block row r keeps block columns r and r + 1 (2 of 4)
+        for c in (r, r + 1):
+            mask[16 * r:16 * (r + 1), 16 * c:16 * (c + 1)] = True
+    path = export_onnx(BlockSparseLinear.from_dense(lin, mask, (16, 16)), (torch.randn(2, 64),), tmp_path / "m.onnx")
+    x = torch.randn(2, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "want.npy", F.linear(x, lin.weight * mask, lin.bias).detach().numpy())
+    out = subprocess.run([sys.executable, "-c", _SHARED_POOL_SCRIPT, path, str(tmp_path / "x.npy"),
+                          str(tmp_path / "want.npy")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines() == ["added 0"]  # per-session pools would add a thread each
