@@ -103,8 +103,10 @@ class SparseGPTConfig(OneShotConfig):
     ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
     (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
     ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
-    ``refit``: after the OBS sweep (unstructured, N:M), set each row's kept weights to the exact
-    least-squares optimum for the mask it chose (the sweep's updates only flow to later columns).
+    ``refit`` (default on): after the OBS sweep (unstructured, N:M), set each row's kept weights to the
+    exact least-squares optimum for the mask it chose (the sweep's updates only flow to later columns;
+    measured: MiniLM 50% cosine 0.899 -> 0.913, 2:4 0.839 -> 0.860; built-in LM 2:4 perplexity
+    3.403 -> 3.294). ``refit: false`` is the paper's algorithm.
     ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
     model with the earlier layers already pruned (the paper), else on the dense model.
     ``calibration``: the task whose batches are recorded. ``allocation``: how the ``sparsity`` budget
@@ -120,7 +122,7 @@ class SparseGPTConfig(OneShotConfig):
     cross_gates: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
-    refit: bool = False
+    refit: bool = True
 
     def validate(self, path: str) -> None:
         super().validate(path)
