@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -46,3 +47,14 @@ def rewrite_metadata(directory: Path, change) -> None:
     meta = read_metadata_raw(directory)
     change(meta)
     write_metadata_raw(directory, meta)
+
+
+def same_format(a, b):
+    """Two kernel formats field for field (tensors equal with their dtypes, sizes equal)."""
+    assert type(a) is type(b)
+    for key, value in vars(a).items():
+        other = getattr(b, key)
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other) and value.dtype == other.dtype, key
+        else:
+            assert value == other, key

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from artifact_tools import same_format  # tests/artifact_tools.py
 
 from compressor import packing
 from compressor.kernels import BSR, BalancedBlock, BlockSparseLinear, NMPacked
@@ -133,17 +134,6 @@ def test_bad_records_and_parts_name_the_tensor():
     dup[:, 1] = dup[:, 0]
     with pytest.raises(ValueError, match=r"__packed__\.w\.col_idx: block columns must be strictly ascending"):
         unpack("w", record, {**parts, "col_idx": dup})
-
-
-def same_format(a, b):
-    """Two kernel formats field for field (tensors equal with their dtypes, sizes equal)."""
-    assert type(a) is type(b)
-    for key, value in vars(a).items():
-        other = getattr(b, key)
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, other) and value.dtype == other.dtype, key
-        else:
-            assert value == other, key
 
 
 def nm_short_last_group(rows, cols, gen):

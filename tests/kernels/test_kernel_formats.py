@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from artifact_tools import same_format  # tests/artifact_tools.py
 
 from compressor.kernels import BSR, BalancedBlock, NMPacked, block_mask_grid, is_balanced
 
@@ -144,17 +145,6 @@ def test_nm_too_many_kept():
         NMPacked.from_dense(torch.randn(4, 8), None, 5, 4)
 
 
-def _same(a, b):
-    """Two formats field for field: every tensor equal (dtype too), every size equal."""
-    assert type(a) is type(b)
-    for key, value in vars(a).items():
-        other = getattr(b, key)
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, other) and value.dtype == other.dtype, key
-        else:
-            assert value == other, key
-
-
 @pytest.mark.parametrize("shape,block", [((70, 45), (16, 8)), ((64, 96), (32, 32)), ((5, 7), (4, 4))])
 @pytest.mark.parametrize("balanced", [True, False])
 def test_bsr_and_balanced_convert_like_the_dense_round_trip(shape, block, balanced, block_mask):
@@ -162,8 +152,8 @@ def test_bsr_and_balanced_convert_like_the_dense_round_trip(shape, block, balanc
     w = torch.randn(shape)
     mask = block_mask(*shape, block, keep=0.4, balanced=balanced)
     bsr = BSR.from_dense(w, mask, block)
-    _same(bsr.to_balanced(), BalancedBlock.from_dense(w, mask, block, pad_rows=True))
-    _same(BalancedBlock.from_dense(w, mask, block, pad_rows=True).to_bsr(), bsr)
+    same_format(bsr.to_balanced(), BalancedBlock.from_dense(w, mask, block, pad_rows=True))
+    same_format(BalancedBlock.from_dense(w, mask, block, pad_rows=True).to_bsr(), bsr)
 
 
 @pytest.mark.parametrize("shape", [(8, 16), (64, 32), (6, 8)])
