@@ -387,6 +387,26 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+#: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
+#: every point of a sensitivity sweep builds its own text task on the same corpus (tokenizing a
+#: corpus costs about a second, far more than a calibration batch); a few entries, newest kept
+_TOKENIZED: dict[tuple, torch.Tensor] = {}
+_TOKENIZED_ENTRIES = 4
+
+
+def _tokenized(tok, text: str) -> torch.Tensor:
+    """The ids of ``text``'s paragraphs tokenized by ``tok`` (no special tokens), concatenated; cached
+    by the tokenizer's class, source, vocabulary size and the text itself."""
+    key = (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), len(text), hash(text))
+    if key not in _TOKENIZED:
+        paragraphs = [p for p in text.split("\n\n") if p.strip()]
+        ids = tok(paragraphs, add_special_tokens=False, verbose=False)["input_ids"] if paragraphs else []
+        while len(_TOKENIZED) >= _TOKENIZED_ENTRIES:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+    return _TOKENIZED[key]
+
+
 class TextTask(Task):
     """Tokenized text for Hugging Face encoders: calibration/training windows and an embedding-cosine
     evaluation against the dense teacher (see the module docstring)."""
@@ -405,10 +425,7 @@ class TextTask(Task):
             raise CompressorError(f"task seq_len {config.seq_len} leaves no room for text next to the tokenizer's "
                                   f"{self.specials} special tokens; use seq_len > {self.specials}")
         text = corpus_text(config.corpus)
-        train = split_text(text).train
-        paragraphs = [p for p in train.split("\n\n") if p.strip()]
-        ids = tok(paragraphs, add_special_tokens=False, verbose=False)["input_ids"] if paragraphs else []
-        self.train_ids = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        self.train_ids = _tokenized(tok, split_text(text).train)
         if self.train_ids.numel() <= config.seq_len:
             raise CompressorError(f"corpus {config.corpus!r} is too short for seq_len {config.seq_len}: "
                                   f"{self.train_ids.numel()} tokens in its first 90%")

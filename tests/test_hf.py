@@ -186,6 +186,35 @@ def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
     assert metrics["embedding_cosine_min"] < same["embedding_cosine_min"] - 1e-6  # the pruned model differs
 
 
+def test_text_tasks_on_one_corpus_tokenize_it_once(tmp_path):
+    """Every pass, benchmark run and sensitivity point builds its own text task: the corpus is tokenized
+    once per tokenizer and text, and the ids are those of a direct tokenization of its paragraphs."""
+    from compressor import tasks
+    from compressor.corpus import corpus_text, split_text
+
+    spec = compressor.load_model(str(tiny_bert_with_tokenizer(tmp_path / "bert")))
+    config = tasks.TaskConfig(name="text", corpus="pydoc", seq_len=16, eval_sentences=4)
+    tasks._TOKENIZED.clear()
+    first = tasks.TextTask(config, spec, spec.model)
+    calls = []
+    real = type(first.tokenizer).__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    type(first.tokenizer).__call__ = spy
+    try:
+        second = tasks.TextTask(config, spec, spec.model)
+    finally:
+        type(first.tokenizer).__call__ = real
+    assert torch.equal(first.train_ids, second.train_ids)
+    assert len(calls) <= 2  # the special-token probe only, not the corpus
+    paragraphs = [p for p in split_text(corpus_text("pydoc")).train.split("\n\n") if p.strip()][:50]
+    direct = [i for row in first.tokenizer(paragraphs, add_special_tokens=False)["input_ids"] for i in row]
+    assert first.train_ids[:len(direct)].tolist() == direct
+
+
 def test_text_task_refuses_a_tokenizer_the_embedding_cannot_hold_before_any_layer_changes(tmp_path):
     spec = compressor.load_model(str(tiny_bert_with_tokenizer(tmp_path / "bert", vocab_size=50)))
     before = {k: v.clone() for k, v in spec.model.state_dict().items()}
