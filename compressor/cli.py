@@ -133,7 +133,7 @@ def _export_parser() -> argparse.ArgumentParser:
 def _cmd_export(args) -> int:
     from .artifacts import load, read_metadata, write_dense
     from .errors import ArtifactError, CompressorError
-    from .export import export_model
+    from .export import export_model, token_axes
 
     if args.hf and args.dense:
         raise CompressorError("--hf and --dense write different things; choose one")
@@ -161,7 +161,7 @@ def _cmd_export(args) -> int:
         raise ArtifactError(f"{args.directory} already has {', '.join(existing)}; pass --force to replace")
     model = load(args.directory, allow_pickle=args.allow_pickle, model=args.model)
     results = export_model(model, meta.get("inputs", []), args.directory, step=not args.no_step,
-                           dynamic=meta["source"]["kind"] == "hf",
+                           dynamic=token_axes(meta["source"]),
                            tolerance=args.tolerance)
     for r in results.values():
         print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "

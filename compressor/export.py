@@ -27,7 +27,7 @@ from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
 
-__all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model"]
+__all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "token_axes"]
 
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
                                                      torch.int64, torch.int32, torch.bool)}
@@ -161,6 +161,14 @@ def _step_graphs(model: nn.Module):
             yield path, module
         elif isinstance(module, (nn.LSTM, nn.GRU)) and not module.bidirectional and not getattr(module, "proj_size", 0):
             yield path, (SparseLSTM if isinstance(module, nn.LSTM) else SparseGRU).from_dense(module, {}).eval()
+
+
+def token_axes(source: dict) -> bool:
+    """Whether a model from ``source`` (an artifact's ``source`` record) takes ``(batch, sequence)``
+    inputs, so its ``model.onnx`` gets those dynamic axes: Hugging Face models and the built-in
+    ones do (a ``--model`` factory's inputs may mean anything: its graph keeps the example's shape).
+    Recurrent layers export as ``Scan`` loops, so one graph runs every sequence length."""
+    return source.get("kind") in ("hf", "builtin")
 
 
 def export_model(model: nn.Module, specs: list[dict], directory: str | Path, step: bool = True,

@@ -29,7 +29,7 @@ from .passes import get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
-from .export import export_model, input_specs
+from .export import export_model, input_specs, token_axes
 from .kernels import flatten_outputs
 from .swaps import dense_weight, densify, replay
 from .tasks import TaskConfig
@@ -450,7 +450,7 @@ class Pipeline:
 
                 def write_onnx(path: Path) -> None:
                     results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance,
-                                           dynamic=spec.source.get("kind") == "hf")
+                                           dynamic=token_axes(spec.source))
                     for r in results.values():  # one metric per graph, in the usual {after: value} form
                         report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
                         console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "

@@ -44,10 +44,27 @@ def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: 
         if value:
             kwargs[key] = list(value) if key != "dynamic_axes" else value
     module = module.eval()
+    _forget_recurrent_dispatch()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not about the model
         torch.onnx.export(module, tuple(args), str(path), **kwargs)
     return str(path)
+
+
+#: ATen recurrent ops that the exporter writes as one ONNX LSTM / GRU / RNN node
+_RECURRENT_OPS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _forget_recurrent_dispatch() -> None:
+    """Clear the Python dispatch caches of the ATen recurrent ops. A ``torch.export`` earlier in the
+    process (capture runs one on models fx cannot trace) leaves cache entries that make the ONNX
+    exporter decompose ``aten.lstm`` into one copy of the cell per time step (measured on torch
+    2.13: the dense LSTM became 32 unrolled steps, and a dynamic sequence axis failed with "tracing
+    inferred a static shape"); with the caches empty it stays one ``LSTM`` node."""
+    for name in _RECURRENT_OPS:
+        packet = getattr(torch.ops.aten, name)
+        for overload in packet.overloads():
+            getattr(packet, overload)._dispatch_cache.clear()
 
 
 def output_names(outputs, prefix: str = "") -> list[str] | None:

@@ -9,8 +9,9 @@ follows the PyTorch documentation of ``nn.LSTM`` / ``nn.GRU`` (gate order i, f, 
 GRU's ``b_hn`` inside ``r * (W_hn h + b_hn)``), so with nothing pruned the results equal
 ``nn.LSTM`` / ``nn.GRU`` up to float rounding.
 
-Full sequences at inference on CPU run each layer's and direction's whole time loop in one
-compiled call (:func:`compressor.kernels.native.rnn_layer`) where the recurrent weight is a
+Exported (``torch.onnx.export``), the time loop is one ``scan`` per layer and direction, an ONNX
+``Scan`` whose body is one step. Full sequences at inference on CPU run each layer's and
+direction's whole time loop in one compiled call (:func:`compressor.kernels.native.rnn_layer`) where the recurrent weight is a
 :class:`BlockSparseLinear`: stepping from Python costs about a dozen op dispatches per step, which
 made the sparse LSTM slower over a sequence than ``nn.LSTM``'s one fused call per layer. The
 per-step torch path stays the reference, the training path (autograd) and the fallback (no C
@@ -285,6 +286,8 @@ class _SparseRNN(nn.Module):
         return out, ((h, c) if c0 is not None else h)
 
     def _run_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
+        if torch.compiler.is_exporting():
+            return self._scan_direction(xproj, hh, state, reverse)
         T = xproj.shape[0]
         steps = xproj.unbind(0)  # not xproj[t]: the backward of T selects builds T full-size zero tensors (O(T^2))
         hs = []
@@ -294,6 +297,23 @@ class _SparseRNN(nn.Module):
         if reverse:
             hs.reverse()
         return torch.stack(hs, dim=0), state  # (T, B, H)
+
+    def _scan_direction(self, xproj: torch.Tensor, hh: nn.Module, state, reverse: bool):
+        """The time loop as one ``scan`` (torch's higher-order op): ``torch.export`` keeps it as a
+        loop and the ONNX exporter writes it as an ONNX ``Scan`` whose body is one step (the
+        recurrent block-sparse product and the gates), so the graph runs any sequence length with
+        no per-step Python and does not grow with the example's length (unrolled, a 128-step
+        2-layer LSTM was 256 copies of the step)."""
+        from torch._higher_order_ops.scan import scan  # not public API yet; the exporter maps it to Scan
+
+        def step(carry, x_t):
+            carry = self._cell(x_t, hh, carry)
+            return carry, self._hidden(carry).clone()  # a scan output may not alias the carry
+
+        # the initial carry may not alias (LSTM's zero h and c are one tensor; layer states are views)
+        state = tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
+        last, out = scan(step, state, xproj, reverse=reverse)
+        return out, last
 
     # -- streaming --------------------------------------------------------------------------
     def step(self, x_t: torch.Tensor, state=None):

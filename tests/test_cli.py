@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -56,6 +57,12 @@ def test_main_job_on_the_builtin_model(tmp_path):
     # the main job's artifact includes the ONNX export, each graph checked in ONNX Runtime
     assert {"model.onnx", "rnn.step.onnx"} <= set(os.listdir(out))
     assert "onnx model.onnx: max abs error" in proc.stderr and "onnx rnn.step.onnx" in proc.stderr
+    # a built-in model's graph takes any batch and length (the LSTM is one ONNX node, not 32 steps)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in sess.get_inputs()] == [["batch", "sequence"]]
+    assert sess.run(None, {sess.get_inputs()[0].name: np.zeros((3, 7), np.int64)})[0].shape[:2] == (3, 7)
 
     proc = compress("report", out, "--json")
     assert proc.returncode == 0, proc.stderr

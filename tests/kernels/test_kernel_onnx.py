@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compressor.kernels import BlockSparseLinear, GatedBlockLinear, NMLinear, SparseGRU, SparseLSTM, export_onnx, onnx_check
+from compressor.kernels import (BlockSparseLinear, GatedBlockLinear, NMLinear, SparseGRU, SparseLSTM, export_onnx,
+                                flatten_outputs, onnx_check, ort_session)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -105,3 +106,67 @@ def test_sessions_on_the_shared_ort_pool_agree_with_torch_and_add_no_threads(tmp
                           str(tmp_path / "want.npy")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines() == ["added 0"]  # per-session pools would add a thread each
+
+
+def _scan_nodes(path) -> int:
+    import onnx
+
+    return sum(n.op_type == "Scan" for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("cls,base,bidirectional,batch_first",
+                         [(SparseLSTM, nn.LSTM, False, False), (SparseGRU, nn.GRU, True, True)])
+def test_sparse_rnn_sequence_runs_in_one_scan_per_layer_and_direction(cls, base, bidirectional, batch_first,
+                                                                        block_mask, tmp_path):
+    """The full-sequence forward exports as ONNX Scan loops (no per-step copies of the cell), and ORT
+    equals dense nn.LSTM / nn.GRU with the masked weights, outputs and final states."""
+    torch.manual_seed(0)
+    rnn = base(16, 24, num_layers=2, bidirectional=bidirectional, batch_first=batch_first).eval()
+    masks = {n: block_mask(*p.shape, 8, keep=0.5) for n, p in rnn.named_parameters() if n.startswith("weight_")}
+    mod = cls.from_dense(rnn, masks, block=8).eval()
+    with torch.no_grad():
+        for n, p in rnn.named_parameters():  # the dense reference: nn.LSTM / nn.GRU with the masked weights
+            if n in masks:
+                p.mul_(masks[n])
+    T, B = 9, 3
+    x = torch.randn(B, T, 16) if batch_first else torch.randn(T, B, 16)
+    h0 = torch.randn(2 * (1 + bidirectional), B, 24)
+    state = (h0, torch.randn_like(h0)) if cls is SparseLSTM else h0
+    path = export_onnx(mod, (x, state), tmp_path / "rnn.onnx")
+    assert _scan_nodes(path) == 2 * (1 + bidirectional)
+    sess = ort_session(path)
+    feed = dict(zip([i.name for i in sess.get_inputs()], [t.numpy() for t in flatten_outputs((x, state))]))
+    got = sess.run(None, feed)
+    with torch.no_grad():
+        expected = flatten_outputs(rnn(x, state))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def test_sparse_rnn_graph_does_not_grow_with_the_sequence(block_mask, tmp_path):
+    rnn = nn.LSTM(16, 24)
+    mod = SparseLSTM.from_dense(rnn, {"weight_hh_l0": block_mask(96, 24, 8, keep=0.5)}, block=8).eval()
+    sizes = []
+    for T in (4, 64):
+        path = export_onnx(mod, (torch.randn(T, 2, 16),), tmp_path / f"t{T}.onnx")
+        sizes.append(os.path.getsize(path))
+        assert _scan_nodes(path) == 1
+    assert abs(sizes[0] - sizes[1]) < 0.02 * sizes[0], sizes  # unrolled, 16x the steps was ~16x the nodes
+
+
+def test_dense_lstm_stays_one_onnx_node_after_a_torch_export(tmp_path):
+    """capture's torch.export earlier in the process must not turn the dense LSTM of a later ONNX
+    export into one cell per time step (torch's dispatch cache did; export_onnx clears it)."""
+    import onnx
+
+    m = nn.LSTM(8, 16, batch_first=True).eval()
+    x = (torch.randn(2, 12, 8),)
+    torch.export.export(m, x, strict=False)
+    path = export_onnx(m, x, tmp_path / "lstm.onnx", input_names=["x"], dynamic_axes={"x": {0: "batch", 1: "sequence"}})
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("LSTM") == 1 and "Sigmoid" not in ops, ops
+    sess = ort_session(path)
+    x2 = torch.randn(3, 20, 8)  # another batch and length: the sequence axis stayed dynamic
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"x": x2.numpy()})[0], m(x2)[0].numpy(), atol=1e-5)
