@@ -118,8 +118,8 @@ _CHECKS = {
 class _Options:
     """Shared by the option classes: every field checked on construction, JSON in and out.
 
-    A field whose default is None is optional and left out of the JSON while None (``layout`` and
-    ``backend`` were never written by every producer, so records without them must round-trip)."""
+    A field whose default is None is optional and left out of the JSON while None, so a record
+    written without it (no producer writes ``layout``) reads and writes back unchanged."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
