@@ -23,6 +23,7 @@ from .capture import CaptureResult, Target, capture  # noqa: E402
 #: passes, ONNX and OR-Tools.
 _EXPORTS = {
     "ArtifactError": "errors",
+    "Backend": "swaps",
     "CompressionState": "pipeline",
     "CompressorError": "errors",
     "ModelLoadError": "errors",
@@ -31,6 +32,8 @@ _EXPORTS = {
     "PipelineResult": "pipeline",
     "Recipe": "recipe",
     "RecipeError": "errors",
+    "Replacement": "swaps",
+    "ReplacementKind": "swaps",
     "Report": "report",
     "TargetError": "errors",
     "export_hf": "hf_export",
@@ -62,6 +65,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArtifactError",
+    "Backend",
     "CaptureResult",
     "CompressionState",
     "CompressorError",
@@ -71,6 +75,8 @@ __all__ = [
     "PipelineResult",
     "Recipe",
     "RecipeError",
+    "Replacement",
+    "ReplacementKind",
     "Report",
     "Target",
     "TargetError",

@@ -36,7 +36,7 @@ from .models import rebuild_builtin
 from .masks import set_mask
 from .outputs import atomic_directory, atomic_file
 from .export import check_input_spec
-from .swaps import build_packed, check_record, kernel_request, replay, set_module
+from .swaps import Replacement, build_packed, kernel_request, replay, set_module
 from .report import Report
 
 __all__ = ["FORMAT_VERSION", "DENSE_FORMAT", "MASK_PREFIX", "save_artifacts", "load", "load_masks", "read_report",
@@ -82,14 +82,15 @@ def save_artifacts(
     report: Report,
     force: bool = False,
     extra: dict[str, Callable[[Path], None]] | None = None,
-    replacements: list[dict] | None = None,
+    replacements: list[Replacement] | None = None,
     inputs: list[dict] | None = None,
     dense: bool = False,
 ) -> Path:
     """Write an artifact directory atomically. ``extra`` maps file names to writer callables.
 
     Masked weights are stored packed (format 2); ``dense`` writes format 1 instead (dense weights
-    with zeros plus bool masks) for tools that want plain tensors.
+    with zeros plus bool masks) for tools that want plain tensors. ``replacements`` are stored as
+    their JSON records (:meth:`Replacement.to_json`).
     """
     from safetensors.torch import save_file
 
@@ -97,7 +98,8 @@ def save_artifacts(
     with atomic_directory(out, force) as tmp:
         state, tied = _dedupe_state(model)
         meta = {"format": DENSE_FORMAT if dense else FORMAT_VERSION, "source": source, "tied": tied,
-                "patterns": patterns, "replacements": list(replacements or []), "inputs": list(inputs or [])}
+                "patterns": patterns, "replacements": [r.to_json() for r in replacements or []],
+                "inputs": list(inputs or [])}
         if dense:
             for name, mask in masks.items():
                 state[MASK_PREFIX + name] = mask.detach().to(torch.bool).contiguous().cpu()
@@ -223,11 +225,7 @@ def _check_metadata(meta: dict, shapes: dict[str, tuple[int, ...]]) -> None:
     for key in ("patterns",):
         if not isinstance(meta.get(key, {}), dict):
             raise ValueError(f"{key} must be a mapping")
-    records = meta.get("replacements", [])
-    if not isinstance(records, list):
-        raise ValueError("replacements must be a list")
-    for i, rec in enumerate(records):
-        check_record(rec, f"replacements[{i}]")
+    replacements_of(meta)
     specs = meta.get("inputs", [])
     if not isinstance(specs, list):
         raise ValueError("inputs must be a list of input specs")
@@ -309,17 +307,17 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     """
     directory = Path(directory)
     header = path, meta, shapes = _header(directory)
-    replacements = meta.get("replacements", [])
+    replacements = replacements_of(meta)
     build = _architecture(meta["source"], model, allow_pickle, directory, path)
     skeleton = None
     if model is None and meta["source"]["kind"] in ("builtin", "hf"):  # sizes come from the metadata
         skeleton = _check_sizes(build, shapes, meta, path)
-    kernels = _kernel_weights(meta, path)
+    kernels = _kernel_weights(meta, replacements, path)
     requests = {name: request for name, (_, request) in kernels.items()}
     _, state, masks, formats = _read(directory, header, requests, masks=with_masks)  # the masks only to install
     for alias, kept in meta.get("tied", {}).items():
         state[alias] = state[kept]
-    swaps = [r for r in replacements if not r.get("structural")]
+    swaps = [r for r in replacements if not r.structural]
     try:
         # the meta-device skeleton takes the file's tensors as they are: no initialisation, no copy, and a
         # swapped layer's dense weight is never allocated; a built model where that cannot work
@@ -351,40 +349,49 @@ def load(directory: str | Path, allow_pickle: bool = False, with_masks: bool = F
     return net
 
 
-def _kernel_weights(meta: dict, path: Path) -> dict[str, tuple[str, dict]]:
+def replacements_of(meta: dict) -> list[Replacement]:
+    """The replacement records of an artifact's metadata, each checked by :meth:`Replacement.from_json`
+    (ValueError naming the field, e.g. ``replacements[0].options.block``)."""
+    records = meta.get("replacements", [])
+    if not isinstance(records, list):
+        raise ValueError("replacements must be a list")
+    return [Replacement.from_json(rec, f"replacements[{i}]") for i, rec in enumerate(records)]
+
+
+def _kernel_weights(meta: dict, replacements: list[Replacement], path: Path) -> dict[str, tuple[str, dict]]:
     """Packed weights that kernel swaps hold: weight name -> (module path, the format to build)."""
     if meta["format"] != FORMAT_VERSION:
         return {}
     tied = meta.get("tied", {})
     shared = set(tied) | set(tied.values())
     kernels = {}
-    for rec in meta.get("replacements", []):
-        request = kernel_request(rec["kind"], rec["options"])
+    for rec in replacements:
+        request = kernel_request(rec)
         if request is None:
             continue
-        prefix = rec["module"] + "."
+        prefix = rec.module + "."
         for name in meta["layouts"]:
             if name.startswith(prefix) and "." not in name[len(prefix):]:
                 if name in shared:  # swap_kernels leaves tied weights dense: this file was not written by it
                     raise ArtifactError(f"{path}: {short(name, 80)} is tied to another name but stored in the kernel "
-                                        f"module {short(rec['module'], 80)}; the artifact is damaged")
-                kernels[name] = (rec["module"], request)
+                                        f"module {short(rec.module, 80)}; the artifact is damaged")
+                kernels[name] = (rec.module, request)
     return kernels
 
 
-def _skeleton_takes_state(skeleton: nn.Module | None, replacements: list[dict]) -> bool:
+def _skeleton_takes_state(skeleton: nn.Module | None, replacements: list[Replacement]) -> bool:
     """Whether the meta-device skeleton can be loaded by assignment: it was built (a built-in or
     Hugging Face architecture), no gated module must be rebuilt first (those draw initial values),
     and every buffer the model does not save (a Hugging Face position-id table) sits inside a module
     that a kernel swap replaces; the values of the others exist only in a really built model."""
-    if skeleton is None or any(r.get("structural") for r in replacements):
+    if skeleton is None or any(r.structural for r in replacements):
         return False
     saved = set(skeleton.state_dict())
-    swapped = tuple(r["module"] + "." for r in replacements)
+    swapped = tuple(r.module + "." for r in replacements)
     return all(name in saved or name.startswith(swapped) for name, _ in skeleton.named_buffers())
 
 
-def _install_kernels(net: nn.Module, swaps: list[dict], formats: dict[str, object],
+def _install_kernels(net: nn.Module, swaps: list[Replacement], formats: dict[str, object],
                      state: dict[str, torch.Tensor]) -> None:
     """Put each kernel swap's module into ``net``, built from its weights' kernel formats and its other
     tensors (taken out of ``state``); the new modules' own tensors go into ``state`` under their names,
@@ -392,12 +399,12 @@ def _install_kernels(net: nn.Module, swaps: list[dict], formats: dict[str, objec
     any is installed."""
     built = []
     for rec in swaps:
-        path = rec["module"]
+        path = rec.module
         module = net.get_submodule(path)
         prefix = path + "."
         own = {k[len(prefix):]: v for k, v in formats.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
         tensors = {k: state.pop(prefix + k) for k in module.state_dict(keep_vars=True) if prefix + k in state}
-        built.append((path, build_packed(module, rec["kind"], own, tensors, rec["options"])))
+        built.append((path, build_packed(module, rec, own, tensors)))
     for path, new in built:
         set_module(net, path, new)
         state.update({f"{path}.{k}": v for k, v in new.state_dict(keep_vars=True).items()})
@@ -485,7 +492,7 @@ def _check_sizes(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ..
     except Exception as exc:  # a config the model class rejects
         raise ArtifactError(f"{path}: the model described by the metadata cannot be built ({type(exc).__name__}: "
                             f"{_brief(exc)})") from None
-    structural = tuple(r["module"] + "." for r in meta.get("replacements", []) if r.get("structural"))
+    structural = tuple(r.module + "." for r in replacements_of(meta) if r.structural)
     tied = meta.get("tied", {})
     stored = sum(math.prod(s) for s in shapes.values())
     # what the file must hold: each parameter and persistent buffer object once (tied weights are one object);

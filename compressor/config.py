@@ -2,8 +2,9 @@
 
 Every pass config and the recipe's own sections are frozen dataclasses. :func:`parse_config`
 checks that every key is a field (unknown keys fail with a close-match hint), converts values
-to the annotated types (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
-``tuple[int, int]``, ``tuple[str, ...]``, ``X | None``) and then calls the dataclass's
+to the annotated types (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, a ``str``
+:class:`~enum.Enum` (one of its values, given as the string), ``tuple[int, int]``,
+``tuple[str, ...]``, ``X | None``) and then calls the dataclass's
 ``validate(path)`` hook, if it has one, for range checks.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import types
 import typing
 from typing import Any, Literal, Union
@@ -80,6 +82,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
+    if _is_enum(tp):
+        return " | ".join(repr(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -103,6 +107,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             hint = close_match_hint(str(value), [str(a) for a in args])
             raise RecipeError(path, f"{short(value)} is not allowed{hint}; allowed: {', '.join(repr(a) for a in args)}")
         return value
+    if _is_enum(tp):
+        values = [m.value for m in tp]
+        if not isinstance(value, str) or value not in values:
+            hint = close_match_hint(str(value), values)
+            raise RecipeError(path, f"{short(value)} is not allowed{hint}; allowed: {', '.join(repr(v) for v in values)}")
+        return tp(value)
     if origin is tuple:
         if isinstance(value, (str, int, float)) and len(args) == 2 and args[1] is Ellipsis:
             value = [value]  # a single item where a list is expected
@@ -138,14 +148,20 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"parse_config: unsupported annotation {tp!r} at {path}")  # a bug in a config class
 
 
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
+
+
 def config_to_dict(config: Any) -> dict:
-    """A config dataclass as plain YAML-friendly data (tuples become lists)."""
+    """A config dataclass as plain YAML-friendly data (tuples become lists, enums their values)."""
 
     def plain(v):
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if isinstance(v, enum.Enum):
+            return v.value
         return v
 
     return plain(config)

@@ -45,7 +45,7 @@ def export_hf(directory: str | Path, out: str | Path, source: str | Path | None 
     "max_rel_error"}`` (the errors of the reloaded model's outputs against the artifact's, relative
     to the output scale; ``tolerance`` bounds the relative one).
     """
-    from .artifacts import _header, _read, load
+    from .artifacts import _header, _read, load, replacements_of
     from .loading import hf_companion_files, hf_quiet
     from .outputs import atomic_directory, check_output
 
@@ -55,7 +55,7 @@ def export_hf(directory: str | Path, out: str | Path, source: str | Path | None 
     if kind != "hf":
         raise ArtifactError(f"{directory} was not made from a Hugging Face model directory (its source is a {kind} "
                             "model); --hf exports only those (compress export DIR writes ONNX for any artifact)")
-    gated = sorted(r["module"] for r in meta.get("replacements", []) if r.get("structural"))
+    gated = sorted(r.module for r in replacements_of(meta) if r.structural)
     if gated:
         raise ArtifactError(f"{directory} has input-dependent gated layers ({', '.join(gated[:3])}{' ...' if len(gated) > 3 else ''}; "
                             "dynamic_gate), which no Hugging Face class can hold; --hf exports pruned weights only")

@@ -31,7 +31,7 @@ from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
 from .export import export_model, input_specs, token_axes
 from .kernels import flatten_outputs
-from .swaps import dense_weight, densify, replay
+from .swaps import Replacement, dense_weight, densify, replay
 from .tasks import TaskConfig
 from .targeting import explain_selection, resolve_targets
 
@@ -77,8 +77,8 @@ class CompressionState:
         self.pass_log: list[dict] = []
         self.resume: dict | None = None
         self._tasks: dict = {}
-        #: sparse kernel modules installed (replayed by compressor.load) and the masks they baked in
-        self.replacements: list[dict] = []
+        #: modules replaced (kernel swaps, gated layers; replayed by compressor.load) and the masks they baked in
+        self.replacements: list[Replacement] = []
         self.baked_masks: dict[str, torch.Tensor] = {}
 
     def task(self, config, needs: tuple[str, ...] = ("batch",), where: str = "task"):
@@ -115,13 +115,13 @@ class CompressionState:
             "step": step,
             # kernel modules (swap_kernels) are saved in their dense form, as in an artifact, and
             # rebuilt on restore from these weights and the masks they baked in
-            "model": (densify(self.model) if any(not r.get("structural") for r in self.replacements)
+            "model": (densify(self.model) if any(not r.structural for r in self.replacements)
                       else self.model).state_dict(),
             "masks": dict(masklib.iter_masks(self.model)),
             "baked_masks": dict(self.baked_masks),
             "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
                            "passes": r.passes, "notes": r.notes, "row": r.row} for n, r in self.layers.items()},
-            "replacements": list(self.replacements),
+            "replacements": [r.to_json() for r in self.replacements],  # plain data: read with weights_only
             "pass_log": self.pass_log,
             "rng": torch.get_rng_state(),
             **loop_state,
@@ -131,7 +131,12 @@ class CompressionState:
     def restore(self, payload: dict) -> int:
         """Load a checkpoint into the model and records; returns the pass index to continue at."""
         # modules with parameters of their own (gated layers) first, so the saved state fits
-        self.replacements = list(payload.get("replacements", []))
+        try:
+            self.replacements = [Replacement.from_json(r, f"replacements[{i}]")
+                                 for i, r in enumerate(payload.get("replacements", []))]
+        except ValueError as exc:
+            raise CompressorError(f"--resume: the checkpoint is damaged ({exc}); run without --resume (with --force) "
+                                  "to start over") from None
         replay(self.model, self.replacements, structural=True)
         for name, mask in payload["masks"].items():
             masklib.set_mask(self.model, name, mask, intersect=False)

@@ -9,7 +9,8 @@ Modules: :class:`BlockSparseLinear`, :class:`NMLinear`, :class:`GatedBlockLinear
 ONNX: :func:`onnx_check` (:mod:`.onnx_check`).
 CPU native: gated layers' inference runs a small C kernel compiled on first use (:mod:`.native`;
 falls back to the torch ops without a C compiler or with ``COMPRESSOR_NATIVE=0``).
-GPU: backends ``auto | torch | triton`` (:func:`resolve_backend`, :mod:`.triton_common`); Triton
+Backends: :class:`Backend` ``auto | torch | triton | native`` (:mod:`.backends`; dispatch in
+:func:`resolve_backend`, :mod:`.triton_common`, and the modules' ``forward``). GPU: Triton
 kernels registered as custom ops ``compressor::block_sparse_mm`` (:mod:`.triton_block`) and
 ``compressor::gated_block_gemv`` (:mod:`.triton_gated`), imported on first use so that
 ``import compressor.kernels`` does not import triton; 2:4 semi-structured on CUDA
@@ -42,6 +43,7 @@ if __name__ == "kernels":
     _spec.loader.exec_module(_real)
 else:
     from compressor.kernels._checks import SUPPORTED_DTYPES
+    from compressor.kernels.backends import BACKENDS, Backend, check_backend
     from compressor.kernels.block_ops import balanced_block_linear, bsr_linear
     from compressor.kernels.formats import BSR, BalancedBlock, NMPacked, block_mask_grid, is_balanced
     from compressor.kernels.gated_ops import gate_values, gated_block_linear, kept_blocks, select_blocks
@@ -50,7 +52,7 @@ else:
     from compressor.kernels.onnx_check import OnnxCheck, export_onnx, flatten_outputs, onnx_check, ort_session, output_names
     from compressor.kernels.rnn import RNNStep, SparseGRU, SparseLSTM
     from compressor.kernels.semi_structured import SemiStructuredWeight, is_transposable_2to4
-    from compressor.kernels.triton_common import BACKENDS, TritonUnavailableError, resolve_backend
+    from compressor.kernels.triton_common import TritonUnavailableError, resolve_backend
     from compressor.kernels.gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear
 
 __all__ = [
@@ -87,7 +89,9 @@ __all__ = [
     "export_onnx",
     "onnx_check",
     "ort_session",
+    "Backend",
     "BACKENDS",
+    "check_backend",
     "resolve_backend",
     "TritonUnavailableError",
     "SemiStructuredWeight",

@@ -19,15 +19,19 @@ otherwise the BSR layout (embedding_bag below batch 4, per-block bmm above; no p
 blocks (4096x4096, batch 1 and 16), so padding pays while it adds less than that; see
 ``BENCHMARKS.md``.
 
-Backends: every module has a ``backend`` attribute, ``auto`` (default), ``torch`` or ``triton``
-(rules in :mod:`compressor.kernels.triton_common`). ``auto`` runs the Triton kernels
-(:mod:`.triton_block`, :mod:`.triton_gated`) when the input is on CUDA and the block sizes suit
-them, the pure-torch ops otherwise, so CPU behaviour is unchanged. ``triton`` on a CPU tensor runs
+Backends: every module has a ``backend`` attribute, a :class:`~compressor.kernels.backends.Backend`
+(``auto`` by default, ``torch``, ``triton`` or ``native``; rules in :mod:`.backends` and
+:mod:`compressor.kernels.triton_common`). ``auto`` runs the Triton kernels (:mod:`.triton_block`,
+:mod:`.triton_gated`) when the input is on CUDA and the block sizes suit them, the pure-torch ops
+otherwise, so CPU behaviour is unchanged. ``triton`` on a CPU tensor runs
 only under ``TRITON_INTERPRET=1`` and is a clear error otherwise. :class:`NMLinear` has no Triton
 kernel: on CUDA its ``auto``/``triton`` backends use torch's 2:4 semi-structured tensors
 (:mod:`.semi_structured`) where the layer is 2:4 fp16/bf16 (for training too, forward and backward,
 when the mask is transposable 2:4), the torch op otherwise.
-:class:`GatedBlockLinear` applies ``backend`` when ``path="auto"``.
+:class:`GatedBlockLinear` applies ``backend`` when ``path="auto"``: ``auto`` and ``native`` run its
+fused compiled forward for CPU inference (:func:`~compressor.kernels.native.gated_linear_fused`).
+``native`` never takes Triton or the 2:4 GPU path; the modules here without a compiled kernel run
+their torch ops under it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from .semi_structured import (
     semi_structured_linear_trainable,
     semi_structured_unavailable_reason,
 )
-from .triton_common import BACKENDS, block_supported, resolve_backend
+from .backends import Backend, check_backend
+from .triton_common import block_supported, resolve_backend
 
 __all__ = ["BlockSparseLinear", "NMLinear", "GatedBlockLinear", "MAX_PAD_OVERHEAD"]
 
@@ -64,12 +69,6 @@ def _bias(bias: torch.Tensor | None) -> nn.Parameter | None:
     return None if bias is None else nn.Parameter(bias.detach().clone())
 
 
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 def _triton_dtype(dtype: torch.dtype) -> bool:
     return dtype in (torch.float32, torch.float16, torch.bfloat16)
 
@@ -77,8 +76,8 @@ def _triton_dtype(dtype: torch.dtype) -> bool:
 class _SparseLinearBase(nn.Module):
     in_features: int
     out_features: int
-    #: ``auto | torch | triton`` (see the module docstring); an instance attribute once built.
-    backend: str = "auto"
+    #: a :class:`Backend` or its name (see the module docstring); an instance attribute once built.
+    backend: str = Backend.AUTO
 
     def to_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with the masked weight (exact round trip)."""
@@ -122,7 +121,7 @@ class BlockSparseLinear(_SparseLinearBase):
         else:
             raise TypeError(f"fmt must be a BalancedBlock or BSR, got {type(fmt).__name__}")
         self.bias = _bias(bias)
-        self.backend = "auto"
+        self.backend = Backend.AUTO
         self._bag_cache: tuple[tuple, BagIndex] | None = None
 
     def _bag_index(self) -> BagIndex:
@@ -239,7 +238,7 @@ class NMLinear(_SparseLinearBase):
         self.register_buffer("counts", fmt.counts.clone())
         self.register_buffer("columns", fmt.column_indices(), persistent=False)
         self.bias = _bias(bias)
-        self.backend = "auto"
+        self.backend = Backend.AUTO
         #: W and W^T both 2:4: training can run forward and backward on the 2:4 sparse kernels
         self.transposable = (self.n, self.m) == (2, 4) and fmt.transposable()  # from the slots: no (out, in) mask
         self._semi = SemiStructuredWeight()
@@ -253,8 +252,8 @@ class NMLinear(_SparseLinearBase):
 
     def semi_structured_reason(self, x: torch.Tensor) -> str | None:
         """Why ``x`` does not take the 2:4 semi-structured path (None: it does)."""
-        if _check_backend(self.backend) == "torch":
-            return "backend is 'torch'"
+        if check_backend(self.backend) in (Backend.TORCH, Backend.NATIVE):
+            return f"backend is {str(self.backend)!r}"
         if torch.compiler.is_exporting():
             return "exporting"
         if self._training_values() and not getattr(self, "transposable", False):
@@ -287,7 +286,7 @@ class NMLinear(_SparseLinearBase):
                                                         self.bias)
             return self._semi.linear(x, self.values, self.to_dense_weight, self.bias, self.in_features,
                                      self.out_features)
-        _check_backend(self.backend)
+        check_backend(self.backend)
         values = self._trainable_values() if self._training_values() else self.values
         return nm_linear(x, values, self.columns, self.bias, self.in_features, self.in_padded)
 
@@ -314,7 +313,7 @@ class GatedBlockLinear(nn.Module):
     (of all K in ``global`` mode, of every block row's ``Ci`` in ``row`` mode).
     """
 
-    backend: str = "auto"
+    backend: str = Backend.AUTO
 
     def __init__(self, in_features: int, out_features: int, block=(128, 128), keep: float = 0.5, mode: str = "global",
                  bias: bool = True, dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -333,7 +332,7 @@ class GatedBlockLinear(nn.Module):
         self.blocks = nn.Parameter((torch.rand(K, bw, bh, generator=gen, dtype=torch.float64) * 2 - 1).mul(bound).to(dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
         self.gate = nn.Linear(in_features, K, dtype=dtype)
-        self.backend = "auto"  # auto | torch | triton; applies when forward's path is "auto"
+        self.backend = Backend.AUTO  # applies when forward's path is "auto" (see the module docstring)
         with torch.no_grad():  # deterministic gate init: uniform(-1/sqrt(in), 1/sqrt(in)), zero bias
             self.gate.weight.copy_((torch.rand(K, in_features, generator=gen, dtype=torch.float64) * 2 - 1).mul(bound))
             self.gate.bias.zero_()
@@ -364,7 +363,7 @@ class GatedBlockLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (B, in)
-        if (path == "native" or (path == "auto" and self.backend == "auto")) and not x2.is_cuda:
+        if (path == "native" or (path == "auto" and self.backend in (Backend.AUTO, Backend.NATIVE))) and not x2.is_cuda:
             # CPU inference: gate, top-k and kept blocks in one compiled call where it can run (kernels/native.py)
             fused = gated_linear_fused(self, x2, selection=False)
             if fused is not None:

@@ -1,4 +1,5 @@
-"""Backend selection for the sparse ops: ``auto | torch | triton``, and lazily built Triton kernels.
+"""Backend selection for the sparse ops (:class:`~compressor.kernels.backends.Backend`), and lazily
+built Triton kernels.
 
 Rules (one place, used by the modules, the ops and the ``swap_kernels`` pass):
 
@@ -9,6 +10,8 @@ Rules (one place, used by the modules, the ops and the ``swap_kernels`` pass):
 * ``auto`` -- ``triton`` when the tensor is on CUDA, triton imports and the op supports the shape
   (block sizes powers of two >= 16); ``torch`` otherwise. While exporting
   (``torch.compiler.is_exporting()``) ``auto`` stays on torch so ONNX export keeps standard ops.
+* ``native`` -- never Triton: the ops run on torch (the compiled CPU kernels are chosen by the
+  modules that have one, before they ask here).
 
 Interpreter mode is read from the environment *when a kernel is launched*, not when triton is
 imported: :class:`LazyKernel` builds a compiled ``triton.jit`` kernel or an interpreted one
@@ -27,6 +30,8 @@ import os
 
 import torch
 
+from .backends import BACKENDS, Backend, check_backend
+
 __all__ = [
     "BACKENDS",
     "TritonUnavailableError",
@@ -39,9 +44,6 @@ __all__ = [
     "interpret_upcast",
     "dot_precision",
 ]
-
-BACKENDS = ("auto", "torch", "triton")
-
 
 class TritonUnavailableError(RuntimeError):
     """``backend='triton'`` was asked for where no Triton kernel can run."""
@@ -93,16 +95,16 @@ def block_supported(*dims: int) -> bool:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, *, supported: bool = True, what: str = "this op") -> str:
-    """``'torch'`` or ``'triton'`` for ``backend`` on input ``x`` (see the module docstring).
+    """``'torch'`` or ``'triton'`` for ``backend`` (a :class:`Backend` or its name) on input ``x``
+    (see the module docstring).
 
     ``supported``: whether the op's Triton kernel handles this shape; ``auto`` falls back to torch
     when it does not, ``triton`` raises ``ValueError``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
+    backend = check_backend(backend)
+    if backend in (Backend.TORCH, Backend.NATIVE):
         return "torch"
-    if backend == "auto":
+    if backend == Backend.AUTO:
         if x.is_cuda and supported and not torch.compiler.is_exporting() and triton_importable():
             return "triton"
         return "torch"

@@ -45,7 +45,7 @@ from ..kernels import GatedBlockLinear, GatedGRU, GatedLSTM, SparseGRU, SparseLS
 from ..kernels.gated_ops import gate_values
 from ..kernels.native import cpu_inference_path
 from ..patterns import Gated
-from ..swaps import build_gated, set_module
+from ..swaps import GateOptions, Replacement, ReplacementKind, build_gated, set_module
 from ..training import TrainConfig, TrainHooks, fine_tune
 from .registry import PassConfig, PassResult, register_pass
 
@@ -120,9 +120,9 @@ def _plan(state, config: DynamicGateConfig, targets, path: str) -> dict[str, lis
     return groups
 
 
-def _options(config: DynamicGateConfig, weights: list[str]) -> dict:
-    return {"block": list(config.block), "keep": config.keep, "mode": config.mode, "rank": config.rank,
-            "init": config.init, "seed": config.seed, "weights": weights}
+def _options(config: DynamicGateConfig, weights: list[str]) -> GateOptions:
+    return GateOptions(block=config.block, keep=config.keep, mode=config.mode, rank=config.rank, init=config.init,
+                       seed=config.seed, weights=tuple(weights))
 
 
 def _gated_modules(model: nn.Module, path: str, targets) -> dict[str, GatedBlockLinear]:
@@ -191,10 +191,11 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
         module = state.model.get_submodule(module_path)
         if isinstance(module, (GatedBlockLinear, GatedLSTM, GatedGRU)):
             continue
-        kind = "gated_linear" if isinstance(module, nn.Linear) else ("gated_lstm" if isinstance(module, nn.LSTM) else "gated_gru")
+        kind = (ReplacementKind.GATED_LINEAR if isinstance(module, nn.Linear) else
+                ReplacementKind.GATED_LSTM if isinstance(module, nn.LSTM) else ReplacementKind.GATED_GRU)
         options = _options(config, [t.param_name for t in group])
         set_module(state.model, module_path, build_gated(module, options).train(module.training))
-        state.replacements.append({"module": module_path, "kind": kind, "options": options, "structural": True})
+        state.replacements.append(Replacement(module_path, kind, options))
     # 2. train gates and weights jointly with the task
     history = fine_tune(state, config.train, TrainHooks(), "dynamic_gate")
     # 3. measure: keep frequency, compute, batch-1 latency

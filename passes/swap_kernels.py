@@ -15,9 +15,11 @@ measuring) to the pass metrics; ``force: true`` installs regardless (the report 
 measured ratio).
 
 ``measure``: recurrent modules are timed on what the model calls (``forward``: a sequence of
-``seq_len`` steps at ``batch``) or on one streaming ``step``. ``backend``: ``torch`` (CPU
-reference kernels, also on GPU), ``triton`` (GPU kernels), ``auto`` (triton on CUDA when
-available, torch otherwise).
+``seq_len`` steps at ``batch``) or on one streaming ``step``. ``backend`` (a
+:class:`~compressor.kernels.backends.Backend`, set on the installed modules and recorded with each
+replacement): ``torch`` (CPU reference kernels, also on GPU), ``triton`` (GPU kernels), ``native``
+(the compiled CPU kernels where a module has one, torch ops elsewhere; refused where the library
+cannot be built), ``auto`` (recorded as triton on CUDA when available, torch otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from .. import masks as masklib
 from ..timing import paired_ratio, time_interleaved
 from ..errors import CompressorError, RecipeError
 from ..patterns import NM, Block
-from ..swaps import build_replacement, set_module
+from ..swaps import (Backend, BlockKernelOptions, NMKernelOptions, Replacement, ReplacementKind, build_replacement,
+                     set_module)
 from .registry import PassConfig, PassResult, register_pass
 
 __all__ = ["SwapKernelsConfig", "swap_kernels", "speedup_decision"]
@@ -44,7 +47,7 @@ __all__ = ["SwapKernelsConfig", "swap_kernels", "speedup_decision"]
 class SwapKernelsConfig(PassConfig):
     """Where and when to install sparse kernels (see the module docstring)."""
 
-    backend: Literal["auto", "torch", "triton"] = "auto"
+    backend: Backend = Backend.AUTO
     batch: int = 1
     seq_len: int = 32
     measure: Literal["forward", "step"] = "forward"
@@ -78,11 +81,11 @@ def _figures(d: dict) -> str:
     return f"{d['speedup']:.3f}x, {d['confidence']:.0%} interval {d['low']:.3f}-{d['high']:.3f}x over {d['repeats']} rounds"
 
 
-def _label(kind: str, d: dict, config: SwapKernelsConfig, install: bool) -> str:
+def _label(kind: ReplacementKind, d: dict, config: SwapKernelsConfig, install: bool) -> str:
     """The report's kernel column for one decision: the installed kind, or why the layer stayed dense."""
     figures = _figures(d)
     if install:
-        return kind
+        return kind.value
     if d["decision"] == "decline":
         return f"dense (declined {kind}: {figures}, below {config.min_speedup}x)"
     return f"dense (too close to call for {kind}: {figures}, spans {config.min_speedup}x)"
@@ -96,51 +99,62 @@ def _machine_load() -> dict:
     return {"load_1m": round(one, 2), "load_5m": round(five, 2), "load_15m": round(fifteen, 2)}
 
 
-def _backend(config: SwapKernelsConfig) -> str:
-    """The backend the installed modules run: ``torch`` or ``triton`` (clear error if triton cannot run).
+def _backend(config: SwapKernelsConfig) -> Backend:
+    """The backend the installed modules run and their records name: ``torch``, ``triton`` or
+    ``native`` (a clear error if the one asked for cannot run here).
 
     ``triton`` needs the ``triton`` package and a CUDA device, or ``TRITON_INTERPRET=1`` (the Triton
-    interpreter on CPU). ``auto`` is ``triton`` where CUDA and triton are present, else ``torch``;
-    the modules themselves keep ``backend='auto'`` and pick the Triton kernels for CUDA inputs.
+    interpreter on CPU); ``native`` needs the compiled CPU library (a C compiler, not
+    ``COMPRESSOR_NATIVE=0``). ``auto`` is ``triton`` where CUDA and triton are present, else ``torch``
+    (as recorded before ``native`` had a name; recurrent modules take the compiled kernels under
+    ``torch`` too, see :class:`~compressor.kernels.backends.Backend`).
     """
+    from ..kernels import native
     from ..kernels.triton_common import triton_importable, triton_unavailable_reason
 
-    if config.backend == "torch":
-        return "torch"
-    if config.backend == "triton":
+    if config.backend == Backend.TORCH:
+        return Backend.TORCH
+    if config.backend == Backend.TRITON:
         reason = triton_unavailable_reason()
         if reason is not None:
             raise CompressorError(f"swap_kernels backend 'triton' cannot run here: {reason}; use backend: torch "
                                   f"or auto")
-        return "triton"
-    return "triton" if torch.cuda.is_available() and triton_importable() else "torch"
+        return Backend.TRITON
+    if config.backend == Backend.NATIVE:
+        reason = native.unavailable_reason()
+        if reason is not None:
+            raise CompressorError(f"swap_kernels backend 'native' cannot run here: {reason}; use backend: torch "
+                                  f"or auto")
+        return Backend.NATIVE
+    return Backend.TRITON if torch.cuda.is_available() and triton_importable() else Backend.TORCH
 
 
-def _plan(state, module_path: str, targets) -> tuple[str | None, dict, str]:
-    """(replacement kind, options, reason if none) for one module and its targets."""
+def _plan(state, module_path: str, targets, backend: Backend) -> tuple[Replacement | None, str]:
+    """(the replacement, or None and the reason) for one module and its targets."""
     module = state.model.get_submodule(module_path)
     patterns = {t.name: state.layers[t.name].pattern for t in targets}
     tied = [t for t in targets if t.aliases]
     if tied:
         t = tied[0]
         zeros = float((state.weight(t) == 0).float().mean())
-        return None, {}, (f"{t.name} is tied to {', '.join(t.aliases)}: a kernel module would untie the shared "
-                          f"tensor, so it stays in dense storage, {zeros:.1%} zeros under every name")
+        return None, (f"{t.name} is tied to {', '.join(t.aliases)}: a kernel module would untie the shared "
+                      f"tensor, so it stays in dense storage, {zeros:.1%} zeros under every name")
     if isinstance(module, nn.Linear):
         p = patterns[targets[0].name]
         if isinstance(p, Block):
-            return "block_sparse_linear", {"block": [p.h, p.w]}, ""
+            options = BlockKernelOptions(block=(p.h, p.w), backend=backend)
+            return Replacement(module_path, ReplacementKind.BLOCK_SPARSE_LINEAR, options), ""
         if isinstance(p, NM):
-            return "nm_linear", {"n": p.n, "m": p.m}, ""
-        return None, {}, f"no sparse kernel for pattern '{p.describe()}'"
+            return Replacement(module_path, ReplacementKind.NM_LINEAR, NMKernelOptions(p.n, p.m, backend)), ""
+        return None, f"no sparse kernel for pattern '{p.describe()}'"
     if isinstance(module, (nn.LSTM, nn.GRU)) and not getattr(module, "proj_size", 0):
         blocks = {(p.h, p.w) for p in patterns.values() if isinstance(p, Block)}
         others = [p.describe() for p in patterns.values() if not isinstance(p, Block) and p.kind != "dense"]
         if others or len(blocks) != 1:
-            return None, {}, "recurrent kernels need every pruned weight in one block pattern"
-        kind = "sparse_lstm" if isinstance(module, nn.LSTM) else "sparse_gru"
-        return kind, {"block": list(blocks.pop())}, ""
-    return None, {}, f"no sparse kernel for {type(module).__name__}"
+            return None, "recurrent kernels need every pruned weight in one block pattern"
+        kind = ReplacementKind.SPARSE_LSTM if isinstance(module, nn.LSTM) else ReplacementKind.SPARSE_GRU
+        return Replacement(module_path, kind, BlockKernelOptions(block=blocks.pop(), backend=backend)), ""
+    return None, f"no sparse kernel for {type(module).__name__}"
 
 
 def _timers(dense: nn.Module, sparse: nn.Module, config: SwapKernelsConfig, recurrent: bool):
@@ -183,8 +197,8 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
         if t.module_path not in by_module:
             result.skipped[t.name] = "dense layer: nothing to swap"
     for module_path, group in by_module.items():
-        kind, options, reason = _plan(state, module_path, group)
-        if kind is None:
+        rep, reason = _plan(state, module_path, group, backend)
+        if rep is None:
             for t in group:
                 result.layers[t.name] = {"kernel": f"dense ({reason})"}
             continue
@@ -192,14 +206,15 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
         was_training = module.training
         module.eval()
         baked = masklib.finalize(module)  # dense module with zeros where pruned; masks kept below
-        options = {**options, "backend": backend}
-        sparse = build_replacement(module, kind, baked, options).eval()
-        timing = time_interleaved(_timers(module, sparse, config, kind.startswith("sparse_")), repeats=config.repeats)
+        kind = rep.kind
+        sparse = build_replacement(module, rep, baked).eval()
+        recurrent = kind in (ReplacementKind.SPARSE_LSTM, ReplacementKind.SPARSE_GRU)
+        timing = time_interleaved(_timers(module, sparse, config, recurrent), repeats=config.repeats)
         decision = speedup_decision(timing["dense"]["samples_s"], timing["sparse"]["samples_s"], config.min_speedup)
         install = config.force or decision["decision"] == "install"
         if install:
             set_module(state.model, module_path, sparse.train(was_training))
-            state.replacements.append({"module": module_path, "kind": kind, "options": options})
+            state.replacements.append(rep)
             for name, mask in baked.items():
                 state.baked_masks[f"{module_path}.{name}"] = mask
         else:
@@ -214,7 +229,7 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
                          f"({_figures(decision)}, min_speedup {config.min_speedup}x)")
         for t in group:
             result.layers[t.name] = {"kernel": label, "speedup": round(decision["speedup"], 3), "notes": list(notes)}
-        result.metrics[module_path] = {"kind": kind, "installed": install, "decision": decision["decision"],
+        result.metrics[module_path] = {"kind": kind.value, "backend": backend.value, "installed": install, "decision": decision["decision"],
                                        "speedup": decision["speedup"], "speedup_low": decision["low"],
                                        "speedup_high": decision["high"], "speedup_iqr": decision["iqr"],
                                        "repeats": decision["repeats"],

@@ -165,6 +165,13 @@ def test_roundtrip_report_and_onnx(load_fixture, tmp_path, fixture, rank, onnx):
     model = result.model
     assert isinstance(model.rnn, GatedLSTM if fixture == "lstm_lm" else GatedGRU)
     assert isinstance(model.decoder, GatedLinear)
+    # the records on disk, written out (the JSON of the records before they were typed: older artifacts load)
+    weights = ["weight_ih_l0", "weight_hh_l0", "weight_ih_l1", "weight_hh_l1"]  # the fixtures' two layers
+    options = {"block": [8, 4], "keep": 0.5, "mode": "global", "rank": rank, "init": "random", "seed": 0}
+    assert compressor.read_metadata(out)["replacements"] == [
+        {"module": "rnn", "kind": "gated_lstm" if fixture == "lstm_lm" else "gated_gru",
+         "options": {**options, "weights": weights}, "structural": True},
+        {"module": "decoder", "kind": "gated_linear", "options": {**options, "weights": ["weight"]}, "structural": True}]
     loaded = load_trusted(out)
     x = spec.example_inputs
     with torch.no_grad():

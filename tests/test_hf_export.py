@@ -241,7 +241,8 @@ def test_gated_layers_are_refused(bert, tmp_path, capsys):
 
     art = copy_artifact(bert[1], tmp_path)
     rewrite_metadata(art, lambda m: m.update(replacements=[
-        {"module": "encoder.layer.0.intermediate.dense", "kind": "gated_linear", "structural": True, "options": {}}]))
+        {"module": "encoder.layer.0.intermediate.dense", "kind": "gated_linear", "structural": True,
+         "options": {"block": [8, 8], "keep": 0.5, "mode": "global", "rank": 0}}]))
     err = run_cli(capsys, "export", art, "--hf", tmp_path / "hf")
     assert "gated layers (encoder.layer.0.intermediate.dense" in err and not (tmp_path / "hf").exists()
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import compressor
 from artifact_tools import copy_artifact, read_metadata_raw
 from fixture_models import load_trusted
-from compressor.artifacts import save_artifacts
+from compressor.artifacts import replacements_of, save_artifacts
 from compressor.errors import ArtifactError
 from compressor.recipe import parse_recipe
 from compressor.swaps import densify
@@ -97,7 +97,7 @@ def test_format_1_artifacts_still_load(load_fixture, tmp_path):
     report = compressor.read_report(tmp_path / "packed")
     meta = read_metadata_raw(tmp_path / "packed")
     save_artifacts(tmp_path / "dense", densify(result.model), result.masks, meta["source"], meta["patterns"], "",
-                   report, replacements=meta["replacements"], inputs=meta["inputs"], dense=True)
+                   report, replacements=replacements_of(meta), inputs=meta["inputs"], dense=True)
     raw = load_file(str(tmp_path / "dense" / "model.safetensors"))
     assert read_metadata_raw(tmp_path / "dense")["format"] == 1
     assert {k for k in raw if k.startswith("__mask__.")} == {f"__mask__.{n}" for n in result.masks}

@@ -35,9 +35,13 @@ def test_forced_swaps_keep_outputs_and_replay_on_load(load_fixture, tmp_path):
     result = run(spec, [
         {"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
         {"pass": "nm_prune", "targets": ["decoder"]},
-        {"pass": "swap_kernels", "force": True, "repeats": 2},
+        {"pass": "swap_kernels", "force": True, "repeats": 2, "backend": "torch"},
     ], out=tmp_path / "art")
     model = result.model
+    # the records on disk, written out: the JSON artifacts held before the records were typed, so those load too
+    assert compressor.read_metadata(tmp_path / "art")["replacements"] == [
+        {"module": "rnn", "kind": "sparse_lstm", "options": {"block": [4, 4], "backend": "torch"}},
+        {"module": "decoder", "kind": "nm_linear", "options": {"n": 2, "m": 4, "backend": "torch"}}]
     assert isinstance(model.rnn, SparseLSTM) and isinstance(model.decoder, NMLinear)
     # reference: the dense model with the saved masks applied
     reference = load_trusted(tmp_path / "art")
@@ -93,8 +97,48 @@ def test_swap_installs_when_the_measured_ratio_clears_the_bar():
 def test_triton_backend_without_gpu_is_a_clear_error(load_fixture):
     with pytest.raises(CompressorError, match="triton"):
         run(load_fixture("mlp"), [{"pass": "nm_prune"}, {"pass": "swap_kernels", "backend": "triton"}])
-    with pytest.raises(RecipeError, match=r"passes\[0\]\.backend"):
-        parse_recipe({"version": 1, "passes": [{"pass": "swap_kernels", "backend": "cuda"}]})
+
+
+def test_recipe_backends_are_the_backend_enum():
+    """A recipe names every path (native included); anything else is one line listing them."""
+    from compressor.kernels import Backend
+
+    for name in ("auto", "torch", "triton", "native"):
+        recipe = parse_recipe({"version": 1, "passes": [{"pass": "swap_kernels", "backend": name}]})
+        assert recipe.passes[0].config.backend is Backend(name)
+        assert f"backend: {name}\n" in recipe.to_yaml()  # written back as the plain string
+    for bad in ("cuda", "Native", 1):
+        with pytest.raises(RecipeError, match=r"passes\[0\]\.backend: .* allowed: 'auto', 'torch', 'triton', 'native'"):
+            parse_recipe({"version": 1, "passes": [{"pass": "swap_kernels", "backend": bad}]})
+
+
+def test_native_backend_is_recorded_and_runs_the_compiled_recurrence(load_fixture, tmp_path, monkeypatch):
+    """backend: native installs the kernels with that backend and records it; the loaded model takes the
+    compiled time loop and equals the dense masked model; without the library it is refused up front."""
+    from compressor.kernels import Backend, native
+    from compressor.swaps import densify
+
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    spec = load_fixture("lstm_lm")
+    passes = [{"pass": "block_prune", "targets": ["rnn"], "block": [4, 4], "sparsity": 0.5, "balanced": True},
+              {"pass": "swap_kernels", "force": True, "repeats": 2, "backend": "native"}]
+    result = run(spec, passes, out=tmp_path / "art")
+    records = compressor.read_metadata(tmp_path / "art")["replacements"]
+    assert records == [{"module": "rnn", "kind": "sparse_lstm", "options": {"block": [4, 4], "backend": "native"}}]
+    loaded = load_trusted(tmp_path / "art")
+    assert {m.backend for m in loaded.rnn.modules() if hasattr(m, "backend")} == {Backend.NATIVE}
+    calls = []
+    real = native.rnn_layer
+    monkeypatch.setattr(native, "rnn_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = spec.example_inputs[0]
+    with torch.no_grad():
+        got, want = loaded(x), densify(result.model)(x)
+    assert calls  # the compiled time loop ran
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "disabled by COMPRESSOR_NATIVE=0")
+    with pytest.raises(CompressorError, match="backend 'native' cannot run here: disabled by COMPRESSOR_NATIVE=0"):
+        run(load_fixture("lstm_lm"), passes)
 
 
 def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,10 +93,47 @@ def test_metadata_claiming_a_huge_model_is_refused_before_allocation(builtin_art
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # KiB: well under 14 GB
 
 
+# replacement records as the pipeline writes them (one per options class), and each malformed field of one:
+# the record, the field the one line must name, and what it says
+_SWAP = {"module": "rnn", "kind": "sparse_lstm", "options": {"block": [8, 8], "backend": "torch"}}
+_NM = {"module": "decoder", "kind": "nm_linear", "options": {"n": 2, "m": 4, "backend": "torch"}}
+_GATE = {"module": "rnn", "kind": "gated_lstm", "structural": True, "options": {
+    "block": [8, 4], "keep": 0.5, "mode": "global", "rank": 0, "init": "random", "seed": 0, "weights": ["weight_hh_l0"]}}
+
+
+def _bad(record: dict, **options) -> dict:
+    return {**record, "options": {**record["options"], **options}}
+
+
+BAD_RECORDS = [
+    ("rnn", "", "expected {module: str"),
+    ({**_SWAP, "code": "os.system"}, "", "unknown field 'code'"),
+    ({**_SWAP, "module": 7}, ".module", "expected a module path"),
+    ({**_SWAP, "kind": "os.system"}, ".kind", "'os.system' is not one of block_sparse_linear"),
+    ({**_SWAP, "structural": True}, ".structural", "does not match kind sparse_lstm"),
+    ({k: v for k, v in _GATE.items() if k != "structural"}, ".structural", "does not match kind gated_lstm"),
+    ({**_SWAP, "options": [8, 8]}, ".options", "expected a mapping"),
+    (_bad(_SWAP, keep=0.5), ".options", "unknown option 'keep' for a sparse_lstm"),
+    ({**_SWAP, "options": {"backend": "torch"}}, ".options.block", "missing"),
+    (_bad(_SWAP, block=[1 << 30, 1]), ".options.block", "two integers in"),
+    (_bad(_SWAP, layout="dense"), ".options.layout", "'auto', 'balanced' or 'bsr'"),
+    (_bad(_SWAP, backend="cuda"), ".options.backend", "'auto', 'torch', 'triton', 'native'"),
+    (_bad(_NM, n=0), ".options.n", r"an integer in \[1, 64\]"),
+    (_bad(_NM, m=65), ".options.m", r"an integer in \[1, 64\]"),
+    (_bad(_NM, n=4, m=2), ".options.n", "more than m=2"),
+    (_bad(_GATE, keep=0), ".options.keep", r"a number in \(0, 1\]"),
+    (_bad(_GATE, mode="col"), ".options.mode", "'global', 'row'"),
+    (_bad(_GATE, rank=-1), ".options.rank", "an integer in"),
+    (_bad(_GATE, init="zeros"), ".options.init", "'norm', 'random'"),
+    (_bad(_GATE, seed=-1), ".options.seed", "a non-negative integer"),
+    (_bad(_GATE, weights="all"), ".options.weights", "a list of weight names"),
+]
+
+
 @pytest.mark.parametrize("change,match", [
-    (lambda m: m.update(replacements=[{"module": "rnn", "kind": "os.system", "options": {}}]), "replacements"),
-    (lambda m: m.update(replacements=[{"module": "rnn", "kind": "sparse_lstm", "options": {"block": [1 << 30, 1]}}]),
-     "block"),
+    *[(lambda m, rec=rec: m.update(replacements=[_SWAP, rec]), rf"damaged metadata: replacements\[1\]{re.escape(field)}: "
+       rf".*{says}") for rec, field, says in BAD_RECORDS],
+    (lambda m: m.update(replacements={"rnn": _SWAP}), "replacements must be a list"),
     (lambda m: m.update(inputs=[{"shape": [1 << 20, 1 << 20], "dtype": "float32"}]), "inputs"),
     (lambda m: m.update(tied={"head.weight": "nope"}), "tied"),
     (lambda m: m["source"].update(name="../../etc"), "not a built-in model"),
@@ -108,6 +146,35 @@ def test_damaged_metadata_is_one_line(builtin_artifact, tmp_path, capsys, change
         compressor.load(art)
     code, err = run_cli(capsys, "export", art)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_replacement_records_round_trip_as_the_json_artifacts_hold():
+    """The typed records are the JSON the pipeline writes (the same strings as before they were typed,
+    so older artifacts read the same): built in code, written, read back, equal; and the validator
+    takes every record the pipeline writes, with the optional options left out."""
+    from compressor.swaps import BlockKernelOptions, GateOptions, NMKernelOptions, Replacement, ReplacementKind
+    from compressor.kernels import Backend
+
+    built = [Replacement("rnn", ReplacementKind.SPARSE_LSTM, BlockKernelOptions((8, 8), backend=Backend.TORCH)),
+             Replacement("decoder", ReplacementKind.NM_LINEAR, NMKernelOptions(2, 4, Backend.TORCH)),
+             Replacement("rnn", ReplacementKind.GATED_LSTM, GateOptions((8, 4), 0.5, "global", 0, "random", 0,
+                                                                        ("weight_hh_l0",)))]
+    for rec, literal in zip(built, [_SWAP, _NM, _GATE]):
+        assert rec.to_json() == literal
+        again = Replacement.from_json(json.loads(json.dumps(rec.to_json())), "r")
+        assert again == rec and type(again.kind) is ReplacementKind
+        assert type(getattr(again.options, "block", ())) is tuple and "Backend" not in repr(rec.to_json())
+    # records without the options some producers leave out: read with the defaults, written as they were
+    plain = {"module": "fc", "kind": "block_sparse_linear", "options": {"block": [4, 4], "layout": "bsr"}}
+    assert Replacement.from_json(plain, "r").to_json() == plain and Replacement.from_json(plain, "r").options.backend is None
+    lean = {**_GATE, "options": {k: _GATE["options"][k] for k in ("block", "keep", "mode", "rank")}}
+    got = Replacement.from_json(lean, "r").options
+    assert (got.init, got.seed, got.weights) == ("random", 0, None)
+    # built in code, the same checks apply (one line naming the class and field)
+    with pytest.raises(ValueError, match=r"GateOptions\.keep: 2 is invalid"):
+        GateOptions((8, 4), 2, "global", 0)
+    with pytest.raises(TypeError, match="a nm_linear takes NMKernelOptions"):
+        Replacement("fc", ReplacementKind.NM_LINEAR, BlockKernelOptions((4, 4)))
 
 
 # 2, 6. --out is checked before any work, and --force never takes an input with it

@@ -132,6 +132,26 @@ def test_fused_native_gated_linear_matches_torch_selection(mode, rank):
         assert_close(mod(x), want)
 
 
+@pytest.mark.parametrize("backend,fused", [("auto", True), ("native", True), ("torch", False)])
+def test_backend_chooses_the_fused_cpu_forward(backend, fused, monkeypatch):
+    """``auto`` and ``native`` try the one-call kernel for CPU inference, ``torch`` never does; each
+    equals the dense reference."""
+    from compressor.kernels import modules
+    from compressor.kernels.gated_rnn import gated_linear
+
+    mod = gated_linear(nn.Linear(70, 45).double(), (16, 32), 0.4, "global", 0).double()
+    mod.backend = backend
+    calls = []
+    real = modules.gated_linear_fused
+    monkeypatch.setattr(modules, "gated_linear_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(4, 70, dtype=torch.float64)
+    with torch.no_grad():
+        y = mod(x)
+        want = gated_linear_reference(x, mod.to_dense_weight(), mod.bias, mod.gate, (16, 32), 0.4, "global")
+    assert bool(calls) == fused
+    assert_close(y, want)
+
+
 def test_fused_kernel_steps_aside_for_gate_hooks():
     """A hook on the gate (the keep-frequency counter uses one) must see the gate run: no fused call."""
     from compressor.kernels.native import fused_eligible

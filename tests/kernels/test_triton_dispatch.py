@@ -26,14 +26,16 @@ def test_resolve_backend_on_cpu(monkeypatch):
     x = torch.randn(2, 3)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert resolve_backend("auto", x) == "torch" and resolve_backend("torch", x) == "torch"
+    assert resolve_backend("native", x) == "torch"  # the ops have no compiled path: the modules pick it
     with pytest.raises(TritonUnavailableError, match="TRITON_INTERPRET=1"):
         resolve_backend("triton", x)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'triton', 'native'\)"):
         resolve_backend("gpu", x)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
     assert resolve_backend("triton", x) == "triton"
     assert resolve_backend("auto", x) == "torch"  # auto never picks the interpreter
+    assert resolve_backend("native", x) == "torch"  # native never picks Triton, even where it can run
     with pytest.raises(ValueError, match="powers of two"):
         resolve_backend("triton", x, supported=False)
 
@@ -42,6 +44,13 @@ def test_resolve_backend_on_cpu(monkeypatch):
 def test_swap_kernels_backend(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert _backend(SwapKernelsConfig(backend="auto")) == "torch"
+    from compressor.kernels import native
+
+    monkeypatch.setattr(native, "unavailable_reason", lambda: None)
+    assert _backend(SwapKernelsConfig(backend="native")) == "native"
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C compiler found (cc)")
+    with pytest.raises(CompressorError, match="backend 'native' cannot run here: no C compiler found"):
+        _backend(SwapKernelsConfig(backend="native"))
     with pytest.raises(CompressorError, match="triton.*TRITON_INTERPRET=1"):
         _backend(SwapKernelsConfig(backend="triton"))
     pytest.importorskip("triton")
@@ -57,6 +66,9 @@ def test_nm_linear_stays_on_torch_without_cuda(nm_mask, dense_ref):
     x = torch.randn(5, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         assert "CUDA only" in mod.semi_structured_reason(x)
+        mod.backend = "native"  # never the 2:4 GPU tensors: said before the device is looked at
+        assert mod.semi_structured_reason(x) == "backend is 'native'"
+        mod.backend = "auto"
         y = mod(x)
     torch.testing.assert_close(y.float(), dense_ref(x, lin.weight, mask, lin.bias).float(), rtol=2e-2, atol=2e-2)
     mod.backend = "bogus"
