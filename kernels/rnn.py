@@ -270,7 +270,7 @@ class _SparseRNN(nn.Module):
         backend ``triton`` (asked for explicitly), hooks on it (the kernel does not call the module),
         autograd, a device or dtype the kernel lacks, tracing, or no compiled library.
 
-        Backends ``auto`` and ``torch`` both take the kernel on CPU: ``backend`` chooses between the
+        Backends ``auto``, ``torch`` and ``native`` all take the kernel on CPU: ``backend`` chooses between the
         torch ops and the Triton (GPU) kernels, and the ``swap_kernels`` pass records ``torch`` on
         a machine without CUDA, so requiring ``auto`` would leave every swapped model stepping from
         Python. ``COMPRESSOR_NATIVE=0`` is the switch for the per-step torch ops."""
