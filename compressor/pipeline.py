@@ -25,7 +25,7 @@ from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
 from .errors import ArtifactError, CompressorError, RecipeError, TargetError
 from .loading import ModelSpec, check_finite
-from .passes import get_pass
+from .passes import LayerUpdate, PassResult, get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
 from .report import Report, compute_totals, layer_row, onnx_metric
@@ -40,7 +40,8 @@ __all__ = ["LayerRecord", "CompressionState", "Pipeline", "PipelineResult", "out
 
 @dataclass
 class LayerRecord:
-    """What the passes did to one target so far."""
+    """What the passes did to one target so far (their layer updates, merged in pass order); the
+    layer's report row is built from it (:func:`compressor.report.build_report`)."""
 
     target: Target
     pattern: Pattern = field(default_factory=Dense)
@@ -49,8 +50,29 @@ class LayerRecord:
     notes: list[str] = field(default_factory=list)
     kernel: str | None = None
     speedup: float | None = None
-    #: report-row fields a pass measured itself (a gated layer's compressed_flops, block_keep_frequency)
-    row: dict = field(default_factory=dict)
+    #: report-row figures a pass measured itself (a gated layer's), instead of the row's own
+    compressed_flops: int | None = None
+    block_keep_frequency: list[list[float]] | None = None
+
+    def apply(self, update: LayerUpdate, pass_name: str) -> None:
+        """Merge what pass ``pass_name`` did to the layer (fields it left None keep their value)."""
+        if update.pattern is not None:
+            self.pattern, self.target_sparsity = update.pattern, update.target_sparsity
+        if update.kernel is not None:
+            self.kernel = update.kernel
+        if update.speedup is not None:
+            self.speedup = update.speedup
+        if update.compressed_flops is not None:
+            self.compressed_flops = update.compressed_flops
+        if update.block_keep_frequency is not None:
+            self.block_keep_frequency = update.block_keep_frequency
+        self.passes.append(pass_name)
+        self.notes += update.notes
+
+    def row_fields(self) -> dict:
+        """The report-row figures a pass measured, as checkpoints store them (``row``)."""
+        return {k: v for k, v in (("compressed_flops", self.compressed_flops),
+                                  ("block_keep_frequency", self.block_keep_frequency)) if v is not None}
 
 
 class CompressionState:
@@ -120,7 +142,7 @@ class CompressionState:
             "masks": dict(masklib.iter_masks(self.model)),
             "baked_masks": dict(self.baked_masks),
             "layers": {n: {"pattern": r.pattern.to_dict(), "target_sparsity": r.target_sparsity,
-                           "passes": r.passes, "notes": r.notes, "row": r.row} for n, r in self.layers.items()},
+                           "passes": r.passes, "notes": r.notes, "row": r.row_fields()} for n, r in self.layers.items()},
             "replacements": [r.to_json() for r in self.replacements],  # plain data: read with weights_only
             "pass_log": self.pass_log,
             "rng": torch.get_rng_state(),
@@ -148,7 +170,8 @@ class CompressionState:
             record.pattern = pattern_from_dict(rec["pattern"])
             record.target_sparsity = rec["target_sparsity"]
             record.passes, record.notes = list(rec["passes"]), list(rec["notes"])
-            record.row = dict(rec.get("row", {}))
+            row = rec.get("row", {})
+            record.compressed_flops, record.block_keep_frequency = row.get("compressed_flops"), row.get("block_keep_frequency")
         self.pass_log = list(payload["pass_log"])
         torch.set_rng_state(payload["rng"])
         self.resume = payload
@@ -409,8 +432,9 @@ class Pipeline:
                     if hasattr(exc, "add_note"):
                         exc.add_note(f"raised in passes[{i}] ({entry.name})")
                     raise
+                _check_result(result, targets, f"passes[{i}] ({entry.name})")
                 _check_masks(state, targets, before, pass_spec.regrows, f"passes[{i}] ({entry.name})")
-                self._merge(state, entry.name, result, time.perf_counter() - t0)
+                _merge(state, entry.name, result, time.perf_counter() - t0)
                 if not console.is_terminal and info.is_main:
                     log = state.pass_log[-1]
                     console.print(f"pass {log['pass']}: {len(log['layers'])} layer(s) in {log['seconds']}s")
@@ -432,8 +456,10 @@ class Pipeline:
             row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes,
                             r.notes, mask=final_masks.get(name))
             row.kernel, row.speedup = r.kernel, r.speedup
-            for key, value in r.row.items():
-                setattr(row, key, value)
+            if r.compressed_flops is not None:  # a gated layer's: kept blocks and gate, not its non-zeros
+                row.compressed_flops = r.compressed_flops
+            if r.block_keep_frequency is not None:
+                row.block_keep_frequency = r.block_keep_frequency
             rows.append(row)
         report = Report(
             model=spec.description or spec.source.get("kind", "model"),
@@ -475,22 +501,31 @@ class Pipeline:
             ckptlib.remove_work_dir(work_dir)
         return PipelineResult(model, final_masks, report, out if info.is_main else None)
 
-    @staticmethod
-    def _merge(state: CompressionState, name: str, result, seconds: float) -> None:
-        for target, info in result.layers.items():
-            record = state.layers[target]
-            if "pattern" in info:
-                record.pattern = info["pattern"]
-                record.target_sparsity = info["target_sparsity"]
-            record.kernel = info.get("kernel", record.kernel)
-            record.speedup = info.get("speedup", record.speedup)
-            record.passes.append(name)
-            record.notes += info.get("notes", [])
-            record.row.update(info.get("row", {}))
-        for target, reason in result.skipped.items():
-            state.layers[target].notes.append(f"{name} skipped: {reason}")
-        state.pass_log.append({
-            "pass": name, "layers": sorted(result.layers), "skipped": result.skipped,
-            "notes": result.notes, "metrics": result.metrics, "seconds": round(seconds, 3),
-        })
 
+def _check_result(result: object, targets: list[Target], where: str) -> None:
+    """A pass returns a PassResult whose layers are LayerUpdates of the targets it was given; anything
+    else is a bug of the pass, reported as one (before it reaches a record or the report)."""
+    if not isinstance(result, PassResult):
+        raise RuntimeError(f"{where} returned {type(result).__name__}, not a PassResult (a bug in the pass)")
+    given = {t.name for t in targets}
+    for name, update in result.layers.items():
+        if name not in given:
+            raise RuntimeError(f"{where} reported layer {name!r}, which is not one of its targets (a bug in the pass)")
+        if not isinstance(update, LayerUpdate):
+            raise RuntimeError(f"{where} reported a {type(update).__name__} for layer {name}, not a LayerUpdate "
+                               "(a bug in the pass)")
+    for name in result.skipped:
+        if name not in given:
+            raise RuntimeError(f"{where} skipped layer {name!r}, which is not one of its targets (a bug in the pass)")
+
+
+def _merge(state: CompressionState, name: str, result: PassResult, seconds: float) -> None:
+    """Merge a checked pass result into the layer records and the pass log."""
+    for target, update in result.layers.items():
+        state.layers[target].apply(update, name)
+    for target, reason in result.skipped.items():
+        state.layers[target].notes.append(f"{name} skipped: {reason}")
+    state.pass_log.append({
+        "pass": name, "layers": sorted(result.layers), "skipped": result.skipped,
+        "notes": result.notes, "metrics": result.metrics, "seconds": round(seconds, 3),
+    })

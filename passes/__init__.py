@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 
-from .registry import ALL_KINDS, PassConfig, PassResult, PassSpec, available_passes, get_pass, register_pass
+from .registry import (ALL_KINDS, LayerUpdate, PassConfig, PassResult, PassSpec, available_passes, get_pass,
+                       register_pass)
 
-__all__ = ["ALL_KINDS", "PassConfig", "PassResult", "PassSpec", "available_passes", "get_pass", "register_pass"]
+__all__ = ["ALL_KINDS", "LayerUpdate", "PassConfig", "PassResult", "PassSpec", "available_passes", "get_pass", "register_pass"]
 
 #: Modules that register passes. A new pass adds its module here.
 PASS_MODULES = (

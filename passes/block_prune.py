@@ -13,7 +13,7 @@ the report can therefore differ slightly from the target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -22,7 +22,11 @@ from ..patterns import BalancedBlock, Block
 from ..solvers import block_scores, expand_block_mask, rowwise_topk_mask, topk_mask
 from ..solvers.ranking import balanced_block_counts, global_topk_masks
 from ._magnitude import keep_count, row_segments
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["BlockPruneConfig", "block_prune", "layer_block_mask", "global_block_masks", "segment_block_scores",
            "expand_segments"]
@@ -102,7 +106,7 @@ def global_block_masks(weights, targets, block, score: str, sparsity: float, bal
 
 
 @register_pass("block_prune", BlockPruneConfig)
-def block_prune(state, config: BlockPruneConfig, targets) -> PassResult:
+def block_prune(state: CompressionState, config: BlockPruneConfig, targets: list[Target]) -> PassResult:
     """Zero the lowest-scoring blocks of every selected layer."""
     result = PassResult()
     pattern = (BalancedBlock if config.balanced else Block)(*config.block)
@@ -116,6 +120,6 @@ def block_prune(state, config: BlockPruneConfig, targets) -> PassResult:
     for target, mask in zip(targets, masks):
         state.set_mask(target, mask)
         measured = round(1.0 - float(mask.float().mean()), 6)
-        result.layers[target.name] = {"pattern": pattern,
-                                      "target_sparsity": config.sparsity if config.ranking == "layer" else measured}
+        result.layers[target.name] = LayerUpdate(pattern,
+                                                 config.sparsity if config.ranking == "layer" else measured)
     return result

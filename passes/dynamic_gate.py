@@ -31,7 +31,7 @@ forward for Linear, against the same layer dense.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,11 @@ from ..kernels.native import cpu_inference_path
 from ..patterns import Gated
 from ..swaps import GateOptions, Replacement, ReplacementKind, build_gated, set_module
 from ..training import TrainConfig, TrainHooks, fine_tune
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["DynamicGateConfig", "dynamic_gate", "check_gate_shape"]
 
@@ -181,7 +185,7 @@ def step_latency(module: nn.Module, repeats: int) -> dict[str, float]:
 
 
 @register_pass("dynamic_gate", DynamicGateConfig, kinds=("linear", "lstm", "gru"), trains=True)
-def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
+def dynamic_gate(state: CompressionState, config: DynamicGateConfig, targets: list[Target]) -> PassResult:
     """Insert a gate network per weight matrix (Hadifar et al.) and train gates and weights jointly."""
     path = f"passes[{state.pass_index}]"
     result = PassResult()
@@ -230,11 +234,10 @@ def dynamic_gate(state, config: DynamicGateConfig, targets) -> PassResult:
                     if lat["speedup"] < 1 else ""
                 notes.append(f"batch-1 {what}: gated {lat['gated_ms']:.3f} ms vs dense {lat['dense_ms']:.3f} ms "
                              f"({lat['speedup']:.2f}x, gate included{slower})")
-            row = {"compressed_flops": flops}
-            if t.name in freq:
-                row["block_keep_frequency"] = freq[t.name]
             cpu_path = cpu_inference_path(mods[t.name])
-            result.layers[t.name] = {"pattern": pattern, "target_sparsity": 0.0, "notes": notes, "row": row,
-                                     "kernel": f"gated blocks ({cpu_path})",
-                                     "speedup": round(lat["speedup"], 3) if lat is not None else None}
+            # the row's FLOPs are the gated layer's (kept blocks and gate), not those of its non-zeros
+            result.layers[t.name] = LayerUpdate(pattern, 0.0, kernel=f"gated blocks ({cpu_path})",
+                                                speedup=round(lat["speedup"], 3) if lat is not None else None,
+                                                notes=notes, compressed_flops=flops,
+                                                block_keep_frequency=freq.get(t.name))
     return result

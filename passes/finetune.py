@@ -7,9 +7,14 @@ baseline of the quality benchmark (same step budget as the pruning passes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..training import TrainConfig, TrainHooks, fine_tune
 from .registry import PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["FinetuneConfig", "finetune"]
 
@@ -22,7 +27,7 @@ class FinetuneConfig(PassConfig):
 
 
 @register_pass("finetune", FinetuneConfig, trains=True)
-def finetune(state, config: FinetuneConfig, targets) -> PassResult:
+def finetune(state: CompressionState, config: FinetuneConfig, targets: list[Target]) -> PassResult:
     """Fine-tune every weight; existing masks stay as they are (pruned weights stay zero)."""
     history = fine_tune(state, config.train, TrainHooks(), "finetune")
     return PassResult(metrics={"history": history})

@@ -27,7 +27,7 @@ term would only shrink the kept blocks (measured: kept on for the whole run at 3
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -37,7 +37,11 @@ from ..patterns import BalancedBlock, Block
 from ..training import TrainConfig, TrainHooks, fine_tune
 from ._magnitude import block_sq_norms
 from .block_prune import expand_segments, global_block_masks, layer_block_mask, segment_block_scores
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["GradualBlockPruneConfig", "gradual_block_prune", "narang_threshold", "cubic_sparsity"]
 
@@ -167,7 +171,7 @@ class _Hooks(TrainHooks):
 
 
 @register_pass("gradual_block_prune", GradualBlockPruneConfig, trains=True)
-def gradual_block_prune(state, config: GradualBlockPruneConfig, targets) -> PassResult:
+def gradual_block_prune(state: CompressionState, config: GradualBlockPruneConfig, targets: list[Target]) -> PassResult:
     """Prune blocks on a schedule while fine-tuning (Narang et al.)."""
     result = PassResult()
     hooks = _Hooks(state, config, targets)
@@ -183,6 +187,6 @@ def gradual_block_prune(state, config: GradualBlockPruneConfig, targets) -> Pass
             notes = [f"global ranking: {config.sparsity:g} over all the selected layers together"]
         else:
             target_sparsity, notes = config.sparsity, []
-        result.layers[t.name] = {"pattern": pattern, "target_sparsity": target_sparsity, "notes": notes}
+        result.layers[t.name] = LayerUpdate(pattern, target_sparsity, notes=notes)
     result.metrics = {"history": history, "schedule": {"start": hooks.start, "ramp": hooks.ramp, "end": hooks.end}}
     return result

@@ -16,7 +16,7 @@ The report carries the distribution of block norms before and after.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -26,7 +26,11 @@ from ..patterns import Block, Dense
 from ..training import TrainConfig, TrainHooks, fine_tune
 from ._magnitude import block_sq_norms, row_segments
 from .block_prune import expand_segments, layer_block_mask
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["GroupLassoConfig", "group_lasso", "block_norm_summary"]
 
@@ -100,7 +104,7 @@ def _expand_values(values, sizes, target, config, shape):
 
 
 @register_pass("group_lasso", GroupLassoConfig, trains=True)
-def group_lasso(state, config: GroupLassoConfig, targets) -> PassResult:
+def group_lasso(state: CompressionState, config: GroupLassoConfig, targets: list[Target]) -> PassResult:
     """Fine-tune with a group-lasso penalty on weight blocks, optionally prune the weakest blocks."""
     c = config
     result = PassResult()
@@ -124,7 +128,7 @@ def group_lasso(state, config: GroupLassoConfig, targets) -> PassResult:
             state.set_mask(t, mask)  # blocks the penalty zeroed stay zero
             measured = 1.0 - float(mask.float().mean())
             pattern, target_sparsity = (Block(*c.block) if measured > 0 else Dense()), round(measured, 6)
-        result.layers[t.name] = {"pattern": pattern, "target_sparsity": target_sparsity}
+        result.layers[t.name] = LayerUpdate(pattern, target_sparsity)
     result.metrics = {"block_norms_before": before, "block_norms_after": after, "history": history}
     result.notes.append(
         f"block norms: median {before['median']:.4g} -> {after['median']:.4g}, "

@@ -35,7 +35,7 @@ can see), are handled as documented in the report notes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,11 @@ from ..solvers.quality import kept_magnitude
 from ..solvers.registry import SOLVER_NAMES
 from ..tasks import TaskConfig
 from ._oneshot import recorder, stage_of, stages
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error", "SCORES"]
 
@@ -142,7 +146,7 @@ def _calibration_batches(state, config):
 
 @register_pass("nm_convert", NMConvertConfig, kinds=("linear", "functional", "lstm", "gru", "rnn"), needs_reference=True,
                regrows=True)
-def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
+def nm_convert(state: CompressionState, config: NMConvertConfig, targets: list[Target]) -> PassResult:
     """N:M / transposable N:M masks, then per-layer reconstruction on calibration data."""
     c = config
     result = PassResult()
@@ -168,7 +172,7 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             start = current if prior is None else torch.where(prior.to(current.device), current, w_orig)
             x = inputs.get(t.param_name)
             x = None if x is None else x.to(current.dtype)
-            info = {"pattern": pattern, "target_sparsity": 1 - c.n / c.m, "notes": []}
+            notes: list[str] = []
             solver_prior = prior if c.use_prior else None
             mask = _choose_mask(c, start, solver_prior)
             magnitude_mask = None
@@ -176,7 +180,7 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
                 if x is not None:
                     magnitude_mask, mask = mask, _choose_mask(c, start.abs() * x.norm(dim=0), solver_prior)
                 else:
-                    info["notes"].append("score: activation needs the layer's inputs, which no hook sees: magnitude used")
+                    notes.append("score: activation needs the layer's inputs, which no hook sees: magnitude used")
             if prior is not None and c.keep_existing:
                 mask = mask & prior.to(mask.device)
                 if magnitude_mask is not None:
@@ -196,9 +200,9 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
                 elif c.reconstruct == "lstsq":
                     new_w = reconstruct_lstsq(x, w_orig, mask, c.damping)
                 if c.bias_correction:
-                    _correct_bias(state, t, x, w_orig, new_w, info)
+                    _correct_bias(state, t, x, w_orig, new_w, notes)
             elif c.reconstruct != "none":
-                info["notes"].append("no reconstruction: F.linear inputs are not visible to hooks")
+                notes.append("no reconstruction: F.linear inputs are not visible to hooks")
             with torch.no_grad():
                 state.original(t).copy_(new_w)
             state.set_mask(t, mask, intersect=False)  # the pattern may bring back weights an earlier pass removed
@@ -206,10 +210,9 @@ def nm_convert(state, config: NMConvertConfig, targets) -> PassResult:
             if x is not None:
                 metrics["reconstruction_error_after"] = relative_error(x, w_orig, saved)
             if prior is not None:
-                _prior_notes(info, metrics, c, prior.to(mask.device), mask, saved)
-            info["notes"].append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
-            info["metrics"] = metrics
-            result.layers[t.name] = info
+                _prior_notes(notes, metrics, c, prior.to(mask.device), mask, saved)
+            notes.append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes
+            result.layers[t.name] = LayerUpdate(pattern, 1 - c.n / c.m, notes=notes)
             result.metrics[t.name] = metrics
     result.notes.extend(rec.notes)
     _reestimate_norm_stats(state, c)
@@ -223,7 +226,7 @@ def _original_weight(state, target) -> torch.Tensor:
     return getattr(state.reference.get_submodule(target.module_path), target.param_name).detach()
 
 
-def _prior_notes(info: dict, metrics: dict, c: NMConvertConfig, prior: torch.Tensor, mask: torch.Tensor,
+def _prior_notes(notes: list[str], metrics: dict, c: NMConvertConfig, prior: torch.Tensor, mask: torch.Tensor,
                  saved: torch.Tensor) -> None:
     """Say what became of an earlier pass's mask: weights brought back, or (keep_existing) the sparser result."""
     revived = int((mask & ~prior).sum())
@@ -231,11 +234,11 @@ def _prior_notes(info: dict, metrics: dict, c: NMConvertConfig, prior: torch.Ten
     sparsity = 1.0 - int((saved != 0).sum()) / saved.numel()
     metrics.update({"revived": revived, "dropped": dropped, "sparsity": sparsity})
     if c.keep_existing:
-        info["notes"].append(
+        notes.append(
             f"keep_existing: only weights the earlier mask also kept: {sparsity:.1%} sparse, not "
             f"{1 - c.n / c.m:.0%}; groups may keep fewer than {c.n} of {c.m}")
     elif revived:
-        info["notes"].append(
+        notes.append(
             f"{revived} weights an earlier pass removed came back ({c.n}:{c.m} needs them; {dropped} it kept were "
             f"removed), their values {'from reconstruction against' if c.reconstruct != 'none' else 'those of'} "
             f"the original model")
@@ -259,13 +262,13 @@ def _choose_mask(c: NMConvertConfig, scores: torch.Tensor, prior: torch.Tensor |
     return nm_mask(scores, c.n, c.m, prior=prior)
 
 
-def _correct_bias(state, target, x, w_ref, new_w, info) -> None:
+def _correct_bias(state, target, x, w_ref, new_w, notes: list[str]) -> None:
     module = state.model.get_submodule(target.module_path)
     bias = getattr(module, target.param_name.replace("weight", "bias"), None)
     if isinstance(bias, nn.Parameter):
         with torch.no_grad():
             bias.add_((x @ (w_ref - new_w).T).mean(0).to(bias.dtype))
-        info["notes"].append("bias corrected by the mean output error")
+        notes.append("bias corrected by the mean output error")
 
 
 @torch.no_grad()

@@ -7,11 +7,16 @@ report says so (they stay dense and are reported as dense).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["NMPruneConfig", "nm_prune"]
 
@@ -31,7 +36,7 @@ class NMPruneConfig(PassConfig):
 
 
 @register_pass("nm_prune", NMPruneConfig)
-def nm_prune(state, config: NMPruneConfig, targets) -> PassResult:
+def nm_prune(state: CompressionState, config: NMPruneConfig, targets: list[Target]) -> PassResult:
     """Keep the N largest |w| in every group of M consecutive input weights."""
     result = PassResult()
     for target in targets:
@@ -41,8 +46,5 @@ def nm_prune(state, config: NMPruneConfig, targets) -> PassResult:
         prior = state.mask(target)
         mask = nm_mask(state.weight(target), config.n, config.m, prior=prior)
         state.set_mask(target, mask)
-        result.layers[target.name] = {
-            "pattern": NM(config.n, config.m),
-            "target_sparsity": 1.0 - config.n / config.m,
-        }
+        result.layers[target.name] = LayerUpdate(NM(config.n, config.m), 1.0 - config.n / config.m)
     return result

@@ -37,7 +37,7 @@ the same pattern and layer sparsity, for comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -55,7 +55,11 @@ from ..tasks import TaskConfig
 from ._allocation import OWL_LAMBDA, OWL_THRESHOLD, allocate, check_allocation
 from ._magnitude import keep_count
 from ._oneshot import calibrated_stages, rows_note
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["OneShotConfig", "SparseGPTConfig", "sparsegpt", "check_pattern"]
 
@@ -182,7 +186,7 @@ def _pattern(config):
 
 
 @register_pass("sparsegpt", SparseGPTConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
-def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
+def sparsegpt(state: CompressionState, config: SparseGPTConfig, targets: list[Target]) -> PassResult:
     """SparseGPT (Frantar & Alistarh, arXiv 2301.00774): OBS mask selection and weight update per layer."""
     c = config
     result = PassResult()
@@ -223,7 +227,7 @@ def sparsegpt(state, config: SparseGPTConfig, targets) -> PassResult:
             with torch.no_grad():
                 state.original(t).copy_(solved.weight)
             state.set_mask(t, solved.mask)
-            result.layers[t.name] = {"pattern": pattern, "notes": notes, "metrics": metrics,
-                                     "target_sparsity": 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity}
+            result.layers[t.name] = LayerUpdate(pattern, 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity,
+                                                notes=notes)
             result.metrics[t.name] = metrics
     return result

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,11 @@ from ..errors import CompressorError, RecipeError
 from ..patterns import NM, Block
 from ..swaps import (Backend, BlockKernelOptions, NMKernelOptions, Replacement, ReplacementKind, build_replacement,
                      set_module)
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["SwapKernelsConfig", "swap_kernels", "speedup_decision"]
 
@@ -184,7 +188,7 @@ def _timers(dense: nn.Module, sparse: nn.Module, config: SwapKernelsConfig, recu
 
 @register_pass("swap_kernels", SwapKernelsConfig, kinds=("linear", "lstm", "gru"))
 @torch.no_grad()
-def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
+def swap_kernels(state: CompressionState, config: SwapKernelsConfig, targets: list[Target]) -> PassResult:
     """Install sparse kernel modules where measured faster; report every decision."""
     backend = _backend(config)
     result = PassResult()
@@ -200,7 +204,7 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
         rep, reason = _plan(state, module_path, group, backend)
         if rep is None:
             for t in group:
-                result.layers[t.name] = {"kernel": f"dense ({reason})"}
+                result.layers[t.name] = LayerUpdate(kernel=f"dense ({reason})")
             continue
         module = state.model.get_submodule(module_path)
         was_training = module.training
@@ -228,7 +232,7 @@ def swap_kernels(state, config: SwapKernelsConfig, targets) -> PassResult:
             notes.append(f"force: {kind} installed although the measurement says {verdict} "
                          f"({_figures(decision)}, min_speedup {config.min_speedup}x)")
         for t in group:
-            result.layers[t.name] = {"kernel": label, "speedup": round(decision["speedup"], 3), "notes": list(notes)}
+            result.layers[t.name] = LayerUpdate(kernel=label, speedup=round(decision["speedup"], 3), notes=notes)
         result.metrics[module_path] = {"kind": kind.value, "backend": backend.value, "installed": install, "decision": decision["decision"],
                                        "speedup": decision["speedup"], "speedup_low": decision["low"],
                                        "speedup_high": decision["high"], "speedup_iqr": decision["iqr"],

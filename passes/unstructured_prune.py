@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..config import check_range
 from ..patterns import Unstructured
 from ..solvers import topk_mask
 from ..solvers.ranking import global_topk_masks
 from ._magnitude import keep_count
-from .registry import PassConfig, PassResult, register_pass
+from .registry import LayerUpdate, PassConfig, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["UnstructuredPruneConfig", "unstructured_prune"]
 
@@ -28,7 +32,7 @@ class UnstructuredPruneConfig(PassConfig):
 
 
 @register_pass("unstructured_prune", UnstructuredPruneConfig)
-def unstructured_prune(state, config: UnstructuredPruneConfig, targets) -> PassResult:
+def unstructured_prune(state: CompressionState, config: UnstructuredPruneConfig, targets: list[Target]) -> PassResult:
     """Zero the smallest-magnitude weights of every selected layer."""
     result = PassResult()
     scores = [state.weight(t).abs() for t in targets]
@@ -39,5 +43,5 @@ def unstructured_prune(state, config: UnstructuredPruneConfig, targets) -> PassR
         masks = [topk_mask(s, keep_count(s.numel(), config.sparsity)) for s in scores]
     for target, mask in zip(targets, masks):
         state.set_mask(target, mask)
-        result.layers[target.name] = {"pattern": Unstructured(), "target_sparsity": config.sparsity}
+        result.layers[target.name] = LayerUpdate(Unstructured(), config.sparsity)
     return result

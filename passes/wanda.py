@@ -16,13 +16,18 @@ inputs of the Wanda mask and of the magnitude mask of the same pattern.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..patterns import NM, Unstructured
 from ..solvers.sparsegpt import hessian, output_error, wanda_mask
 from ._allocation import allocate
 from ._oneshot import calibrated_stages, rows_note
-from .registry import PassResult, register_pass
+from .registry import LayerUpdate, PassResult, register_pass
 from .sparsegpt import OneShotConfig, magnitude_mask
+
+if TYPE_CHECKING:
+    from ..capture import Target
+    from ..pipeline import CompressionState
 
 __all__ = ["WandaConfig", "wanda"]
 
@@ -36,7 +41,7 @@ class WandaConfig(OneShotConfig):
 
 
 @register_pass("wanda", WandaConfig, kinds=("linear", "lstm", "gru", "rnn"), needs_reference=True)
-def wanda(state, config: WandaConfig, targets) -> PassResult:
+def wanda(state: CompressionState, config: WandaConfig, targets: list[Target]) -> PassResult:
     """Wanda (Sun et al., arXiv 2306.11695): prune the lowest |W| x ||X_j|| of every output row."""
     c = config
     result = PassResult()
@@ -60,7 +65,7 @@ def wanda(state, config: WandaConfig, targets) -> PassResult:
                          f"{metrics['reconstruction_error_after']:.3g} (magnitude mask: "
                          f"{metrics['reconstruction_error_magnitude_mask']:.3g})")
             state.set_mask(t, mask)
-            result.layers[t.name] = {"pattern": pattern, "notes": notes, "metrics": metrics,
-                                     "target_sparsity": 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity}
+            result.layers[t.name] = LayerUpdate(pattern, 1 - c.n / c.m if nm else budget.sparsity if budget else c.sparsity,
+                                                notes=notes)
             result.metrics[t.name] = metrics
     return result
