@@ -81,12 +81,13 @@ def save_artifacts(
     recipe_yaml: str,
     report: Report,
     force: bool = False,
-    extra: dict[str, Callable[[Path], None]] | None = None,
+    exported: Path | None = None,
     replacements: list[Replacement] | None = None,
     inputs: list[dict] | None = None,
     dense: bool = False,
 ) -> Path:
-    """Write an artifact directory atomically. ``extra`` maps file names to writer callables.
+    """Write an artifact directory atomically. ``exported``: a folder whose files (an ONNX export
+    made beforehand, in a :func:`compressor.outputs.scratch_directory` beside ``out``) move into it.
 
     Masked weights are stored packed (format 2); ``dense`` writes format 1 instead (dense weights
     with zeros plus bool masks) for tools that want plain tensors. ``replacements`` are stored as
@@ -109,8 +110,9 @@ def save_artifacts(
         (tmp / "recipe.resolved.yaml").write_text(recipe_yaml, encoding="utf-8")
         if source.get("kind") == "pickle":
             torch.save(model, tmp / "module.pt")
-        for name, writer in (extra or {}).items():
-            writer(tmp / name)  # may add figures to the report (ONNX errors), so it is written last
+        if exported is not None:
+            for path in sorted(exported.iterdir()):
+                path.replace(tmp / path.name)  # a rename: the scratch folder is a sibling of out
         (tmp / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
     return out
 

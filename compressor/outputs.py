@@ -13,7 +13,9 @@ ONNX graphs, HTML reports, checkpoints and benchmark JSON):
   artifact. A lock whose process is gone (a killed run) is taken over, and the temporary
   folders that run left behind are removed.
 - :func:`atomic_directory` and :func:`atomic_file` write to a temporary sibling and rename it into
-  place, so a failure (or SIGKILL) never leaves a half-written output under the real name.
+  place, so a failure (or SIGKILL) never leaves a half-written output under the real name;
+  :func:`scratch_directory` is such a sibling for files made before the output is written (an
+  ONNX export whose errors the report records), moved into it by rename.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, CompressorError
 
-__all__ = ["check_output", "claim_output", "atomic_directory", "atomic_file", "named_paths"]
+__all__ = ["check_output", "claim_output", "atomic_directory", "scratch_directory", "atomic_file", "named_paths"]
 
 #: out directories this process holds the lock of, with a count (claims nest: the CLI claims
 #: before it loads the model, the pipeline again around its run)
@@ -200,6 +202,20 @@ def atomic_directory(out: str | Path, force: bool = False, inputs: Iterable[str 
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+@contextmanager
+def scratch_directory(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` (claimed by the caller), removed when the block ends.
+
+    On the same file system as ``out``, so its files move into the output by rename; named like
+    :func:`atomic_directory`'s, so a killed run's is removed with the other leftovers."""
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -1,5 +1,13 @@
 """The pipeline: capture the layers, run the recipe's passes in order, finalize, report, save.
 
+:meth:`Pipeline.run` is a short sequence of named steps: claim the output, prepare the resume
+point, check and capture the model and plan every pass (``_prepare_state``), record the dense
+outputs and metric, run the passes (``_run_passes``: each pass's errors name ``passes[i] (name)``,
+its result must hold a :class:`LayerUpdate` per layer, of its own targets only, and its masks must stay bool, shaped
+like their weights and only shrink), bake the masks (``_finish_masks``), measure again, then
+export ONNX, build the report (:func:`compressor.report.build_report`) and write the artifact
+(``_report_and_save``).
+
 Everything that can be checked is checked before the model changes: the recipe (when it was
 loaded), the output directory, the weights (no NaN/Inf) and every pass's ``targets``/``ignore``
 patterns against the captured layers. Artifacts are written atomically at the very end, so
@@ -20,7 +28,7 @@ import torch.nn as nn
 from . import checkpoint as ckptlib
 from . import masks as masklib
 from .artifacts import save_artifacts
-from .outputs import check_output, claim_output, named_paths
+from .outputs import check_output, claim_output, named_paths, scratch_directory
 from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
 from .errors import ArtifactError, CompressorError, RecipeError, TargetError
@@ -28,10 +36,11 @@ from .loading import ModelSpec, check_finite
 from .passes import LayerUpdate, PassResult, get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import Recipe
-from .report import Report, compute_totals, layer_row, onnx_metric
+from .progress import NoProgress, Progress, pipeline_progress
+from .report import Report, build_report, onnx_metric
 from .export import export_model, input_specs, token_axes
 from .kernels import flatten_outputs
-from .swaps import Replacement, dense_weight, densify, replay
+from .swaps import Replacement, densify, replay
 from .tasks import TaskConfig
 from .targeting import explain_selection, resolve_targets
 
@@ -94,7 +103,7 @@ class CompressionState:
         self.layers = {name: LayerRecord(t) for name, t in self.targets.items()}
         self.reference: nn.Module | None = None  # the dense model before any pass (teacher, calibration)
         self.teacher: nn.Module | None = None  # a caller's teacher for distillation, instead of the reference
-        self.progress = None  # the pipeline's rich Progress; training loops add their bars to it
+        self.progress: Progress = NoProgress()  # the pipeline's bars while it runs; training loops add theirs
         self.pass_index = 0
         self.pass_log: list[dict] = []
         self.resume: dict | None = None
@@ -351,11 +360,49 @@ class Pipeline:
     def _run(self, spec: ModelSpec, out: Path | None, force: bool, console, resume: bool, teacher: nn.Module | None,
              inputs: list[Path], start: float, eval_tokens: int | None,
              captured: CaptureResult | None = None) -> PipelineResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        work_dir, fingerprint, payload = self._prepare_resume(spec, out, force, resume, teacher, inputs)
+        state, plan = self._prepare_state(spec, console, captured, work_dir, fingerprint, teacher)
+        reference = _reference_outputs(spec)
+        metrics: dict[str, dict[str, float]] = {}
+        _measure(spec, eval_tokens, console, "before", metrics)
+        first = state.restore(payload) if payload is not None else 0
+        self._run_passes(state, plan, first, work_dir is not None)
+        final_masks = _finish_masks(state)
+        if reference is not None:
+            metrics["output_rel_error"] = {"after": output_error(reference, spec.model, spec.example_inputs)}
+        _measure(spec, eval_tokens, console, "after", metrics)
+        elapsed = time.perf_counter() - start  # the compression, as before the export was in the report
+        writes = out is not None and current().is_main
+        report = self._report_and_save(state, out if writes else None, force, final_masks, metrics, elapsed)
+        if writes:
+            ckptlib.remove_work_dir(work_dir)
+        return PipelineResult(spec.model, final_masks, report, out if current().is_main else None)
 
-        info = current()
-        plan_specs = [get_pass(e.name) for e in self.recipe.passes]
-        trains = any(p.trains for p in plan_specs)
+    def _report_and_save(self, state: CompressionState, out: Path | None, force: bool,
+                         final_masks: dict[str, torch.Tensor], metrics: dict[str, dict[str, float]],
+                         elapsed: float) -> Report:
+        """Export ONNX (when the recipe asks and there is an ``out``), build the report, write the
+        artifact to ``out``. The export comes first, into a scratch folder beside ``out``, so the
+        report holds its errors (and the notes on layers without a step graph) before it is written."""
+        with ExitStack() as scratch:
+            onnx = OnnxExport()
+            if out is not None and self.recipe.export.onnx:
+                onnx = self._export_onnx(state, scratch.enter_context(scratch_directory(out)))
+            report = build_report(state, final_masks, {**metrics, **onnx.metrics}, onnx.notes, elapsed)
+            if out is not None:
+                model, spec = state.model, state.spec
+                save_artifacts(out, densify(model) if state.replacements else model, final_masks, spec.source,
+                               {n: r.pattern.to_dict() for n, r in state.layers.items()}, self.recipe.to_yaml(), report,
+                               force, exported=onnx.directory, replacements=state.replacements,
+                               inputs=input_specs(spec.example_inputs))
+        return report
+
+    def _prepare_resume(self, spec: ModelSpec, out: Path | None, force: bool, resume: bool,
+                        teacher: nn.Module | None, inputs: list[Path]) -> tuple[Path | None, str, dict | None]:
+        """(the work directory of checkpoints, their fingerprint, the checkpoint to resume from): a
+        recipe that trains checkpoints into ``.OUT.work/``; a run without --resume finding one there
+        needs --force, which removes it."""
+        trains = any(get_pass(e.name).trains for e in self.recipe.passes)
         work_dir = ckptlib.work_dir_for(out) if (out is not None and trains) else None
         # identifies the checkpoints, so only computed when there are any (it hashes a teacher's weights)
         fingerprint = ckptlib.fingerprint(self.recipe.to_yaml(), spec.source, teacher, inputs) if work_dir is not None else ""
@@ -370,6 +417,12 @@ class Pipeline:
                     f"an interrupted run left a checkpoint in {work_dir}; pass --resume to continue it or --force to start over"
                 )
             ckptlib.remove_work_dir(work_dir)
+        return work_dir, fingerprint, payload
+
+    def _prepare_state(self, spec: ModelSpec, console, captured: CaptureResult | None, work_dir: Path | None,
+                       fingerprint: str, teacher: nn.Module | None) -> tuple[CompressionState, list[tuple]]:
+        """Check the weights, capture and plan (errors before any change), and build the passes' state:
+        the dense reference and the teacher where passes need them, the tasks that can be checked early."""
         check_finite(spec.model)
         torch.manual_seed(self.recipe.seed)
         model = spec.model
@@ -380,8 +433,9 @@ class Pipeline:
                               f"(capture method: {captured.method}); nothing was written")
         plan = self.plan(captured)
         state = CompressionState(spec, captured, self.recipe, work_dir, console, fingerprint)
+        trains = any(p.trains for _, p, _ in plan)
         # the model before any pass: for calibration, and as the default teacher of training passes
-        if any(p.needs_reference for p in plan_specs) or (trains and teacher is None):
+        if any(p.needs_reference for _, p, _ in plan) or (trains and teacher is None):
             state.reference = copy.deepcopy(model).eval()
         if teacher is not None:
             state.teacher = copy.deepcopy(teacher).eval()  # the task freezes it; the caller's stays as it was
@@ -391,28 +445,13 @@ class Pipeline:
             for config, where, needs in task_uses(entry.config, f"passes[{i}]"):
                 if config.name == "text" or ":" in config.name:
                     state.task(config, needs, where)
+        return state, plan
 
-        metrics: dict[str, dict[str, float]] = {}
-        reference = None
-        if spec.example_inputs is not None:
-            with torch.no_grad():
-                try:
-                    outputs = model(*spec.example_inputs)
-                except Exception as exc:
-                    shapes = ", ".join(f"{list(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in spec.example_inputs)
-                    raise CompressorError(
-                        f"the example inputs do not fit the model ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                    ) from None
-                reference = [o.clone() for o in flatten_outputs(outputs) if o.is_floating_point()]
-        if spec.evaluate is not None:
-            with console.status("evaluating the original model"):
-                for k, v in _evaluate(spec, model, eval_tokens).items():
-                    metrics.setdefault(k, {})["before"] = v
-        first = state.restore(payload) if payload is not None else 0
-
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[metric]}"))
-        with Progress(*columns, console=console, disable=not console.is_terminal or not info.is_main) as progress:
+    def _run_passes(self, state: CompressionState, plan: list[tuple], first: int, checkpoints: bool) -> None:
+        """Run the plan's passes from ``first`` on, under the progress bars; a checkpoint after each
+        pass when the run keeps them (a recipe that trains, with --out)."""
+        console, info = state.console, current()
+        with pipeline_progress(console, console.is_terminal and info.is_main) as progress:
             state.progress = progress
             task = progress.add_task("passes", total=len(plan), completed=first, loss="", metric="")
             for i, (entry, pass_spec, targets) in enumerate(plan):
@@ -420,86 +459,94 @@ class Pipeline:
                     continue
                 state.pass_index = i
                 progress.update(task, description=f"[{i + 1}/{len(plan)}] {entry.name} on {len(targets)} layer(s)")
-                t0 = time.perf_counter()
-                before = _masks_now(state, targets)
-                try:
-                    result = pass_spec.fn(state, entry.config, targets)
-                except CompressorError as exc:  # the user's one line says which step of the recipe failed
-                    if not str(exc).startswith("passes["):
-                        exc.args = (f"passes[{i}] ({entry.name}): {exc}",)
-                    raise
-                except Exception as exc:  # a bug: the traceback stays, with the step that raised it
-                    if hasattr(exc, "add_note"):
-                        exc.add_note(f"raised in passes[{i}] ({entry.name})")
-                    raise
-                _check_result(result, targets, f"passes[{i}] ({entry.name})")
-                _check_masks(state, targets, before, pass_spec.regrows, f"passes[{i}] ({entry.name})")
-                _merge(state, entry.name, result, time.perf_counter() - t0)
+                self._run_pass(state, i, entry, pass_spec, targets)
                 if not console.is_terminal and info.is_main:
                     log = state.pass_log[-1]
                     console.print(f"pass {log['pass']}: {len(log['layers'])} layer(s) in {log['seconds']}s")
-                if trains:
+                if checkpoints:
                     state.save_checkpoint()
                 progress.advance(task)
+        state.progress = NoProgress()
 
-        final_masks = {**state.baked_masks, **masklib.finalize(model)}
-        if reference is not None:
-            metrics["output_rel_error"] = {"after": output_error(reference, model, spec.example_inputs)}
-        if spec.evaluate is not None:
-            with console.status("evaluating the compressed model"):
-                for k, v in _evaluate(spec, model, eval_tokens).items():
-                    metrics.setdefault(k, {})["after"] = v
+    @staticmethod
+    def _run_pass(state: CompressionState, i: int, entry, pass_spec, targets: list[Target]) -> None:
+        """One pass: its errors name ``passes[i] (name)``; its result and masks are checked, then merged."""
+        where = f"passes[{i}] ({entry.name})"
+        t0 = time.perf_counter()
+        before = _masks_now(state, targets)
+        try:
+            result = pass_spec.fn(state, entry.config, targets)
+        except CompressorError as exc:  # the user's one line says which step of the recipe failed
+            if not str(exc).startswith("passes["):
+                exc.args = (f"{where}: {exc}",)
+            raise
+        except Exception as exc:  # a bug: the traceback stays, with the step that raised it
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"raised in {where}")
+            raise
+        _check_result(result, targets, where)
+        _check_masks(state, targets, before, pass_spec.regrows, where)
+        _merge(state, entry.name, result, time.perf_counter() - t0)
 
-        rows = []
-        for name, t in state.targets.items():
-            r = state.layers[name]
-            row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes,
-                            r.notes, mask=final_masks.get(name))
-            row.kernel, row.speedup = r.kernel, r.speedup
-            if r.compressed_flops is not None:  # a gated layer's: kept blocks and gate, not its non-zeros
-                row.compressed_flops = r.compressed_flops
-            if r.block_keep_frequency is not None:
-                row.block_keep_frequency = r.block_keep_frequency
-            rows.append(row)
-        report = Report(
-            model=spec.description or spec.source.get("kind", "model"),
-            capture={"method": captured.method, "attempts": [list(a) for a in captured.attempts]},
-            layers=rows,
-            totals=compute_totals(rows, model),
-            metrics=metrics,
-            passes=state.pass_log,
-            recipe=self.recipe.source,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            elapsed_s=round(time.perf_counter() - start, 3),
-        )
-        if out is not None and info.is_main:
-            patterns = {n: r.pattern.to_dict() for n, r in state.layers.items()}
-            specs = input_specs(spec.example_inputs)
-            extra = {}
-            if self.recipe.export.onnx:
-                ex = self.recipe.export
+    @staticmethod
+    def _export_onnx(state: CompressionState, directory: Path) -> OnnxExport:
+        """The recipe's ONNX export of the compressed model into ``directory``, each graph checked in
+        ONNX Runtime: its errors as report metrics, and why a recurrent layer got no step graph."""
+        ex, model, spec = state.recipe.export, state.model, state.spec
+        results = export_model(model, input_specs(spec.example_inputs), directory, step=ex.step,
+                               tolerance=ex.tolerance, dynamic=token_axes(spec.source))
+        exported = OnnxExport(directory)
+        for r in results.values():  # one metric per graph, in the usual {after: value} form
+            exported.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
+            state.console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
+                                f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
+        if ex.step:
+            for name, t in state.targets.items():
+                if t.kind in ("lstm", "gru", "rnn") and getattr(model.get_submodule(t.module_path), "bidirectional", False):
+                    exported.notes[name] = ["no step graph: a bidirectional layer has no streaming step (its backward "
+                                            "direction needs the whole sequence)"]
+        return exported
 
-                def write_onnx(path: Path) -> None:
-                    results = export_model(model, specs, path.parent, step=ex.step, tolerance=ex.tolerance,
-                                           dynamic=token_axes(spec.source))
-                    for r in results.values():  # one metric per graph, in the usual {after: value} form
-                        report.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
-                        console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
-                                      f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
-                    if ex.step:  # say why a recurrent layer got no step graph
-                        rows = {row.name: row for row in report.layers}
-                        for name, t in state.targets.items():
-                            if t.kind in ("lstm", "gru", "rnn") and getattr(model.get_submodule(t.module_path),
-                                                                            "bidirectional", False):
-                                rows[name].notes.append("no step graph: a bidirectional layer has no streaming step "
-                                                        "(its backward direction needs the whole sequence)")
 
-                extra["model.onnx"] = write_onnx
-            save_artifacts(out, densify(model) if state.replacements else model, final_masks, spec.source, patterns,
-                           self.recipe.to_yaml(), report, force, extra=extra, replacements=state.replacements,
-                           inputs=specs)
-            ckptlib.remove_work_dir(work_dir)
-        return PipelineResult(model, final_masks, report, out if info.is_main else None)
+@dataclass
+class OnnxExport:
+    """What the recipe's ONNX export made: the folder holding its graphs (None: nothing exported),
+    the report metrics of their errors, and notes on layers by name."""
+
+    directory: Path | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _reference_outputs(spec: ModelSpec) -> list[torch.Tensor] | None:
+    """The dense model's floating outputs on the example inputs (for ``output_rel_error``); a clear
+    error when the inputs do not fit the model."""
+    if spec.example_inputs is None:
+        return None
+    with torch.no_grad():
+        try:
+            outputs = spec.model(*spec.example_inputs)
+        except Exception as exc:
+            shapes = ", ".join(f"{list(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in spec.example_inputs)
+            raise CompressorError(
+                f"the example inputs do not fit the model ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            ) from None
+    return [o.clone() for o in flatten_outputs(outputs) if o.is_floating_point()]
+
+
+def _finish_masks(state: CompressionState) -> dict[str, torch.Tensor]:
+    """Bake the masks into the weights (zeros where pruned); returns every mask the artifact saves,
+    those kernel swaps baked in earlier included."""
+    return {**state.baked_masks, **masklib.finalize(state.model)}
+
+
+def _measure(spec: ModelSpec, eval_tokens: int | None, console, when: str, metrics: dict[str, dict[str, float]]) -> None:
+    """The held-out metric of the model as it is now, recorded as ``metrics[name][when]``."""
+    if spec.evaluate is None:
+        return
+    with console.status("evaluating the original model" if when == "before" else "evaluating the compressed model"):
+        for k, v in _evaluate(spec, spec.model, eval_tokens).items():
+            metrics.setdefault(k, {})[when] = v
 
 
 def _check_result(result: object, targets: list[Target], where: str) -> None:

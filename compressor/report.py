@@ -13,16 +13,20 @@ computed once here and rendered by the terminal, JSON and HTML views alike
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .patterns import Dense, Pattern
 
+if TYPE_CHECKING:
+    from .pipeline import CompressionState
+
 __all__ = [
     "LayerRow", "Totals", "Report", "LayerComparison", "Comparison",
-    "layer_row", "compute_totals", "compare_reports", "render_report", "render_comparison", "onnx_metric",
+    "layer_row", "build_report", "compute_totals", "compare_reports", "render_report", "render_comparison", "onnx_metric",
     "human", "ratio",
 ]
 
@@ -169,6 +173,40 @@ def layer_row(target, weight: torch.Tensor, pattern: Pattern | None, target_spar
         passes=list(passes),
         notes=notes,
         tied=list(target.aliases) or None,
+    )
+
+
+def build_report(state: CompressionState, masks: dict[str, torch.Tensor], metrics: dict[str, dict[str, float]],
+                 notes: dict[str, list[str]] | None = None, elapsed_s: float = 0.0) -> Report:
+    """The report of a pipeline run, complete before it is written: one row per captured layer,
+    measured from its final weight (``masks``: the saved masks) and filled from its record (what the
+    passes did: :class:`compressor.pipeline.LayerRecord`); ``notes``: more notes by layer name (the
+    ONNX export's), after the row's own."""
+    from .swaps import dense_weight
+
+    model, rows = state.model, []
+    for name, t in state.targets.items():
+        r = state.layers[name]
+        row = layer_row(t, dense_weight(model, t.module_path, t.param_name), r.pattern, r.target_sparsity, r.passes,
+                        r.notes, mask=masks.get(name))
+        row.kernel, row.speedup = r.kernel, r.speedup
+        if r.compressed_flops is not None:  # a gated layer's: kept blocks and gate, not its non-zeros
+            row.compressed_flops = r.compressed_flops
+        if r.block_keep_frequency is not None:
+            row.block_keep_frequency = r.block_keep_frequency
+        row.notes += (notes or {}).get(name, [])
+        rows.append(row)
+    spec, captured = state.spec, state.capture
+    return Report(
+        model=spec.description or spec.source.get("kind", "model"),
+        capture={"method": captured.method, "attempts": [list(a) for a in captured.attempts]},
+        layers=rows,
+        totals=compute_totals(rows, model),
+        metrics=metrics,
+        passes=state.pass_log,
+        recipe=state.recipe.source,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        elapsed_s=round(elapsed_s, 3),
     )
 
 
