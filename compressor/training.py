@@ -2,8 +2,9 @@
 
 A training pass builds :class:`TrainHooks` (what happens before and after each optimizer step,
 and any extra loss) and calls :func:`fine_tune`. The loop owns the rest: optimizer and
-learning-rate schedule from the recipe, gradient clipping, evaluation every N steps, a rich
-progress bar with loss and perplexity, periodic checkpoints in the run's work directory,
+learning-rate schedule from the recipe, gradient clipping, evaluation every N steps, a
+progress bar with loss and perplexity (on ``state.progress``, :class:`compressor.progress.Progress`:
+the pipeline's rich bars, or nothing outside the pipeline), periodic checkpoints in the run's work directory,
 ``--resume`` from the last checkpoint, and DistributedDataParallel under torchrun.
 
 Resume is exact by construction: batches are a pure function of the step, and a checkpoint
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,9 @@ import torch.nn as nn
 from .config import check_range
 from .errors import RecipeError
 from .tasks import TaskConfig
+
+if TYPE_CHECKING:
+    from .pipeline import CompressionState
 
 __all__ = ["TrainConfig", "TrainHooks", "fine_tune"]
 
@@ -108,7 +112,7 @@ def _lr_factor(cfg: TrainConfig):
     return factor
 
 
-def fine_tune(state, cfg: TrainConfig, hooks: TrainHooks, label: str) -> dict:
+def fine_tune(state: CompressionState, cfg: TrainConfig, hooks: TrainHooks, label: str) -> dict:
     """Train ``state.model`` for ``cfg.steps`` steps on ``cfg.task``; returns loss/eval history.
 
     Resumes from ``state.resume`` when it holds a checkpoint taken inside this pass.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -180,6 +181,29 @@ def test_combined_group_lasso_is_the_block_norm_sum_while_pruning(load_fixture):
     assert hooks.extra_loss(spec.model) is not None
     hooks.before_step(8)  # end: masks frozen, the penalty off
     assert hooks.extra_loss(spec.model) is None
+
+
+def test_fine_tune_runs_without_the_pipeline(load_fixture):
+    """The training loop on a state built by hand (no pipeline, so no progress bars: the state's
+    default shows nothing): it trains the model the state holds, each step's loss recorded."""
+    from compressor.capture import capture
+    from compressor.pipeline import CompressionState
+    from compressor.training import TrainHooks, fine_tune
+
+    spec = load_fixture("mlp")
+    step = {"pass": "finetune", "train": {"steps": 3, "lr": 0.01, "eval_every": 0, "checkpoint_every": 0,
+                                          "task": {"name": "distill", "loss": "mse", "batch_size": 4}}}
+    recipe = parse_recipe({"version": 1, "passes": [step]})
+    state = CompressionState(spec, capture(spec.model, spec.example_inputs), recipe, console=QUIET)
+    teacher = copy.deepcopy(spec.model)
+    with torch.no_grad():  # a student away from its teacher, so the distillation loss is not zero
+        for p in spec.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state.reference = teacher.eval()
+    before = {n: p.detach().clone() for n, p in spec.model.named_parameters()}
+    history = fine_tune(state, recipe.passes[0].config.train, TrainHooks(), "finetune")
+    assert len(history["loss"]) == 3 and all(loss > 0 for loss in history["loss"])
+    assert any(not torch.equal(before[n], p) for n, p in spec.model.named_parameters())
 
 
 def test_group_lasso_smoothed_penalty_shrinks_norms(load_fixture, tmp_path):
