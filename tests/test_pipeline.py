@@ -153,6 +153,38 @@ def test_failure_while_writing_leaves_nothing(load_fixture, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
+def test_onnx_export_is_in_the_written_report_and_a_failed_one_leaves_nothing(load_fixture, tmp_path, monkeypatch):
+    """The export runs before the artifact is written (into a scratch folder beside --out): the
+    report.json on disk holds the exporter's figures and the graph is moved in; an export that fails
+    half-way leaves neither the artifact nor the scratch folder behind. (A stand-in exporter keeps it
+    fast: the real one is checked in test_swap_export.py and test_cli.py.)"""
+    import json
+
+    import compressor.pipeline as pipeline
+
+    def exporter(model, specs, directory, **kwargs):
+        (directory / "model.onnx").write_bytes(b"graph")
+        return {"model": {"file": "model.onnx", "max_abs_error": 1.5e-7, "max_rel_error": 2.5e-7}}
+
+    monkeypatch.setattr(pipeline, "export_model", exporter)
+    recipe = parse_recipe({**MLP_BLOCK, "export": {"onnx": True}})
+    result = compressor.Pipeline(recipe).run(load_fixture("mlp"), out=tmp_path / "art", console=QUIET)
+    on_disk = json.loads((tmp_path / "art" / "report.json").read_text())
+    assert on_disk["metrics"]["onnx_rel_error(model.onnx)"] == {"after": 2.5e-7}
+    assert on_disk == json.loads(result.report.to_json())
+    assert (tmp_path / "art" / "model.onnx").read_bytes() == b"graph"
+    assert os.listdir(tmp_path) == ["art"]
+
+    def half_then_fail(model, specs, directory, **kwargs):
+        (directory / "model.onnx").write_bytes(b"partial")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(pipeline, "export_model", half_then_fail)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        compressor.Pipeline(recipe).run(load_fixture("mlp"), out=tmp_path / "other", console=QUIET)
+    assert os.listdir(tmp_path) == ["art"]
+
+
 def test_checkpoints_load_safely_and_are_never_modified(load_fixture, tmp_path):
     spec = load_fixture("mlp")
     trained = {k: torch.randn_like(v) for k, v in spec.model.state_dict().items()}
