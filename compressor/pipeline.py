@@ -33,9 +33,9 @@ from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
 from .errors import ArtifactError, CompressorError, RecipeError, TargetError
 from .loading import ModelSpec, check_finite
-from .passes import LayerUpdate, PassResult, get_pass
+from .passes import LayerUpdate, PassResult, PassSpec, get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
-from .recipe import Recipe
+from .recipe import PassEntry, Recipe
 from .progress import NoProgress, Progress, pipeline_progress
 from .report import Report, build_report, onnx_metric
 from .export import export_model, input_specs, token_axes
@@ -302,13 +302,17 @@ def task_uses(config, path: str) -> list[tuple[TaskConfig, str, tuple[str, ...]]
     return uses
 
 
+#: one step of the plan: the recipe's entry, its registered pass, the layers it selects
+PlannedPass = tuple[PassEntry, PassSpec, list[Target]]
+
+
 class Pipeline:
     """Runs a validated :class:`Recipe` on a loaded model."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
 
-    def plan(self, captured: CaptureResult) -> list[tuple]:
+    def plan(self, captured: CaptureResult) -> list[PlannedPass]:
         """Resolve every pass's targets against the captured layers (errors before any change: an entry
         that matches nothing, or a pass whose selection comes out empty)."""
         plan = []
@@ -420,7 +424,7 @@ class Pipeline:
         return work_dir, fingerprint, payload
 
     def _prepare_state(self, spec: ModelSpec, console, captured: CaptureResult | None, work_dir: Path | None,
-                       fingerprint: str, teacher: nn.Module | None) -> tuple[CompressionState, list[tuple]]:
+                       fingerprint: str, teacher: nn.Module | None) -> tuple[CompressionState, list[PlannedPass]]:
         """Check the weights, capture and plan (errors before any change), and build the passes' state:
         the dense reference and the teacher where passes need them, the tasks that can be checked early."""
         check_finite(spec.model)
@@ -447,7 +451,7 @@ class Pipeline:
                     state.task(config, needs, where)
         return state, plan
 
-    def _run_passes(self, state: CompressionState, plan: list[tuple], first: int, checkpoints: bool) -> None:
+    def _run_passes(self, state: CompressionState, plan: list[PlannedPass], first: int, checkpoints: bool) -> None:
         """Run the plan's passes from ``first`` on, under the progress bars; a checkpoint after each
         pass when the run keeps them (a recipe that trains, with --out)."""
         console, info = state.console, current()
@@ -469,7 +473,8 @@ class Pipeline:
         state.progress = NoProgress()
 
     @staticmethod
-    def _run_pass(state: CompressionState, i: int, entry, pass_spec, targets: list[Target]) -> None:
+    def _run_pass(state: CompressionState, i: int, entry: PassEntry, pass_spec: PassSpec,
+                  targets: list[Target]) -> None:
         """One pass: its errors name ``passes[i] (name)``; its result and masks are checked, then merged."""
         where = f"passes[{i}] ({entry.name})"
         t0 = time.perf_counter()
@@ -502,7 +507,8 @@ class Pipeline:
                                 f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
         if ex.step:
             for name, t in state.targets.items():
-                if t.kind in ("lstm", "gru", "rnn") and getattr(model.get_submodule(t.module_path), "bidirectional", False):
+                module = model.get_submodule(t.module_path)
+                if t.kind in ("lstm", "gru", "rnn") and getattr(module, "bidirectional", False):
                     exported.notes[name] = ["no step graph: a bidirectional layer has no streaming step (its backward "
                                             "direction needs the whole sequence)"]
         return exported
@@ -540,7 +546,8 @@ def _finish_masks(state: CompressionState) -> dict[str, torch.Tensor]:
     return {**state.baked_masks, **masklib.finalize(state.model)}
 
 
-def _measure(spec: ModelSpec, eval_tokens: int | None, console, when: str, metrics: dict[str, dict[str, float]]) -> None:
+def _measure(spec: ModelSpec, eval_tokens: int | None, console, when: str,
+             metrics: dict[str, dict[str, float]]) -> None:
     """The held-out metric of the model as it is now, recorded as ``metrics[name][when]``."""
     if spec.evaluate is None:
         return

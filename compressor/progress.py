@@ -19,7 +19,8 @@ class Progress(Protocol):
     def add_task(self, description: str, *, total: float | None = ..., completed: float = ..., **fields: Any) -> Any:
         """Start a bar; returns its id."""
 
-    def update(self, task_id: Any, *, advance: float | None = ..., description: str | None = ..., **fields: Any) -> None:
+    def update(self, task_id: Any, *, advance: float | None = ..., description: str | None = ...,
+               **fields: Any) -> None:
         """Advance a bar, or change its description or fields."""
 
     def advance(self, task_id: Any, advance: float = ...) -> None:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LayerRow", "Totals", "Report", "LayerComparison", "Comparison",
-    "layer_row", "build_report", "compute_totals", "compare_reports", "render_report", "render_comparison", "onnx_metric",
-    "human", "ratio",
+    "layer_row", "build_report", "compute_totals", "compare_reports", "render_report", "render_comparison",
+    "onnx_metric", "human", "ratio",
 ]
 
 
