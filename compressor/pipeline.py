@@ -38,7 +38,7 @@ from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import PassEntry, Recipe
 from .progress import NoProgress, Progress, pipeline_progress
 from .report import Report, build_report, onnx_metric
-from .export import export_model, input_specs, token_axes
+from .export import ExportError, export_model, input_specs, token_axes
 from .kernels import flatten_outputs
 from .swaps import Replacement, densify, replay
 from .tasks import TaskConfig
@@ -389,16 +389,25 @@ class Pipeline:
         artifact to ``out``. The export comes first, into a scratch folder beside ``out``, so the
         report holds its errors (and the notes on layers without a step graph) before it is written."""
         with ExitStack() as scratch:
-            onnx = OnnxExport()
+            onnx, failure = OnnxExport(), None
             if out is not None and self.recipe.export.onnx:
-                onnx = self._export_onnx(state, scratch.enter_context(scratch_directory(out)))
+                try:
+                    onnx = self._export_onnx(state, scratch.enter_context(scratch_directory(out)))
+                except Exception as exc:  # the compressed model is kept: written without graphs, then the error
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    failure = f"{type(exc).__name__}: {first}"[:300]
+                    state.console.print(f"ONNX export failed: {failure}", markup=False)
             report = build_report(state, final_masks, {**metrics, **onnx.metrics}, onnx.notes, elapsed)
+            report.export_error = failure
             if out is not None:
                 model, spec = state.model, state.spec
                 save_artifacts(out, densify(model) if state.replacements else model, final_masks, spec.source,
                                {n: r.pattern.to_dict() for n, r in state.layers.items()}, self.recipe.to_yaml(), report,
                                force, exported=onnx.directory, replacements=state.replacements,
                                inputs=input_specs(spec.example_inputs))
+        if failure is not None:
+            raise ExportError(f"the compressed artifact is in {out}, without ONNX graphs: the export failed "
+                              f"({failure}); retry with `compress export {out}` once the cause is fixed")
         return report
 
     def _prepare_resume(self, spec: ModelSpec, out: Path | None, force: bool, resume: bool,

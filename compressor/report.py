@@ -101,6 +101,8 @@ class Report:
     recipe: str | None = None
     created: str = ""
     elapsed_s: float = 0.0
+    #: why the recipe's ONNX export failed (the artifact was written without graphs); None: it did not
+    export_error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -311,6 +313,8 @@ def render_report(report: Report, console=None) -> None:
         f"whole model parameter bytes {human(t.model_dense_bytes)} -> {human(t.model_compressed_bytes)} "
         f"({ratio(t.model_dense_bytes, t.model_compressed_bytes)})"
     )
+    if report.export_error:
+        console.print(f"ONNX export failed, the artifact has no graphs: {report.export_error}", markup=False)
     for name, values in report.metrics.items():
         before, after = values.get("before"), values.get("after")
         if before is not None and after is not None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 import compressor
+from compressor.export import ExportError
 from fixture_models import load_trusted  # tests/fixture_models.py: passes the suite's own factory
 from compressor.errors import ArtifactError, ModelLoadError, TargetError
 from compressor.recipe import parse_recipe
@@ -153,11 +154,13 @@ def test_failure_while_writing_leaves_nothing(load_fixture, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
-def test_onnx_export_is_in_the_written_report_and_a_failed_one_leaves_nothing(load_fixture, tmp_path, monkeypatch):
+def test_onnx_export_is_in_the_written_report_and_a_failed_one_keeps_the_artifact(load_fixture, tmp_path,
+                                                                                   monkeypatch):
     """The export runs before the artifact is written (into a scratch folder beside --out): the
     report.json on disk holds the exporter's figures and the graph is moved in; an export that fails
-    half-way leaves neither the artifact nor the scratch folder behind. (A stand-in exporter keeps it
-    fast: the real one is checked in test_swap_export.py and test_cli.py.)"""
+    half-way keeps the compressed artifact (no graph, no scratch folder), records the failure in its
+    report, and then raises one line. (A stand-in exporter keeps it fast: the real one is checked in
+    test_swap_export.py and test_cli.py.)"""
     import json
 
     import compressor.pipeline as pipeline
@@ -180,9 +183,19 @@ def test_onnx_export_is_in_the_written_report_and_a_failed_one_leaves_nothing(lo
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(pipeline, "export_model", half_then_fail)
-    with pytest.raises(RuntimeError, match="exporter crashed"):
+    with pytest.raises(ExportError, match="in .*other, without ONNX graphs.*RuntimeError: exporter crashed") as err:
         compressor.Pipeline(recipe).run(load_fixture("mlp"), out=tmp_path / "other", console=QUIET)
-    assert os.listdir(tmp_path) == ["art"]
+    assert "\n" not in str(err.value)
+    assert sorted(os.listdir(tmp_path)) == ["art", "other"]
+    assert "model.onnx" not in os.listdir(tmp_path / "other")
+    kept = json.loads((tmp_path / "other" / "report.json").read_text())
+    assert kept["export_error"] == "RuntimeError: exporter crashed" and not any("onnx" in m for m in kept["metrics"])
+    assert on_disk["export_error"] is None
+    # the weights kept are the compressed model's: the same as the run that exported
+    from fixture_models import ref
+
+    for name, weight in compressor.load(tmp_path / "other", model=ref("mlp")).state_dict().items():
+        assert torch.equal(weight, result.model.state_dict()[name])
 
 
 def test_checkpoints_load_safely_and_are_never_modified(load_fixture, tmp_path):
