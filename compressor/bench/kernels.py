@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.timing import paired_ratio
+
 from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 from .kernels_gpu import add_gpu_arguments
 
@@ -177,6 +179,9 @@ def bench_linear(args, gen) -> list[dict]:
                              "speedup_vs_scipy_bsr": t[SCIPY]["median_s"] / t[name]["median_s"]}
                     if name.startswith("ours"):
                         extra["speedup_vs_torch_bsr"] = t["torch BSR"]["median_s"] / t[name]["median_s"]
+                        # the 95% band of the paired per-round ratios: is "faster than scipy" beyond noise?
+                        band = paired_ratio(t[SCIPY]["samples_s"], t[name]["samples_s"])
+                        extra.update(scipy_ratio_low=band["low"], scipy_ratio_high=band["high"])
                     rows.append(timing_row("linear", case, name, t[name], d, extra))
     return rows
 
