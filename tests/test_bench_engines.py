@@ -85,7 +85,8 @@ def test_deepsparse_onnx_is_the_zero_filled_graph_at_opset_17(tmp_path):
     out = engines.deepsparse_onnx(path, tmp_path / "ds.onnx")
     graph = onnx.load(out)
     assert graph.ir_version == 8
-    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [engines.DEEPSPARSE_OPSET]
+    # only the standard domain: DeepSparse's bundled ORT rejects the versions of ORT's own domains
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", engines.DEEPSPARSE_OPSET)]
     assert not {"BitShift", "BitwiseAnd", "CumSum", "Where"} & {n.op_type for n in graph.graph.node}
     # the pruned weights are plain initializers again (as stored or transposed), zeros and all
     inits = [onnx.numpy_helper.to_array(i) for i in graph.graph.initializer]

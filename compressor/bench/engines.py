@@ -39,7 +39,7 @@ __all__ = ["scipy_bsr_linear", "mkl_unavailable_reason", "mkl_bsr_linear", "deep
 
 #: DeepSparse 1.8.0 embeds an ONNX Runtime that reads IR version <= 9 and has no kernels for some
 #: opset-19+ ops (Reshape-19): graphs are converted down to this opset (IR version 8) first.
-DEEPSPARSE_OPSET = 17
+DEEPSPARSE_OPSET = 18
 
 
 # -- single layers -----------------------------------------------------------------------------
@@ -150,15 +150,31 @@ def deepsparse_interpreter(python: str | None) -> tuple[str | None, str]:
 def deepsparse_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write ``src`` (an export of :func:`compressor.export.export_model`) as DeepSparse 1.8.0 reads it:
     pruned weights as plain zero-filled initializers (DeepSparse finds the zeros in them; the
-    bitmask storage of :mod:`compressor.onnx_compact` is undone), opset :data:`DEEPSPARSE_OPSET`,
-    IR version 8."""
+    bitmask storage of :mod:`compressor.onnx_compact` is undone), constant subgraphs folded by ONNX
+    Runtime's basic (standard-ops-only) optimisations, opset :data:`DEEPSPARSE_OPSET`, IR version 8.
+    The folding matters: ONNX's version converter has no down-conversion for some opset-20 ops
+    (``ConstantOfShape``), which the exporter emits for constant initial states."""
     import onnx
+    import onnxruntime as ort
     from onnx import version_converter
 
     from compressor.onnx_compact import expand_initializers
 
     model = onnx.load(str(src))
     expand_initializers(model)
+    expanded = Path(dst).with_suffix(".expanded.onnx")
+    onnx.save(model, str(expanded))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)  # the folded graph
+    ort.InferenceSession(str(expanded), opts, providers=["CPUExecutionProvider"])
+    expanded.unlink()
+    model = onnx.load(str(dst))
+    # ORT lists every domain it knows (com.microsoft, ...) with versions DeepSparse's ORT rejects
+    used = {n.domain for n in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > DEEPSPARSE_OPSET:
         model = version_converter.convert_version(model, DEEPSPARSE_OPSET)
