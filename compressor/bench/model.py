@@ -204,6 +204,7 @@ def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: 
     from compressor.export import export_model, fresh_inputs
     from compressor.kernels import ort_session
 
+    notes = [] if notes is None else notes
     n = args.copies
     threads = args.threads or torch.get_num_threads()
     rows = []
