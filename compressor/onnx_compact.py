@@ -13,18 +13,25 @@ Every input of that subgraph is an initializer, so ONNX Runtime's constant foldi
 default optimisation level) evaluates it once when the session is created: the session holds
 the same dense tensor and runs exactly as fast as before. At 50% zeros the file stores about
 0.53 of the dense bytes. Needs opset 18 or newer (BitwiseAnd); older graphs are left as they are.
+
+:func:`expand_initializers` is the inverse: plain zero-filled initializers again, for engines that
+read the weights themselves instead of folding constants (DeepSparse looks for zeros in them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MIN_ELEMENTS", "MIN_ZEROS", "compact_initializers"]
+__all__ = ["MIN_ELEMENTS", "MIN_ZEROS", "compact_initializers", "expand_initializers"]
 
 #: only tensors at least this large are worth a subgraph
 MIN_ELEMENTS = 1024
 #: only tensors with at least this fraction of zeros (the bitmask costs 1/32 of fp32 bytes)
 MIN_ZEROS = 0.2
+#: names of the unpacking nodes' outputs and shared constants
+PREFIX = "compressor_unpack"
+#: what each compacted initializer NAME leaves in the graph: NAME + each suffix
+_PARTS = (".bits", ".values", ".numel", ".shape", ".zero")
 
 
 def compact_initializers(model) -> dict:
@@ -40,7 +47,7 @@ def compact_initializers(model) -> dict:
               "axis1": np.array([1], dtype=np.int64), "flat": np.array([-1], dtype=np.int64),
               "start": np.array([0], dtype=np.int64), "step": np.array(1, dtype=np.int64),
               "axis0": np.array(0, dtype=np.int64)}
-    prefix = "compressor_unpack"
+    prefix = PREFIX
     nodes, kept_inits, added, stats = [], [], [], {}
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
@@ -84,3 +91,45 @@ def compact_initializers(model) -> dict:
     graph.node.extend(nodes + rest)
     onnx.checker.check_model(model)
     return stats
+
+
+def expand_initializers(model) -> list[str]:
+    """Undo :func:`compact_initializers` on ``model`` (an ``onnx.ModelProto``) in place: every weight
+    stored as bitmask + kept values becomes a plain (zero-filled) initializer again and the
+    unpacking nodes go. Returns the names of the rebuilt initializers (empty for a graph that was
+    never compacted)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    rebuilt = {}
+    for name in list(inits):
+        base = name[: -len(".bits")] if name.endswith(".bits") else None
+        if base is None or not all(base + part in inits for part in _PARTS):
+            continue
+        bits, values, numel, shape = (numpy_helper.to_array(inits[base + p]) for p in _PARTS[:4])
+        mask = np.unpackbits(bits, bitorder="little")[: int(numel[0])].astype(bool)
+        if int(mask.sum()) != values.size:
+            raise ValueError(f"{base}: the bitmask keeps {int(mask.sum())} entries, the graph stores {values.size} values")
+        dense = np.zeros(mask.size, dtype=values.dtype)
+        dense[mask] = values
+        rebuilt[base] = numpy_helper.from_array(dense.reshape(shape), base)
+    if not rebuilt:
+        return []
+    dropped = {base + part for base in rebuilt for part in _PARTS}
+    nodes = [n for n in graph.node if not any(_unpacks(o, rebuilt) for o in n.output)]
+    used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer
+            if i.name not in dropped and not (i.name.startswith(PREFIX + ".") and i.name not in used)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + list(rebuilt.values()))
+    onnx.checker.check_model(model)
+    return sorted(rebuilt)
+
+
+def _unpacks(output: str, rebuilt: dict) -> bool:
+    """Whether ``output`` is the rebuilt weight or an intermediate of its unpacking subgraph."""
+    return output in rebuilt or any(output.startswith(f"{PREFIX}.{base}.") for base in rebuilt)

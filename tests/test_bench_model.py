@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 
@@ -51,7 +52,11 @@ def test_swapped_lstm_artifact_gets_torch_step_and_onnx_rows(load_fixture, tmp_p
     # every ONNX graph was checked against torch before it was timed
     assert all(r["max_rel_error"] <= 1e-4 for r in payload["rows"] if r["section"] == "onnx")
     assert all(r["median_us"] > 0 for r in payload["rows"])
-    assert "sparse kernel modules: sparse_lstm x1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sparse kernel modules: sparse_lstm x1" in printed
+    if importlib.util.find_spec("deepsparse") is None:  # no DeepSparse row, and one line saying why
+        assert "DeepSparse row not run: deepsparse is not installed here" in printed
+        assert not any("deepsparse" in r["impl"].lower() for r in payload["rows"])
 
 
 def test_artifact_without_kernel_modules_says_both_columns_are_dense(load_fixture, tmp_path, capsys):
@@ -67,6 +72,8 @@ def test_artifact_without_kernel_modules_says_both_columns_are_dense(load_fixtur
     (["--sections", "torch,gpu"], "--sections"),
     (["--copies", "0"], "--copies must be at least 1"),
     (["--input", "2xq"], "is not an input spec"),
+    (["--deepsparse-python", "/nonexistent/python"], "--deepsparse-python /nonexistent/python: not an executable"),
+    (["--sections", "torch", "--deepsparse-python", "/nonexistent/python"], "times the onnx section"),
 ])
 def test_bad_arguments_are_named_before_any_work(load_fixture, tmp_path, capsys, argv, message):
     art = _artifact(load_fixture("mlp"), [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.5}], tmp_path / "art")

@@ -14,9 +14,9 @@ __all__ = ["BENCHMARKS", "load_benchmark"]
 #: name -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "solvers": ("compressor.bench.solvers", "N:M and transposable N:M mask solvers: time and kept magnitude"),
-    "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime)"),
+    "kernels": ("compressor.bench.kernels", "sparse kernels vs dense (torch and ONNX Runtime), beside scipy BSR and MKL"),
     "nm": ("compressor.bench.nm", "plain vs transposable N:M conversion, with and without reconstruction"),
-    "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT)"),
+    "model": ("compressor.bench.model", "an artifact's compressed model vs its dense counterpart (torch, steps, ORT; DeepSparse)"),
     "storage": ("compressor.bench.storage", "artifact bytes vs the dense checkpoint, with the issue targets; load time and peak RSS"),
     "oneshot": ("compressor.bench.oneshot", "one-shot pruning on the LM: magnitude, wanda, nm_convert, sparsegpt"),
     "hf": ("compressor.bench.hf", "N:M on the pretrained all-MiniLM-L6-v2 encoder: embedding cosine to dense, time"),

@@ -7,7 +7,11 @@ every row. Sections:
 
 * ``linear``: dense ``F.linear``, torch BSR (``to_sparse_bsr`` + ``torch.sparse.mm``) and our
   :class:`~compressor.kernels.BlockSparseLinear` (balanced layout; also its BSR layout on the
-  same mask, the fallback for unbalanced masks) per sparsity and batch size;
+  same mask, the fallback for unbalanced masks) per block size, sparsity and batch size, beside
+  other engines on the same weights (:mod:`compressor.bench.engines`): scipy BSR
+  (``scipy.sparse.bsr_array``, single-threaded) always, MKL sparse BLAS via ``sparse_dot_mkl``
+  where it imports (``pip install -e '.[engines]'``; otherwise one line says why); ``x scipy BSR``
+  is each row's speed-up over scipy's;
 * ``onnx``: ONNX Runtime on a dense ``nn.Linear`` export vs on our module's export, per
   ``--onnx-layers`` depth: 1 = one layer per model (``--copies`` models rotated, every call on a
   cold session); L > 1 = a stack of L layers, each with its own weights, in one model, timed per
@@ -44,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.timing import paired_ratio
+
 from .common import cells_step, machine_info, print_table, rnn_cells, time_interleaved, timing_row, write_json
 from .kernels_gpu import add_gpu_arguments
 
@@ -66,7 +72,9 @@ def _shape(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``compress bench kernels``."""
     parser.add_argument("--shape", type=_shape, default=(4096, 4096), help="weight OUTxIN for the linear/onnx sections")
-    parser.add_argument("--block", type=int, default=32, help="square block size for linear/onnx/rnn")
+    parser.add_argument("--block", type=_ints, default=[32],
+                        help="square block size(s) for linear/onnx/rnn, a comma list (e.g. 8,16,32): each section "
+                             "runs once per size")
     parser.add_argument("--sparsities", type=_floats, default=[0.9, 0.75, 0.5], help="block sparsities (fraction pruned)")
     parser.add_argument("--batches", type=_ints, default=[1, 16], help="batch sizes for the linear section")
     parser.add_argument("--onnx-batches", type=_ints, default=[1], help="batch sizes for the onnx section")
@@ -122,36 +130,59 @@ def _time(fns, args):
 
 # -- sections ----------------------------------------------------------------------------------
 
+SCIPY = "scipy BSR (1 thread)"
+MKL = "MKL BSR (sparse_dot_mkl)"
+
+
 def bench_linear(args, gen) -> list[dict]:
     from compressor.kernels import BlockSparseLinear
+
+    from .engines import mkl_bsr_linear, mkl_unavailable_reason, scipy_bsr_linear
 
     out, inp = args.shape
     n = args.copies
     lins = [_linear(out, inp, gen) for _ in range(n)]
+    threads = args.threads or torch.get_num_threads()
+    mkl_reason = mkl_unavailable_reason()
+    if mkl_reason:
+        print(f"{MKL} row not run: {mkl_reason}")
     rows = []
-    for sp in args.sparsities:
-        masks = [_balanced_mask(out, inp, args.block, sp, gen) for _ in range(n)]
-        ours = [BlockSparseLinear.from_dense(l, m, (args.block, args.block)) for l, m in zip(lins, masks)]
-        ours_bsr = [BlockSparseLinear.from_dense(l, m, (args.block, args.block), layout="bsr") for l, m in zip(lins, masks)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse BSR support is in beta"
-            tbsr = [(l.weight.detach() * m).to_sparse_bsr((args.block, args.block)) for l, m in zip(lins, masks)]
-        for B in args.batches:
-            xs = [torch.randn(B, inp, generator=gen) for _ in range(n)]
-            fns = {
-                "dense F.linear": lambda i: F.linear(xs[i % n], lins[i % n].weight, lins[i % n].bias),
-                "torch BSR": lambda i: torch.sparse.mm(tbsr[i % n], xs[i % n].t()).t() + lins[i % n].bias,
-                "ours BlockSparseLinear": lambda i: ours[i % n](xs[i % n]),
-                "ours, BSR layout": lambda i: ours_bsr[i % n](xs[i % n]),
-            }
-            t = _time(fns, args)
-            case = f"{out}x{inp} sp={sp:g} batch={B}"
-            d = t["dense F.linear"]["median_s"]
-            for name in fns:
-                extra = {"sparsity": sp, "batch": B}
-                if name.startswith("ours"):
-                    extra["speedup_vs_torch_bsr"] = t["torch BSR"]["median_s"] / t[name]["median_s"]
-                rows.append(timing_row("linear", case, name, t[name], d, extra))
+    for block in args.block:
+        for sp in args.sparsities:
+            masks = [_balanced_mask(out, inp, block, sp, gen) for _ in range(n)]
+            ours = [BlockSparseLinear.from_dense(l, m, (block, block)) for l, m in zip(lins, masks)]
+            ours_bsr = [BlockSparseLinear.from_dense(l, m, (block, block), layout="bsr") for l, m in zip(lins, masks)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse BSR support is in beta"
+                tbsr = [(l.weight.detach() * m).to_sparse_bsr((block, block)) for l, m in zip(lins, masks)]
+            # the other engines get the same masked weights, as numpy arrays
+            weights = [((l.weight.detach() * m).numpy(), l.bias.detach().numpy()) for l, m in zip(lins, masks)]
+            engines = {SCIPY: [scipy_bsr_linear(w, b, block) for w, b in weights]}
+            if mkl_reason is None:
+                engines[MKL] = [mkl_bsr_linear(w, b, block, threads) for w, b in weights]
+            for B in args.batches:
+                xs = [torch.randn(B, inp, generator=gen) for _ in range(n)]
+                fns = {
+                    "dense F.linear": lambda i: F.linear(xs[i % n], lins[i % n].weight, lins[i % n].bias),
+                    "torch BSR": lambda i: torch.sparse.mm(tbsr[i % n], xs[i % n].t()).t() + lins[i % n].bias,
+                    "ours BlockSparseLinear": lambda i: ours[i % n](xs[i % n]),
+                    "ours, BSR layout": lambda i: ours_bsr[i % n](xs[i % n]),
+                }
+                for name, fs in engines.items():
+                    feeds = [prepare(x.numpy()) for (prepare, _), x in zip(fs, xs)]
+                    fns[name] = (lambda fs, feeds: (lambda i: fs[i % n][1](feeds[i % n])))(fs, feeds)
+                t = _time(fns, args)
+                case = f"{out}x{inp} block={block} sp={sp:g} batch={B}"
+                d = t["dense F.linear"]["median_s"]
+                for name in fns:
+                    extra = {"block": block, "sparsity": sp, "batch": B,
+                             "speedup_vs_scipy_bsr": t[SCIPY]["median_s"] / t[name]["median_s"]}
+                    if name.startswith("ours"):
+                        extra["speedup_vs_torch_bsr"] = t["torch BSR"]["median_s"] / t[name]["median_s"]
+                        # the 95% band of the paired per-round ratios: is "faster than scipy" beyond noise?
+                        band = paired_ratio(t[SCIPY]["samples_s"], t[name]["samples_s"])
+                        extra.update(scipy_ratio_low=band["low"], scipy_ratio_high=band["high"])
+                    rows.append(timing_row("linear", case, name, t[name], d, extra))
     return rows
 
 
@@ -171,7 +202,7 @@ def bench_onnx(args, gen) -> list[dict]:
     session = functools.partial(ort_session, threads=threads, spin=False, shared_pool=shared)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernels_") as tmp:
-        for L in args.onnx_layers:
+        for block, L in ((b, L) for b in args.block for L in args.onnx_layers):
             # At least `copies` distinct weight sets rotate: `copies` one-layer models, or enough
             # L-layer models (each layer its own weights) to hold that many layers.
             n_models = -(-n // L)
@@ -180,13 +211,14 @@ def bench_onnx(args, gen) -> list[dict]:
             for B in args.onnx_batches:
                 ex = torch.randn(B, inp, generator=gen)
                 xs = [torch.randn(B, inp, generator=gen) for _ in range(n)]
-                dense_s = [_verified_session(session, export_onnx(m, (ex,), os.path.join(tmp, f"dense{L}_{B}_{i}.onnx")),
+                dense_s = [_verified_session(session, export_onnx(m, (ex,), os.path.join(tmp, f"dense{block}_{L}_{B}_{i}.onnx")),
                                              m, xs[0]) for i, m in enumerate(dense_stacks)]
                 for sp in args.sparsities:
-                    ours = [_stack([BlockSparseLinear.from_dense(lin, _balanced_mask(out, inp, args.block, sp, gen),
-                                                                 (args.block, args.block)) for lin in layers])
+                    ours = [_stack([BlockSparseLinear.from_dense(lin, _balanced_mask(out, inp, block, sp, gen),
+                                                                 (block, block)) for lin in layers])
                             for layers in dense_layers]
-                    ours_s = [_verified_session(session, export_onnx(m, (ex,), os.path.join(tmp, f"ours{L}_{B}_{sp}_{i}.onnx")),
+                    path = os.path.join(tmp, f"ours{block}_{L}_{B}_{sp}_{{}}.onnx")
+                    ours_s = [_verified_session(session, export_onnx(m, (ex,), path.format(i)),
                                                 m, xs[0]) for i, m in enumerate(ours)]
                     feeds = [x.numpy() for x in xs]
                     name_d, name_o = dense_s[0].get_inputs()[0].name, ours_s[0].get_inputs()[0].name
@@ -195,10 +227,10 @@ def bench_onnx(args, gen) -> list[dict]:
                         "ORT ours": lambda i: ours_s[i % n_models].run(None, {name_o: feeds[i % n]}),
                     }
                     t = {name: _per_layer(v, L) for name, v in _time(fns, args).items()}
-                    case = f"{out}x{inp} sp={sp:g} batch={B}" + (f", {L}-layer model, per layer" if L > 1 else "")
+                    case = f"{out}x{inp} block={block} sp={sp:g} batch={B}" + (f", {L}-layer model, per layer" if L > 1 else "")
                     for name in fns:
                         rows.append(timing_row("onnx", case, name, t[name], t["ORT dense"]["median_s"],
-                                         {"sparsity": sp, "batch": B, "layers": L}))
+                                         {"block": block, "sparsity": sp, "batch": B, "layers": L}))
     return rows
 
 
@@ -226,17 +258,21 @@ def _verified_session(make_session, path: str, module: nn.Module, x: torch.Tenso
 
 
 def bench_rnn(args, gen) -> list[dict]:
+    return [row for block in args.block for row in _bench_rnn(args, gen, block)]
+
+
+def _bench_rnn(args, gen, block: int) -> list[dict]:
     from compressor.kernels import SparseLSTM
 
     H, L, n = args.rnn_hidden, args.rnn_layers, args.copies
     lstms, cells, sparse = [], [], []
     for _ in range(n):
         lstm = _random_lstm(H, H, L, gen)
-        masks = {name: _balanced_mask(*getattr(lstm, name).shape, args.block, args.rnn_sparsity, gen)
+        masks = {name: _balanced_mask(*getattr(lstm, name).shape, block, args.rnn_sparsity, gen)
                  for name in lstm._flat_weights_names if name.startswith("weight_")}
         lstms.append(lstm)
         cells.append(rnn_cells(lstm))
-        sparse.append(SparseLSTM.from_dense(lstm, masks, block=(args.block, args.block)))
+        sparse.append(SparseLSTM.from_dense(lstm, masks, block=(block, block)))
     xs = [torch.randn(1, H, generator=gen) for _ in range(n)]
     hs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
     cs = [torch.randn(L, 1, H, generator=gen) for _ in range(n)]
@@ -247,9 +283,9 @@ def bench_rnn(args, gen) -> list[dict]:
         "ours SparseLSTM.step": lambda i: sparse[i % n].step(xs[i % n], (hs[i % n], cs[i % n])),
     }
     t = _time(fns, args)
-    case = f"LSTM {L}x{H} sp={args.rnn_sparsity:g} batch=1 step"
-    return [timing_row("rnn", case, name, t[name], t["nn.LSTMCell x layers"]["median_s"], {"sparsity": args.rnn_sparsity})
-            for name in fns]
+    case = f"LSTM {L}x{H} block={block} sp={args.rnn_sparsity:g} batch=1 step"
+    return [timing_row("rnn", case, name, t[name], t["nn.LSTMCell x layers"]["median_s"],
+                       {"block": block, "sparsity": args.rnn_sparsity}) for name in fns]
 
 
 def bench_gated(args, gen) -> list[dict]:
@@ -332,11 +368,19 @@ def run(args: argparse.Namespace) -> int:
     if any(L < 1 for L in args.onnx_layers):
         print(f"--onnx-layers must be positive (got {args.onnx_layers})", file=sys.stderr)
         return 2
+    if not args.block or any(b < 1 for b in args.block):
+        print(f"--block must be positive block sizes (got {args.block})", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     info = machine_info()
     info["load_average_start"] = os.getloadavg()
+    if "linear" in sections:
+        from .engines import mkl_unavailable_reason
+
+        reason = mkl_unavailable_reason()
+        info["mkl_row"] = f"not run: {reason}" if reason else "ran"
     rows: list[dict] = []
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -380,12 +424,12 @@ def _jsonable(d: dict) -> dict:
 def _print(section: str, rows: list[dict]) -> None:
     cols = ["case", "impl", "median us", "min us", "x dense"]
     if section == "linear":
-        cols.append("x torch BSR")
+        cols += ["x torch BSR", "x scipy BSR"]
     table = []
     for r in rows:
         line = [r["case"], r["impl"], r["median_us"], r["min_us"], r.get("speedup_vs_dense", float("nan"))]
         if section == "linear":
-            line.append(r.get("speedup_vs_torch_bsr", ""))
+            line += [r.get("speedup_vs_torch_bsr", ""), r.get("speedup_vs_scipy_bsr", "")]
         table.append(line)
     print_table(f"kernels: {section}", cols, table)
 

@@ -16,7 +16,11 @@ own weights) and of the inputs; the table shows medians and ratios, the JSON eve
 * ``onnx``: ONNX Runtime on the dense counterpart's export vs on the compressed model's export,
   and the same for each recurrent layer's single-step graph. Both are written by
   :func:`compressor.export.export_model` to a temporary directory, so each is checked against
-  torch before it is timed.
+  torch before it is timed. Where DeepSparse runs (``deepsparse`` imports here, or
+  ``--deepsparse-python PATH`` names an interpreter that has it; :mod:`compressor.bench.engines`),
+  ``model.onnx`` gets a third row: ``deepsparse.Engine`` on the dense export with its zeros as
+  plain initializers, the same inputs, checked against ORT's outputs first; the compressed row
+  then carries its speed-up over DeepSparse. Otherwise one line says why there is no such row.
 
 A model without sparse kernel modules (no ``swap_kernels`` in the recipe, or every layer
 declined) runs the same dense ops in both columns; the benchmark says so.
@@ -62,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="REF",
                         help="the code that builds an artifact made from a --model factory ('file.py:function'); "
                              "loading never runs code the artifact itself names")
+    parser.add_argument("--deepsparse-python", default=None, metavar="PATH",
+                        help="onnx: time DeepSparse on the dense export through this interpreter (a separate venv "
+                             "with deepsparse==1.8.0, which cannot share ours; README); without it the row runs "
+                             "only where deepsparse imports in this environment")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default bench-results/model-<time>.json)")
 
@@ -86,6 +94,8 @@ def _validate(args: argparse.Namespace) -> tuple[list[str], dict, list[dict]]:
     if not Path(args.directory).is_dir():
         raise CompressorError(f"{args.directory}: no such artifact directory")
     meta = read_metadata(args.directory)  # ArtifactError when it is not an artifact
+    if args.deepsparse_python is not None and "onnx" not in sections:
+        raise CompressorError(f"--deepsparse-python times the onnx section, which --sections {args.sections!r} leaves out")
     specs = _input_specs(args.input, meta.get("inputs", []))
     if not specs and {"torch", "onnx"} & set(sections):
         raise CompressorError(f"{args.directory} records no example inputs; pass --input SHAPE[:DTYPE] per model input")
@@ -108,15 +118,22 @@ def _input_specs(texts: list[str], recorded: list[dict]) -> list[dict]:
     return specs
 
 
-def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None = None, others: dict | None = None
-          ) -> list[dict]:
-    """Time ``dense`` and ``compressed`` (and ``others``, more dense references) side by side."""
+def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None = None, others: dict | None = None,
+          versus: tuple[str, str] | None = None) -> list[dict]:
+    """Time ``dense`` and ``compressed`` (and ``others``, more references) side by side.
+    ``versus`` ``(key, name)``: the compressed row also gets its speed-up over ``others[name]``
+    (``speedup_vs_<key>``, with its noise band ``<key>_ratio_low/high``)."""
     fns = {"dense": dense_fn, **(others or {}), "compressed": ours_fn}
     t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     ref = t["dense"]["median_s"]
     rows = [timing_row(section, case, name, t[name], ref, extra) for name in fns]
     band = paired_ratio(t["dense"]["samples_s"], t["compressed"]["samples_s"])  # the compressed row's noise band
     rows[-1].update(ratio_low=band["low"], ratio_high=band["high"])
+    if versus is not None:
+        key, name = versus
+        band = paired_ratio(t[name]["samples_s"], t["compressed"]["samples_s"])
+        rows[-1].update({f"speedup_vs_{key}": t[name]["median_s"] / t["compressed"]["median_s"],
+                         f"{key}_ratio_low": band["low"], f"{key}_ratio_high": band["high"]})
     return rows
 
 
@@ -174,10 +191,20 @@ def bench_step(ours: list[nn.Module], args, gen: torch.Generator) -> list[dict]:
     return rows
 
 
-def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: torch.Generator) -> list[dict]:
+DEEPSPARSE = "DeepSparse 1.8.0 (dense zero-filled ONNX)"
+#: DeepSparse's outputs may differ from ORT's by more than float rounding (its own kernels) but no more than this,
+#: relative to each output's largest magnitude
+DEEPSPARSE_TOLERANCE = 1e-3
+
+
+def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: torch.Generator,
+               deepsparse_python: str | None = None, notes: list[str] | None = None) -> list[dict]:
+    """ORT on both exports per graph; ``deepsparse_python``: also DeepSparse on ``model.onnx``
+    (a line about it goes to ``notes``)."""
     from compressor.export import export_model, fresh_inputs
     from compressor.kernels import ort_session
 
+    notes = [] if notes is None else notes
     n = args.copies
     threads = args.threads or torch.get_num_threads()
     rows = []
@@ -200,10 +227,49 @@ def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: 
                 feeds = [{nm: torch.randn(shape, generator=gen).numpy() for nm, shape in zip(names, shapes)}
                          for _ in range(n)]
                 case = f"{written['compressed'][graph]['file']}, batch {args.step_batch}"
-            rows += _pair("onnx", case, lambda i, s=sessions["dense"], f=feeds: s[i % n].run(None, f[i % n]),
-                          lambda i, s=sessions["compressed"], f=feeds: s[i % n].run(None, f[i % n]), args,
-                          {"max_rel_error": written["compressed"][graph]["max_rel_error"]})
+            worker = err = None
+            if graph == "model" and deepsparse_python:
+                worker, err = _deepsparse_worker(deepsparse_python, tmp, written["dense"][graph]["file"],
+                                                 sessions["dense"][0], names, feeds, threads, notes)
+            try:
+                new = _pair("onnx", case, lambda i, s=sessions["dense"], f=feeds: s[i % n].run(None, f[i % n]),
+                            lambda i, s=sessions["compressed"], f=feeds: s[i % n].run(None, f[i % n]), args,
+                            {"max_rel_error": written["compressed"][graph]["max_rel_error"]},
+                            {DEEPSPARSE: worker.run} if worker else None, ("deepsparse", DEEPSPARSE) if worker else None)
+            finally:
+                if worker is not None:
+                    worker.close()
+            for r in new:
+                if r["impl"] == DEEPSPARSE:  # its own check: against ORT on the dense export
+                    r.update(max_rel_error=err, engine=worker.engine)
+            rows += new
     return rows
+
+
+def _deepsparse_worker(python: str, tmp: str, dense_file: str, ort_dense, names: list[str], feeds: list[dict],
+                       threads: int, notes: list[str]):
+    """``(worker, error)``: a started DeepSparse worker on the dense export whose outputs match ORT's
+    and their max error, or ``(None, None)`` with a line in ``notes`` saying why not (DeepSparse
+    failed to build or run the graph, or its outputs differ)."""
+    from compressor.export import max_errors
+
+    from .engines import DeepSparseWorker, deepsparse_onnx
+
+    try:
+        path = deepsparse_onnx(os.path.join(tmp, "dense", dense_file), os.path.join(tmp, "deepsparse.onnx"))
+        worker = DeepSparseWorker(python, path, [[f[nm] for nm in names] for f in feeds], threads, tmp)
+    except Exception as e:  # noqa: BLE001  (an engine that cannot take the graph is a result, not a crash)
+        notes.append(f"DeepSparse row not run: {' '.join(str(e).split())[:300]}")
+        return None, None
+    expected = [torch.from_numpy(a) for a in ort_dense.run(None, feeds[0])]
+    _, err = max_errors(expected, worker.outputs[0])
+    if not err <= DEEPSPARSE_TOLERANCE:
+        worker.close()
+        notes.append(f"DeepSparse row not run: its outputs differ from ORT's on the dense export (max error {err:.2e} "
+                     f"of the largest output, allowed {DEEPSPARSE_TOLERANCE:g})")
+        return None, None
+    notes.append(f"DeepSparse: {worker.engine} (outputs match ORT's: max error {err:.1e} of the largest output)")
+    return worker, err
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -215,6 +281,14 @@ def run(args: argparse.Namespace) -> int:
     from compressor.swaps import densify
 
     sections, meta, specs = _validate(args)
+    notes: list[str] = []
+    deepsparse_python = None
+    if "onnx" in sections:
+        from .engines import deepsparse_interpreter
+
+        deepsparse_python, line = deepsparse_interpreter(args.deepsparse_python)  # CompressorError on a bad flag
+        if deepsparse_python is None:
+            notes.append(line)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -234,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         if "step" in sections:
             rows += bench_step(ours, args, gen)
     if "onnx" in sections:
-        rows += bench_onnx(model, dense, specs, args, gen)
+        rows += bench_onnx(model, dense, specs, args, gen, deepsparse_python, notes)
     info["load_average_end"] = os.getloadavg()
     info["elapsed_s"] = time.perf_counter() - t0
     if kernels:
@@ -242,11 +316,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no sparse kernel modules in this artifact (swap_kernels not in its recipe, or it declined every "
               "layer): both columns run the same dense ops")
+    info["engine_notes"] = notes
+    for line in notes:
+        print(line)
     info["noise_warnings"] = noise_warnings(rows, same_ops=not kernels)
     for warning in info["noise_warnings"]:
         print(f"WARNING {warning} (load average {info['load_average_end'][0]:.1f})")
-    print_table(f"bench model: {args.directory}", ["case", "impl", "median us", "min us", "x dense"],
-                [[r["case"], r["impl"], r["median_us"], r["min_us"], r["speedup_vs_dense"]] for r in rows])
+    columns = ["case", "impl", "median us", "min us", "x dense"]
+    deepsparse = any("speedup_vs_deepsparse" in r for r in rows)
+    print_table(f"bench model: {args.directory}", columns + (["x DeepSparse"] if deepsparse else []),
+                [[r["case"], r["impl"], r["median_us"], r["min_us"], r["speedup_vs_dense"]]
+                 + ([r.get("speedup_vs_deepsparse", "")] if deepsparse else []) for r in rows])
     path = args.json or os.path.join("bench-results", f"model-{time.strftime('%Y%m%d-%H%M%S')}.json")
     payload = {"benchmark": "model", "command": " ".join(sys.argv), "artifact": str(args.directory),
                "kernel_modules": dict(kernels), "machine": info,

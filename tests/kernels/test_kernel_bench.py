@@ -93,3 +93,37 @@ def test_bench_onnx_refuses_a_graph_that_differs_from_torch(tmp_path):
     assert bench._verified_session(ort_session, path, exported, x) is not None
     with pytest.raises(RuntimeError, match="differs from torch"):
         bench._verified_session(ort_session, path, other, x)
+
+
+def test_bench_linear_rows_per_block_size_beside_scipy(tmp_path, capsys):
+    """``--block 8,16``: the linear section once per block size, each with the scipy BSR row (and
+    MKL's where sparse_dot_mkl runs, else one line saying why); ratios are over scipy's median."""
+    from compressor.bench.engines import mkl_unavailable_reason
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "k.json"
+    args = parser.parse_args(["--sections", "linear", "--shape", "64x48", "--block", "8,16", "--sparsities", "0.5",
+                              "--batches", "2", "--repeats", "2", "--warmup", "1", "--copies", "2", "--threads", "1",
+                              "--json", str(out)])
+    assert bench.run(args) == 0
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+    mkl = mkl_unavailable_reason() is None
+    expected = {"dense F.linear", "torch BSR", "ours BlockSparseLinear", "ours, BSR layout", bench.SCIPY} | (
+        {bench.MKL} if mkl else set())
+    for block in (8, 16):
+        assert {r["impl"] for r in rows if r["block"] == block} == expected
+    scipy = {r["block"]: r for r in rows if r["impl"] == bench.SCIPY}
+    for r in rows:
+        assert r["speedup_vs_scipy_bsr"] == pytest.approx(scipy[r["block"]]["median_us"] / r["median_us"])
+    printed = capsys.readouterr().out
+    assert ("MKL BSR (sparse_dot_mkl) row not run" in printed) == (not mkl)
+    assert (payload["machine"]["mkl_row"] == "ran") if mkl else payload["machine"]["mkl_row"].startswith("not run: ")
+
+
+def test_bench_rejects_a_non_positive_block(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--sections", "linear", "--block", "16,0", "--json", str(tmp_path / "k.json")])) == 2
+    assert "--block" in capsys.readouterr().err
