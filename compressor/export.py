@@ -23,14 +23,13 @@ import torch
 import torch.nn as nn
 
 from .errors import CompressorError
+from .recipe import INPUT_DTYPES, MAX_INPUT_ELEMENTS
 from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "token_axes"]
 
-_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                                                     torch.int64, torch.int32, torch.bool)}
 
 
 class ExportError(CompressorError):
@@ -51,10 +50,8 @@ def input_specs(example_inputs) -> list[dict]:
 def check_input_spec(spec: object, where: str) -> None:
     """Raise ValueError unless ``spec`` is an :func:`input_specs` record of a bounded size (artifact
     metadata is untrusted: an input of a trillion elements would be allocated by export and bench)."""
-    from .recipe import MAX_INPUT_ELEMENTS
-
-    if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPES or not isinstance(spec.get("shape"), list):
-        raise ValueError(f"{where}: expected {{shape: [..], dtype: one of {', '.join(_DTYPES)}}}")
+    if not isinstance(spec, dict) or spec.get("dtype") not in INPUT_DTYPES or not isinstance(spec.get("shape"), list):
+        raise ValueError(f"{where}: expected {{shape: [..], dtype: one of {', '.join(INPUT_DTYPES)}}}")
     shape = spec["shape"]
     if not shape or not all(type(d) is int and d >= 1 for d in shape) or math.prod(shape) > MAX_INPUT_ELEMENTS:
         raise ValueError(f"{where}.shape: expected positive sizes with at most {MAX_INPUT_ELEMENTS:,} elements")
@@ -67,7 +64,7 @@ def fresh_inputs(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor,
     """Random inputs of the shapes and dtypes in ``specs`` (:func:`input_specs`); integers in [0, high)."""
     out = []
     for s in specs:
-        dtype = _DTYPES[s["dtype"]]
+        dtype = INPUT_DTYPES[s["dtype"]]
         if dtype.is_floating_point:
             out.append(torch.randn(s["shape"], generator=gen).to(dtype))
         else:

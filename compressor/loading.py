@@ -38,8 +38,6 @@ __all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "re
            "conv1d_layout", "hf_companion_files", "hf_file_digests", "hf_quiet", "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
 @dataclass
@@ -63,19 +61,15 @@ class ModelSpec:
 
 
 def make_inputs(specs, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random example inputs from specs like ``"2x32:int64"`` (integers drawn from [0, 2))."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
+    """Random example inputs from specs like ``"2x32:int64"`` (integers drawn from [0, 2)): parsed
+    here, drawn by :func:`compressor.export.fresh_inputs` like every other input record."""
+    from .export import fresh_inputs  # the exporter's imports (ONNX tooling) only when inputs are made
+
+    records = []
     for i, spec in enumerate(specs):
         shape, dtype = parse_input_spec(spec, f"inputs[{i}]")
-        dt = _DTYPES[dtype]
-        if dt.is_floating_point:
-            out.append(torch.randn(shape, generator=gen).to(dt))
-        elif dt == torch.bool:
-            out.append(torch.randint(0, 2, shape, generator=gen).bool())
-        else:
-            out.append(torch.randint(0, 2, shape, generator=gen, dtype=dt))
-    return tuple(out)
+        records.append({"shape": list(shape), "dtype": dtype})
+    return fresh_inputs(records, torch.Generator().manual_seed(seed))
 
 
 def import_callable(ref: str, fail: Callable[[str], Exception]) -> tuple[Callable, str]:

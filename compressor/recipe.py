@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .config import config_to_dict, parse_config
@@ -45,7 +46,11 @@ _TOP_KEYS = ("version", "model", "seed", "passes", "export")
 MAX_INPUT_ELEMENTS = 1 << 26
 #: seeds are handed to torch, numpy and Python's random: the range all three accept
 MAX_SEED = 2**32 - 1
-_INPUT_SPEC = re.compile(r"^(\d+(?:x\d+)*)(?::(float32|float64|float16|bfloat16|int64|int32|bool))?$")
+#: the dtypes an example input may have, by the name specs and artifacts spell them (one table for
+#: --input, the recipe's model.inputs and the input records artifacts keep)
+INPUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+_INPUT_SPEC = re.compile(r"^(\d+(?:x\d+)*)(?::(" + "|".join(INPUT_DTYPES) + r"))?$")
 
 
 def parse_input_spec(spec: str, path: str = "inputs") -> tuple[tuple[int, ...], str]:
