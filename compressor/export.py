@@ -27,6 +27,7 @@ from .recipe import INPUT_DTYPES, MAX_INPUT_ELEMENTS
 from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
+from .kernels.onnx_check import max_errors  # noqa: F401  (re-exported: export's error definition)
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "token_axes"]
 
@@ -70,17 +71,6 @@ def fresh_inputs(specs: list[dict], gen: torch.Generator) -> tuple[torch.Tensor,
         else:
             out.append(torch.randint(0, s.get("high", 2), s["shape"], generator=gen).to(dtype))
     return tuple(out)
-
-
-def max_errors(expected: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
-    """Worst absolute error and worst error relative to each output's largest magnitude."""
-    max_abs = max_rel = 0.0
-    for e, o in zip(expected, got):
-        e = e.detach().double().numpy()
-        err = np.abs(o.astype(np.float64) - e)
-        max_abs = max(max_abs, float(err.max(initial=0.0)))
-        max_rel = max(max_rel, float(err.max(initial=0.0) / max(np.abs(e).max(initial=0.0), 1e-30)))
-    return max_abs, max_rel
 
 
 def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: float, trials: int,

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "output_names", "ort_session", "use_global_ort_threads", "onnx_check"]
+__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "max_errors", "output_names", "ort_session", "use_global_ort_threads",
+           "onnx_check"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -159,12 +160,25 @@ def flatten_outputs(outputs) -> list[torch.Tensor]:
     return []
 
 
+def max_errors(expected: Sequence, got: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Worst absolute error of ``got`` (ORT's outputs) against ``expected`` (torch tensors or arrays),
+    and worst error relative to each output's largest magnitude: the one error definition of every
+    ONNX check (export, the Hugging Face export, the benchmarks, :func:`onnx_check`)."""
+    max_abs = max_rel = 0.0
+    for e, o in zip(expected, got):
+        e = e.detach().double().numpy() if isinstance(e, torch.Tensor) else np.asarray(e, dtype=np.float64)
+        err = np.abs(np.asarray(o).astype(np.float64) - e)
+        max_abs = max(max_abs, float(err.max(initial=0.0)))
+        max_rel = max(max_rel, float(err.max(initial=0.0) / max(np.abs(e).max(initial=0.0), 1e-30)))
+    return max_abs, max_rel
+
+
 def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, trials: int = 2, seed: int = 0,
                opset: int | None = None) -> OnnxCheck:
     """Export ``module`` to a temporary file, run ORT on ``trials`` fresh random inputs of the
     example shapes/dtypes, and return the worst max-abs / max-rel error against torch.
 
-    Relative error is ``|ort - torch| / max(|torch|, 1e-6 * max|torch| + tiny)`` taken elementwise.
+    Errors as :func:`max_errors` defines them (relative: to each output's largest magnitude).
     """
     import onnx
 
@@ -179,14 +193,11 @@ def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, tri
         for _ in range(trials):
             inputs = tuple(_fresh(x, gen) for x in example_inputs)
             with torch.no_grad():
-                expected = [t.detach().double().numpy() for t in flatten_outputs(module(*inputs))]
+                expected = flatten_outputs(module(*inputs))
             feed = {n: x.numpy() for n, x in zip(names, inputs)}
             got = sess.run(None, feed)
             if len(got) != len(expected):
                 raise RuntimeError(f"ONNX model returned {len(got)} outputs, torch {len(expected)}")
-            for e, o in zip(expected, got):
-                err = np.abs(o.astype(np.float64) - e)
-                scale = np.maximum(np.abs(e), 1e-6 * (np.abs(e).max(initial=0.0)) + 1e-30)
-                max_abs = max(max_abs, float(err.max(initial=0.0)))
-                max_rel = max(max_rel, float((err / scale).max(initial=0.0)))
+            a, r = max_errors(expected, got)
+            max_abs, max_rel = max(max_abs, a), max(max_rel, r)
     return OnnxCheck(max_abs, max_rel, tuple(sorted(set(ops))), tuple(sorted(set(custom))))
