@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .corpus import CharVocab, corpus_text, split_text
 from .errors import CompressorError, RecipeError
 
-__all__ = ["TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
+__all__ = ["perplexity", "TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
            "CALIBRATION_METHODS", "TRAINING_METHODS", "kl_distill", "mean_pool", "held_out_sentences"]
 
 #: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
@@ -52,6 +52,24 @@ TRAINING_METHODS = ("batch", "loss", "evaluate")
 #: the protocol's methods as a user writes them (the error names the missing one this way)
 _SIGNATURES = {"batch": "batch(step, rank=0, world=1)", "inputs": "inputs(batch)", "loss": "loss(model, batch)",
                "evaluate": "evaluate(model)"}
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int = 128, batch: int = 32) -> float:
+    """Per-token perplexity of ``model`` on ``ids`` in non-overlapping windows of ``seq_len``."""
+    was_training = model.training
+    model.eval()
+    n = (ids.numel() - 1) // seq_len
+    if n == 0:
+        raise ValueError(f"text too short for perplexity: {ids.numel()} tokens, need > {seq_len}")
+    inputs = ids[: n * seq_len].view(n, seq_len)
+    targets = ids[1 : n * seq_len + 1].view(n, seq_len)
+    total = 0.0
+    for i in range(0, n, batch):
+        logits = model(inputs[i : i + batch])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[i : i + batch].reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return math.exp(total / (n * seq_len))
 
 
 @dataclass(frozen=True)
@@ -231,22 +249,9 @@ class LMTask(Task):
             target = self.teacher(x)
         return (1 - w) * ce + w * kl_distill(logits, target, self.config.temperature)
 
-    @torch.no_grad()
     def perplexity(self, model, ids: torch.Tensor) -> float:
         c = self.config
-        if c.eval_tokens:
-            ids = ids[: c.eval_tokens + 1]
-        n = (ids.numel() - 1) // c.seq_len
-        x = ids[: n * c.seq_len].view(n, c.seq_len)
-        y = ids[1 : n * c.seq_len + 1].view(n, c.seq_len)
-        was = model.training
-        model.eval()
-        total = 0.0
-        for i in range(0, n, c.batch_size):
-            logits = model(x[i : i + c.batch_size])
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i : i + c.batch_size].reshape(-1), reduction="sum").item()
-        model.train(was)
-        return math.exp(total / (n * c.seq_len))
+        return perplexity(model, ids[: c.eval_tokens + 1] if c.eval_tokens else ids, c.seq_len, c.batch_size)
 
     def evaluate(self, model):
         return {"perplexity": self.perplexity(model, self.valid_ids)}

@@ -9,7 +9,6 @@ ships as ``lstm_lm.safetensors`` with its vocabulary and hyper-parameters in the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..corpus import CharVocab, pydoc_text, split_text
+from ..tasks import perplexity  # noqa: F401  (the LM's held-out metric; callers import it from here too)
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["LSTMConfig", "LSTMLanguageModel", "CHECKPOINT", "perplexity", "train", "load_pretrained"]
@@ -56,24 +56,6 @@ class LSTMLanguageModel(nn.Module):
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Inputs used for tracing and export: one batch of 2 sequences of 32 tokens."""
         return (torch.randint(0, self.config.vocab_size, (2, 32)),)
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int = 128, batch: int = 32) -> float:
-    """Per-character perplexity of ``model`` on ``ids`` in non-overlapping windows of ``seq_len``."""
-    was_training = model.training
-    model.eval()
-    n = (ids.numel() - 1) // seq_len
-    if n == 0:
-        raise ValueError(f"text too short for perplexity: {ids.numel()} tokens, need > {seq_len}")
-    inputs = ids[: n * seq_len].view(n, seq_len)
-    targets = ids[1 : n * seq_len + 1].view(n, seq_len)
-    total = 0.0
-    for i in range(0, n, batch):
-        logits = model(inputs[i : i + batch])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[i : i + batch].reshape(-1), reduction="sum").item()
-    model.train(was_training)
-    return math.exp(total / (n * seq_len))
 
 
 def _batches(ids: torch.Tensor, steps: int, batch: int, seq_len: int, seed: int):
