@@ -184,25 +184,33 @@ def test_deepsparse_python_flag_is_checked(tmp_path):
         assert python is None and "--deepsparse-python" in line
 
 
-def test_bench_model_deepsparse_row_through_the_flag(load_fixture, tmp_path, stand_in_deepsparse, capsys):
-    """``compress bench model --deepsparse-python``: a third model.onnx row, checked against ORT, with
-    the compressed row's speed-up over it (stand-in engine: DeepSparse's figures are BENCHMARKS.md's)."""
+def _bench_mlp_onnx(load_fixture, tmp_path, more_passes: list[dict], flags: list[str]):
+    """``compress bench model --sections onnx`` on the fixture MLP at 75% balanced 4x4 blocks (plus
+    ``more_passes``) with ``flags``; returns the JSON's path."""
     from compressor.bench import model as bench_model
     from compressor.recipe import parse_recipe
     from fixture_models import trusted_ref
 
     recipe = parse_recipe({"version": 1, "passes": [
-        {"pass": "block_prune", "block": [4, 4], "sparsity": 0.75, "balanced": True},
-        {"pass": "swap_kernels", "force": True, "repeats": 1}]})
+        {"pass": "block_prune", "block": [4, 4], "sparsity": 0.75, "balanced": True}, *more_passes]})
     art = tmp_path / "art"
     compressor.Pipeline(recipe).run(load_fixture("mlp"), out=art, console=Console(file=io.StringIO()))
     parser = argparse.ArgumentParser()
     bench_model.add_arguments(parser)
     out = tmp_path / "bench.json"
-    args = parser.parse_args([str(art), "--sections", "onnx", "--repeats", "2", "--warmup", "1", "--copies", "2",
-                              "--threads", "1", "--deepsparse-python", stand_in_deepsparse, "--json", str(out),
-                              "--model", trusted_ref(art)])
+    args = parser.parse_args([str(art), "--sections", "onnx", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                              "--json", str(out), "--model", trusted_ref(art), *flags])
     assert bench_model.run(args) == 0
+    return out
+
+
+def test_bench_model_deepsparse_row_through_the_flag(load_fixture, tmp_path, stand_in_deepsparse, capsys):
+    """``compress bench model --deepsparse-python``: a third model.onnx row, checked against ORT, with
+    the compressed row's speed-up over it (stand-in engine: DeepSparse's figures are BENCHMARKS.md's)."""
+    from compressor.bench import model as bench_model
+
+    out = _bench_mlp_onnx(load_fixture, tmp_path, [{"pass": "swap_kernels", "force": True, "repeats": 1}],
+                          ["--copies", "2", "--deepsparse-python", stand_in_deepsparse])
     rows = [r for r in json.loads(out.read_text())["rows"] if r["case"] == "model.onnx"]
     assert [r["impl"] for r in rows] == ["dense", bench_model.DEEPSPARSE, "compressed"]
     assert rows[1]["max_rel_error"] <= bench_model.DEEPSPARSE_TOLERANCE and "stand-in Engine" in rows[1]["engine"]
@@ -214,16 +222,6 @@ def test_bench_model_real_deepsparse_row(load_fixture, tmp_path):
     """DeepSparse itself, where it is installed in this environment (it is not in the test extra)."""
     pytest.importorskip("deepsparse", reason="deepsparse not installed here (separate venv; README)")
     from compressor.bench import model as bench_model
-    from compressor.recipe import parse_recipe
-    from fixture_models import trusted_ref
 
-    recipe = parse_recipe({"version": 1, "passes": [{"pass": "block_prune", "block": [4, 4], "sparsity": 0.75}]})
-    art = tmp_path / "art"
-    compressor.Pipeline(recipe).run(load_fixture("mlp"), out=art, console=Console(file=io.StringIO()))
-    parser = argparse.ArgumentParser()
-    bench_model.add_arguments(parser)
-    out = tmp_path / "bench.json"
-    args = parser.parse_args([str(art), "--sections", "onnx", "--repeats", "2", "--warmup", "1", "--copies", "1",
-                              "--threads", "1", "--json", str(out), "--model", trusted_ref(art)])
-    assert bench_model.run(args) == 0
+    out = _bench_mlp_onnx(load_fixture, tmp_path, [], ["--copies", "1"])
     assert bench_model.DEEPSPARSE in {r["impl"] for r in json.loads(out.read_text())["rows"]}
