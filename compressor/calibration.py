@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CompressorError
+from .tasks import BatchStream
 
 __all__ = ["module_inputs", "rnn_layer_inputs", "call_model", "task_batches", "Stage", "SequentialRecorder"]
 
@@ -29,9 +30,6 @@ def call_model(model: nn.Module, inputs):
     return model(*inputs)
 
 
-#: First task step of calibration batches: far from the training passes' own steps, so calibration
-#: never sees the batches a fine-tuning pass trained on.
-CALIBRATION_STEP = 1_000_000
 
 
 def task_batches(task) -> Iterator:
@@ -42,7 +40,7 @@ def task_batches(task) -> Iterator:
     step = 0
     while True:
         try:
-            batch = task.batch(CALIBRATION_STEP + step)
+            batch = task.batch(BatchStream.CALIBRATION + step)
         except StopIteration:  # inside a generator it would become "RuntimeError: generator raised StopIteration"
             return
         inputs = task.inputs(batch)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Literal
 
 import torch
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from .corpus import CharVocab, corpus_text, split_text
 from .errors import CompressorError, RecipeError
 
-__all__ = ["perplexity", "TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
+__all__ = ["BatchStream", "perplexity", "TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
            "CALIBRATION_METHODS", "TRAINING_METHODS", "kl_distill", "mean_pool", "held_out_sentences"]
 
 #: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
@@ -52,6 +53,16 @@ TRAINING_METHODS = ("batch", "loss", "evaluate")
 #: the protocol's methods as a user writes them (the error names the missing one this way)
 _SIGNATURES = {"batch": "batch(step, rank=0, world=1)", "inputs": "inputs(batch)", "loss": "loss(model, batch)",
                "evaluate": "evaluate(model)"}
+
+
+class BatchStream(IntEnum):
+    """The first ``task.batch(step)`` step of each use of a task's batches: training passes count
+    from 0, calibration and a task's own evaluation far beyond any training run, so the three never
+    draw the same batch (a calibration batch a fine-tuning pass had trained on would flatter it)."""
+
+    TRAINING = 0
+    CALIBRATION = 1_000_000
+    EVALUATION = 10_000_000
 
 
 @torch.no_grad()
@@ -299,7 +310,7 @@ class DistillTask(Task):
     def evaluate(self, model):
         was = model.training
         model.eval()
-        losses = [float(self.loss(model, self.batch(10_000_000 + i))) for i in range(4)]
+        losses = [float(self.loss(model, self.batch(BatchStream.EVALUATION + i))) for i in range(4)]
         model.train(was)
         return {"distill_loss": sum(losses) / len(losses)}
 
