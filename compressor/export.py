@@ -79,20 +79,21 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
     ``naming``: export_onnx's input_names / output_names / dynamic_axes."""
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
+    inputs = [make_inputs(trial) for trial in range(trials + 1)]  # trial 0 exports, the others check
+    with torch.no_grad():
+        expected_all = [flatten_outputs(reference(*x)) for x in inputs]
     try:
         with atomic_file(path) as tmp:
             exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter
-            export_onnx(module, make_inputs(0), tmp, **(naming or {}))
-            _compact(tmp)
+            export_onnx(module, inputs[0], tmp, **(naming or {}))
+            _finish_graph(tmp, inputs, expected_all, (naming or {}).get("dynamic_axes"))
             exporter_log.setLevel(level)
             session = ort_session(tmp)
             names = [i.name for i in session.get_inputs()]
             worst_abs = worst_rel = 0.0
             for trial in range(1, trials + 1):
-                inputs = make_inputs(trial)
-                with torch.no_grad():
-                    expected = flatten_outputs(reference(*inputs))
-                got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+                expected = expected_all[trial]
+                got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs[trial])})
                 if len(got) != len(expected):
                     raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
                 a, r = max_errors(expected, got)
@@ -107,13 +108,38 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
     return {"file": path.name, "max_abs_error": worst_abs, "max_rel_error": worst_rel, "trials": trials}
 
 
-def _compact(path: Path) -> None:
+def _finish_graph(path: Path, inputs: list[tuple], outputs: list[list[torch.Tensor]],
+                  dynamic_axes: dict[str, dict[int, str]] | None) -> None:
     """Store the graph's pruned initializers as bitmask + kept values (:mod:`compressor.onnx_compact`;
-    ORT folds them back at session creation, so what runs is unchanged and verified below)."""
+    ORT folds them back at session creation, so what runs is unchanged and verified after), and give
+    every output dimension that torch's outputs show varying over the check trials a symbolic size:
+    the exporter declared some of them at the example's size (a dense ``nn.LSTM``'s output sequence:
+    ``[batch, 32, 104]``, and its inner shapes alike), and ORT then warned on every run of another
+    length. The name is the input axis whose sizes vary alike (``batch``, ``sequence``), else
+    ``<output>_<dim>``; the exporter's inner shape annotations are then dropped (ORT infers them)."""
     import onnx
 
     graph = onnx.load(str(path))
-    if compact_initializers(graph):
+    changed = compact_initializers(graph)
+    resized = False
+    axes = {}  # axis name -> its size in every trial
+    for i, dims in enumerate((dynamic_axes or {}).values()):
+        for d, name in dims.items():
+            axes.setdefault(name, [tuple(x)[i].shape[d] for x in inputs])
+    for k, out in enumerate(graph.graph.output):
+        dims = out.type.tensor_type.shape.dim
+        sizes = [tuple(o[k].shape) for o in outputs if k < len(o)]
+        if len(sizes) != len(outputs) or any(len(sz) != len(dims) for sz in sizes):
+            continue
+        for d, dim in enumerate(dims):
+            values = [sz[d] for sz in sizes]
+            if len(set(values)) > 1 and not dim.dim_param:
+                dim.Clear()
+                dim.dim_param = next((n for n, v in axes.items() if v == values), f"{out.name}_{d}")
+                changed = resized = True
+    if resized:  # the inner shapes the exporter annotated carry the same stale size: ORT infers its own
+        del graph.graph.value_info[:]
+    if changed:
         onnx.save(graph, str(path))
 
 

@@ -62,6 +62,7 @@ def test_main_job_on_the_builtin_model(tmp_path):
 
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.shape for i in sess.get_inputs()] == [["batch", "sequence"]]
+    assert [o.shape for o in sess.get_outputs()] == [["batch", "sequence", 104]]  # not the example's 32
     assert sess.run(None, {sess.get_inputs()[0].name: np.zeros((3, 7), np.int64)})[0].shape[:2] == (3, 7)
 
     proc = compress("report", out, "--json")
