@@ -133,7 +133,7 @@ def _export_parser() -> argparse.ArgumentParser:
 def _cmd_export(args) -> int:
     from .artifacts import load, read_metadata, write_dense
     from .errors import ArtifactError, CompressorError
-    from .export import export_model, token_axes
+    from .export import export_model, recurrent_graph_note, token_axes
 
     if args.hf and args.dense:
         raise CompressorError("--hf and --dense write different things; choose one")
@@ -166,6 +166,8 @@ def _cmd_export(args) -> int:
     for r in results.values():
         print(f"{r['file']}: max abs error {r['max_abs_error']:.3g}, max rel error {r['max_rel_error']:.3g} "
               f"(ONNX Runtime vs torch, {r['trials']} fresh inputs)")
+    for path, choice in results["model"].get("recurrent", {}).items():
+        print(f"model.onnx: {path} {recurrent_graph_note(choice)}")
     return 0
 
 

@@ -38,7 +38,7 @@ from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import PassEntry, Recipe
 from .progress import NoProgress, Progress, pipeline_progress
 from .report import Report, build_report, onnx_metric
-from .export import ExportError, export_model, input_specs, token_axes
+from .export import ExportError, export_model, input_specs, recurrent_graph_note, token_axes
 from .kernels import flatten_outputs
 from .swaps import Replacement, densify, replay
 from .tasks import TaskConfig
@@ -514,6 +514,12 @@ class Pipeline:
             exported.metrics[onnx_metric(r["file"])] = {"after": r["max_rel_error"]}
             state.console.print(f"onnx {r['file']}: max abs error {r['max_abs_error']:.3g}, "
                                 f"max rel error {r['max_rel_error']:.3g} (ONNX Runtime vs torch)")
+        for path, choice in results["model"].get("recurrent", {}).items():
+            note = recurrent_graph_note(choice)
+            state.console.print(f"onnx model.onnx: {path} {note}", markup=False)
+            for name, t in state.targets.items():
+                if t.module_path == path:
+                    exported.notes.setdefault(name, []).append(f"model.onnx {note}")
         if ex.step:
             for name, t in state.targets.items():
                 module = model.get_submodule(t.module_path)

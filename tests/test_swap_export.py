@@ -163,6 +163,38 @@ def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_pa
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
     report = compressor.read_report(tmp_path / "art")
     assert report.metrics["onnx_rel_error(model.onnx)"]["after"] < 1e-4
+    # the LSTM's rows say which graph model.onnx runs for it, and the graph holds that one
+    notes = {n for row in report.layers if row.name.startswith("rnn.") for n in row.notes if "model.onnx runs as" in n}
+    assert len(notes) == 1
+    fused = "fused op" in notes.pop()
+    top = [n.op_type for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node]
+    assert ("LSTM" in top) == fused and ("Scan" in top) == (not fused)
+
+
+def test_export_runs_each_sparse_recurrent_module_as_the_faster_ort_graph(tmp_path):
+    """export_model times a SparseLSTM's Scan graph against ORT's fused LSTM op on its own input and
+    writes the faster into model.onnx (the caller's model keeps its sparse module); ORT matches torch."""
+    import onnx
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = SparseLSTM.from_dense(nn.LSTM(8, 16, batch_first=True),
+                                             {"weight_hh_l0": (torch.rand(16, 4) < 0.5).repeat_interleave(4, 0)
+                                              .repeat_interleave(4, 1)}, block=(4, 4))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    model = LM().eval()
+    results = export_model(model, input_specs((torch.randn(2, 6, 8),)), tmp_path, step=False)
+    choice = results["model"]["recurrent"]["rnn"]
+    assert choice["graph"] == ("dense" if choice["dense_ms"] < choice["scan_ms"] else "scan")
+    assert min(choice["dense_ms"], choice["scan_ms"]) > 0
+    top = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert ("LSTM" in top) == (choice["graph"] == "dense") and ("Scan" in top) == (choice["graph"] == "scan")
+    assert isinstance(model.rnn, SparseLSTM) and results["model"]["max_rel_error"] < 1e-4
 
 
 def test_reports_with_the_old_onnx_metric_read_in_the_current_form(tmp_path):
