@@ -15,7 +15,6 @@ mismatch beyond ``tolerance`` (relative to the output scale) is an error and lea
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from pathlib import Path
 
@@ -80,34 +79,27 @@ def _verified(path: Path, module: nn.Module, make_inputs, reference, tolerance: 
               naming: dict | None = None) -> dict:
     """Export to a temporary file next to ``path``, check it in ORT, then rename into place.
     ``naming``: export_onnx's input_names / output_names / dynamic_axes."""
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
     inputs = [make_inputs(trial) for trial in range(trials + 1)]  # trial 0 exports, the others check
     with torch.no_grad():
         expected_all = [flatten_outputs(reference(*x)) for x in inputs]
-    try:
-        with atomic_file(path) as tmp:
-            exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter
-            export_onnx(module, inputs[0], tmp, **(naming or {}))
-            _finish_graph(tmp, inputs, expected_all, (naming or {}).get("dynamic_axes"))
-            exporter_log.setLevel(level)
-            session = ort_session(tmp)
-            names = [i.name for i in session.get_inputs()]
-            worst_abs = worst_rel = 0.0
-            for trial in range(1, trials + 1):
-                expected = expected_all[trial]
-                got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs[trial])})
-                if len(got) != len(expected):
-                    raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
-                a, r = max_errors(expected, got)
-                worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-            if not worst_rel <= tolerance:
-                raise ExportError(
-                    f"{path.name}: ONNX Runtime differs from torch: max abs error {worst_abs:.3g}, "
-                    f"max error relative to the output scale {worst_rel:.3g} > tolerance {tolerance:g}; nothing written"
-                )
-    finally:
-        exporter_log.setLevel(level)
+    with atomic_file(path) as tmp:
+        export_onnx(module, inputs[0], tmp, **(naming or {}))
+        _finish_graph(tmp, inputs, expected_all, (naming or {}).get("dynamic_axes"))
+        session = ort_session(tmp)
+        names = [i.name for i in session.get_inputs()]
+        worst_abs = worst_rel = 0.0
+        for trial in range(1, trials + 1):
+            expected = expected_all[trial]
+            got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs[trial])})
+            if len(got) != len(expected):
+                raise ExportError(f"{path.name}: ONNX Runtime returned {len(got)} outputs, torch {len(expected)}")
+            a, r = max_errors(expected, got)
+            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+        if not worst_rel <= tolerance:
+            raise ExportError(
+                f"{path.name}: ONNX Runtime differs from torch: max abs error {worst_abs:.3g}, "
+                f"max error relative to the output scale {worst_rel:.3g} > tolerance {tolerance:g}; nothing written"
+            )
     return {"file": path.name, "max_abs_error": worst_abs, "max_rel_error": worst_rel, "trials": trials}
 
 

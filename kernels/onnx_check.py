@@ -7,6 +7,7 @@ Used by the kernel tests and the benchmark: the sparse modules must export as st
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -46,9 +47,15 @@ def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, opset: 
             kwargs[key] = list(value) if key != "dynamic_axes" else value
     module = module.eval()
     _forget_recurrent_dispatch()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter deprecation chatter, not about the model
-        torch.onnx.export(module, tuple(args), str(path), **kwargs)
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "torchvision is not installed" chatter, not about the model
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter deprecation chatter, not about the model
+            torch.onnx.export(module, tuple(args), str(path), **kwargs)
+    finally:
+        log.setLevel(level)
     return str(path)
 
 
@@ -99,6 +106,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, spin: bool 
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: "Removing initializer ... not used" on exported graphs is noise
     if shared_pool:
         opts.use_per_session_threads = False
     else:
