@@ -240,9 +240,9 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
 
     ``model.onnx``'s inputs are named after the forward's parameters and its outputs after the
     output mapping's keys (a Hugging Face ``ModelOutput``: ``last_hidden_state``, ...). With
-    ``dynamic`` (Hugging Face models) the first two dimensions of every input are the dynamic axes
-    ``batch`` and ``sequence``, and ORT is checked at a batch and a sequence length other than the
-    example's too."""
+    ``dynamic`` (Hugging Face and built-in models: :func:`token_axes`) the first two dimensions of
+    every input are the dynamic axes ``batch`` and ``sequence``, and ORT is checked at a batch and a
+    sequence length other than the example's too."""
     if not specs:
         raise CompressorError("ONNX export needs example inputs: the artifact has none (pass --input when compressing)")
     directory = Path(directory)
