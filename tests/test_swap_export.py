@@ -171,7 +171,7 @@ def test_recipe_export_writes_verified_onnx_with_step_graph(load_fixture, tmp_pa
     assert ("LSTM" in top) == fused and ("Scan" in top) == (not fused)
 
 
-def test_export_runs_each_sparse_recurrent_module_as_the_faster_ort_graph(tmp_path):
+def test_export_runs_each_sparse_recurrent_module_as_the_faster_ort_graph(tmp_path, monkeypatch):
     """export_model times a SparseLSTM's Scan graph against ORT's fused LSTM op on its own input and
     writes the faster into model.onnx (the caller's model keeps its sparse module); ORT matches torch."""
     import onnx
@@ -195,6 +195,16 @@ def test_export_runs_each_sparse_recurrent_module_as_the_faster_ort_graph(tmp_pa
     top = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert ("LSTM" in top) == (choice["graph"] == "dense") and ("Scan" in top) == (choice["graph"] == "scan")
     assert isinstance(model.rnn, SparseLSTM) and results["model"]["max_rel_error"] < 1e-4
+
+    # a measurement that fails costs the choice, not the export: the module keeps its Scan graph
+    def broken(self):
+        raise RuntimeError("no dense form here")
+
+    monkeypatch.setattr(SparseLSTM, "to_dense", broken)
+    (tmp_path / "again").mkdir()
+    results = export_model(model, input_specs((torch.randn(2, 6, 8),)), tmp_path / "again", step=False)
+    assert results["model"]["recurrent"]["rnn"] == {"graph": "scan", "error": "RuntimeError: no dense form here"}
+    assert "Scan" in [n.op_type for n in onnx.load(str(tmp_path / "again" / "model.onnx")).graph.node]
 
 
 def test_reports_with_the_old_onnx_metric_read_in_the_current_form(tmp_path):
