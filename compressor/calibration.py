@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from .errors import CompressorError
+from .errors import CompressorError, first_line
 from .tasks import BatchStream
 
 __all__ = ["module_inputs", "rnn_layer_inputs", "call_model", "task_batches", "Stage", "SequentialRecorder"]
@@ -129,7 +129,7 @@ def module_inputs(model: nn.Module, module_path: str, batches: Iterator, rows: i
                 pass
             except Exception as exc:
                 raise CompressorError(
-                    f"a calibration batch does not fit the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                    f"a calibration batch does not fit the model ({first_line(exc)})"
                 ) from None
             for x in captured:
                 parts = rnn_layer_inputs(module, x, layers) if recurrent else {"weight": _rows(x)}
@@ -252,8 +252,7 @@ class _Blocks:
                 except _Reached:
                     pass
                 except Exception as exc:
-                    raise CompressorError(f"a calibration batch does not fit the model ({type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0][:200]})") from None
+                    raise CompressorError(f"a calibration batch does not fit the model ({first_line(exc)})") from None
                 if len(self.inputs) == before:
                     missed += 1
                     if missed >= _EMPTY_BATCHES:

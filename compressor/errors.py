@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reprlib
 
-__all__ = ["CompressorError", "RecipeError", "ModelLoadError", "TargetError", "ArtifactError", "short"]
+__all__ = ["CompressorError", "RecipeError", "ModelLoadError", "TargetError", "ArtifactError", "short", "first_line"]
 
 #: the longest message an error carries: a value a user (or an attacker) wrote is quoted, not copied
 MAX_MESSAGE = 500
@@ -22,6 +22,14 @@ def short(value: object, limit: int = 60) -> str:
     except Exception:  # a user object whose __repr__ fails
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``"Type: first line of the message"`` of ``exc``, the message cut to ``limit`` characters: how
+    an error raised inside the user's model or a library is quoted in one line (an empty message
+    gives just the type; a traceback's text is never copied whole)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
 
 
 class CompressorError(Exception):

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CompressorError
+from .errors import CompressorError, first_line
 from .recipe import INPUT_DTYPES, MAX_INPUT_ELEMENTS
 from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .swaps import set_module
 from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
-from .kernels.onnx_check import max_errors  # noqa: F401  (re-exported: export's error definition)
+from .kernels.onnx_check import max_errors  # the checks' one error definition (also re-exported here)
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "recurrent_graph_note",
            "token_axes"]
@@ -195,8 +195,7 @@ def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> di
                 times = time_interleaved({name: (lambda r, s=sess, f=feed[name]: s.run(None, f))
                                           for name, sess in sessions.items()}, repeats=repeats, warmup=2)
             except Exception as exc:  # a measurement, not the export: the module keeps its own graph
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                choices[path] = {"graph": "scan", "error": f"{type(exc).__name__}: {first}"[:200]}
+                choices[path] = {"graph": "scan", "error": first_line(exc)}
                 continue
             ms = {name: round(t["median_s"] * 1e3, 4) for name, t in times.items()}
             choices[path] = {"graph": "dense" if ms["dense"] < ms["scan"] else "scan",

@@ -31,7 +31,7 @@ from .artifacts import save_artifacts
 from .outputs import check_output, claim_output, named_paths, scratch_directory
 from .capture import CaptureResult, Target, capture
 from .distributed import broadcast_tensors, current
-from .errors import ArtifactError, CompressorError, RecipeError, TargetError
+from .errors import ArtifactError, CompressorError, RecipeError, TargetError, first_line
 from .loading import ModelSpec, check_finite
 from .passes import LayerUpdate, PassResult, PassSpec, get_pass
 from .patterns import Dense, Pattern, pattern_from_dict
@@ -394,8 +394,7 @@ class Pipeline:
                 try:
                     onnx = self._export_onnx(state, scratch.enter_context(scratch_directory(out)))
                 except Exception as exc:  # the compressed model is kept: written without graphs, then the error
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    failure = f"{type(exc).__name__}: {first}"[:300]
+                    failure = first_line(exc, 300)
                     state.console.print(f"ONNX export failed: {failure}", markup=False)
             report = build_report(state, final_masks, {**metrics, **onnx.metrics}, onnx.notes, elapsed)
             report.export_error = failure
@@ -550,7 +549,7 @@ def _reference_outputs(spec: ModelSpec) -> list[torch.Tensor] | None:
         except Exception as exc:
             shapes = ", ".join(f"{list(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in spec.example_inputs)
             raise CompressorError(
-                f"the example inputs do not fit the model ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                f"the example inputs do not fit the model ({shapes}): {first_line(exc)}"
             ) from None
     return [o.clone() for o in flatten_outputs(outputs) if o.is_floating_point()]
 

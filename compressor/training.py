@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .config import check_range
 from .errors import RecipeError
-from .tasks import TaskConfig
+from .tasks import BatchStream, TaskConfig
 
 if TYPE_CHECKING:
     from .pipeline import CompressionState
@@ -143,7 +143,7 @@ def fine_tune(state: CompressionState, cfg: TrainConfig, hooks: TrainHooks, labe
     task_id = progress.add_task(f"  {label}", total=cfg.steps, completed=start, loss="", metric="")
     for step in range(start, cfg.steps):
         hooks.before_step(step)
-        batch = task.batch(step, info.rank, info.world)
+        batch = task.batch(BatchStream.TRAINING + step, info.rank, info.world)
         loss = task.loss(runner, batch)
         extra = hooks.extra_loss(model)
         total = loss + extra if extra is not None else loss

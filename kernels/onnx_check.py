@@ -72,7 +72,9 @@ def _forget_recurrent_dispatch() -> None:
     for name in _RECURRENT_OPS:
         packet = getattr(torch.ops.aten, name)
         for overload in packet.overloads():
-            getattr(packet, overload)._dispatch_cache.clear()
+            cache = getattr(getattr(packet, overload), "_dispatch_cache", None)  # private: absent in another torch
+            if cache:
+                cache.clear()
 
 
 def output_names(outputs, prefix: str = "") -> list[str] | None:

@@ -31,6 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..errors import first_line
 from .common import machine_info, print_table, write_json
 
 __all__ = ["add_gpu_arguments", "run_gpu"]
@@ -91,7 +92,7 @@ def _try(rows, section, case, name, fn, args, extra=None):
         rows.append({"section": section, "case": case, "impl": name, "median_us": ms * 1e3, **(extra or {})})
     except Exception as exc:  # a competitor that cannot run this case is reported, not fatal
         rows.append({"section": section, "case": case, "impl": name, "median_us": float("nan"),
-                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"})
+                     "error": first_line(exc, 120)})
 
 
 def _ratios(rows, case, bsr_name="torch bsr_dense_mm"):
