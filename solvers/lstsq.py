@@ -8,7 +8,23 @@ each output row ``j`` gets the kept weights ``w'`` (zero where ``S_j`` is False)
 where ``w_j`` is the original row and ``lambda = damping * mean(diag X^T X)`` a ridge towards the
 original values that keeps every system positive definite. Only the Gram matrix ``G = X^T X`` is
 needed: the kept columns ``K`` of a row solve ``(G_KK + lambda I) w'_K = ((G + lambda I) w_j)_K``.
-Rows with the same number of kept weights are solved together by a batched Cholesky factorisation.
+
+Two solvers, one answer:
+
+- ``cholesky``: rows with the same number of kept weights are factorised together (batched
+  Cholesky in float64). Exact, but each row costs ``k^3 / 3``: 384 rows keeping 768 of 1536
+  inputs (a transformer's down-projection at 4:8) took 10.4 s on one core.
+- ``cg``: conjugate gradients on every row at once. Each iteration is one product of the
+  (rows x in) search directions with ``G``, so it runs as a GEMM on every thread. The
+  preconditioner of row ``j`` is ``((G + lambda I)^-1)_KK``, the kept block of the inverse of the
+  whole damped Gram matrix (one Cholesky, shared by all rows): far closer to ``(G_KK)^-1`` than its
+  diagonal (82 iterations instead of 306 on that down-projection, 2.4 s). Rows stop at a relative
+  residual ``tol``; the true residual is checked at the end and every row that missed it (or is
+  not finite) is solved again by ``cholesky``. Iterates in the weight's precision (float32 for
+  float32 weights): at the float32 ``tol`` of 1e-6 the layer's output error equals the Cholesky
+  solution's to 8 digits on a pretrained encoder; float64 weights iterate in float64 to 1e-12.
+
+``auto`` (the default) takes ``cg`` from 256 inputs on, where the per-row factorisations dominate.
 
 Pure tensor math: no model access.
 """
@@ -20,26 +36,52 @@ import torch
 from ._checks import check_prior, check_weight
 from .greedy import single_thread
 
-__all__ = ["masked_lstsq", "SingularGramError"]
+__all__ = ["masked_lstsq", "SingularGramError", "LSTSQ_METHODS"]
+
+#: ``method`` values of :func:`masked_lstsq`.
+LSTSQ_METHODS = ("auto", "cg", "cholesky")
+#: ``auto`` uses conjugate gradients from this many inputs on.
+CG_MIN_INPUTS = 256
 
 
 class SingularGramError(ValueError):
     """A row's kept-column system is not positive definite (no damping and too few calibration rows)."""
 
 
-def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, damping: float) -> torch.Tensor:
+def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, damping: float, *,
+                 method: str = "auto", tol: float | None = None, max_iter: int = 500) -> torch.Tensor:
     """The kept weights of every row of ``weight`` (out x in) minimising the output error (module
     docstring) from ``gram`` = X^T X (in x in, any scale). Zero where ``mask`` is False; the
-    weight's dtype; computed in float64.
+    weight's dtype. ``method``: ``cholesky`` (float64, exact), ``cg`` (conjugate gradients to a
+    relative residual ``tol`` in at most ``max_iter`` iterations; rows that miss it are solved by
+    Cholesky) or ``auto`` (``cg`` from 256 inputs on). ``tol`` defaults to 1e-6 for float32 weights
+    and 1e-12 for float64 ones.
     Raises :class:`SingularGramError` when a system cannot be factorised."""
     check_weight(weight)
     check_prior(mask, weight, "mask")
+    if method not in LSTSQ_METHODS:
+        raise ValueError(f"masked_lstsq: method {method!r} is not one of {', '.join(LSTSQ_METHODS)}")
     gram = gram.double().clone()
     gram += damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype,
                                                                           device=gram.device)
+    mask = mask.to(torch.bool)
+    if tol is None:
+        tol = 1e-12 if weight.dtype == torch.float64 else 1e-6
+    if method == "cg" or (method == "auto" and gram.shape[0] >= CG_MIN_INPUTS):
+        out, missed = _conjugate_gradients(gram, weight, mask, tol, max_iter)
+        if out is not None:
+            if bool(missed.any()):
+                rows = missed.nonzero().flatten()
+                out[rows] = _cholesky_rows(gram, weight[rows], mask[rows]).to(out.dtype)
+            return out.to(weight.dtype)
+    return _cholesky_rows(gram, weight, mask).to(weight.dtype)
+
+
+def _cholesky_rows(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float64 solutions of every row's kept-column system (``gram`` already damped), rows with the
+    same number of kept weights factorised together."""
     rhs_full = (gram @ weight.double().T).T  # (out, in): (G + lambda I) w_j for every row
     out = torch.zeros_like(weight, dtype=torch.float64)
-    mask = mask.to(torch.bool)
     counts = mask.sum(1)
     # batched factorisations of small systems: with 1 thread 20x faster than with 2 on 1536 systems of
     # 192 x 192, 1.7x on 96 of 768 x 768 (MKL, torch 2.13.0, 2-core machine). (Batched LU,
@@ -59,6 +101,44 @@ def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, d
                 chol, info = torch.linalg.cholesky_ex(a)
                 if bool((info != 0).any()):
                     raise SingularGramError(f"the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
-                                            f"(damping={damping})")
+                                            "(set damping > 0)")
                 out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
-    return out.to(weight.dtype)
+    return out
+
+
+def _conjugate_gradients(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int):
+    """``(solution, missed)``: preconditioned conjugate gradients on all rows at once (module
+    docstring), ``missed`` the rows whose true relative residual is above ``tol`` (or not finite).
+    ``(None, None)`` where the damped Gram matrix itself is not positive definite (the per-row
+    systems may still be: the caller falls back to Cholesky)."""
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return None, None
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    precond = torch.cholesky_inverse(chol).to(dtype)  # (G + lambda I)^-1, its kept block per row
+    g = gram.to(dtype)
+    m = mask.to(dtype)
+    w = weight.to(dtype)
+    b = m * (w @ g)  # ((G + lambda I) w_j)_K, zero elsewhere
+    b_norm = b.norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+    x = m * w  # start from the original kept weights
+    r = b - m * (x @ g)
+    z = m * (r @ precond)
+    p = z.clone()
+    rz = (r * z).sum(1)
+    for _ in range(max_iter):
+        if bool(((r.norm(dim=1) / b_norm) <= tol).all()):
+            break
+        q = m * (p @ g)
+        pq = (p * q).sum(1)
+        alpha = torch.where(pq > 0, rz / pq.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(pq))
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * q
+        z = m * (r @ precond)
+        rz_new = (r * z).sum(1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        p = z + beta[:, None] * p
+        rz = rz_new
+    true_residual = (b - m * (x @ g)).norm(dim=1) / b_norm  # the recurrence drifts in float32
+    missed = ~(true_residual <= 10 * tol) | ~torch.isfinite(x).all(1)
+    return x, missed

@@ -1,0 +1,81 @@
+"""Least squares under a fixed mask: conjugate gradients against per-row Cholesky and torch's lstsq."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.passes.nm_convert import gram_matrix, gram_relative_error, relative_error
+from compressor.solvers.lstsq import SingularGramError, masked_lstsq
+
+
+def _problem(rows=2000, cols=320, out=40, seed=0):
+    """Inputs with correlated columns and uneven norms (one column 30x the others, as transformer
+    activations have), a float32 weight, and a mask with varied kept counts: one empty row, one
+    full row, the rest about half."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=gen) @ torch.randn(cols, cols, generator=gen) / cols**0.5
+    x = (x + 0.2 * torch.randn(rows, cols, generator=gen)) * (torch.rand(cols, generator=gen) * 3 + 0.1)
+    x[:, 7] *= 30
+    w = torch.randn(out, cols, generator=gen)
+    mask = torch.rand(out, cols, generator=gen) > 0.5
+    mask[0] = False
+    mask[1] = True
+    return x, w, mask
+
+
+def _objective(gram, w_ref, w, damping):
+    """The minimised quantity, summed over rows: ||X (w_ref - w)||^2 + lambda ||w_ref - w||^2."""
+    d = (w_ref - w).double()
+    lam = damping * gram.diagonal().mean()
+    return float(((d @ gram) * d).sum() + lam * d.pow(2).sum())
+
+
+def test_conjugate_gradients_reach_the_cholesky_optimum():
+    x, w, mask = _problem()
+    gram = gram_matrix(x.double())
+    exact = masked_lstsq(gram, w, mask, 0.01, method="cholesky")
+    cg = masked_lstsq(gram, w, mask, 0.01, method="cg")
+    assert cg.dtype == w.dtype and bool((cg[~mask] == 0).all())
+    assert torch.equal(cg[0], torch.zeros_like(cg[0]))
+    f_exact, f_cg = _objective(gram, w, exact, 0.01), _objective(gram, w, cg, 0.01)
+    assert f_cg <= f_exact * (1 + 1e-6)
+    assert f_exact < _objective(gram, w, w * mask, 0.01) * 0.9  # the fit matters: not a trivial optimum
+    torch.testing.assert_close(cg, exact, rtol=0, atol=2e-3 * float(exact.abs().max()))
+    # the independent reference for a few rows: torch's lstsq on the stacked ridge system
+    lam = 0.01 * float(gram.diagonal().mean())
+    xd = x.double()
+    for r in (1, 5, 17):
+        k = mask[r]
+        a = torch.cat([xd[:, k], lam**0.5 * torch.eye(int(k.sum()), dtype=xd.dtype)])
+        target = torch.cat([xd @ w[r].double(), lam**0.5 * w[r, k].double()])
+        ref = torch.linalg.lstsq(a, target).solution
+        torch.testing.assert_close(cg[r, k].double(), ref, rtol=0, atol=2e-3 * float(ref.abs().max()))
+
+
+def test_rows_conjugate_gradients_do_not_finish_are_solved_by_cholesky():
+    """One iteration is far from converged: every row falls back, and the answer is Cholesky's."""
+    x, w, mask = _problem(seed=1)
+    gram = gram_matrix(x.double())
+    exact = masked_lstsq(gram, w, mask, 0.01, method="cholesky")
+    fallback = masked_lstsq(gram, w, mask, 0.01, method="cg", max_iter=1)
+    torch.testing.assert_close(fallback, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_auto_uses_cholesky_below_256_inputs_and_both_refuse_a_singular_system():
+    x, w, mask = _problem(rows=100, cols=120, out=8, seed=2)  # 100 rows: Gram of rank 100 < 120
+    gram = gram_matrix(x.double())
+    assert torch.equal(masked_lstsq(gram, w, mask, 0.01), masked_lstsq(gram, w, mask, 0.01, method="cholesky"))
+    for method in ("cg", "cholesky"):
+        with pytest.raises(SingularGramError, match="singular for 1 rows"):
+            masked_lstsq(gram, w, mask, 0.0, method=method)  # row 1 keeps all 120 columns
+    with pytest.raises(ValueError, match="method 'lu' is not one of auto, cg, cholesky"):
+        masked_lstsq(gram, w, mask, 0.01, method="lu")
+
+
+def test_the_gram_error_equals_the_error_on_the_inputs():
+    x, w, mask = _problem(rows=500, cols=64, out=16, seed=3)
+    x, w = x.double(), w.double()
+    pruned = w * mask
+    assert gram_relative_error(gram_matrix(x), w, pruned) == pytest.approx(relative_error(x, w, pruned), rel=1e-9)
+    assert gram_relative_error(gram_matrix(x), w, w) == 0.0
