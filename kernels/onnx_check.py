@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxCheck", "export_onnx", "flatten_outputs", "max_errors", "output_names", "ort_session", "use_global_ort_threads",
-           "onnx_check"]
+__all__ = ["OnnxCheck", "OutputCountError", "export_onnx", "flatten_outputs", "max_errors", "ort_errors", "output_names",
+           "ort_session", "use_global_ort_threads", "onnx_check"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -183,6 +183,27 @@ def max_errors(expected: Sequence, got: Sequence[np.ndarray]) -> tuple[float, fl
     return max_abs, max_rel
 
 
+class OutputCountError(ValueError):
+    """ONNX Runtime returned another number of outputs than torch."""
+
+
+def ort_errors(session, inputs: Sequence[Sequence[torch.Tensor]], expected: Sequence[Sequence]) -> tuple[float, float]:
+    """Run ``session`` on every input tuple of ``inputs`` (fed to the graph's inputs in order) and
+    return the worst errors against ``expected`` (one sequence of outputs per input tuple) as
+    :func:`max_errors` defines them: the one harness of every ONNX check (:func:`onnx_check`, the
+    export's verification, the benchmarks' session checks).
+    Raises :class:`OutputCountError` when ORT returns another number of outputs than expected."""
+    names = [i.name for i in session.get_inputs()]
+    worst_abs = worst_rel = 0.0
+    for x, want in zip(inputs, expected):
+        got = session.run(None, {n: t.numpy() for n, t in zip(names, x)})
+        if len(got) != len(want):
+            raise OutputCountError(f"ONNX Runtime returned {len(got)} outputs, torch {len(want)}")
+        a, r = max_errors(want, got)
+        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+    return worst_abs, worst_rel
+
+
 def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, trials: int = 2, seed: int = 0,
                opset: int | None = None) -> OnnxCheck:
     """Export ``module`` to a temporary file, run ORT on ``trials`` fresh random inputs of the
@@ -197,17 +218,8 @@ def onnx_check(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, tri
     with tempfile.TemporaryDirectory(prefix="onnx_check_") as tmp:
         path = export_onnx(module, example_inputs, os.path.join(tmp, "model.onnx"), opset)
         ops, custom = _graph_ops(onnx.load(path))
-        sess = ort_session(path)
-        names = [i.name for i in sess.get_inputs()]
-        max_abs = max_rel = 0.0
-        for _ in range(trials):
-            inputs = tuple(_fresh(x, gen) for x in example_inputs)
-            with torch.no_grad():
-                expected = flatten_outputs(module(*inputs))
-            feed = {n: x.numpy() for n, x in zip(names, inputs)}
-            got = sess.run(None, feed)
-            if len(got) != len(expected):
-                raise RuntimeError(f"ONNX model returned {len(got)} outputs, torch {len(expected)}")
-            a, r = max_errors(expected, got)
-            max_abs, max_rel = max(max_abs, a), max(max_rel, r)
+        inputs = [tuple(_fresh(x, gen) for x in example_inputs) for _ in range(trials)]
+        with torch.no_grad():
+            expected = [flatten_outputs(module(*x)) for x in inputs]
+        max_abs, max_rel = ort_errors(ort_session(path), inputs, expected)
     return OnnxCheck(max_abs, max_rel, tuple(sorted(set(ops))), tuple(sorted(set(custom))))

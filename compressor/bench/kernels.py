@@ -245,12 +245,12 @@ def _per_layer(t: dict, layers: int) -> dict:
 def _verified_session(make_session, path: str, module: nn.Module, x: torch.Tensor, rtol: float = 1e-4):
     """An ORT session on ``path`` whose output on ``x`` matches ``module(x)`` (max error relative to
     the largest output); a benchmark of a wrong graph would time the wrong thing."""
-    from compressor.export import max_errors
+    from compressor.kernels.onnx_check import ort_errors
 
     sess = make_session(path)
     with torch.no_grad():
         expected = module(x)
-    _, err = max_errors([expected], sess.run(None, {sess.get_inputs()[0].name: x.numpy()}))
+    _, err = ort_errors(sess, [(x,)], [[expected]])
     if not err <= rtol:
         raise RuntimeError(f"bench onnx: ORT output of {os.path.basename(path)} differs from torch "
                            f"(max error {err:.2e} of the largest output, allowed {rtol:g})")
