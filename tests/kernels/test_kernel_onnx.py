@@ -170,3 +170,25 @@ def test_dense_lstm_stays_one_onnx_node_after_a_torch_export(tmp_path):
     x2 = torch.randn(3, 20, 8)  # another batch and length: the sequence axis stayed dynamic
     with torch.no_grad():
         np.testing.assert_allclose(sess.run(None, {"x": x2.numpy()})[0], m(x2)[0].numpy(), atol=1e-5)
+
+
+def test_ort_errors_measure_each_run_against_torch_and_refuse_a_wrong_output_count(tmp_path):
+    """The one check harness: errors are numpy's on ORT's outputs, a changed reference shows up, and
+    a reference with another number of outputs is an error, not a partial comparison."""
+    from compressor.kernels.onnx_check import OutputCountError, ort_errors
+
+    lin = nn.Linear(6, 3).eval()
+    x = [(torch.randn(2, 6),), (torch.randn(5, 6),)]
+    path = export_onnx(lin, x[0], str(tmp_path / "lin.onnx"), input_names=["x"], output_names=["y"],
+                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    sess = ort_session(path)
+    with torch.no_grad():
+        expected = [[lin(*xi)] for xi in x]
+    a, r = ort_errors(sess, x, expected)
+    assert a < 1e-5 and r < 1e-5
+    shifted = [[expected[0][0]], [expected[1][0] + 0.5]]  # the second run's reference off by 0.5
+    a, r = ort_errors(sess, x, shifted)
+    scale = float(shifted[1][0].abs().max())
+    assert a == pytest.approx(0.5, abs=1e-5) and r == pytest.approx(0.5 / scale, rel=1e-4)
+    with pytest.raises(OutputCountError, match="returned 1 outputs, torch 2"):
+        ort_errors(sess, x, [[expected[0][0], expected[0][0]]])
