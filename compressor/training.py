@@ -1,4 +1,6 @@
-"""The fine-tuning loop shared by every training pass (gradual pruning, group lasso, gates, ...).
+"""The fine-tuning loop shared by every training pass (gradual pruning, group lasso, gates, ...),
+and the optimisation step under it that every training loop of the toolkit runs
+(:func:`optimisation_steps`: the passes' :func:`fine_tune` and the built-in models' own training).
 
 A training pass builds :class:`TrainHooks` (what happens before and after each optimizer step,
 and any extra loss) and calls :func:`fine_tune`. The loop owns the rest: optimizer and
@@ -14,6 +16,7 @@ holds the weights, masks, optimizer, schedule, the hooks' own state and the RNG 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -27,7 +30,7 @@ from .tasks import BatchStream, TaskConfig
 if TYPE_CHECKING:
     from .pipeline import CompressionState
 
-__all__ = ["TrainConfig", "TrainHooks", "fine_tune"]
+__all__ = ["TrainConfig", "TrainHooks", "fine_tune", "optimisation_steps"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,25 @@ def _lr_factor(cfg: TrainConfig):
     return factor
 
 
+def optimisation_steps(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler, steps: Iterable[int],
+                       loss_at: Callable[[int], torch.Tensor], clip: float) -> Iterator[tuple[int, float]]:
+    """Run one optimisation step per ``step`` of ``steps`` and yield ``(step, lr)`` after each, ``lr``
+    the rate the step used: ``loss_at(step)`` (the loss to minimise), zeroed gradients, backward,
+    gradient norm clipped to ``clip`` over ``params`` (0: no clipping), optimizer step, then
+    ``scheduler.step()``. The one step of every training loop here: the passes' fine-tuning and
+    the built-in models' training from scratch."""
+    for step in steps:
+        loss = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        yield step, lr
+
+
 def fine_tune(state: CompressionState, cfg: TrainConfig, hooks: TrainHooks, label: str) -> dict:
     """Train ``state.model`` for ``cfg.steps`` steps on ``cfg.task``; returns loss/eval history.
 
@@ -141,21 +163,19 @@ def fine_tune(state: CompressionState, cfg: TrainConfig, hooks: TrainHooks, labe
     model.train()
     progress = state.progress
     task_id = progress.add_task(f"  {label}", total=cfg.steps, completed=start, loss="", metric="")
-    for step in range(start, cfg.steps):
+    task_loss: list[torch.Tensor] = []  # the step's task loss without the hooks' extra term, for the history
+
+    def loss_at(step: int) -> torch.Tensor:
         hooks.before_step(step)
         batch = task.batch(BatchStream.TRAINING + step, info.rank, info.world)
         loss = task.loss(runner, batch)
+        task_loss[:] = [loss]
         extra = hooks.extra_loss(model)
-        total = loss + extra if extra is not None else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(params, cfg.clip)
-        opt.step()
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
+        return loss + extra if extra is not None else loss
+
+    for step, lr in optimisation_steps(params, opt, sched, range(start, cfg.steps), loss_at, cfg.clip):
         hooks.after_step(step, lr)
-        loss_value = loss.item()
+        loss_value = task_loss[0].item()
         history["loss"].append(round(loss_value, 5))
         progress.update(task_id, advance=1, loss=f"loss {loss_value:.3f}")
         done = step + 1

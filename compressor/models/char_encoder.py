@@ -152,6 +152,8 @@ def train(out: Path = CHECKPOINT, steps: int = 2000, batch: int = 32, seq_len: i
 
     Deterministic for a given seed and torch build. Returns the metadata written with the weights.
     """
+    from ..training import optimisation_steps  # the toolkit's one optimisation step (not at import: tasks import models)
+
     torch.manual_seed(seed)
     text = pydoc_text()
     vocab = CharVocab.from_text(text)
@@ -163,16 +165,17 @@ def train(out: Path = CHECKPOINT, steps: int = 2000, batch: int = 32, seq_len: i
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for step in range(1, steps + 1):
+    losses: list[torch.Tensor] = []
+
+    def loss_at(step: int) -> torch.Tensor:
         starts = torch.randint(0, train_ids.numel() - seq_len, (batch,), generator=gen)
         target = train_ids[starts[:, None] + torch.arange(seq_len)]  # (B, T)
         inputs, where = mask_tokens(target, model.mask_id, gen)
-        loss = F.cross_entropy(model(inputs)[where], target[where])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        losses[:] = [F.cross_entropy(model(inputs)[where], target[where])]
+        return losses[0]
+
+    for step, _ in optimisation_steps(list(model.parameters()), opt, sched, range(1, steps + 1), loss_at, clip=1.0):
+        loss = losses[0]
         if step % log_every == 0 or step == steps:
             ppl = masked_perplexity(model, valid_ids[:20000], model.mask_id, seq_len)
             print(f"step {step}/{steps} loss {loss.item():.3f} valid masked ppl {ppl:.3f}", flush=True)

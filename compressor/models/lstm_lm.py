@@ -82,6 +82,8 @@ def train(
     Deterministic for a given seed and torch build (fixed data order, fixed init).
     Returns the metadata written next to the weights (config, vocab, perplexities).
     """
+    from ..training import optimisation_steps  # the toolkit's one optimisation step (not at import: tasks import models)
+
     torch.manual_seed(seed)
     text = pydoc_text()
     vocab = CharVocab.from_text(text)
@@ -91,13 +93,16 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     model.train()
-    for step, (x, y) in enumerate(_batches(train_ids, steps, batch, seq_len, seed), 1):
-        loss = F.cross_entropy(model(x).reshape(-1, len(vocab)), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    data = iter(_batches(train_ids, steps, batch, seq_len, seed))
+    losses: list[torch.Tensor] = []
+
+    def loss_at(step: int) -> torch.Tensor:
+        x, y = next(data)
+        losses[:] = [F.cross_entropy(model(x).reshape(-1, len(vocab)), y.reshape(-1))]
+        return losses[0]
+
+    for step, _ in optimisation_steps(list(model.parameters()), opt, sched, range(1, steps + 1), loss_at, clip=1.0):
+        loss = losses[0]
         if step % log_every == 0 or step == steps:
             print(f"step {step}/{steps} loss {loss.item():.3f} valid ppl {perplexity(model, valid_ids[:20000]):.3f}", flush=True)
     trained = {"steps": steps, "batch": batch, "seq_len": seq_len, "lr": lr, "seed": seed,
