@@ -334,14 +334,9 @@ def _cmd_report(args) -> int:
     if args.compare:
         view = compare_reports(report, read_report(args.compare), args.directory, args.compare)
     if args.html:
-        from .artifacts import load_masks
-        from .report_html import render_comparison_html, render_html, write_html
+        from .report_html import artifact_html, write_html
 
-        masks = load_masks(args.directory)
-        if args.compare:
-            write_html(args.html, render_comparison_html(view, masks, load_masks(args.compare)), force=args.force)
-        else:
-            write_html(args.html, render_html(report, masks), force=args.force)
+        write_html(args.html, artifact_html(args.directory, args.compare), force=args.force)  # the page the tests check
     if args.json:
         print(view.to_json())
     elif args.compare:
