@@ -160,7 +160,7 @@ def test_onnx_export_is_in_the_written_report_and_a_failed_one_keeps_the_artifac
     report.json on disk holds the exporter's figures and the graph is moved in; an export that fails
     half-way keeps the compressed artifact (no graph, no scratch folder), records the failure in its
     report, and then raises one line. (A stand-in exporter keeps it fast: the real one is checked in
-    test_swap_export.py and test_cli.py.)"""
+    passes/test_swap_export.py and test_cli.py.)"""
     import json
 
     import compressor.pipeline as pipeline

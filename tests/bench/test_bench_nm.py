@@ -13,7 +13,7 @@ def test_bench_nm_lstm_small(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "nm.json"
-    # one score (the activation score's masks are tests/test_nm_convert.py's): both kinds, both reconstructions
+    # one score (the activation score's masks are tests/passes/test_nm_convert.py's): both kinds, both reconstructions
     args = parser.parse_args(["--models", "lstm-lm", "--patterns", "2:4", "--scores", "magnitude", "--rows", "512",
                               "--eval-tokens", "4096", "--json", str(out)])
     assert bench.run(args) == 0
