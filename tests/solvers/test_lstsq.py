@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from compressor.passes.nm_convert import gram_matrix, gram_relative_error, relative_error
-from compressor.solvers.lstsq import SingularGramError, masked_lstsq
+from compressor.solvers.lstsq import (GEMM_OVER_CHOLESKY, SingularGramError, _conjugate_gradients, _iteration_budget,
+                                      masked_lstsq)
 
 
 def _problem(rows=2000, cols=320, out=40, seed=0):
@@ -54,12 +55,33 @@ def test_conjugate_gradients_reach_the_cholesky_optimum():
 
 
 def test_rows_conjugate_gradients_do_not_finish_are_solved_by_cholesky():
-    """One iteration is far from converged: every row falls back, and the answer is Cholesky's."""
+    """A tolerance float32 cannot reach: the iterations stop (their decay rate says they will not
+    make it) and every row gets Cholesky's answer."""
     x, w, mask = _problem(seed=1)
     gram = gram_matrix(x.double())
+    damped = gram + 0.01 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    _, missed = _conjugate_gradients(damped, w, mask, 1e-30, 500)
+    assert bool(missed[2:].all())
+    assert not bool(missed[:2].any())  # the empty row and the full row start at their answer: residual 0
     exact = masked_lstsq(gram, w, mask, 0.01, method="cholesky")
-    fallback = masked_lstsq(gram, w, mask, 0.01, method="cg", max_iter=1)
+    fallback = masked_lstsq(gram, w, mask, 0.01, method="cg", tol=1e-30)
     torch.testing.assert_close(fallback, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_conjugate_gradients_converge_on_every_row_of_a_well_posed_problem():
+    """The answers above are conjugate gradients' own, not the fallback's; and ``auto``'s budget is
+    a fixed function of the shapes: Cholesky-sized work, so a Gram from fewer rows than inputs,
+    whose iterations decay slowly, stops early rather than run them all."""
+    x, w, mask = _problem(seed=4)
+    gram = gram_matrix(x.double())
+    damped = gram + 0.01 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    solution, missed = _conjugate_gradients(damped, w, mask, 1e-6, 500)
+    assert not bool(missed.any())
+    exact = masked_lstsq(gram, w, mask, 0.01, method="cholesky")
+    assert _objective(gram, w, solution, 0.01) <= _objective(gram, w, exact, 0.01) * (1 + 1e-6)
+    k = mask.sum(1).double()
+    expected = int(float((k.pow(3) / 3).sum()) / (4.0 * 40 * 320**2 / GEMM_OVER_CHOLESKY))
+    assert _iteration_budget(gram, mask, 500) == min(500, expected)
 
 
 def test_auto_uses_cholesky_below_256_inputs_and_both_refuse_a_singular_system():
