@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,17 +16,19 @@ from compressor.cli import main
 from compressor.report import LayerRow, Report
 from compressor.report_html import artifact_html, render_html
 
-ROOT = Path(__file__).resolve().parents[2]
 NUMERIC = ("target_sparsity", "sparsity", "nonzero", "params", "dense_bytes", "compressed_bytes",
            "dense_flops", "compressed_flops")
 
 
-def test_html_from_the_command_line_matches_report_json(artifact_a, tmp_path, parse_page, png_of):
+def test_html_from_the_command_line_matches_report_json(artifact_a, tmp_path, parse_page, png_of, capsys):
+    """``compress report DIR --html`` (in process: the installed entry point has its own test in
+    test_packaging.py)."""
+    from compressor.cli import main
+
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "compressor", "report", str(artifact_a), "--html", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert f"html report: {out}" in proc.stdout and "total" in proc.stdout   # the table is still printed
+    assert main(["report", str(artifact_a), "--html", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"html report: {out}" in stdout and "total" in stdout   # the table is still printed
     report = json.loads((artifact_a / "report.json").read_text())
     page = parse_page(out.read_text(encoding="utf-8"))
 
