@@ -221,64 +221,68 @@ static inline __attribute__((always_inline)) void rnn_row_@S@(
   if (BH) for (int64_t r = 0; r < n; ++r) yr[r] = acc[r];
 }
 
-/* The same block row for E = 1 or 2 examples at once with GCC/clang vector types (32-byte vectors
+/* The same block row for E = 1 to 4 examples at once with GCC/clang vector types (32-byte vectors
  * of VL = 32 / sizeof(real) lanes, a block row of height NV * VL): the accumulators stay in
- * registers and every weight vector loaded serves both examples, halving the weight traffic from
- * L1 at batch >= 2 (the scalar helper above reloaded each block once per example). */
+ * registers and every weight vector loaded serves all E examples, so the weight traffic from L1
+ * falls with E (the scalar helper below reloads each block once per example). E is what the
+ * 16 vector registers of AVX2 hold: E * NV accumulators, one weight vector, E broadcasts. */
 typedef real vr_@S@ __attribute__((vector_size(32), aligned(sizeof(real))));
 
 static inline __attribute__((always_inline)) void rnn_row_v_@S@(
     const real* restrict vals, const int64_t* restrict crow, const int64_t* restrict cols, int64_t j, int64_t bw,
-    const int NV, const int E, const real* restrict h0, const real* restrict h1, const real* restrict bias,
-    int64_t gh, real* restrict y0, real* restrict y1) {
+    const int NV, const int E, const real* const* hs, const real* restrict bias, int64_t gh, real* const* ys) {
   enum { VL = 32 / sizeof(real) };
   const int64_t BH = (int64_t)NV * VL;
-  vr_@S@ a0[8], a1[8];
+  vr_@S@ a[4][8];
   for (int v = 0; v < NV; ++v) {
     for (int l = 0; l < VL; ++l) {
       const int64_t o = j * BH + v * VL + l;
-      a0[v][l] = (bias && o < gh) ? bias[o] : 0;
+      a[0][v][l] = (bias && o < gh) ? bias[o] : 0;
     }
-    a1[v] = a0[v];
+    for (int e = 1; e < E; ++e) a[e][v] = a[0][v];
   }
   for (int64_t p = crow[j]; p < crow[j + 1]; ++p) {
     const real* w = vals + p * bw * BH;
-    const real* x0 = h0 + cols[p] * bw; const real* x1 = E == 2 ? h1 + cols[p] * bw : x0;
+    const real* x[4];
+    for (int e = 0; e < E; ++e) x[e] = hs[e] + cols[p] * bw;
     for (int64_t c = 0; c < bw; ++c) {
-      const real s0 = x0[c], s1 = x1[c];
+      real sc[4];
+      for (int e = 0; e < E; ++e) sc[e] = x[e][c];
       const vr_@S@* wr = (const vr_@S@*)(w + c * BH);
       for (int v = 0; v < NV; ++v) {
         const vr_@S@ wv = wr[v];
-        a0[v] += s0 * wv;
-        if (E == 2) a1[v] += s1 * wv;
+        for (int e = 0; e < E; ++e) a[e][v] += sc[e] * wv;
       }
     }
   }
-  for (int v = 0; v < NV; ++v) {
-    *(vr_@S@*)(y0 + v * VL) = a0[v];
-    if (E == 2) *(vr_@S@*)(y1 + v * VL) = a1[v];
-  }
+  for (int e = 0; e < E; ++e)
+    for (int v = 0; v < NV; ++v) *(vr_@S@*)(ys[e] + v * VL) = a[e][v];
 }
 
 /* Block row j of the recurrent product for every example: the vector helper where the block
- * height is 1, 2, 4 or 8 vectors, the scalar one otherwise. */
+ * height is 1, 2, 4 or 8 vectors (examples in groups of 4, 4, 3 and 2: the accumulators of 4 x 8
+ * vectors spill, as 2 x 8 already partly do), the scalar one otherwise. */
 static void rnn_rows_@S@(const real* vals, const int64_t* crow, const int64_t* cols, int64_t j, int64_t bw, int64_t bh,
                          int64_t B, const real* hb, int64_t Wd, const real* bias, int64_t gh, real* y, int64_t O) {
   const int64_t VL = 32 / sizeof(real), NV = bh % VL == 0 ? bh / VL : 0;
-  for (int64_t b = 0; b < B; b += 2) {
-    const real* h0 = hb + b * Wd; real* y0 = y + b * O + j * bh;
-    const int two = b + 1 < B;
-    const real* h1 = two ? h0 + Wd : h0; real* y1 = two ? y0 + O : y0;
-    #define RNN_ROW_V(N) (two ? rnn_row_v_@S@(vals, crow, cols, j, bw, N, 2, h0, h1, bias, gh, y0, y1) \
-                          : rnn_row_v_@S@(vals, crow, cols, j, bw, N, 1, h0, h1, bias, gh, y0, y1))
-    if (NV == 1) RNN_ROW_V(1);
-    else if (NV == 2) RNN_ROW_V(2);
-    else if (NV == 4) RNN_ROW_V(4);
-    else if (NV == 8) RNN_ROW_V(8);
-    else {
-      rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, h0, bias, gh, y0);
-      if (two) rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, h1, bias, gh, y1);
-    }
+  if (NV != 1 && NV != 2 && NV != 4 && NV != 8) {
+    for (int64_t b = 0; b < B; ++b) rnn_row_@S@(vals, crow, cols, j, bw, bh, 0, hb + b * Wd, bias, gh, y + b * O + j * bh);
+    return;
+  }
+  const int64_t most = NV <= 2 ? 4 : NV == 4 ? 3 : 2;
+  for (int64_t b = 0; b < B; b += most) {
+    const int64_t E = B - b < most ? B - b : most;
+    const real* h[4]; real* yo[4];
+    for (int64_t e = 0; e < E; ++e) { h[e] = hb + (b + e) * Wd; yo[e] = y + (b + e) * O + j * bh; }
+    #define RNN_ROW_V(N, EE) rnn_row_v_@S@(vals, crow, cols, j, bw, N, EE, h, bias, gh, yo)
+    #define RNN_ROW_E(N) do { if (E == 1) RNN_ROW_V(N, 1); else if (E == 2) RNN_ROW_V(N, 2); \
+                              else if (E == 3) RNN_ROW_V(N, 3); else RNN_ROW_V(N, 4); } while (0)
+    if (NV == 1) RNN_ROW_E(1);
+    else if (NV == 2) RNN_ROW_E(2);
+    else if (NV == 4) RNN_ROW_E(4);
+    else if (E == 1) RNN_ROW_V(8, 1);
+    else RNN_ROW_V(8, 2);
+    #undef RNN_ROW_E
     #undef RNN_ROW_V
   }
 }
