@@ -746,3 +746,86 @@ def block_linear(x2: torch.Tensor, values_t: torch.Tensor, crow: torch.Tensor, c
     fn(x.data_ptr(), B, values_t.data_ptr(), crow.data_ptr(), cols.data_ptr(), Ro, Ci, bw, bh,
        None if bias is None else bias.data_ptr(), out_features, y.data_ptr())
     return y if Ro * bh == out_features else y[:, :out_features]
+
+
+class StepPlan:
+    """A streaming step of a stacked unidirectional LSTM/GRU in two native calls per layer (the
+    input projection, then the recurrent product and gates), with every size, dtype and index
+    checked once, when the plan is built, instead of on every step.
+
+    Why: at batch 1 a 2-layer 1024-wide LSTM at 90% block sparsity spends about 120 us per step in
+    the four C calls and was spending about 370 us more in their Python wrappers' checks and in the
+    step's own bookkeeping (warm caches, one thread): the wrappers are written for any caller and
+    check everything on every call. A plan is built from the layers' ``(values_t, crow, cols,
+    bias)`` for ``W_ih`` and ``W_hh`` (each index already through :func:`check_bsr_index`) and only
+    runs inputs of its dtype, contiguous, whose sizes it checks per call (cheap integer
+    comparisons); the caller keeps it only while the tensors it points at are unchanged
+    (:attr:`key`)."""
+
+    def __init__(self, layers: list[tuple[tuple, tuple]], hidden: int, lstm: bool, key: tuple):
+        lib = library()
+        if lib is None:
+            raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
+        self.key, self.hidden, self.lstm = key, hidden, lstm
+        G = 4 if lstm else 3
+        first = layers[0][0][0]
+        self.dtype = first.dtype
+        f32 = self.dtype == torch.float32
+        self._linear, self._rnn = (lib.block_linear_f32, lib.rnn_layer_f32) if f32 else (lib.block_linear_f64, lib.rnn_layer_f64)
+        self.layers = []
+        self.in_features = []
+        self._keep = []  # the tensors the pointers below point into: alive as long as the plan
+        for (values_i, crow_i, cols_i, bias_i, in_f), (values_h, crow_h, cols_h, bias_h) in layers:
+            tensors = [t for t in (values_i, bias_i, values_h, bias_h) if t is not None]
+            if any(t.dtype != self.dtype or not t.is_cpu or not t.is_contiguous() for t in tensors):
+                raise ValueError("a step plan takes contiguous CPU tensors of one dtype")
+            nnz_i, bw_i, bh_i = values_i.shape
+            nnz_h, bw_h, bh_h = values_h.shape
+            Ro_i, Ro_h = crow_i.numel() - 1, crow_h.numel() - 1
+            if in_f % bw_i or hidden % bw_h or Ro_i * bh_i != G * hidden or Ro_h * bh_h != G * hidden \
+                    or cols_i.numel() != nnz_i or cols_h.numel() != nnz_h \
+                    or (bias_i is not None and bias_i.shape != (G * hidden,)) \
+                    or (bias_h is not None and bias_h.shape != (G * hidden,)):
+                raise ValueError("these layers' block grids do not tile their weights exactly: no step plan")
+            self._keep += [values_i, crow_i, cols_i, bias_i, values_h, crow_h, cols_h, bias_h]
+            self.in_features.append(in_f)
+            self.layers.append((
+                (values_i.data_ptr(), crow_i.data_ptr(), cols_i.data_ptr(), Ro_i, in_f // bw_i, bw_i, bh_i,
+                 None if bias_i is None else bias_i.data_ptr(), G * hidden),
+                (values_h.data_ptr(), crow_h.data_ptr(), cols_h.data_ptr(), Ro_h, hidden // bw_h, bw_h, bh_h,
+                 None if bias_h is None else bias_h.data_ptr())))
+
+    def run(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None):
+        """``(y (B, H), h (L, B, H), c (L, B, H) or None)`` for ``x (B, in)``, ``h0``/``c0 (L, B, H)``;
+        None when the inputs are not what the plan runs (dtype, device, layout, sizes, autograd,
+        tracing): the caller takes its general path."""
+        dtype, H, L = self.dtype, self.hidden, len(self.layers)
+        if x.dtype is not dtype or h0.dtype is not dtype or not x.is_cpu or not h0.is_cpu or x.dim() != 2 \
+                or x.shape[1] != self.in_features[0] or not x.is_contiguous() or not h0.is_contiguous():
+            return None
+        B = x.shape[0]
+        if h0.shape != (L, B, H) or (self.lstm and (c0 is None or c0.dtype is not dtype or not c0.is_cpu
+                                                    or c0.shape != (L, B, H) or not c0.is_contiguous())):
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)):
+            return None
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return None
+        G = 4 if self.lstm else 3
+        hN = torch.empty(L, B, H, dtype=dtype)
+        cN = torch.empty(L, B, H, dtype=dtype) if self.lstm else None
+        size = dtype.itemsize
+        for layer, (lin, rec) in enumerate(self.layers):
+            xproj = torch.empty(B, G * H, dtype=dtype)
+            out = torch.empty(B, H, dtype=dtype)
+            self._linear(x.data_ptr(), B, lin[0], lin[1], lin[2], lin[3], lin[4], lin[5], lin[6], lin[7], lin[8],
+                         xproj.data_ptr())
+            at = layer * B * H * size
+            rc = self._rnn(xproj.data_ptr(), 1, B, H, 0 if self.lstm else 1, 0, rec[0], rec[1], rec[2], rec[3], rec[4],
+                           rec[5], rec[6], rec[7], h0.data_ptr() + at, c0.data_ptr() + at if self.lstm else None,
+                           out.data_ptr(), B * H, H, hN.data_ptr() + at, cN.data_ptr() + at if self.lstm else None,
+                           RNN_THREADS)
+            if rc != 0:
+                raise MemoryError("the native RNN kernel could not allocate its state buffers")
+            x = out
+        return x, hN, cN

@@ -26,6 +26,8 @@ streaming API for unidirectional models: one time step through all layers,
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -102,6 +104,20 @@ def _native_input_projection(ih: nn.Module, x: torch.Tensor) -> torch.Tensor | N
     y = native.block_linear(x.reshape(-1, ih.in_features), *_native_index(ih), p.get("bias"), ih.in_features,
                             ih.out_features, index_checked=True)
     return y.reshape(*x.shape[:-1], ih.out_features)
+
+
+#: Each module's streaming-step plan, ``(key, (plan, dense_input) or None)``, beside the module rather
+#: than in it: a plan holds C function pointers, which ``copy.deepcopy`` and pickling cannot take,
+#: and a copy of the module must not point into the original's tensors anyway.
+_STEP_PLANS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _tensor_key(t: torch.Tensor | None) -> tuple | None:
+    """What identifies a tensor's contents for a cache of pointers into it: address, version
+    (bumped by in-place writes; inference tensors have none), shape and dtype."""
+    if t is None:
+        return None
+    return (t.data_ptr(), -1 if t.is_inference() else t._version, tuple(t.shape), t.dtype)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -329,6 +345,13 @@ class _SparseRNN(nn.Module):
         if x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t must be (B, {self.input_size}), got shape {tuple(x_t.shape)}")
         state = self._init_state(state, x_t.unsqueeze(0), False)
+        plan = self._step_plan(x_t.shape[0])
+        if plan is not None:
+            lstm = isinstance(state, tuple)
+            done = plan.run(x_t, *(state if lstm else (state, None)))
+            if done is not None:
+                y, h, c = done
+                return y, ((h, c) if lstm else h)
         finals = []
         x = x_t
         for layer in range(self.num_layers):
@@ -341,6 +364,51 @@ class _SparseRNN(nn.Module):
             finals.append(s)
             x = self._hidden(s)
         return x, self._pack_final(finals, False)
+
+    def _step_plan(self, batch: int):
+        """The native :class:`~compressor.kernels.native.StepPlan` for a streaming step where every
+        layer's ``W_ih`` and ``W_hh`` can run natively (see :meth:`_native_direction`) and the input
+        projections would at this batch (:func:`_native_input_projection`'s density rule); None
+        otherwise. Built once and kept on the module while the tensors it points at are unchanged
+        (their addresses and versions are its key), so a step costs the C calls plus a few checks."""
+        if native.library() is None or torch.compiler.is_compiling() or torch.compiler.is_exporting() \
+                or torch.jit.is_tracing():
+            return None  # tracing sees the torch ops (and its tensors have no addresses to key on)
+        mods = []
+        for layer in range(self.num_layers):
+            ih, hh = self.proj[f"ih_l{layer}"], self.proj[f"hh_l{layer}"]
+            if not (_native_module(ih) and _native_module(hh)):
+                return None
+            mods += [ih, hh]
+        if torch.is_grad_enabled() and any(p.requires_grad for m in mods for p in m._parameters.values() if p is not None):
+            return None  # training: the torch path, which autograd sees
+        key = tuple(_tensor_key(t) for m in mods for t in (m._parameters["values"], m._parameters.get("bias"),
+                                                            *((m.col_idx,) if m.layout == "balanced"
+                                                              else (m.crow_indices, m.col_indices))))
+        cached = _STEP_PLANS.get(self)
+        if cached is None or cached[0] != key:
+            cached = (key, self._build_step_plan(mods, key))
+            _STEP_PLANS[self] = cached
+        plan, dense_input = cached[1] if cached[1] is not None else (None, False)
+        if plan is None or (batch >= DENSE_BATCH and dense_input):
+            return None
+        return plan
+
+    def _build_step_plan(self, mods: list[nn.Module], key: tuple):
+        """``(plan, dense_input)`` or None where the layers' block grids do not tile their weights
+        (the general path pads and crops)."""
+        layers, dense_input = [], False
+        for ih, hh in zip(mods[0::2], mods[1::2]):
+            vi, ci, ki = _native_index(ih)
+            vh, ch, kh = _native_index(hh)
+            bh, bw = ih.block
+            stored = vi.numel() / max(1, -(-ih.out_features // bh) * bh * -(-ih.in_features // bw) * bw)
+            dense_input |= stored >= NATIVE_MAX_DENSITY
+            layers.append(((vi, ci, ki, ih._parameters.get("bias"), ih.in_features), (vh, ch, kh, hh._parameters.get("bias"))))
+        try:
+            return native.StepPlan(layers, self.hidden_size, isinstance(self, SparseLSTM), key), dense_input
+        except ValueError:
+            return None
 
     def step_module(self) -> "RNNStep":
         """``nn.Module`` with tensor inputs/outputs around :meth:`step` (for ONNX export)."""

@@ -359,3 +359,64 @@ def test_native_block_product_every_block_height_and_batch_against_dense(dtype, 
         x = torch.randn(B, Ci * bw, generator=gen, dtype=dtype)
         got = native.block_linear(x, values_t, crow, cols, bias, Ci * bw, Ro * bh)
         assert_close(got, x @ dense.T + bias, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, block_mask, monkeypatch):
+    """Sizes the 8x8 blocks tile exactly: the step runs through the native plan (built once, two C
+    calls per layer); it equals the torch cell at batch 1 and 3, follows a weight written in place
+    (the plan is rebuilt), and stays out of the way where autograd or a strided state needs the
+    general path."""
+    import copy
+
+    from compressor.kernels import native
+    from compressor.kernels.rnn import _STEP_PLANS
+
+    base, sparse_cls, _ = CLASSES[kind]
+    torch.manual_seed(5)
+    rnn = base(16, 24, num_layers=2)
+    mod = sparse_cls.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5, seed=len(n))),
+                                block=8).to(dtype)
+    runs = []
+    real_run = native.StepPlan.run
+    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+
+    def state_for(B):
+        h0 = torch.randn(2, B, 24, dtype=dtype)
+        return (h0, torch.randn_like(h0)) if kind == "lstm" else h0
+
+    def flat(y, s):
+        return [y, *(s if kind == "lstm" else (s,))]
+
+    cases = [(torch.randn(B, 16, dtype=dtype), state_for(B)) for B in (1, 3)]
+    with torch.no_grad():
+        planned = [flat(*mod.step(x, s)) for x, s in cases]
+        assert len(runs) == 2 and _STEP_PLANS[mod][1] is not None
+        copy.deepcopy(mod)  # the plan (C pointers) lives beside the module, not in it
+        mod.proj["hh_l1"].values.mul_(0.5)  # in place: same address, new version
+        changed = [flat(*mod.step(x, s)) for x, s in cases]
+        _torch_path(monkeypatch)
+        want_changed = [flat(*mod.step(x, s)) for x, s in cases]
+        mod.proj["hh_l1"].values.mul_(2.0)
+        want = [flat(*mod.step(x, s)) for x, s in cases]
+    tol = dict(atol=2e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
+    for got_all, want_all in ((planned, want), (changed, want_changed)):
+        for got, w in zip(got_all, want_all):
+            for g, e in zip(got, w):
+                assert_close(g, e, **tol)
+    assert not torch.allclose(changed[0][0], planned[0][0])  # the change reached the output
+    monkeypatch.undo()  # native again
+    native._state.clear()
+    runs.clear()
+    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    x, s = cases[1]
+    y, _ = mod.step(x, s)  # grad enabled, weights require grad: the torch path, which autograd follows
+    assert y.requires_grad and runs == []
+    with torch.no_grad():
+        strided = (s[0].transpose(0, 1).contiguous().transpose(0, 1), s[1]) if kind == "lstm" else \
+            s.transpose(0, 1).contiguous().transpose(0, 1)
+        got = flat(*mod.step(x, strided))  # the plan declines a strided state; the general path runs
+    assert len(runs) == 1
+    for g, e in zip(got, planned[1]):
+        assert_close(g, e, **tol)
