@@ -148,3 +148,20 @@ def test_updates_merge_into_the_report_rows_field_by_field(load_fixture, test_pa
         row, nonzero = rows[name], int((weights[name] != 0).sum())
         assert (row.compressed_flops, row.block_keep_frequency, row.kernel) == (2 * nonzero, None, None)
     assert rows["fc1.weight"].sparsity == pytest.approx(0.5, abs=1 / weights["fc1.weight"].numel())
+
+
+def test_every_pass_file_registers_its_passes_and_only_they_are_loaded():
+    """The folder is the list of passes: each public module of passes/ registers at least one pass
+    (through its decorator, the one registration) and every built-in pass comes from one of them."""
+    import pkgutil
+    from pathlib import Path
+
+    import compressor.passes as passes
+    from compressor.passes import available_passes
+
+    folder = Path(passes.__file__).parent
+    public = {i.name for i in pkgutil.iter_modules([str(folder)]) if not i.name.startswith("_") and i.name != "registry"}
+    builtin = {name: spec for name, spec in available_passes().items() if spec.fn.__module__.startswith("compressor.passes.")}
+    homes = {spec.fn.__module__.rsplit(".", 1)[1] for spec in builtin.values()}
+    assert homes == public  # no file without a pass, no pass from elsewhere in the folder
+    assert {"nm_convert", "sparsegpt", "wanda", "swap_kernels", "dynamic_gate"} <= set(builtin)
