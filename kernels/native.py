@@ -758,8 +758,7 @@ class StepPlan:
     step's own bookkeeping (warm caches, one thread): the wrappers are written for any caller and
     check everything on every call. A plan is built from the layers' ``(values_t, crow, cols,
     bias)`` for ``W_ih`` and ``W_hh`` (each index already through :func:`check_bsr_index`) and only
-    runs inputs of its dtype, contiguous, whose sizes it checks per call (cheap integer
-    comparisons); the caller keeps it only while the tensors it points at are unchanged
+    runs inputs of its dtype whose sizes it checks per call (cheap integer comparisons); the caller keeps it only while the tensors it points at are unchanged
     (:attr:`key`)."""
 
     def __init__(self, layers: list[tuple[tuple, tuple]], hidden: int, lstm: bool, key: tuple):
@@ -796,21 +795,23 @@ class StepPlan:
                  None if bias_h is None else bias_h.data_ptr())))
 
     def run(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None):
-        """``(y (B, H), h (L, B, H), c (L, B, H) or None)`` for ``x (B, in)``, ``h0``/``c0 (L, B, H)``;
-        None when the inputs are not what the plan runs (dtype, device, layout, sizes, autograd,
-        tracing): the caller takes its general path."""
+        """``(y (B, H), h (L, B, H), c (L, B, H) or None)`` for ``x (B, in)``, ``h0``/``c0 (L, B, H)``
+        (any strides: copied when not contiguous); None when the inputs are not what the plan runs
+        (dtype, device, sizes, autograd, tracing): the caller takes its general path."""
         dtype, H, L = self.dtype, self.hidden, len(self.layers)
         if x.dtype is not dtype or h0.dtype is not dtype or not x.is_cpu or not h0.is_cpu or x.dim() != 2 \
-                or x.shape[1] != self.in_features[0] or not x.is_contiguous() or not h0.is_contiguous():
+                or x.shape[1] != self.in_features[0]:
             return None
         B = x.shape[0]
         if h0.shape != (L, B, H) or (self.lstm and (c0 is None or c0.dtype is not dtype or not c0.is_cpu
-                                                    or c0.shape != (L, B, H) or not c0.is_contiguous())):
+                                                    or c0.shape != (L, B, H))):
             return None
         if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)):
             return None
         if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
             return None
+        x, h0 = x.contiguous(), h0.contiguous()  # a column of a sequence (x[:, t]) is strided: small copies
+        c0 = c0.contiguous() if self.lstm else None
         G = 4 if self.lstm else 3
         hN = torch.empty(L, B, H, dtype=dtype)
         cN = torch.empty(L, B, H, dtype=dtype) if self.lstm else None

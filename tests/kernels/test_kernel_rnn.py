@@ -366,8 +366,8 @@ def test_native_block_product_every_block_height_and_batch_against_dense(dtype, 
 def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, block_mask, monkeypatch):
     """Sizes the 8x8 blocks tile exactly: the step runs through the native plan (built once, two C
     calls per layer); it equals the torch cell at batch 1 and 3, follows a weight written in place
-    (the plan is rebuilt), and stays out of the way where autograd or a strided state needs the
-    general path."""
+    (the plan is rebuilt), takes strided inputs (a column of a sequence), and stays out of the way
+    where autograd needs the general path."""
     import copy
 
     from compressor.kernels import native
@@ -380,7 +380,7 @@ def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, blo
                                 block=8).to(dtype)
     runs = []
     real_run = native.StepPlan.run
-    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(real_run(self, *a)) or runs[-1])
 
     def state_for(B):
         h0 = torch.randn(2, B, 24, dtype=dtype)
@@ -392,7 +392,7 @@ def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, blo
     cases = [(torch.randn(B, 16, dtype=dtype), state_for(B)) for B in (1, 3)]
     with torch.no_grad():
         planned = [flat(*mod.step(x, s)) for x, s in cases]
-        assert len(runs) == 2 and _STEP_PLANS[mod][1] is not None
+        assert len(runs) == 2 and all(r is not None for r in runs) and _STEP_PLANS[mod][1] is not None
         copy.deepcopy(mod)  # the plan (C pointers) lives beside the module, not in it
         mod.proj["hh_l1"].values.mul_(0.5)  # in place: same address, new version
         changed = [flat(*mod.step(x, s)) for x, s in cases]
@@ -409,14 +409,16 @@ def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, blo
     monkeypatch.undo()  # native again
     native._state.clear()
     runs.clear()
-    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(real_run(self, *a)) or runs[-1])
     x, s = cases[1]
     y, _ = mod.step(x, s)  # grad enabled, weights require grad: the torch path, which autograd follows
     assert y.requires_grad and runs == []
     with torch.no_grad():
         strided = (s[0].transpose(0, 1).contiguous().transpose(0, 1), s[1]) if kind == "lstm" else \
             s.transpose(0, 1).contiguous().transpose(0, 1)
-        got = flat(*mod.step(x, strided))  # the plan declines a strided state; the general path runs
-    assert len(runs) == 1
+        column = torch.stack([x, x], dim=1)[:, 0]  # x[:, t] of a (B, T, in) sequence: strided
+        assert not strided[0 if kind == "lstm" else slice(None)].is_contiguous() and not column.is_contiguous()
+        got = flat(*mod.step(column, strided))
+    assert len(runs) == 1 and runs[0] is not None  # the plan ran them
     for g, e in zip(got, planned[1]):
         assert_close(g, e, **tol)
