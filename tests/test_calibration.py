@@ -89,3 +89,30 @@ def test_keyword_batches_and_a_stream_that_runs_out_are_replayed():
     rec = SequentialRecorder(model, stages, (b for b in _batches()[:2]), rows=1000)
     for stage in stages:
         assert rec.inputs(stage)["weight"].shape[0] == 2 * 4 * 6
+
+
+def test_a_stage_recording_stops_each_batch_after_the_modules_it_needs():
+    """The first batch runs the whole block (it shows which modules share the stage's input: q, k,
+    v); every later batch stops at the first other module, so the feed-forward after an attention
+    stage runs once, not once per batch, and the rows are still the whole model's."""
+    torch.manual_seed(0)
+    model = Stacked().eval()
+    stages = _stages(model)
+    rec = SequentialRecorder(model, stages, iter(_batches()), rows=10_000)
+    calls = {"o": 0, "ff2": 0}
+    for name in calls:
+        model.blocks[1].get_submodule(name).register_forward_hook(
+            lambda mod, args, out, n=name: calls.__setitem__(n, calls[n] + 1))
+    seen = {}
+    for stage in stages:
+        before = dict(calls)
+        got = rec.inputs(stage)
+        seen[stage.module_path] = {n: calls[n] - before[n] for n in calls}
+        if stage.module_path == "blocks.1.v":  # given when q was recorded: the whole model's rows
+            want = module_inputs(model, "blocks.1.v", iter(_batches()), rows=10_000)
+            torch.testing.assert_close(got["weight"], want["weight"])
+            assert got["weight"].shape[0] == 5 * 4 * 6
+    # q, k and v of block 1 in one recording: o and ff2 ran for the first of the 5 batches only
+    assert seen["blocks.1.q"] == {"o": 1, "ff2": 1} and seen["blocks.1.k"] == seen["blocks.1.v"] == {"o": 0, "ff2": 0}
+    assert seen["blocks.1.ff1"]["ff2"] == 1  # ff1's recording stops before ff2 after the first batch
+    assert seen["blocks.1.ff2"]["ff2"] == 5  # the last module: every batch runs to it
