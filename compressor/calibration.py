@@ -283,7 +283,10 @@ class _Blocks:
         same tensors are wanted: the first batch runs the whole block, which shows them (q, k and v
         take one tensor) and how often each is called; every later batch stops at the first other
         module once those calls are all done (recording q/k/v skips the rest of the block, the
-        attention output's the feed-forward). The other modules' lists are then incomplete."""
+        attention output's the feed-forward). The other modules' lists are then incomplete. This
+        assumes a block calls each module as often in every batch as in the first, which the blocks
+        of a transformer or recurrent stack do; where the first batch leaves one of ``modules``
+        uncalled (a mixture of experts routes tokens by their values), every batch runs whole."""
         self.advance(block)
         seen: dict[str, list[torch.Tensor]] = {p: [] for p in modules}
         wanted: dict[str, int] = {}  # after the first batch: module -> its calls per batch
@@ -310,8 +313,11 @@ class _Blocks:
                     pass
                 if own is not None and first[0]:
                     mine = seen[own]
-                    wanted = {q: len(xs) for q, xs in seen.items()
-                              if q == own or (len(xs) == len(mine) and all(map(_same_tensor, xs, mine)))}
+                    if any(not xs for xs in seen.values()):
+                        own = None  # a module the first batch never called (routed experts): run every batch whole
+                    else:
+                        wanted = {q: len(xs) for q, xs in seen.items()
+                                  if q == own or (len(xs) == len(mine) and all(map(_same_tensor, xs, mine)))}
                     first[0] = False
             self.forwards += 1
         finally:

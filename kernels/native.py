@@ -761,7 +761,7 @@ class StepPlan:
     runs inputs of its dtype whose sizes it checks per call (cheap integer comparisons); the caller keeps it only while the tensors it points at are unchanged
     (:attr:`key`)."""
 
-    def __init__(self, layers: list[tuple[tuple, tuple]], hidden: int, lstm: bool, key: tuple):
+    def __init__(self, layers: list[tuple[tuple, tuple]], input_size: int, hidden: int, lstm: bool, key: tuple):
         lib = library()
         if lib is None:
             raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
@@ -774,19 +774,28 @@ class StepPlan:
         self.layers = []
         self.in_features = []
         self._keep = []  # the tensors the pointers below point into: alive as long as the plan
-        for (values_i, crow_i, cols_i, bias_i, in_f), (values_h, crow_h, cols_h, bias_h) in layers:
+        for layer, ((values_i, crow_i, cols_i, bias_i, in_f, out_i), (values_h, crow_h, cols_h, bias_h, in_h, out_h)) \
+                in enumerate(layers):
             tensors = [t for t in (values_i, bias_i, values_h, bias_h) if t is not None]
             if any(t.dtype != self.dtype or not t.is_cpu or not t.is_contiguous() for t in tensors):
                 raise ValueError("a step plan takes contiguous CPU tensors of one dtype")
             nnz_i, bw_i, bh_i = values_i.shape
             nnz_h, bw_h, bh_h = values_h.shape
             Ro_i, Ro_h = crow_i.numel() - 1, crow_h.numel() - 1
-            if in_f % bw_i or hidden % bw_h or Ro_i * bh_i != G * hidden or Ro_h * bh_h != G * hidden \
+            # the C code reads in_f columns of each layer's input (x, then the previous layer's h) and
+            # Ci * bw of h for the recurrent product: every width must be the one the buffers have
+            if in_f != (input_size if layer == 0 else hidden) or in_h != hidden or out_i != G * hidden \
+                    or out_h != G * hidden or in_f % bw_i or hidden % bw_h \
+                    or Ro_i * bh_i != G * hidden or Ro_h * bh_h != G * hidden \
                     or cols_i.numel() != nnz_i or cols_h.numel() != nnz_h \
+                    or (nnz_i and int(cols_i.max()) >= in_f // bw_i) or (nnz_h and int(cols_h.max()) >= hidden // bw_h) \
                     or (bias_i is not None and bias_i.shape != (G * hidden,)) \
                     or (bias_h is not None and bias_h.shape != (G * hidden,)):
-                raise ValueError("these layers' block grids do not tile their weights exactly: no step plan")
-            self._keep += [values_i, crow_i, cols_i, bias_i, values_h, crow_h, cols_h, bias_h]
+                raise ValueError("these layers' sizes or block grids do not tile their weights exactly: no step plan")
+            # detached views: they hold the memory the pointers below point into, even when a
+            # parameter's .data is swapped later (the caller's key then retires the plan)
+            self._keep += [t.detach() for t in (values_i, crow_i, cols_i, bias_i, values_h, crow_h, cols_h, bias_h)
+                           if t is not None]
             self.in_features.append(in_f)
             self.layers.append((
                 (values_i.data_ptr(), crow_i.data_ptr(), cols_i.data_ptr(), Ro_i, in_f // bw_i, bw_i, bh_i,

@@ -183,7 +183,7 @@ def max_errors(expected: Sequence, got: Sequence[np.ndarray]) -> tuple[float, fl
     return max_abs, max_rel
 
 
-class OutputCountError(ValueError):
+class OutputCountError(RuntimeError):
     """ONNX Runtime returned another number of outputs than torch."""
 
 
@@ -195,8 +195,8 @@ def ort_errors(session, inputs: Sequence[Sequence[torch.Tensor]], expected: Sequ
     Raises :class:`OutputCountError` when ORT returns another number of outputs than expected."""
     names = [i.name for i in session.get_inputs()]
     worst_abs = worst_rel = 0.0
-    for x, want in zip(inputs, expected):
-        got = session.run(None, {n: t.numpy() for n, t in zip(names, x)})
+    for x, want in zip(inputs, expected, strict=True):
+        got = session.run(None, {n: t.numpy() for n, t in zip(names, x, strict=True)})
         if len(got) != len(want):
             raise OutputCountError(f"ONNX Runtime returned {len(got)} outputs, torch {len(want)}")
         a, r = max_errors(want, got)

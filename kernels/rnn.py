@@ -290,8 +290,8 @@ class _SparseRNN(nn.Module):
         torch ops and the Triton (GPU) kernels, and the ``swap_kernels`` pass records ``torch`` on
         a machine without CUDA, so requiring ``auto`` would leave every swapped model stepping from
         Python. ``COMPRESSOR_NATIVE=0`` is the switch for the per-step torch ops."""
-        if not _native_module(hh):
-            return None
+        if not _native_module(hh) or hh.in_features != self.hidden_size:
+            return None  # (the kernel reads the hidden state's width of columns: a foreign hh goes to torch)
         h0, c0 = (state if isinstance(state, tuple) else (state, None))
         p = hh._parameters
         values, bias = p["values"], p.get("bias")
@@ -345,9 +345,9 @@ class _SparseRNN(nn.Module):
         if x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t must be (B, {self.input_size}), got shape {tuple(x_t.shape)}")
         state = self._init_state(state, x_t.unsqueeze(0), False)
-        plan = self._step_plan(x_t.shape[0])
+        plan = self._step_plan(x_t)
         if plan is not None:
-            lstm = isinstance(state, tuple)
+            lstm = plan.lstm
             done = plan.run(x_t, *(state if lstm else (state, None)))
             if done is not None:
                 y, h, c = done
@@ -365,20 +365,20 @@ class _SparseRNN(nn.Module):
             x = self._hidden(s)
         return x, self._pack_final(finals, False)
 
-    def _step_plan(self, batch: int):
+    def _step_plan(self, x_t: torch.Tensor):
         """The native :class:`~compressor.kernels.native.StepPlan` for a streaming step where every
         layer's ``W_ih`` and ``W_hh`` can run natively (see :meth:`_native_direction`) and the input
         projections would at this batch (:func:`_native_input_projection`'s density rule); None
         otherwise. Built once and kept on the module while the tensors it points at are unchanged
         (their addresses and versions are its key), so a step costs the C calls plus a few checks."""
-        if native.library() is None or torch.compiler.is_compiling() or torch.compiler.is_exporting() \
-                or torch.jit.is_tracing():
+        if not x_t.is_cpu or x_t.dtype not in (torch.float32, torch.float64) or native.library() is None \
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
             return None  # tracing sees the torch ops (and its tensors have no addresses to key on)
         mods = []
         for layer in range(self.num_layers):
             ih, hh = self.proj[f"ih_l{layer}"], self.proj[f"hh_l{layer}"]
-            if not (_native_module(ih) and _native_module(hh)):
-                return None
+            if not (_native_module(ih) and _native_module(hh)) or not ih.values.is_cpu or not hh.values.is_cpu:
+                return None  # (meta or CUDA weights: no index to check, no pointers to keep)
             mods += [ih, hh]
         if torch.is_grad_enabled() and any(p.requires_grad for m in mods for p in m._parameters.values() if p is not None):
             return None  # training: the torch path, which autograd sees
@@ -390,7 +390,7 @@ class _SparseRNN(nn.Module):
             cached = (key, self._build_step_plan(mods, key))
             _STEP_PLANS[self] = cached
         plan, dense_input = cached[1] if cached[1] is not None else (None, False)
-        if plan is None or (batch >= DENSE_BATCH and dense_input):
+        if plan is None or (x_t.shape[0] >= DENSE_BATCH and dense_input):
             return None
         return plan
 
@@ -404,11 +404,16 @@ class _SparseRNN(nn.Module):
             bh, bw = ih.block
             stored = vi.numel() / max(1, -(-ih.out_features // bh) * bh * -(-ih.in_features // bw) * bw)
             dense_input |= stored >= NATIVE_MAX_DENSITY
-            layers.append(((vi, ci, ki, ih._parameters.get("bias"), ih.in_features), (vh, ch, kh, hh._parameters.get("bias"))))
+            layers.append(((vi, ci, ki, ih._parameters.get("bias"), ih.in_features, ih.out_features),
+                           (vh, ch, kh, hh._parameters.get("bias"), hh.in_features, hh.out_features)))
         try:
-            return native.StepPlan(layers, self.hidden_size, isinstance(self, SparseLSTM), key), dense_input
+            return native.StepPlan(layers, self.input_size, self.hidden_size, isinstance(self, SparseLSTM), key), dense_input
         except ValueError:
             return None
+
+    def _apply(self, fn, recurse=True):
+        _STEP_PLANS.pop(self, None)  # .to(), .double(), ...: the plan's pointers would keep the old tensors alive
+        return super()._apply(fn, recurse)
 
     def step_module(self) -> "RNNStep":
         """``nn.Module`` with tensor inputs/outputs around :meth:`step` (for ONNX export)."""

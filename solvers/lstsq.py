@@ -59,8 +59,10 @@ def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, d
     """The kept weights of every row of ``weight`` (out x in) minimising the output error (module
     docstring) from ``gram`` = X^T X (in x in, any scale). Zero where ``mask`` is False; the
     weight's dtype. ``method``: ``cholesky`` (float64, exact), ``cg`` (conjugate gradients to a
-    relative residual ``tol`` in at most ``max_iter`` iterations; rows that miss it are solved by
-    Cholesky) or ``auto`` (``cg`` from 256 inputs on). ``tol`` defaults to 1e-6 for float32 weights
+    relative residual ``tol`` in at most ``max_iter`` iterations, fewer when the residual's decay
+    says they will not get there, none below 20; rows whose true residual then exceeds ``10 * tol``
+    are solved by Cholesky) or ``auto`` (``cg`` from 256 inputs on, with an iteration budget worth
+    the Cholesky work it replaces). ``tol`` defaults to 1e-6 for float32 weights
     and 1e-12 for float64 ones.
     Raises :class:`SingularGramError` when a system cannot be factorised."""
     check_weight(weight)
@@ -108,7 +110,7 @@ def _cholesky_rows(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor)
                 chol, info = torch.linalg.cholesky_ex(a)
                 if bool((info != 0).any()):
                     raise SingularGramError(f"the calibration Gram matrix is singular for {int((info != 0).sum())} rows "
-                                            "(set damping > 0)")
+                                            "(raise damping)")
                 out[r[:, None], i] = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     return out
 

@@ -116,3 +116,51 @@ def test_a_stage_recording_stops_each_batch_after_the_modules_it_needs():
     assert seen["blocks.1.q"] == {"o": 1, "ff2": 1} and seen["blocks.1.k"] == seen["blocks.1.v"] == {"o": 0, "ff2": 0}
     assert seen["blocks.1.ff1"]["ff2"] == 1  # ff1's recording stops before ff2 after the first batch
     assert seen["blocks.1.ff2"]["ff2"] == 5  # the last module: every batch runs to it
+
+
+class Routed(nn.Module):
+    """A block that calls ``rare`` only for batches whose first value is positive (tokens routed to
+    an expert), between two modules that always run."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.a, self.rare, self.b = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, h):
+        h = self.a(h)
+        if h[0, 0, 0] > 0:
+            h = self.rare(h)
+        return self.b(h)
+
+
+def test_a_module_the_first_batch_does_not_call_still_gets_every_later_batchs_rows():
+    """Block 0's first batch skips ``rare``, later ones call it: the recordings of that block run every
+    batch whole (no early stop), so every stage's rows are still the whole model's."""
+    torch.manual_seed(3)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Routed(8) for _ in range(2))
+
+        def forward(self, x):
+            for blk in self.blocks:
+                x = blk(x)
+            return x
+
+    model = Model().eval()
+    pool = [(torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(s)),) for s in range(40)]
+    with torch.no_grad():
+        routed = [bool(model.blocks[0].a(x)[0, 0, 0] > 0) for (x,) in pool]
+    # a batch that skips rare first, then batches that call it and batches that do not
+    batches = [pool[routed.index(False)]] + [b for b, r in zip(pool, routed) if r][:4] + \
+        [b for b, r in zip(pool, routed) if not r][1:4]
+    paths = ["blocks.0.a", "blocks.0.rare", "blocks.0.b", "blocks.1.a", "blocks.1.b"]
+    rec = SequentialRecorder(model, [Stage(p) for p in paths], iter(batches), rows=10_000)
+    for p in paths:
+        got = rec.inputs(Stage(p))
+        want = module_inputs(model, p, iter(batches), rows=10_000)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got), p
+        if p == "blocks.0.rare":
+            assert got["weight"].shape[0] == 4 * 2 * 3  # the four routed batches
+    assert any("block by block" in n for n in rec.notes)

@@ -422,3 +422,24 @@ def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, blo
     assert len(runs) == 1 and runs[0] is not None  # the plan ran them
     for g, e in zip(got, planned[1]):
         assert_close(g, e, **tol)
+
+
+def test_step_plan_refuses_projections_of_other_widths_and_meta_weights(block_mask):
+    """A projection swapped in by hand with another input width: no plan (the C code would read past
+    the hidden state), and the general path raises rather than read; weights on the meta device
+    step through torch (no index to check)."""
+    from compressor.kernels import BlockSparseLinear
+    from compressor.kernels.rnn import _STEP_PLANS
+
+    rnn = nn.LSTM(16, 24, num_layers=2)
+    mod = SparseLSTM.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8)
+    wide = nn.Linear(48, 96)
+    mod.proj["ih_l1"] = BlockSparseLinear.from_dense(wide, block_mask(96, 48, 8, keep=0.5), block=8)
+    x = torch.randn(1, 16)
+    with torch.no_grad(), pytest.raises(ValueError, match="x must have last dimension 48, got shape"):
+        mod.step(x)
+    assert _STEP_PLANS[mod][1] is None
+    meta = SparseLSTM.from_dense(rnn, _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.5)), block=8).to("meta")
+    with torch.no_grad():
+        y, (h, c) = meta.step(torch.randn(1, 16, device="meta"))
+    assert y.shape == (1, 24) and h.shape == c.shape == (2, 1, 24) and meta not in _STEP_PLANS
