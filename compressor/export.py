@@ -18,7 +18,6 @@ import copy
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -240,7 +239,8 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
 
     With ``choose_recurrent`` every ``SparseLSTM``/``SparseGRU`` is timed in ONNX Runtime both ways
     on its own input shape: its ``Scan`` graph (block-sparse step in a loop) and ORT's fused
-    ``LSTM``/``GRU`` op on the same weights zero-filled; ``model.onnx`` gets the faster (small
+    ``LSTM``/``GRU`` op on the same weights zero-filled; ``model.onnx`` gets the faster, the fused op
+    only when faster by more than :data:`FUSED_MARGIN` allows (small
     layers: the fused op; the kept blocks of a 1024-wide layer: the ``Scan``), and the results'
     ``recurrent`` entry says which, with both times (:func:`_recurrent_graphs`).
 

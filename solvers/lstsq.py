@@ -135,7 +135,7 @@ def _iteration_budget(gram: torch.Tensor, mask: torch.Tensor, max_iter: int) -> 
 
 def _conjugate_gradients(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, tol: float, budget: int):
     """``(solution, missed)``: preconditioned conjugate gradients on all rows at once (module
-    docstring), ``missed`` the rows whose true relative residual is above ``tol`` (or not finite).
+    docstring), ``missed`` the rows whose true relative residual is above ``10 * tol`` (or not finite).
     ``(None, None)`` where the damped Gram matrix itself is not positive definite (the per-row
     systems may still be: the caller falls back to Cholesky), or where the budget is under 20
     iterations. At most ``budget`` iterations (``auto``: :func:`_iteration_budget`), and fewer

@@ -296,7 +296,6 @@ def test_native_step_equals_the_torch_cell(kind, block_mask, monkeypatch):
 
 
 def test_native_index_cache_follows_the_pattern_and_dense_inputs_keep_the_gemm(block_mask, monkeypatch):
-    from compressor.kernels import native
     from compressor.kernels.rnn import _native_index, _native_input_projection
 
     lin = nn.Linear(IN, 32)
