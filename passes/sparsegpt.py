@@ -13,17 +13,19 @@ whose earlier layers are already pruned; :mod:`compressor.passes._oneshot`):
    (:func:`compressor.solvers.sparsegpt.sparsegpt_prune`): ``pattern: unstructured`` prunes
    ``sparsity`` of every column block (over the block, ``ranking: layer``, as the reference
    implementation; or of every row in it, ``ranking: row``), ``pattern: nm`` keeps N of every M
-   consecutive input columns per row, by the saliency ``w^2 / [H^-1]_jj^2``;
-3. patterns whose mask couples columns far apart are chosen once, before any update, on the OBS
-   saliency ``w^2 / [H^-1]_jj`` (:func:`compressor.solvers.sparsegpt.obs_saliency`), then every
-   row's kept weights are set to the exact least-squares optimum for that mask
-   (:func:`compressor.solvers.lstsq.masked_lstsq` with ridge ``percdamp``; with the mask fixed,
-   the column sweep's updates, which only flow to later columns, are an approximation of it):
-   ``pattern: nm`` with ``transposable: true``
-   (the transposable N:M solvers, ``solver``, on the saliencies) and ``pattern: block`` (blocks of
-   ``block`` ranked by the OBS cost of removing each row's run of block-width columns together,
-   ``w_B [(H^-1)_BB]^-1 w_B^T``, summed over the block's rows; ``sparsity`` of them pruned per layer; ``balanced``: the
-   same count in every block row; blocks stay inside one LSTM/GRU gate unless ``cross_gates``).
+   consecutive input columns per row, by the saliency ``w^2 / [H^-1]_jj^2``; with ``transposable:
+   true`` each M-column strip is chosen when the sweep reaches it, by the transposable N:M solvers
+   (``solver``) on the strip's saliencies (every M x M tile lies inside one strip, so the mask
+   adapts to the updates of earlier columns, as the paper's N:M selection does); then (``refit``,
+   the default) every row's kept weights are set to the exact least-squares optimum for the mask
+   chosen (:func:`compressor.solvers.lstsq.masked_lstsq` with ridge ``percdamp``: the sweep's
+   updates only flow to later columns, an approximation of it);
+3. ``pattern: block`` couples columns far apart (a block row's count), so its mask is chosen once,
+   before any update, on the OBS cost of removing each row's run of block-width columns together,
+   ``w_B [(H^-1)_BB]^-1 w_B^T`` (:func:`compressor.solvers.sparsegpt.obs_group_saliency`), summed
+   over the block's rows (``sparsity`` of the blocks pruned per layer; ``balanced``: the same count
+   in every block row; blocks stay inside one LSTM/GRU gate unless ``cross_gates``), and the kept
+   weights are the least-squares optimum for it.
 
 ``allocation: owl | sensitivity`` shares an unstructured ``sparsity`` among the layers instead of
 giving each the same (:mod:`compressor.passes._allocation`): each layer then prunes exactly its count.
@@ -48,7 +50,7 @@ from ..patterns import NM, BalancedBlock, Block, Unstructured
 from ..solvers import nm_mask, topk_mask, transposable_nm_mask
 from ..solvers.registry import SOLVER_NAMES
 from ..solvers.lstsq import SingularGramError, masked_lstsq
-from ..solvers.sparsegpt import (HessianError, SparseGPTResult, hessian, obs_group_saliency, obs_saliency, output_error,
+from ..solvers.sparsegpt import (HessianError, SparseGPTResult, hessian, obs_group_saliency, output_error,
                                  sparsegpt_prune)
 from .block_prune import layer_block_mask
 from ..tasks import TaskConfig
@@ -107,7 +109,7 @@ class SparseGPTConfig(OneShotConfig):
     ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
     (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
     ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
-    ``refit`` (default on): after the OBS sweep (unstructured, N:M), set each row's kept weights to the
+    ``refit`` (default on): after the OBS sweep (unstructured, N:M, transposable N:M), set each row's kept weights to the
     exact least-squares optimum for the mask it chose (the sweep's updates only flow to later columns;
     measured: MiniLM 50% cosine 0.899 -> 0.913, 2:4 0.839 -> 0.860; built-in LM 2:4 perplexity
     3.403 -> 3.294). ``refit: false`` is the paper's algorithm.
@@ -162,19 +164,15 @@ def _block_mask(scores: torch.Tensor, config, target) -> torch.Tensor:
                             config.cross_gates)
 
 
-def _fixed_mask(weight: torch.Tensor, h: torch.Tensor, config, target, prior) -> torch.Tensor:
-    """The mask of a pattern chosen before the OBS sweep, on the OBS saliencies (an earlier mask's
+def _block_obs_mask(weight: torch.Tensor, h: torch.Tensor, config, target, prior) -> torch.Tensor:
+    """A block pattern's mask, chosen before any update on the OBS saliencies (an earlier mask's
     pruned weights score zero, so they stay pruned where the pattern allows)."""
-    # blocks: the cost of removing each row's run of block-width columns together (the OBS cost of the
+    # the cost of removing each row's run of block-width columns together (the OBS cost of the
     # group, which accounts for correlated inputs), summed over the block's rows by the block ranking
-    saliency = obs_group_saliency(weight, h, config.block[1], config.percdamp) if config.pattern == "block" \
-        else obs_saliency(weight, h, config.percdamp)
+    saliency = obs_group_saliency(weight, h, config.block[1], config.percdamp)
     if prior is not None:
         saliency = saliency.masked_fill(~prior.to(torch.bool), 0.0)
-    if config.pattern == "block":
-        return _block_mask(saliency, config, target)
-    return transposable_nm_mask(saliency, config.n, config.m, method=config.solver,
-                                prior=None if prior is None else prior.to(torch.bool))
+    return _block_mask(saliency, config, target)
 
 
 def _pattern(config):
@@ -200,13 +198,14 @@ def sparsegpt(state: CompressionState, config: SparseGPTConfig, targets: list[Ta
             n_rows = inputs[t.param_name].shape[0]
             budget = plan.get(t.name)
             try:
-                if c.pattern == "block" or c.transposable:
-                    mask = _fixed_mask(w_ref, h, c, t, state.mask(t))
+                if c.pattern == "block":
+                    mask = _block_obs_mask(w_ref, h, c, t, state.mask(t))
                     solved = SparseGPTResult(masked_lstsq(h, w_ref, mask, c.percdamp), mask, c.percdamp)
                 else:
                     solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
                                              ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,
-                                             prior=state.mask(t), prune=budget.count if budget else None)
+                                             prior=state.mask(t), prune=budget.count if budget else None,
+                                             transposable=c.transposable, solver=c.solver)
                     if c.refit:
                         solved.weight = masked_lstsq(h, w_ref, solved.mask, solved.damping)
             except (HessianError, SingularGramError) as exc:

@@ -12,7 +12,10 @@ handled in blocks of ``blocksize`` (128): updates inside the block are applied a
 column, updates to later columns lazily per block (one matmul). The mask is chosen inside each
 block just before it is processed ("adaptive mask selection", section 3.3 of the paper), from
 the OBS saliency ``w^2 / U_jj^2`` of the weights as updated so far; N:M chooses, per row, N of
-every M consecutive input columns by the same saliency when the group's first column is reached.
+every M consecutive input columns by the same saliency when the group's first column is reached;
+transposable N:M (Hubara et al.) chooses that M-column strip with the transposable N:M solvers on
+the same saliencies: every M x M tile of the strip keeps N per row and per column. The tiles of a
+strip are whole tiles of the matrix, so the result is a transposable N:M mask of the whole weight.
 
 Wanda: Sun et al., "A Simple and Effective Pruning Approach for Large Language Models", arXiv
 2306.11695: score ``|W_ij| * ||X_j||_2`` compared within each output row, no weight update.
@@ -30,8 +33,9 @@ from ._checks import check_nm, check_prior, check_weight
 from .allocation import proportional_counts, row_block_counts
 from .nm import nm_mask
 from .topk import rowwise_topk_mask
+from .transposable import transposable_nm_mask
 
-__all__ = ["SparseGPTResult", "hessian", "damped_inverse_cholesky", "sparsegpt_prune", "obs_saliency", "obs_group_saliency",
+__all__ = ["SparseGPTResult", "hessian", "damped_inverse_cholesky", "sparsegpt_prune", "obs_group_saliency",
            "wanda_scores", "wanda_mask", "output_error", "HessianError"]
 
 
@@ -103,7 +107,8 @@ def _block_mask(scores: torch.Tensor, prune: int | torch.Tensor, ranking: str) -
 
 def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 0.5, n: int = 0, m: int = 0,
                     ranking: str = "layer", blocksize: int = 128, percdamp: float = 0.01,
-                    prior: torch.Tensor | None = None, prune: int | None = None) -> SparseGPTResult:
+                    prior: torch.Tensor | None = None, prune: int | None = None, transposable: bool = False,
+                    solver: str = "exact") -> SparseGPTResult:
     """Prune ``weight`` (out x in) to ``sparsity`` (unstructured) or N:M with OBS updates (module docstring).
 
     ``h``: the Hessian ``X^T X`` (any positive scale; :func:`hessian`). ``n``/``m``: N:M along
@@ -114,11 +119,16 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
     first (they stay pruned whenever the pattern allows). ``prune`` (unstructured only): prune exactly
     this many weights instead of ``sparsity`` of each block or row (a layer-wise allocation's count),
     spread over the column blocks (and, ``ranking: row``, over the rows) in proportion to their sizes
-    (:func:`compressor.solvers.allocation.proportional_counts`). Computation in float64; the result has
+    (:func:`compressor.solvers.allocation.proportional_counts`). ``transposable`` (with ``n``): every
+    m x m tile keeps N per row and per column, each m-column strip solved by ``solver`` (a name of
+    :data:`compressor.solvers.SOLVER_NAMES`) when the sweep reaches it; ``prior``'s pruned entries stay
+    pruned where the tiles allow. Computation in float64; the result has
     the weight's dtype and is exactly zero where the mask is False.
     """
     check_weight(weight)
     check_prior(prior, weight)
+    if transposable and not n:
+        raise ValueError("transposable applies to N:M (n > 0)")
     if n:
         check_nm(n, m)
         if prune is not None:
@@ -165,12 +175,14 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
         for i in range(count):
             if n and i % m == 0:
                 g = min(m, count - i)
-                scores = w1[:, i:i + g].pow(2) / d1[i:i + g].pow(2)
-                if forced is not None:
-                    scores = scores.masked_fill(forced[:, i1 + i:i1 + i + g], -1.0)
-                drop = g - min(n, g)
-                if drop:
-                    idx = torch.argsort(scores, dim=1, stable=True)[:, :drop]
+                saliency = w1[:, i:i + g].pow(2) / d1[i:i + g].pow(2)
+                strip_forced = None if forced is None else forced[:, i1 + i:i1 + i + g]
+                if transposable:  # a last strip narrower than m too: its columns keep n of every m rows
+                    pruned[:, i:i + g] = ~_transposable_strip(saliency, n, m, solver, strip_forced)
+                elif g > n:
+                    if strip_forced is not None:
+                        saliency = saliency.masked_fill(strip_forced, -1.0)
+                    idx = torch.argsort(saliency, dim=1, stable=True)[:, :g - n]
                     pruned[:, i:i + g].scatter_(1, idx, True)
             col = w1[:, i]
             q = col.masked_fill(pruned[:, i], 0.0)
@@ -188,18 +200,12 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, *, sparsity: float = 
     return SparseGPTResult(w.to(weight.dtype), mask, damp, notes, n_dead)
 
 
-def obs_saliency(weight: torch.Tensor, h: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
-    """The optimal-brain-surgeon cost of removing each weight alone, ``w_ij^2 / [H^-1]_jj`` (float64),
-    with ``H`` damped as :func:`damped_inverse_cholesky` does: the score a mask chosen before any
-    update (transposable N:M, blocks) ranks weights by. ``[H^-1]_jj`` is column j's squared norm
-    of the upper factor ``U`` (``U^T U = H^-1``)."""
-    check_weight(weight)
-    h = h.double().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    u, _, _ = damped_inverse_cholesky(h, percdamp)
-    inv_diag = u.pow(2).sum(0)
-    return (weight.detach().double().pow(2) / inv_diag.unsqueeze(0)).masked_fill(dead.unsqueeze(0), 0.0)
+def _transposable_strip(scores: torch.Tensor, n: int, m: int, solver: str, forced: torch.Tensor | None) -> torch.Tensor:
+    """Kept entries of an m-column strip (rows x m, every m x m tile transposable N:M) on its saliencies;
+    ``forced``: entries pruned before, which stay pruned where the tiles allow."""
+    if forced is not None:
+        scores = scores.masked_fill(forced, 0.0)
+    return transposable_nm_mask(scores, n, m, method=solver, prior=None if forced is None else ~forced)
 
 
 def obs_group_saliency(weight: torch.Tensor, h: torch.Tensor, width: int, percdamp: float = 0.01) -> torch.Tensor:

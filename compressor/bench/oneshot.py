@@ -1,7 +1,8 @@
-"""``compress bench oneshot``: one-shot pruning methods side by side on the built-in LM.
+"""``compress bench oneshot``: one-shot pruning methods side by side on a built-in model.
 
 For each pattern in ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable), the selected layers
-(``--targets``, default the LSTM) of ``lstm-lm`` are pruned in one shot, without fine-tuning, by:
+(``--targets``; default: the LSTM of ``lstm-lm``, the encoder blocks of ``char-encoder``) of ``--model``
+are pruned in one shot, without fine-tuning, by:
 
 - ``magnitude``: ``unstructured_prune`` (per layer), ``nm_prune``, or for transposable N:M the
   solvers' magnitude mask (``nm_convert`` without reconstruction);
@@ -11,10 +12,12 @@ For each pattern in ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` tran
   unstructured);
 - ``sparsegpt``: OBS mask selection and weight update (Frantar & Alistarh, arXiv 2301.00774).
 
-Every calibration-based method records ``--rows`` positions of the same lm-task batches. The table
-has the test perplexity (the pydoc test split, the figure the pipeline's report prints; capped at
-``--eval-tokens`` tokens when given), its change against the dense model, the sparsity of the
-selected layers and the seconds per run (the pass and both evaluations).
+Every calibration-based method records ``--rows`` positions of the same batches: the lm task's text
+windows for ``lstm-lm``, masked text (``compressor.models.char_encoder:masked_lm_task``, what the
+encoder sees at inference) for ``char-encoder``. The table has the model's test metric (the pydoc
+test split, the figure the pipeline's report prints: perplexity, or the char encoder's
+masked-character perplexity; capped at ``--eval-tokens`` tokens when given), its change against the
+dense model, the sparsity of the selected layers and the seconds per run (the pass and both evaluations).
 
 ``--allocations uniform,owl,sensitivity`` runs ``wanda`` and ``sparsegpt`` at unstructured patterns
 once per layer-wise allocation (``allocation:`` of the passes). ``sensitivity`` needs per-layer curves:
@@ -34,13 +37,20 @@ from .common import machine_info, print_table, standalone, write_json
 __all__ = ["add_arguments", "run", "METHODS", "parse_pattern"]
 
 METHODS = ("magnitude", "wanda", "nm_convert", "sparsegpt")
+#: per built-in model: the default targets and the calibration task
+MODELS = {
+    "lstm-lm": ("rnn", {"name": "lm", "batch_size": 16}),
+    "char-encoder": ("re:body\\.blocks\\..*", {"name": "compressor.models.char_encoder:masked_lm_task", "batch_size": 16}),
+}
 ALLOCATIONS = ("uniform", "owl", "sensitivity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="lstm-lm", choices=sorted(MODELS))
     parser.add_argument("--patterns", default="50%,2:4", help="comma-separated: a sparsity like 50%% (unstructured) or N:M")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--targets", default="rnn", help="comma-separated recipe targets (default: the LSTM)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated recipe targets (default: lstm-lm's LSTM, char-encoder's encoder blocks)")
     parser.add_argument("--rows", type=int, default=16384, help="calibration rows per layer")
     parser.add_argument("--eval-tokens", type=int, default=0,
                         help="evaluate perplexity on the first N test tokens (0: the whole test split)")
@@ -103,11 +113,10 @@ def run(args) -> int:
     from rich.console import Console
 
     from .. import Pipeline, load_model
-    from ..corpus import pydoc_text, split_text
-    from ..models.lstm_lm import perplexity
     from ..recipe import parse_recipe
 
-    targets = [t for t in args.targets.split(",") if t]
+    default_targets, calibration = MODELS[args.model]
+    targets = [t for t in (args.targets or default_targets).split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -125,48 +134,46 @@ def run(args) -> int:
 
         grid = [float(v) for v in args.sensitivity_sparsities.split(",") if v]
         for method in (m for m in methods if m in ("wanda", "sparsegpt")):
-            step = _step(method, "50%", {"targets": targets}, args.rows)  # the sweep varies the sparsity itself
-            out = Path(args.sensitivity_dir) / method
+            # the sweep varies the sparsity itself
+            step = _step(method, "50%", {"targets": targets}, args.rows, calibration=calibration)
+            out = Path(args.sensitivity_dir) / args.model / method
             t0 = time.perf_counter()
-            done = sweep(parse_recipe({"version": 1, "passes": [step]}), load_model("lstm-lm"), out, grid,
+            done = sweep(parse_recipe({"version": 1, "passes": [step]}), load_model(args.model), out, grid,
                          eval_tokens=args.sensitivity_eval_tokens or None, console=Console(file=io.StringIO()))
             curves[method] = str(out / SENSITIVITY_FILE)
             print(f"sensitivity curves of {method}: {done.evaluated} point(s) measured, {done.reused} reused, "
                   f"{time.perf_counter() - t0:.0f} s -> {curves[method]}", flush=True)
-    spec = load_model("lstm-lm")
-    test_ids = spec.vocab.encode(split_text(pydoc_text()).test)
-    if args.eval_tokens:
-        test_ids = test_ids[: args.eval_tokens + 1]
-    dense = perplexity(spec.model, test_ids)
-    print(f"dense: test perplexity {dense:.4f} ({test_ids.numel() - 1} tokens)", flush=True)
+    spec = load_model(args.model)
+    metric, dense = next(iter(spec.evaluate(spec.model, args.eval_tokens or None).items()))
+    label = {"perplexity": "test ppl", "masked_perplexity": "masked test ppl"}.get(metric, metric)
+    print(f"dense: {label} {dense:.4f}", flush=True)
     rows, results = [["dense", "-", "-", f"{dense:.3f}", "-", "0.0%", "-"]], []
     cases = [(pattern, method, allocation) for pattern in args.patterns.split(",") for method in methods
              for allocation in allocations]
     for pattern, method, allocation in cases:
-        step = _step(method, pattern, {"targets": targets}, args.rows, allocation, curves.get(method))
+        step = _step(method, pattern, {"targets": targets}, args.rows, allocation, curves.get(method), calibration)
         if step is None:
             if allocation == "uniform":
                 rows.append([pattern, method, allocation, "-", "-", "-", "(no such pattern)"])
             continue
-        spec = load_model("lstm-lm")
-        spec.evaluate = lambda model: {"perplexity": perplexity(model, test_ids)}
         t0 = time.perf_counter()
-        result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
+        result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(
+            load_model(args.model), console=Console(file=io.StringIO()), eval_tokens=args.eval_tokens or None)
         seconds = time.perf_counter() - t0
-        value = result.report.metrics["perplexity"]["after"]
+        value = result.report.metrics[metric]["after"]
         selected = [r for r in result.report.layers if r.name in result.masks]
         sparsity = sum(r.sparsity * r.params for r in selected) / max(sum(r.params for r in selected), 1)
-        entry = {"pattern": pattern, "method": method, "allocation": allocation, "pass": step["pass"],
-                 "perplexity": value, "dense": dense, "change": value / dense - 1, "sparsity": sparsity,
+        entry = {"model": args.model, "pattern": pattern, "method": method, "allocation": allocation,
+                 "pass": step["pass"], "metric": metric, metric: value, "dense": dense, "change": value / dense - 1, "sparsity": sparsity,
                  "layers": [r.name for r in selected], "layer_sparsity": {r.name: r.sparsity for r in selected},
                  "seconds": seconds}
         results.append(entry)
         rows.append([pattern, method, allocation, f"{value:.3f}", f"{entry['change']:+.1%}", f"{sparsity:.1%}",
                      f"{seconds:.0f}"])
-        print(f"{pattern} {method} {allocation}: perplexity {value:.4f} ({entry['change']:+.1%}), sparsity "
+        print(f"{pattern} {method} {allocation}: {label} {value:.4f} ({entry['change']:+.1%}), sparsity "
               f"{sparsity:.1%} ({', '.join(f'{r.sparsity:.1%}' for r in selected)}), {seconds:.0f} s", flush=True)
-    print_table(f"one-shot pruning of lstm-lm ({', '.join(targets)}), no fine-tuning",
-                ["pattern", "method", "allocation", "test ppl", "vs dense", "sparsity", "s"], rows)
+    print_table(f"one-shot pruning of {args.model} ({', '.join(targets)}), no fine-tuning",
+                ["pattern", "method", "allocation", label, "vs dense", "sparsity", "s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"wrote {args.json}")
     return 0

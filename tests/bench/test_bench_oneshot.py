@@ -40,3 +40,18 @@ def test_bench_oneshot_small(tmp_path, capsys):
         assert r["layers"] == ["rnn.weight_hh_l1"] and r["sparsity"] == 0.5
         assert r["perplexity"] > 1.0
     assert "one-shot pruning of lstm-lm" in capsys.readouterr().out
+
+
+def test_bench_oneshot_on_the_char_encoder_calibrates_on_masked_text(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "oneshot.json"
+    args = parser.parse_args(["--model", "char-encoder", "--patterns", "T4:8", "--methods", "sparsegpt",
+                              "--targets", "body.blocks.1.fc2", "--rows", "256", "--eval-tokens", "2048",
+                              "--json", str(out)])
+    assert bench.run(args) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert (r["model"], r["metric"], r["layers"], r["sparsity"]) == ("char-encoder", "masked_perplexity",
+                                                                     ["body.blocks.1.fc2.weight"], 0.5)
+    assert r["masked_perplexity"] > 1.0 and r["dense"] > 1.0
+    assert "one-shot pruning of char-encoder" in capsys.readouterr().out

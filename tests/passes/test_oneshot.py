@@ -19,7 +19,8 @@ from compressor.loading import ModelSpec
 from compressor.passes import _oneshot
 from compressor.recipe import parse_recipe
 from compressor.solvers import is_nm, nm_mask, rowwise_topk_mask, topk_mask
-from compressor.solvers.sparsegpt import hessian, obs_group_saliency, obs_saliency, output_error, sparsegpt_prune, wanda_mask
+from compressor.solvers.sparsegpt import hessian, obs_group_saliency, output_error, sparsegpt_prune, wanda_mask
+from compressor.solvers.transposable import is_transposable_nm, transposable_nm_mask
 
 QUIET = Console(file=io.StringIO())
 
@@ -37,7 +38,7 @@ def correlated_inputs(rows, cols, seed=0):
     return (base + 0.3 * torch.randn(rows, cols, generator=gen)) * scale
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "T4:8"])
 def test_sparsegpt_beats_magnitude_and_wanda_on_a_linear_layer(pattern):
     x = correlated_inputs(600, 48)
     w = torch.randn(24, 48, generator=torch.Generator().manual_seed(1))
@@ -48,6 +49,11 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_a_linear_layer(pattern):
         wanda = wanda_mask(w, x.norm(dim=0), n=2, m=4)
         for mask in (got.mask, magnitude, wanda):
             assert is_nm(mask, 2, 4)
+    elif pattern == "T4:8":  # wanda has no transposable pattern: the magnitude mask twice
+        got = sparsegpt_prune(w, h, n=4, m=8, transposable=True, blocksize=16)
+        magnitude = wanda = transposable_nm_mask(w, 4, 8)
+        for mask in (got.mask, magnitude):
+            assert is_transposable_nm(mask, 4, 8)
     else:  # the same pattern for all three: half of every row
         got = sparsegpt_prune(w, h, sparsity=0.5, ranking="row", blocksize=16)
         magnitude = rowwise_topk_mask(w.abs(), 24)
@@ -80,9 +86,10 @@ def test_sparsegpt_without_blocks_matches_a_dense_obs_reference():
         torch.testing.assert_close(got.weight, ref * got.mask, rtol=1e-8, atol=1e-10)
 
 
-def test_fixed_mask_patterns_get_the_least_squares_optimum_and_rank_by_obs_saliency():
-    """Transposable N:M and blocks fix the mask first, then every row's kept weights are the exact
-    least-squares fit of the original outputs (numpy lstsq on the kept columns is the reference)."""
+def test_least_squares_refit_and_the_block_saliency_against_dense_math():
+    """The refit (and blocks' weights): every row's kept weights are the exact least-squares fit of the
+    original outputs (torch.linalg.lstsq on the kept columns is the reference); blocks rank by the OBS
+    cost of removing a row's run of columns together (explicit inverses are the reference)."""
     from compressor.solvers.lstsq import masked_lstsq
 
     x = correlated_inputs(200, 12, seed=9)
@@ -95,9 +102,7 @@ def test_fixed_mask_patterns_get_the_least_squares_optimum_and_rank_by_obs_salie
         ref = torch.linalg.lstsq(xd[:, mask[r]], xd @ w[r]).solution
         torch.testing.assert_close(got[r, mask[r]], ref, rtol=1e-7, atol=1e-9)
     assert bool((got[~mask] == 0).all())
-    # the saliency the fixed masks rank by: w^2 / [H^-1]_jj, and its group form for runs of columns
     inv = torch.linalg.inv(h + 0.01 * h.diagonal().mean() * torch.eye(12, dtype=h.dtype))
-    torch.testing.assert_close(obs_saliency(w, h), w.pow(2) / inv.diagonal(), rtol=1e-8, atol=1e-12)
     group = obs_group_saliency(w, h, 5)  # runs 0-4, 5-9, 10-11
     for c0, c1 in ((0, 5), (5, 10), (10, 12)):
         wb = w[:, c0:c1]
@@ -111,8 +116,6 @@ def test_fixed_mask_patterns_get_the_least_squares_optimum_and_rank_by_obs_salie
 def test_sparsegpt_fixed_mask_patterns_on_an_lstm_model(pattern):
     """Transposable 4:8 and (balanced) blocks: the saved weights hold the pattern, blocks stay inside
     one gate, and the OBS update beats the mask alone and the magnitude mask of the same pattern."""
-    from compressor.solvers.transposable import is_transposable_nm
-
     spec = _lstm_spec()
     step = {"pass": "sparsegpt", **pattern, "rows": 512, "calibration": {"name": "distill", "batch_size": 16}}
     result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
@@ -168,6 +171,36 @@ def test_sparsegpt_nm_pattern_holds_exactly_on_odd_shapes():
         assert is_nm(got.mask, 2, 4)  # full groups keep 2; the last 2 columns keep min(2, 2)
         assert bool((got.weight[~got.mask] == 0).all())
         assert torch.isfinite(got.weight).all()
+        # transposable: sides that are not multiples of m (a last strip of 2 columns, a last tile of 3 rows)
+        t = sparsegpt_prune(w, hessian(x), n=2, m=4, blocksize=blocksize, transposable=True)
+        assert is_transposable_nm(t.mask, 2, 4)
+        assert bool((t.weight[~t.mask] == 0).all())
+
+
+def test_transposable_sweep_keeps_a_prior_and_chooses_each_strip_on_updated_weights():
+    """A prior that is itself transposable 4:8 survives the sweep unchanged (its pruned entries are
+    pruned first and the tiles allow keeping exactly the rest); and the strips are chosen on the
+    weights as the OBS updates leave them, not on the originals: on correlated inputs the sweep's
+    mask differs from the one chosen up front on the same saliency, and its error (with the same
+    least-squares refit of the kept weights) is lower."""
+    from compressor.solvers.lstsq import masked_lstsq
+
+    x = correlated_inputs(800, 64, seed=21)
+    w = torch.randn(32, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    h = hessian(x)
+    prior = transposable_nm_mask(torch.rand(32, 64, generator=torch.Generator().manual_seed(23)), 4, 8)
+    kept = sparsegpt_prune(w, h, n=4, m=8, transposable=True, prior=prior, blocksize=16)
+    assert torch.equal(kept.mask, prior)
+    got = sparsegpt_prune(w, h, n=4, m=8, transposable=True, blocksize=16)
+    assert is_transposable_nm(got.mask, 4, 8)
+    inv = torch.linalg.inv(h + 0.01 * h.diagonal().mean() * torch.eye(64, dtype=h.dtype))
+    upfront = transposable_nm_mask(w.pow(2) / inv.diagonal(), 4, 8)
+    assert not torch.equal(got.mask, upfront)
+    sweep_err = dense_error(x, w, masked_lstsq(h, w, got.mask, 0.01))
+    upfront_err = dense_error(x, w, masked_lstsq(h, w, upfront, 0.01))
+    assert sweep_err < upfront_err
+    with pytest.raises(ValueError, match="transposable applies to N:M"):
+        sparsegpt_prune(w, h, transposable=True)
 
 
 def test_unstructured_layer_ranking_hits_the_sparsity_per_block():
