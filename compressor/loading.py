@@ -34,10 +34,15 @@ import torch.nn as nn
 from .errors import ModelLoadError, short
 from .recipe import parse_input_spec
 
-__all__ = ["ModelSpec", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
+__all__ = ["ModelSpec", "no_metric", "load_model", "load_state_dict", "apply_state_dict", "rebuild_hf", "hf_class", "linear_from_conv1d",
            "conv1d_layout", "hf_companion_files", "hf_file_digests", "hf_quiet", "import_callable", "check_finite", "make_inputs"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def no_metric(model: nn.Module, max_tokens: int | None = None) -> dict[str, float]:
+    """A ``ModelSpec.evaluate`` that measures nothing: the report gets no held-out metric."""
+    return {}
 
 
 @dataclass
@@ -47,7 +52,9 @@ class ModelSpec:
     ``source`` is a JSON-able record of how to rebuild the architecture (saved in artifacts);
     ``evaluate(model, max_tokens=None) -> {metric: value}`` is a held-out quality measure when one
     is known (the built-in LM reports perplexity); ``max_tokens`` caps the held-out text scored
-    (tests and benchmarks; None scores all of it).
+    (tests and benchmarks; None scores all of it). ``None``: the pipeline measures its default (a
+    Hugging Face model's held-out text metric, :func:`compressor.pipeline.held_out_metric`; nothing for
+    other models); :func:`no_metric`: nothing at all (sizes and timings only).
     """
 
     model: nn.Module

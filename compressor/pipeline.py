@@ -17,6 +17,7 @@ any failure leaves nothing behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
@@ -258,9 +259,35 @@ def _check_masks(state: CompressionState, targets: list[Target], before: dict[st
                                "removed (a bug in the pass: masks only shrink)")
 
 
-def _evaluate(spec: ModelSpec, model: nn.Module, max_tokens: int | None) -> dict[str, float]:
-    """The model's held-out metric, on at most ``max_tokens`` tokens when a cap is given."""
-    return spec.evaluate(model, max_tokens=max_tokens) if max_tokens else spec.evaluate(model)
+def _evaluate(evaluate, model: nn.Module, max_tokens: int | None) -> dict[str, float]:
+    """The held-out metric ``evaluate`` gives, on at most ``max_tokens`` tokens when a cap is given."""
+    return evaluate(model, max_tokens=max_tokens) if max_tokens else evaluate(model)
+
+
+def held_out_metric(spec: ModelSpec, recipe: Recipe, console):
+    """What the report measures before and after the passes: the model's own held-out metric
+    (``spec.evaluate``); for a Hugging Face model without one, the ``text`` task's evaluation on
+    held-out tokenized text (:mod:`compressor.text_task`: perplexity for a causal LM, masked
+    perplexity for a masked LM, else the sentence-embedding cosine to the model as it is now, before
+    any pass), with the corpus and settings of the recipe's first text task (the defaults when it has
+    none). None when there is nothing to measure; a model directory without a usable tokenizer gets a
+    note instead of a metric."""
+    if spec.evaluate is not None:
+        return spec.evaluate
+    if (spec.source or {}).get("kind") != "hf":
+        return None
+    from .text_task import TextTask
+
+    uses = [use for entry in recipe.passes for use, _, _ in task_uses(entry.config, "")]
+    config = next((c for c in uses if c.name in ("text", "auto")), TaskConfig(name="text"))
+    try:
+        task = TextTask(dataclasses.replace(config, name="text"), spec, None)
+        with console.status("measuring the held-out text metric of the original model"):
+            task.set_reference(spec.model)
+    except CompressorError as exc:
+        console.print(f"no held-out text metric in the report: {first_line(exc, 200)}", markup=False)
+        return None
+    return lambda model, max_tokens=None: task.evaluate(model, max_tokens)
 
 
 def _check_block_fits(config, targets: list[Target], path: str) -> None:
@@ -368,13 +395,14 @@ class Pipeline:
         state, plan = self._prepare_state(spec, console, captured, work_dir, fingerprint, teacher)
         reference = _reference_outputs(spec)
         metrics: dict[str, dict[str, float]] = {}
-        _measure(spec, eval_tokens, console, "before", metrics)
+        evaluate = held_out_metric(spec, self.recipe, console)
+        _measure(spec, evaluate, eval_tokens, console, "before", metrics)
         first = state.restore(payload) if payload is not None else 0
         self._run_passes(state, plan, first, work_dir is not None)
         final_masks = _finish_masks(state)
         if reference is not None:
             metrics["output_rel_error"] = {"after": output_error(reference, spec.model, spec.example_inputs)}
-        _measure(spec, eval_tokens, console, "after", metrics)
+        _measure(spec, evaluate, eval_tokens, console, "after", metrics)
         elapsed = time.perf_counter() - start  # the compression, as before the export was in the report
         writes = out is not None and current().is_main
         report = self._report_and_save(state, out if writes else None, force, final_masks, metrics, elapsed)
@@ -560,13 +588,14 @@ def _finish_masks(state: CompressionState) -> dict[str, torch.Tensor]:
     return {**state.baked_masks, **masklib.finalize(state.model)}
 
 
-def _measure(spec: ModelSpec, eval_tokens: int | None, console, when: str,
+def _measure(spec: ModelSpec, evaluate, eval_tokens: int | None, console, when: str,
              metrics: dict[str, dict[str, float]]) -> None:
-    """The held-out metric of the model as it is now, recorded as ``metrics[name][when]``."""
-    if spec.evaluate is None:
+    """The held-out metric (``evaluate``, :func:`held_out_metric`) of the model as it is now, recorded as
+    ``metrics[name][when]``."""
+    if evaluate is None:
         return
     with console.status("evaluating the original model" if when == "before" else "evaluating the compressed model"):
-        for k, v in _evaluate(spec, spec.model, eval_tokens).items():
+        for k, v in _evaluate(evaluate, spec.model, eval_tokens).items():
             metrics.setdefault(k, {})[when] = v
 
 

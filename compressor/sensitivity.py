@@ -7,8 +7,9 @@ on the dense model (every other layer dense), and the whole model's metric is me
 - the model's held-out metric when it has one (the built-in LM's perplexity, the char encoder's
   masked perplexity), on the *validation* split where the model offers one (so that the test split the
   report and the benchmarks print stays unseen by the allocation), capped at ``--eval-tokens``;
-- otherwise, when the pass calibrates on the ``text`` task (Hugging Face encoders), the embedding
-  cosine to the dense model on the task's held-out sentences (``embedding_cosine_mean``);
+- otherwise, when the pass calibrates on the ``text`` task (Hugging Face models), that task's held-out
+  figure: perplexity for a causal LM, masked perplexity for a masked LM, else the embedding cosine
+  to the dense model on the task's held-out sentences (``embedding_cosine_mean``);
 - otherwise the relative output error on the example inputs against the dense model.
 
 ``DIR`` receives ``sensitivity.json`` (the curves; rewritten atomically after every point, so a run
@@ -174,13 +175,17 @@ class _Metric:
 
             self.fn = own
             return
-        from .tasks import TextTask, build_task
+        from .tasks import build_task
+        from .text_task import TextTask
 
         name = config.calibration.name  # "auto" is the text task for a Hugging Face model (build_task)
         text = name == "text" or (name == "auto" and spec.source.get("kind") == "hf")
         task = build_task(config.calibration, spec, dense) if text else None
         if isinstance(task, TextTask):
-            self.name, self.higher_is_better, self.split = "embedding_cosine_mean", True, "held-out sentences"
+            self.name, self.higher_is_better, self.split = {
+                "causal_lm": ("perplexity", False, "held-out text"),
+                "masked_lm": ("masked_perplexity", False, "held-out text"),
+            }.get(task.objective, ("embedding_cosine_mean", True, "held-out sentences"))
             self.fn = lambda model: task.evaluate(model)[self.name]
         elif spec.example_inputs is not None:
             import torch
@@ -272,6 +277,7 @@ def sweep(recipe, spec, out: str | Path, sparsities=DEFAULT_SPARSITIES, budget: 
 
     from . import checkpoint as ckptlib
     from .capture import capture
+    from .loading import no_metric
     from .outputs import claim_output, named_paths
     from .passes import get_pass
     from .pipeline import Pipeline
@@ -326,7 +332,7 @@ def sweep(recipe, spec, out: str | Path, sparsities=DEFAULT_SPARSITIES, budget: 
                                              owl_threshold=type(entry.config)().owl_threshold,
                                              owl_lambda=type(entry.config)().owl_lambda)
                 one = Recipe((PassEntry(entry.name, config),), seed=recipe.seed)
-                pruned = dataclasses.replace(spec, model=copy.deepcopy(dense), evaluate=None)
+                pruned = dataclasses.replace(spec, model=copy.deepcopy(dense), evaluate=no_metric)
                 result = Pipeline(one).run(pruned, console=quiet, captured=captured)
                 mask = result.masks[t.name]
                 value = metric(result.model)

@@ -12,12 +12,10 @@
   ``temperature``) on the outputs; the default when there are no labels. Inputs come
   from the corpus when the model has a vocabulary, otherwise random tensors shaped like the
   example inputs.
-- ``text``: for Hugging Face encoders (a model directory loaded with :func:`compressor.load_model`):
-  the corpus tokenized with the model directory's own tokenizer (or ``tokenizer: DIR``), windows of
-  ``seq_len`` tokens (special tokens included) with ``input_ids`` and ``attention_mask`` from the
-  first 90% of the corpus; the loss is the MSE of the last hidden states to the dense teacher's;
-  the evaluation is the cosine of mean-pooled (attention-masked) embeddings to the teacher's on
-  held-out sentences (the last 10% of ``eval_corpus``, by default the same corpus), mean and minimum.
+- ``text``: for Hugging Face models (a model directory loaded with :func:`compressor.load_model`):
+  the corpus tokenized with the model directory's own tokenizer, windows of ``seq_len`` tokens; the
+  loss and the evaluation follow ``objective`` (causal LM perplexity, masked LM perplexity, or
+  hidden-state distillation with the embedding cosine to the dense model): :mod:`compressor.text_task`.
 - ``module:function`` (a module in the working directory or an installed package) or
   ``path/to/file.py:function``: a user task. ``function(config, spec, teacher)`` returns an object
   with the methods of :class:`Task` that its uses call (:data:`CALIBRATION_METHODS` for a pass's
@@ -43,8 +41,11 @@ import torch.nn.functional as F
 from .corpus import CharVocab, corpus_text, split_text
 from .errors import CompressorError, RecipeError
 
-__all__ = ["BatchStream", "perplexity", "TaskConfig", "Task", "LMTask", "DistillTask", "TextTask", "build_task", "task_factory", "check_task",
-           "CALIBRATION_METHODS", "TRAINING_METHODS", "kl_distill", "mean_pool", "held_out_sentences"]
+__all__ = ["BatchStream", "perplexity", "TaskConfig", "Task", "LMTask", "DistillTask", "build_task", "task_factory", "check_task",
+           "CALIBRATION_METHODS", "TRAINING_METHODS", "TEXT_OBJECTIVES", "kl_distill"]
+
+#: the ``text`` task's ``objective`` values (:mod:`compressor.text_task`)
+TEXT_OBJECTIVES = ("auto", "causal_lm", "masked_lm", "hidden_states")
 
 #: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
 CALIBRATION_METHODS = ("batch", "inputs")
@@ -96,7 +97,7 @@ class TaskConfig:
     batch_size: int = 32
     eval_tokens: int = 32768
     loss: Literal["kl", "mse"] = "kl"
-    #: ``lm``: weight of the distillation term next to the cross-entropy (0: labels only)
+    #: ``lm``, ``text`` (LM objectives): weight of the distillation term next to the cross-entropy (0: labels only)
     distill_weight: float = 0.0
     #: softmax temperature of every KL distillation term
     temperature: float = 1.0
@@ -110,6 +111,9 @@ class TaskConfig:
     eval_corpus: str = ""
     #: ``text``: held-out sentences the embedding cosine is measured on
     eval_sentences: int = 256
+    #: ``text``: what the loss trains and the evaluation reports (:data:`TEXT_OBJECTIVES`; ``auto``: from
+    #: the model's class: ``causal_lm``, ``masked_lm``, else ``hidden_states``)
+    objective: str = "auto"
 
     def validate(self, path: str) -> None:
         if self.name not in ("lm", "distill", "text", "auto") and ":" not in self.name:
@@ -122,12 +126,18 @@ class TaskConfig:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= {low}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise RecipeError(f"{path}.distill_weight", f"{self.distill_weight} is invalid; must be in [0, 1]")
-        if self.distill_weight and self.name != "lm":
-            raise RecipeError(f"{path}.distill_weight", f"only the lm task mixes in distillation; task {self.name!r} "
-                              "(the distill task is pure distillation; a user task gets the teacher and this config)")
+        if self.distill_weight and self.name not in ("lm", "text"):
+            raise RecipeError(f"{path}.distill_weight", f"only the lm and text tasks mix in distillation; task "
+                              f"{self.name!r} (the distill task is pure distillation; a user task gets the teacher "
+                              "and this config)")
         for key in ("tokenizer", "eval_corpus"):
             if getattr(self, key) and self.name != "text":
                 raise RecipeError(f"{path}.{key}", f"only the text task reads {key}; task {self.name!r}")
+        if self.objective not in TEXT_OBJECTIVES:
+            raise RecipeError(f"{path}.objective", f"{self.objective!r} is not an objective; use "
+                                                   f"{', '.join(TEXT_OBJECTIVES)}")
+        if self.objective != "auto" and self.name not in ("text", "auto"):
+            raise RecipeError(f"{path}.objective", f"only the text task reads objective; task {self.name!r}")
         if not 0.0 < self.temperature <= 100.0:
             raise RecipeError(f"{path}.temperature", f"{self.temperature} is invalid; must be in (0, 100]")
         if ":" in self.name:  # a user task: importable, with the factory's signature, before any model loads
@@ -325,197 +335,9 @@ def _batch_dim(config: TaskConfig, spec) -> int:
     return 1 if flags and not any(flags) else 0
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Sentence embeddings: the mean of ``hidden`` (B, T, H) over the positions where
-    ``attention_mask`` (B, T) is 1 (sentence-transformers' mean pooling)."""
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-
-
-def held_out_sentences(text: str, count: int, min_words: int = 4) -> list[str]:
-    """``count`` sentences spread evenly over ``text`` (paragraphs split at blank lines, whitespace
-    collapsed, split after . ! ?), each of at least ``min_words`` words; fewer if the text has fewer."""
-    import re
-
-    sentences = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
-            if len(sentence.split()) >= min_words and any(ch.isalpha() for ch in sentence):
-                sentences.append(sentence)
-    if len(sentences) <= count:
-        return sentences
-    return [sentences[i * len(sentences) // count] for i in range(count)]
-
-
 def _hf_directory(spec) -> str | None:
     source = getattr(spec, "source", None) or {}
     return source.get("directory") if source.get("kind") == "hf" else None
-
-
-#: files one of which a Hugging Face tokenizer directory holds
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                    "sentencepiece.bpe.model")
-
-
-def load_tokenizer(config: TaskConfig, spec):
-    """The text task's tokenizer: ``config.tokenizer`` or the Hugging Face model's own directory,
-    checked against the model's embedding (a token id the embedding has no row for is refused)."""
-    directory = config.tokenizer or _hf_directory(spec)
-    if not directory:
-        raise CompressorError("the text task needs a tokenizer: load a Hugging Face model directory as the model, "
-                              "or name a directory with tokenizer files as task.tokenizer")
-    try:
-        import transformers
-    except ImportError:
-        raise CompressorError("the text task needs transformers; pip install 'compressor[hf]'") from None
-    from pathlib import Path
-
-    # transformers 5 builds a tokenizer of special tokens only from a directory without tokenizer files
-    if Path(directory).is_dir() and not any((Path(directory) / name).is_file() for name in _TOKENIZER_FILES):
-        raise CompressorError(f"the text task found no usable tokenizer in {directory}: none of "
-                              f"{', '.join(_TOKENIZER_FILES)}; name a directory with one as task.tokenizer")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CompressorError(f"the text task found no usable tokenizer in {directory} (tokenizer.json, or vocab.txt and "
-                              f"tokenizer_config.json): {type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
-    if isinstance(tokenizer, bool) or not callable(tokenizer) or len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise CompressorError(f"the text task found no usable tokenizer in {directory} (no vocabulary beyond the "
-                              "special tokens)")
-    embed = getattr(spec.model, "get_input_embeddings", lambda: None)()
-    rows = getattr(embed, "num_embeddings", None)
-    if rows is None:
-        raise CompressorError("the text task needs a model with a token embedding (a Hugging Face model's "
-                              "get_input_embeddings()); this model has none")
-    if len(tokenizer) > rows:
-        raise CompressorError(f"the tokenizer of {directory} has {len(tokenizer)} tokens but the model's embedding has "
-                              f"{rows} rows: use the model's own tokenizer (a vocabulary of at most {rows} tokens)")
-    return tokenizer
-
-
-def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids a tokenizer puts before and after a text (BERT: ``[CLS]`` and ``[SEP]``)."""
-    body = tokenizer("hello world", add_special_tokens=False)["input_ids"]
-    full = tokenizer("hello world")["input_ids"]
-    for i in range(len(full) - len(body) + 1):
-        if full[i:i + len(body)] == body:
-            return list(full[:i]), list(full[i + len(body):])
-    return [], []
-
-
-#: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
-#: every point of a sensitivity sweep builds its own text task on the same corpus (tokenizing a
-#: corpus costs about a second, far more than a calibration batch); a few entries, newest kept
-_TOKENIZED: dict[tuple, torch.Tensor] = {}
-_TOKENIZED_ENTRIES = 4
-
-
-def _tokenized(tok, text: str) -> torch.Tensor:
-    """The ids of ``text``'s paragraphs tokenized by ``tok`` (no special tokens), concatenated; cached
-    by the tokenizer's class, source, vocabulary size and the text itself."""
-    key = (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), len(text), hash(text))
-    if key not in _TOKENIZED:
-        paragraphs = [p for p in text.split("\n\n") if p.strip()]
-        ids = tok(paragraphs, add_special_tokens=False, verbose=False)["input_ids"] if paragraphs else []
-        while len(_TOKENIZED) >= _TOKENIZED_ENTRIES:
-            _TOKENIZED.pop(next(iter(_TOKENIZED)))
-        _TOKENIZED[key] = torch.tensor([i for row in ids for i in row], dtype=torch.long)
-    return _TOKENIZED[key]
-
-
-class TextTask(Task):
-    """Tokenized text for Hugging Face encoders: calibration/training windows and an embedding-cosine
-    evaluation against the dense teacher (see the module docstring)."""
-
-    def __init__(self, config: TaskConfig, spec, teacher: nn.Module | None):
-        self.config = config
-        self.teacher = _frozen(teacher) if teacher is not None else None
-        self.tokenizer = tok = load_tokenizer(config, spec)
-        limit = getattr(getattr(spec.model, "config", None), "max_position_embeddings", None)
-        if limit and config.seq_len > limit:
-            raise CompressorError(f"task seq_len {config.seq_len} is longer than the model's {limit} positions; "
-                                  f"use seq_len <= {limit}")
-        self.prefix, self.suffix = _special_tokens(tok)
-        self.specials = len(self.prefix) + len(self.suffix)
-        if config.seq_len <= self.specials:
-            raise CompressorError(f"task seq_len {config.seq_len} leaves no room for text next to the tokenizer's "
-                                  f"{self.specials} special tokens; use seq_len > {self.specials}")
-        text = corpus_text(config.corpus)
-        self.train_ids = _tokenized(tok, split_text(text).train)
-        if self.train_ids.numel() <= config.seq_len:
-            raise CompressorError(f"corpus {config.corpus!r} is too short for seq_len {config.seq_len}: "
-                                  f"{self.train_ids.numel()} tokens in its first 90%")
-        held = split_text(text if not config.eval_corpus else corpus_text(config.eval_corpus))
-        self.eval_text = held_out_sentences(held.valid + "\n\n" + held.test, config.eval_sentences)
-        self._teacher_embeddings: torch.Tensor | None = None
-
-    def batch(self, step, rank=0, world=1):
-        """``(input_ids, attention_mask)``, both (B, seq_len): windows of the corpus's first 90% wrapped
-        in the tokenizer's special tokens (no padding: the mask is all ones)."""
-        c = self.config
-        body = c.seq_len - self.specials
-        starts = torch.randint(0, self.train_ids.numel() - body, (c.batch_size,), generator=_generator(c.seed, step))
-        starts = starts[_rank_slice(c.batch_size, rank, world)]
-        window = self.train_ids[starts[:, None] + torch.arange(body)]  # (B, body)
-        n = window.shape[0]
-        input_ids = torch.cat([torch.tensor(self.prefix, dtype=torch.long).expand(n, -1), window,
-                               torch.tensor(self.suffix, dtype=torch.long).expand(n, -1)], 1)
-        return input_ids, torch.ones_like(input_ids)
-
-    def inputs(self, batch):
-        """Keyword inputs of a Hugging Face model: ``{"input_ids", "attention_mask"}``."""
-        return {"input_ids": batch[0], "attention_mask": batch[1]}
-
-    @staticmethod
-    def hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The model's last hidden states (B, T, H) (``last_hidden_state``, else the last of ``hidden_states``)."""
-        out = model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = getattr(out, "last_hidden_state", None)
-        if hidden is None:
-            out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-            states = getattr(out, "hidden_states", None)
-            if not states:
-                raise CompressorError("the text task needs a Hugging Face model that returns last_hidden_state "
-                                      "or hidden_states; this one returns neither")
-            hidden = states[-1]
-        return hidden
-
-    def loss(self, model, batch):
-        if self.teacher is None:
-            raise CompressorError("the text task's loss needs the dense teacher model")
-        input_ids, mask = batch
-        student = self.hidden(model, input_ids, mask)
-        with torch.no_grad():
-            target = self.hidden(self.teacher, input_ids, mask)
-        m = mask.to(student.dtype).unsqueeze(-1)
-        return ((student - target).pow(2) * m).sum() / (m.sum() * student.shape[-1]).clamp_min(1.0)
-
-    @torch.no_grad()
-    def embed(self, model: nn.Module, sentences: list[str] | None = None, batch_size: int = 32) -> torch.Tensor:
-        """Mean-pooled embeddings (N, H) of ``sentences`` (default: the held-out ones), ``seq_len`` tokens at most."""
-        sentences = self.eval_text if sentences is None else sentences
-        was = model.training
-        model.eval()
-        parts = []
-        for i in range(0, len(sentences), batch_size):
-            enc = self.tokenizer(sentences[i:i + batch_size], padding=True, truncation=True,
-                                 max_length=self.config.seq_len, return_tensors="pt")
-            parts.append(mean_pool(self.hidden(model, enc["input_ids"], enc["attention_mask"]).float(),
-                                   enc["attention_mask"]))
-        model.train(was)
-        return torch.cat(parts)
-
-    def evaluate(self, model):
-        """Cosine of the model's sentence embeddings to the dense teacher's on the held-out sentences."""
-        if self.teacher is None:
-            raise CompressorError("the text task's evaluation needs the dense teacher model")
-        if not self.eval_text:
-            raise CompressorError(f"the held-out text of {self.config.eval_corpus or self.config.corpus!r} has no "
-                                  "sentence of 4 words or more to evaluate")
-        if self._teacher_embeddings is None:
-            self._teacher_embeddings = self.embed(self.teacher)
-        cos = F.cosine_similarity(self.embed(model), self._teacher_embeddings, dim=-1)
-        return {"embedding_cosine_mean": float(cos.mean()), "embedding_cosine_min": float(cos.min())}
 
 
 def _takes_floats(spec) -> bool:
@@ -526,6 +348,8 @@ def build_task(config: TaskConfig, spec, teacher: nn.Module | None, needs: tuple
                where: str = "task") -> Task:
     """Instantiate the task a pass asks for. A user task must have the methods in ``needs`` (the
     pipeline names what each of the recipe's uses calls); ``where`` is its recipe path."""
+    from .text_task import TextTask  # the text task builds on this module
+
     vocab = getattr(spec, "vocab", None)
     if config.name == "auto":
         # the calibration default: token ids cannot feed a model whose inputs are floating point

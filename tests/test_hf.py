@@ -189,13 +189,13 @@ def test_text_task_feeds_input_ids_and_attention_mask_to_calibration(tmp_path):
 def test_text_tasks_on_one_corpus_tokenize_it_once(tmp_path):
     """Every pass, benchmark run and sensitivity point builds its own text task: the corpus is tokenized
     once per tokenizer and text, and the ids are those of a direct tokenization of its paragraphs."""
-    from compressor import tasks
+    from compressor import tasks, text_task
     from compressor.corpus import corpus_text, split_text
 
     spec = compressor.load_model(str(tiny_bert_with_tokenizer(tmp_path / "bert")))
     config = tasks.TaskConfig(name="text", corpus="pydoc", seq_len=16, eval_sentences=4)
-    tasks._TOKENIZED.clear()
-    first = tasks.TextTask(config, spec, spec.model)
+    text_task._TOKENIZED.clear()
+    first = text_task.TextTask(config, spec, spec.model)
     calls = []
     real = type(first.tokenizer).__call__
 
@@ -205,7 +205,7 @@ def test_text_tasks_on_one_corpus_tokenize_it_once(tmp_path):
 
     type(first.tokenizer).__call__ = spy
     try:
-        second = tasks.TextTask(config, spec, spec.model)
+        second = text_task.TextTask(config, spec, spec.model)
     finally:
         type(first.tokenizer).__call__ = real
     assert torch.equal(first.train_ids, second.train_ids)

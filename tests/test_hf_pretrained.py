@@ -51,7 +51,7 @@ def test_minilm_layers_compress_with_the_text_task_and_round_trips(minilm_dir, t
     assert type(spec.model).__name__ == "BertModel" and spec.model.config.hidden_size == 384
     dense = copy.deepcopy(spec.model)
     step = {"pass": "nm_convert", "n": 2, "m": 4, "transposable": False, "reconstruct": "lstsq", "rows": 1024,
-            "targets": TARGETS, "calibration": {"name": "text", "seq_len": 32, "batch_size": 16}}
+            "targets": TARGETS, "calibration": {"name": "text", "seq_len": 32, "batch_size": 16, "eval_sentences": 16}}
     result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(
         spec, out=tmp_path / "art", console=Console(file=io.StringIO()))
     metrics = result.report.passes[0]["metrics"]
@@ -79,3 +79,8 @@ def test_minilm_layers_compress_with_the_text_task_and_round_trips(minilm_dir, t
     assert measured["embedding_cosine_mean"] == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-5)
     assert measured["embedding_cosine_min"] == pytest.approx(min(by_hand), abs=1e-5)
     assert 0.5 < measured["embedding_cosine_min"] < 0.99999  # changed, but still the same encoder
+    # the report's held-out metric: the recipe's text task (the same 16 sentences, cut at 32 tokens), dense beside it
+    report = result.report.metrics["embedding_cosine_mean"]
+    short = _by_hand_cosines(tokenizer, dense, result.model, task.eval_text, 32)
+    assert report["before"] == pytest.approx(1.0, abs=1e-6)
+    assert report["after"] == pytest.approx(sum(short) / len(short), abs=1e-5)

@@ -193,7 +193,8 @@ def test_an_encoder_calibrated_on_text_is_measured_by_embedding_cosine(tmp_path)
     pytest.importorskip("transformers")
     from hf_tools import tiny_bert_with_tokenizer as _tiny_bert_with_tokenizer
 
-    from compressor.tasks import TaskConfig, TextTask
+    from compressor.tasks import TaskConfig
+    from compressor.text_task import TextTask
 
     directory = str(_tiny_bert_with_tokenizer(tmp_path / "bert"))
     corpus = tmp_path / "corpus.txt"  # a short text keeps tokenizing cheap

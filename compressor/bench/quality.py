@@ -282,12 +282,13 @@ def _fresh_lm(spec, hidden: int):
     (seeded by the caller), for measuring how the pruning gap depends on model size."""
     import dataclasses
 
+    from ..loading import no_metric
     from ..models.lstm_lm import LSTMLanguageModel
 
     model = LSTMLanguageModel(dataclasses.replace(spec.model.config, hidden=hidden))
     source = {**spec.source, "config": {**spec.source["config"], "hidden": hidden}}
     return dataclasses.replace(spec, model=model, example_inputs=model.example_inputs(), source=source,
-                               evaluate=None)
+                               evaluate=no_metric)
 
 
 def blockdiag_mask(shape: tuple[int, int], n: int) -> torch.Tensor:

@@ -180,6 +180,7 @@ def run(args) -> int:
 
     import compressor
     from ..artifacts import write_dense
+    from ..loading import no_metric
     from ..models import BUILTIN_MODELS
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -193,7 +194,7 @@ def run(args) -> int:
         for case in cases:
             config, passes, _ = CASES[case]
             spec = BUILTIN_MODELS[args.model](config, False) if config is not None else compressor.load_model(args.model)
-            spec.evaluate = None  # sizes and load time only
+            spec.evaluate = no_metric  # sizes and load time only
             config = spec.source["config"]  # the architecture the dense side rebuilds (random initial values)
             i = len(results)
             dense_path = tmp / f"dense{i}.safetensors"
