@@ -18,8 +18,8 @@ whose earlier layers are already pruned; :mod:`compressor.passes._oneshot`):
    (``solver``) on the strip's saliencies (every M x M tile lies inside one strip, so the mask
    adapts to the updates of earlier columns, as the paper's N:M selection does); then (``refit``,
    the default) every row's kept weights are set to the exact least-squares optimum for the mask
-   chosen (:func:`compressor.solvers.lstsq.masked_lstsq` with ridge ``percdamp``: the sweep's
-   updates only flow to later columns, an approximation of it);
+   chosen (:func:`compressor.solvers.lstsq.masked_lstsq` with the ridge ``refit_damping``: the
+   sweep's updates only flow to later columns, an approximation of it);
 3. ``pattern: block`` couples columns far apart (a block row's count), so its mask is chosen once,
    before any update, on the OBS cost of removing each row's run of block-width columns together,
    ``w_B [(H^-1)_BB]^-1 w_B^T`` (:func:`compressor.solvers.sparsegpt.obs_group_saliency`), summed
@@ -108,11 +108,15 @@ class SparseGPTConfig(OneShotConfig):
     block or per row: ``ranking``), ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused;
     ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
     (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
-    ``blocksize``: columns per lazy-update block. ``percdamp``: damping relative to mean(diag H).
-    ``refit`` (default on): after the OBS sweep (unstructured, N:M, transposable N:M), set each row's kept weights to the
-    exact least-squares optimum for the mask it chose (the sweep's updates only flow to later columns;
-    measured: MiniLM 50% cosine 0.899 -> 0.913, 2:4 0.839 -> 0.860; built-in LM 2:4 perplexity
-    3.403 -> 3.294). ``refit: false`` is the paper's algorithm.
+    ``blocksize``: columns per lazy-update block. ``percdamp``: the OBS sweep's damping relative to
+    mean(diag H). ``refit`` (default on): after the OBS sweep (unstructured, N:M, transposable N:M), set
+    each row's kept weights to the exact least-squares optimum for the mask it chose (the sweep's
+    updates only flow to later columns; measured: MiniLM 50% cosine 0.899 -> 0.913, 2:4 0.839 -> 0.860;
+    built-in LM 2:4 perplexity 3.403 -> 3.294). ``refit: false`` is the paper's algorithm.
+    ``refit_damping``: the least-squares ridge (refit and block weights) relative to mean(diag H), as
+    ``nm_convert``'s ``damping`` (the sweep's damping instead where the sweep had to raise it): 1e-4
+    beat ``percdamp``'s 0.01 on every model and pattern measured with 16,384 calibration rows
+    (BENCHMARKS.md); with far fewer rows per input a larger ridge can generalise better.
     ``rows``: calibration rows (positions) per layer. ``sequential``: calibrate each layer on the
     model with the earlier layers already pruned (the paper), else on the dense model.
     ``calibration``: the task whose batches are recorded. ``allocation``: how the ``sparsity`` budget
@@ -129,12 +133,14 @@ class SparseGPTConfig(OneShotConfig):
     blocksize: int = 128
     percdamp: float = 0.01
     refit: bool = True
+    refit_damping: float = 1e-4
 
     def validate(self, path: str) -> None:
         super().validate(path)
         if self.blocksize < 1:
             raise RecipeError(f"{path}.blocksize", f"{self.blocksize} is invalid; must be >= 1")
         check_range(f"{path}.percdamp", self.percdamp, 0.0, 10.0)
+        check_range(f"{path}.refit_damping", self.refit_damping, 0.0, 10.0)
         if self.pattern == "block":
             check_block(f"{path}.block", self.block)
         if self.transposable and self.pattern != "nm":
@@ -198,28 +204,35 @@ def sparsegpt(state: CompressionState, config: SparseGPTConfig, targets: list[Ta
             n_rows = inputs[t.param_name].shape[0]
             budget = plan.get(t.name)
             try:
+                ridge = c.refit_damping
                 if c.pattern == "block":
                     mask = _block_obs_mask(w_ref, h, c, t, state.mask(t))
-                    solved = SparseGPTResult(masked_lstsq(h, w_ref, mask, c.percdamp), mask, c.percdamp)
+                    solved = SparseGPTResult(masked_lstsq(h, w_ref, mask, ridge), mask, c.percdamp)
                 else:
                     solved = sparsegpt_prune(w_ref, h, sparsity=c.sparsity, n=c.n if nm else 0, m=c.m,
                                              ranking=c.ranking, blocksize=c.blocksize, percdamp=c.percdamp,
                                              prior=state.mask(t), prune=budget.count if budget else None,
                                              transposable=c.transposable, solver=c.solver)
                     if c.refit:
-                        solved.weight = masked_lstsq(h, w_ref, solved.mask, solved.damping)
+                        # a Hessian whose factorisation needed more damping gets at least as much ridge
+                        if solved.damping > c.percdamp:
+                            ridge = max(ridge, solved.damping)
+                        solved.weight = masked_lstsq(h, w_ref, solved.mask, ridge)
             except (HessianError, SingularGramError) as exc:
                 raise CompressorError(f"sparsegpt: layer {t.name} ({n_rows} calibration rows x {t.in_features} "
                                       f"columns): {exc}") from None
             metrics = {
                 "calibration_rows": n_rows, "columns": t.in_features, "damping": solved.damping,
+                **({"least_squares_ridge": ridge} if c.refit or c.pattern == "block" else {}),
                 "reconstruction_error_before": output_error(h, w_ref, w_ref * solved.mask),
                 "reconstruction_error_after": output_error(h, w_ref, solved.weight),
                 "reconstruction_error_magnitude_mask": output_error(h, w_ref, w_ref * magnitude_mask(w_ref, c, budget, t)),
                 **(budget.metrics if budget else {}),
             }
             notes = [n for n in (budget.note if budget else None, rows_note(n_rows, t.in_features), *solved.notes) if n]
-            notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}; "
+            ridge_note = f", least-squares ridge {ridge:g}" if c.refit or c.pattern == "block" else ""
+            notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}"
+                         f"{ridge_note}; "
                          f"calibration output error {metrics['reconstruction_error_before']:.3g} with the mask alone -> "
                          f"{metrics['reconstruction_error_after']:.3g} after the OBS update (magnitude mask: "
                          f"{metrics['reconstruction_error_magnitude_mask']:.3g})")

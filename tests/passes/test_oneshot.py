@@ -368,13 +368,18 @@ def test_fewer_rows_than_columns_gives_a_note():
     result = compressor.Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=QUIET)
     row = next(r for r in result.report.layers if r.name == "rnn.weight_hh_l0")
     assert any("only 12 calibration rows for 20 input columns" in n for n in row.notes)
-    assert result.report.passes[0]["metrics"]["rnn.weight_hh_l0"]["calibration_rows"] == 12
+    metrics = result.report.passes[0]["metrics"]["rnn.weight_hh_l0"]
+    assert metrics["calibration_rows"] == 12
+    # the refit's ridge is refit_damping (the sweep kept its damping: no retry was needed)
+    assert (metrics["damping"], metrics["least_squares_ridge"]) == (0.01, 1e-4)
+    assert any("damping 0.01, least-squares ridge 0.0001;" in n for n in row.notes)
 
 
 @pytest.mark.parametrize("fields, where", [
     ({"sparsity": 1.0}, "passes[0].sparsity"),
     ({"pattern": "nm", "n": 4, "m": 4}, "passes[0].n"),
     ({"percdamp": -0.1}, "passes[0].percdamp"),
+    ({"refit_damping": -1e-4}, "passes[0].refit_damping"),
     ({"blocksize": 0}, "passes[0].blocksize"),
     ({"rows": 0}, "passes[0].rows"),
     ({"pattern": "blocks"}, "passes[0].pattern"),
