@@ -3,7 +3,6 @@ default model is the pretrained MiniLM; the figures themselves are not asserted)
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -11,17 +10,16 @@ import pytest
 pytest.importorskip("transformers")
 
 from compressor.bench import hf as bench  # noqa: E402
+from bench_tools import bench_args  # noqa: E402  (tests/bench_tools.py)
 from hf_tools import tiny_bert_with_tokenizer as _tiny_bert_with_tokenizer  # noqa: E402
 
 
 def test_bench_hf_small(tmp_path, capsys):
     directory = _tiny_bert_with_tokenizer(tmp_path / "bert")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "hf.json"
-    args = parser.parse_args(["--model-dir", str(directory), "--patterns", "2:4,T4:8", "--methods", "wanda,sparsegpt",
-                              "--sequences", "8", "--seq-len", "16", "--eval-sentences", "8", "--calibration-corpus", "pydoc", "--eval-corpus", "pydoc",
-                              "--json", str(out)])
+    args = bench_args(bench, "--model-dir", directory, "--patterns", "2:4,T4:8", "--methods", "wanda,sparsegpt",
+                      "--sequences", 8, "--seq-len", 16, "--eval-sentences", 8, "--calibration-corpus", "pydoc",
+                      "--eval-corpus", "pydoc", "--json", out)
     assert bench.run(args) == 0
     report = json.loads(out.read_text())
     assert report["held_out_sentences"] == 8
@@ -44,12 +42,10 @@ def test_bench_hf_on_a_decoder_reports_held_out_perplexity(tmp_path, capsys):
     from hf_tools import tiny_hf_with_tokenizer
 
     directory = tiny_hf_with_tokenizer(tmp_path / "gpt2", "GPT2LMHeadModel")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "hf.json"
-    args = parser.parse_args(["--model-dir", str(directory), "--patterns", "2:4", "--methods", "magnitude,sparsegpt",
-                              "--sequences", "8", "--seq-len", "16", "--calibration-corpus", "pydoc", "--eval-corpus",
-                              "pydoc", "--json", str(out)])
+    args = bench_args(bench, "--model-dir", directory, "--patterns", "2:4", "--methods", "magnitude,sparsegpt",
+                      "--sequences", 8, "--seq-len", 16, "--calibration-corpus", "pydoc", "--eval-corpus", "pydoc",
+                      "--json", out)
     assert bench.run(args) == 0
     report = json.loads(out.read_text())
     assert report["objective"] == "causal_lm" and report["dense"]["perplexity"] > 1.0

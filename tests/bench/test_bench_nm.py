@@ -3,19 +3,18 @@ themselves are not asserted, only what must hold whatever the machine)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from compressor.bench import nm as bench
 
+from bench_tools import bench_args  # tests/bench_tools.py
+
 
 def test_bench_nm_lstm_small(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "nm.json"
     # one score (the activation score's masks are tests/passes/test_nm_convert.py's): both kinds, both reconstructions
-    args = parser.parse_args(["--models", "lstm-lm", "--patterns", "2:4", "--scores", "magnitude", "--rows", "512",
-                              "--eval-tokens", "4096", "--json", str(out)])
+    args = bench_args(bench, "--models", "lstm-lm", "--patterns", "2:4", "--scores", "magnitude", "--rows", 512,
+                      "--eval-tokens", 4096, "--json", out)
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
     assert {(r["transposable"], r["score"], r["reconstruct"]) for r in results} == {
@@ -32,13 +31,10 @@ def test_bench_nm_lstm_small(tmp_path, capsys):
 
 
 def test_bench_nm_char_encoder_small(tmp_path):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "nm.json"
     # plain 2:4 only: the transposable kind (the same pass and solver) is the lstm run's
-    args = parser.parse_args(["--models", "char-encoder", "--patterns", "2:4", "--scores", "magnitude",
-                              "--kinds", "plain", "--rows", "256", "--eval-tokens", "4096",
-                              "--json", str(out)])
+    args = bench_args(bench, "--models", "char-encoder", "--patterns", "2:4", "--scores", "magnitude",
+                      "--kinds", "plain", "--rows", 256, "--eval-tokens", 4096, "--json", out)
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
     assert len(results) == 2 and {r["metric"] for r in results} == {"masked test ppl"}

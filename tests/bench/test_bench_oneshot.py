@@ -3,11 +3,12 @@ hold whatever the machine: every method runs its own pass at the pattern asked f
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from compressor.bench import oneshot as bench
 from compressor.recipe import parse_recipe
+
+from bench_tools import bench_args  # tests/bench_tools.py
 
 
 def test_every_method_and_pattern_is_a_valid_recipe_step():
@@ -28,11 +29,9 @@ def test_every_method_and_pattern_is_a_valid_recipe_step():
 
 
 def test_bench_oneshot_small(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "oneshot.json"
-    args = parser.parse_args(["--patterns", "2:4", "--methods", "magnitude,sparsegpt", "--targets", "rnn.weight_hh_l1",
-                              "--rows", "512", "--eval-tokens", "2048", "--json", str(out)])
+    args = bench_args(bench, "--patterns", "2:4", "--methods", "magnitude,sparsegpt", "--targets", "rnn.weight_hh_l1",
+                      "--rows", "512", "--eval-tokens", "2048", "--json", out)
     assert bench.run(args) == 0
     results = json.loads(out.read_text())["results"]
     assert [(r["method"], r["pass"]) for r in results] == [("magnitude", "nm_prune"), ("sparsegpt", "sparsegpt")]
@@ -43,12 +42,9 @@ def test_bench_oneshot_small(tmp_path, capsys):
 
 
 def test_bench_oneshot_on_the_char_encoder_calibrates_on_masked_text(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "oneshot.json"
-    args = parser.parse_args(["--model", "char-encoder", "--patterns", "T4:8", "--methods", "sparsegpt",
-                              "--targets", "body.blocks.1.fc2", "--rows", "256", "--eval-tokens", "2048",
-                              "--json", str(out)])
+    args = bench_args(bench, "--model", "char-encoder", "--patterns", "T4:8", "--methods", "sparsegpt",
+                      "--targets", "body.blocks.1.fc2", "--rows", "256", "--eval-tokens", "2048", "--json", out)
     assert bench.run(args) == 0
     (r,) = json.loads(out.read_text())["results"]
     assert (r["model"], r["metric"], r["layers"], r["sparsity"]) == ("char-encoder", "masked_perplexity",
