@@ -106,7 +106,8 @@ class OneShotConfig(PassConfig):
 class SparseGPTConfig(OneShotConfig):
     """``pattern``: ``unstructured`` (``sparsity`` of each layer, chosen per column block, over the
     block or per row: ``ranking``), ``nm`` (``n`` of every ``m`` input columns; ``sparsity`` unused;
-    ``transposable``: every m x m tile N:M along rows and columns, solved by ``solver``) or ``block``
+    ``transposable``: every m x m tile N:M along rows and columns, each m-column strip solved by
+    ``solver`` when the sweep reaches it) or ``block``
     (``block`` [rows, cols] blocks, ``sparsity`` of them; ``balanced``, ``cross_gates`` as ``block_prune``).
     ``blocksize``: columns per lazy-update block. ``percdamp``: the OBS sweep's damping relative to
     mean(diag H). ``refit`` (default on): after the OBS sweep (unstructured, N:M, transposable N:M), set

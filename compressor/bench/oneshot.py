@@ -164,7 +164,8 @@ def run(args) -> int:
         selected = [r for r in result.report.layers if r.name in result.masks]
         sparsity = sum(r.sparsity * r.params for r in selected) / max(sum(r.params for r in selected), 1)
         entry = {"model": args.model, "pattern": pattern, "method": method, "allocation": allocation,
-                 "pass": step["pass"], "metric": metric, metric: value, "dense": dense, "change": value / dense - 1, "sparsity": sparsity,
+                 "pass": step["pass"], "metric": metric, metric: value, "dense": dense, "change": value / dense - 1,
+                 "sparsity": sparsity,
                  "layers": [r.name for r in selected], "layer_sparsity": {r.name: r.sparsity for r in selected},
                  "seconds": seconds}
         results.append(entry)
