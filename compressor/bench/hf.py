@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=256, help="calibration windows per layer")
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration window")
     parser.add_argument("--eval-sentences", type=int, default=256)
+    parser.add_argument("--eval-tokens", type=int, default=32768,
+                        help="held-out tokens a language model's perplexity is measured on (0: all of them)")
     parser.add_argument("--patterns", default="50%,2:4,T4:8",
                         help="comma-separated: a sparsity like 50%% (unstructured), N:M, or TN:M (transposable)")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -111,7 +113,7 @@ def run(args) -> int:
     dense = copy.deepcopy(spec.model).eval()
     evaluation = TextTask(TaskConfig(name="text", corpus=args.calibration_corpus, eval_corpus=args.eval_corpus,
                                      seq_len=min(128, spec.model.config.max_position_embeddings),
-                                     eval_sentences=args.eval_sentences), spec, dense)
+                                     eval_sentences=args.eval_sentences, eval_tokens=args.eval_tokens), spec, dense)
     names = {name.split(".")[0] for name, _ in spec.model.named_modules() if name}
     select = {"ignore": [n for n in ("pooler", "lm_head", "cls") if n in names]}  # heads and the pooler stay dense
     dense_metrics = evaluation.evaluate(dense)
