@@ -46,6 +46,7 @@ from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
 from ..solvers.lstsq import SingularGramError, masked_lstsq
 from ..solvers.quality import kept_magnitude
+from ..solvers.sparsegpt import hessian, output_error
 from ..solvers.registry import SOLVER_NAMES
 from ..tasks import TaskConfig
 from ._oneshot import recorder, stage_of, stages
@@ -55,8 +56,7 @@ if TYPE_CHECKING:
     from ..capture import Target
     from ..pipeline import CompressionState
 
-__all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error",
-           "gram_relative_error", "SCORES"]
+__all__ = ["NMConvertConfig", "nm_convert", "reconstruct_adam", "reconstruct_lstsq", "relative_error", "SCORES"]
 
 #: Mask criteria of ``nm_convert`` (see the module docstring).
 SCORES = ("magnitude", "activation")
@@ -111,25 +111,6 @@ def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor) -> flo
     return float((ref - x @ w.T).norm() / ref.norm().clamp_min(1e-30))
 
 
-def gram_matrix(x: torch.Tensor) -> torch.Tensor:
-    """``X^T X`` in float64 from the layer's inputs ``x`` (rows, in). Summed in float64: float32
-    products moved the least-squares weights by 3e-5 (relative) on a 16-input layer without
-    damping, where the solution is sensitive to the Gram matrix's last digits."""
-    x = x.double()
-    return x.T @ x
-
-
-def gram_relative_error(gram: torch.Tensor, w_ref: torch.Tensor, w: torch.Tensor) -> float:
-    """:func:`relative_error` from the Gram matrix ``X^T X`` (float64): ``||X D^T||^2 = sum((D G) * D)``
-    with ``D = W_ref - W``, an (out x in x in) product instead of (rows x in x out), 10x less work
-    for 16,384 rows of 1536 inputs."""
-    ref = w_ref.to(gram.dtype)
-    d = ref - w.to(gram.dtype)
-    err = ((d @ gram) * d).sum().clamp_min(0)
-    total = ((ref @ gram) * ref).sum().clamp_min(1e-60)
-    return float((err / total).sqrt())
-
-
 def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -> torch.Tensor:
     """Adam on the kept weights, minimising the output error against ``x @ w_ref.T`` on mini-batches
     of rows, starting from ``init * mask`` (default ``w_ref * mask``)."""
@@ -149,8 +130,9 @@ def reconstruct_adam(x, w_ref, mask, iterations, lr, batch, seed=0, init=None) -
 def reconstruct_lstsq(x, w_ref, mask, damping, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row least squares on the Gram matrix G = X^T X (:func:`compressor.solvers.lstsq.masked_lstsq`):
     each row's kept weights minimise ``||X w_ref - X w||^2 + lambda ||w_ref - w||^2`` over its kept
-    columns (lambda: ``damping`` times the mean of diag G). ``gram``: G when the caller has it."""
-    gram = gram_matrix(x) if gram is None else gram  # (in, in)
+    columns (lambda: ``damping`` times the mean of diag G). ``gram``: G (any positive scale, as
+    :func:`compressor.solvers.sparsegpt.hessian` gives it) when the caller has it."""
+    gram = hessian(x) if gram is None else gram  # (in, in), float64
     try:
         return masked_lstsq(gram, w_ref, mask, damping)
     except SingularGramError as exc:
@@ -207,13 +189,15 @@ def nm_convert(state: CompressionState, config: NMConvertConfig, targets: list[T
             plain = nm_mask(start, c.n, c.m)
             metrics = {"kept_magnitude_vs_plain": kept_magnitude(start, mask) / max(kept_magnitude(start, plain), 1e-30)}
             new_w = start * mask
-            gram = None if x is None else gram_matrix(x)  # every error figure below and the lstsq fit use it
+            # X^T X / N in float64: every error figure below (from it, 10x less work than from the rows)
+            # and the lstsq fit use it
+            gram = None if x is None else hessian(x)
             if x is not None:
                 if prior is not None:
-                    metrics["reconstruction_error_incoming"] = gram_relative_error(gram, w_orig, current)
-                metrics["reconstruction_error_before"] = gram_relative_error(gram, w_orig, new_w)
+                    metrics["reconstruction_error_incoming"] = output_error(gram, w_orig, current)
+                metrics["reconstruction_error_before"] = output_error(gram, w_orig, new_w)
                 if magnitude_mask is not None:
-                    metrics["reconstruction_error_magnitude_mask"] = gram_relative_error(gram, w_orig,
+                    metrics["reconstruction_error_magnitude_mask"] = output_error(gram, w_orig,
                                                                                          start * magnitude_mask)
                 if c.reconstruct == "adam":
                     new_w = reconstruct_adam(x, w_orig, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed,
@@ -229,7 +213,7 @@ def nm_convert(state: CompressionState, config: NMConvertConfig, targets: list[T
             state.set_mask(t, mask, intersect=False)  # the pattern may bring back weights an earlier pass removed
             saved = state.weight(t)  # what finalize will write: every figure below is of these weights
             if x is not None:
-                metrics["reconstruction_error_after"] = gram_relative_error(gram, w_orig, saved)
+                metrics["reconstruction_error_after"] = output_error(gram, w_orig, saved)
             if prior is not None:
                 _prior_notes(notes, metrics, c, prior.to(mask.device), mask, saved)
             notes.append(_summary(metrics, c))  # the per-layer figures, in the table's and the page's notes

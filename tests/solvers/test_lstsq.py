@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.passes.nm_convert import gram_matrix, gram_relative_error, relative_error
+from compressor.passes.nm_convert import relative_error
+from compressor.solvers.sparsegpt import hessian, output_error
 from compressor.solvers.lstsq import (GEMM_OVER_CHOLESKY, SingularGramError, _conjugate_gradients, _iteration_budget,
                                       masked_lstsq)
 
@@ -25,6 +26,12 @@ def _problem(rows=2000, cols=320, out=40, seed=0):
     return x, w, mask
 
 
+def _gram(x):
+    """X^T X in float64, unnormalised (the ridge references below use the same scale)."""
+    x = x.double()
+    return x.T @ x
+
+
 def _objective(gram, w_ref, w, damping):
     """The minimised quantity, summed over rows: ||X (w_ref - w)||^2 + lambda ||w_ref - w||^2."""
     d = (w_ref - w).double()
@@ -34,7 +41,7 @@ def _objective(gram, w_ref, w, damping):
 
 def test_conjugate_gradients_reach_the_cholesky_optimum():
     x, w, mask = _problem()
-    gram = gram_matrix(x.double())
+    gram = _gram(x)
     exact = masked_lstsq(gram, w, mask, 0.01, method="cholesky")
     cg = masked_lstsq(gram, w, mask, 0.01, method="cg")
     assert cg.dtype == w.dtype and bool((cg[~mask] == 0).all())
@@ -58,7 +65,7 @@ def test_rows_conjugate_gradients_do_not_finish_are_solved_by_cholesky():
     """A tolerance float32 cannot reach: the iterations stop (their decay rate says they will not
     make it) and every row gets Cholesky's answer."""
     x, w, mask = _problem(seed=1)
-    gram = gram_matrix(x.double())
+    gram = _gram(x)
     damped = gram + 0.01 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
     _, missed = _conjugate_gradients(damped, w, mask, 1e-30, 500)
     assert bool(missed[2:].all())
@@ -73,7 +80,7 @@ def test_conjugate_gradients_converge_on_every_row_of_a_well_posed_problem():
     a fixed function of the shapes: Cholesky-sized work, so a Gram from fewer rows than inputs,
     whose iterations decay slowly, stops early rather than run them all."""
     x, w, mask = _problem(seed=4)
-    gram = gram_matrix(x.double())
+    gram = _gram(x)
     damped = gram + 0.01 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
     solution, missed = _conjugate_gradients(damped, w, mask, 1e-6, 500)
     assert not bool(missed.any())
@@ -86,7 +93,7 @@ def test_conjugate_gradients_converge_on_every_row_of_a_well_posed_problem():
 
 def test_auto_uses_cholesky_below_256_inputs_and_both_refuse_a_singular_system():
     x, w, mask = _problem(rows=100, cols=120, out=8, seed=2)  # 100 rows: Gram of rank 100 < 120
-    gram = gram_matrix(x.double())
+    gram = _gram(x)
     assert torch.equal(masked_lstsq(gram, w, mask, 0.01), masked_lstsq(gram, w, mask, 0.01, method="cholesky"))
     for method in ("cg", "cholesky"):
         with pytest.raises(SingularGramError, match="singular for 1 rows"):
@@ -99,5 +106,5 @@ def test_the_gram_error_equals_the_error_on_the_inputs():
     x, w, mask = _problem(rows=500, cols=64, out=16, seed=3)
     x, w = x.double(), w.double()
     pruned = w * mask
-    assert gram_relative_error(gram_matrix(x), w, pruned) == pytest.approx(relative_error(x, w, pruned), rel=1e-9)
-    assert gram_relative_error(gram_matrix(x), w, w) == 0.0
+    assert output_error(hessian(x), w, pruned) == pytest.approx(relative_error(x, w, pruned), rel=1e-9)
+    assert output_error(hessian(x), w, w) == 0.0
