@@ -232,10 +232,12 @@ def sparsegpt(state: CompressionState, config: SparseGPTConfig, targets: list[Ta
             }
             notes = [n for n in (budget.note if budget else None, rows_note(n_rows, t.in_features), *solved.notes) if n]
             ridge_note = f", least-squares ridge {ridge:g}" if c.refit or c.pattern == "block" else ""
+            # what set the saved weights: the OBS sweep, its least-squares refit, or (blocks) least squares alone
+            how = "least squares" if c.pattern == "block" else "OBS update, least-squares refit" if c.refit else "OBS update"
             notes.append(f"sparsegpt: {n_rows} calibration rows x {t.in_features} columns, damping {solved.damping:g}"
                          f"{ridge_note}; "
                          f"calibration output error {metrics['reconstruction_error_before']:.3g} with the mask alone -> "
-                         f"{metrics['reconstruction_error_after']:.3g} after the OBS update (magnitude mask: "
+                         f"{metrics['reconstruction_error_after']:.3g} with the saved weights ({how}) (magnitude mask: "
                          f"{metrics['reconstruction_error_magnitude_mask']:.3g})")
             with torch.no_grad():
                 state.original(t).copy_(solved.weight)
