@@ -21,10 +21,11 @@ Two solvers, one answer:
   diagonal (82 iterations instead of 306 on that down-projection, 2.4 s). Rows stop at a relative
   residual ``tol``; the true residual is checked at the end and every row that missed it (or is
   not finite) is solved again by ``cholesky``. Iterates in the weight's precision (float32 for
-  float32 weights): at the float32 ``tol`` of 1e-5 the layer's output error equals the Cholesky
-  solution's to 9 digits on a pretrained encoder's down-projections at transposable 4:8 with the
-  ridge 1e-4 (float32's true residual stalls near 5e-6 there, below the 1e-4 the final check
-  allows); float64 weights iterate in float64 to 1e-12.
+  float32 weights): at the float32 ``tol`` of 1e-4 the layer's relative output error is within 6e-8
+  of the Cholesky solution's (0.033320117 against 0.033320116, 0.038505006 against 0.038505004 on
+  two all-MiniLM-L6-v2 down-projections at transposable 4:8, ridge 1e-4) in 20-25% less time than at
+  1e-5 (equal to 9 digits) and about a third less than at 1e-6; float64 weights iterate in float64
+  to 1e-12.
 
 ``auto`` (the default) takes ``cg`` from 256 inputs on, where the per-row factorisations dominate.
 Conjugate gradients get an iteration budget worth the Cholesky work they replace (a fixed function
@@ -67,7 +68,7 @@ def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, d
     relative residual ``tol`` in at most ``max_iter`` iterations, fewer when the residual's decay
     says they will not get there, none below 20; rows whose true residual then exceeds ``10 * tol``
     are solved by Cholesky) or ``auto`` (``cg`` from 256 inputs on, with an iteration budget worth
-    the Cholesky work it replaces). ``tol`` defaults to 1e-5 for float32 weights
+    the Cholesky work it replaces). ``tol`` defaults to 1e-4 for float32 weights
     and 1e-12 for float64 ones.
     Raises :class:`SingularGramError` when a system cannot be factorised."""
     check_weight(weight)
@@ -79,7 +80,7 @@ def masked_lstsq(gram: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, d
                                                                           device=gram.device)
     mask = mask.to(torch.bool)
     if tol is None:
-        tol = 1e-12 if weight.dtype == torch.float64 else 1e-5
+        tol = 1e-12 if weight.dtype == torch.float64 else 1e-4
     if method == "cg" or (method == "auto" and gram.shape[0] >= CG_MIN_INPUTS):
         budget = max_iter if method == "cg" else _iteration_budget(gram, mask, max_iter)
         out, missed = _conjugate_gradients(gram, weight, mask, tol, budget)

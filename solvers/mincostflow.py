@@ -20,8 +20,10 @@ padding preferences are exactly lexicographic. Rounding costs at most 1/2 unit p
 the kept magnitude of every tile is within ``N*M/S`` *relative* of that tile's optimum (the
 optimum keeps at least the tile's largest |w|): 1.9e-6 for 4:8, 7.6e-6 for 8:16 at S = 2**24.
 
-Chunks (``chunk_arcs`` arcs each, about 2**20 by default: roughly 100 MB of OR-Tools memory) are
-solved one after the other, or on ``workers`` processes (fork) at once.
+Chunks (``chunk_arcs`` arcs each, 2**14 by default) are solved one after the other, or on ``workers``
+processes (fork) at once. Small chunks are faster per tile (OR-Tools' graph stays in cache): 256
+tiles at 4:8 per graph solved 9,216 tiles in 259 ms, one graph of all of them in 495 ms (8:16: 296
+against 421 ms; 2:4: 248 against 366 ms; 2-core AVX2 machine, OR-Tools 9.15).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .tiles import TileProblem, bonus_weights
 
 __all__ = ["key_scale", "integer_keys", "mincostflow_tiles", "DEFAULT_CHUNK_ARCS"]
 
-DEFAULT_CHUNK_ARCS = 1 << 20
+DEFAULT_CHUNK_ARCS = 1 << 14
 _MAX_KEY = 1 << 40
 _MAX_SCALE = 1 << 24
 
