@@ -502,7 +502,10 @@ class Pipeline:
                 self._run_pass(state, i, entry, pass_spec, targets)
                 if not console.is_terminal and info.is_main:
                     log = state.pass_log[-1]
-                    console.print(f"pass {log['pass']}: {len(log['layers'])} layer(s) in {log['seconds']}s")
+                    # a training pass that sets no mask changed every weight, not "0 layers"
+                    what = ("trained, masks held" if pass_spec.trains and not log["layers"]
+                            else f"{len(log['layers'])} layer(s)")
+                    console.print(f"pass {log['pass']}: {what} in {log['seconds']}s")
                 if checkpoints:
                     state.save_checkpoint()
                 progress.advance(task)

@@ -63,7 +63,11 @@ def test_the_readme_task_imports_from_the_working_directory_and_runs(workdir, lo
     assert sys.path == path_before  # the working directory was on sys.path for the import only
     spec = load_fixture("mlp")
     dense = {k: v.clone() for k, v in spec.model.state_dict().items()}
-    result = compressor.Pipeline(compressor.load_recipe(recipe)).run(spec, console=QUIET)
+    log = Console(file=io.StringIO(), width=200)  # not a terminal: one line per pass
+    result = compressor.Pipeline(compressor.load_recipe(recipe)).run(spec, console=log)
+    lines = log.file.getvalue().splitlines()
+    assert any(ln.startswith("pass nm_convert: 1 layer(s) in ") for ln in lines)
+    assert any(ln.startswith("pass finetune: trained, masks held in ") for ln in lines)  # not "0 layer(s)"
     assert result.report.passes[1]["metrics"]["history"]["eval"][-1]["step"] == 4
     logged = result.report.passes[1]["metrics"]["history"]["eval"][-1]["mse"]
     # by hand: the MSE to the dense model on the evaluation batch (seed 3, step 10**9, 8 rows of 20)
