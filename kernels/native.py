@@ -17,12 +17,11 @@ the dense GEMV it is meant to beat. This kernel walks the kept blocks once, each
 128-blocks, keep 0.5, gate included): 306 us against 1120 us dense and 633 us on the ``ebag``
 path; see BENCHMARKS.md.
 
-How: the C source below is compiled with the system C compiler (``$CC``, else ``cc``) into
-``$COMPRESSOR_CACHE/native/`` (default ``~/.cache/compressor``; :func:`cache_dir`), keyed by a hash of the source,
-the flags and the CPU, written atomically so that concurrent processes (torchrun ranks) agree.
-``-march=native`` is tried first, then portable flags. No torch headers are needed, so a build
-takes well under a second. Without a compiler, or with ``COMPRESSOR_NATIVE=0``, :func:`library`
-returns None and callers keep the pure-torch path; :func:`unavailable_reason` says why.
+How: the C source below is compiled on first use by :class:`compressor.native_build.NativeLibrary`
+(the system C compiler, cached under ``$COMPRESSOR_CACHE/native/`` keyed by source, flags and CPU,
+written atomically; ``-march=native`` first, then portable flags). Without a compiler, or with
+``COMPRESSOR_NATIVE=0``, :func:`library` returns None and callers keep the pure-torch path;
+:func:`unavailable_reason` says why.
 
 The kernel is inference-only (no autograd): :func:`native_eligible` checks that nothing needs a
 gradient. Work is split over block rows with OpenMP when the build has it, using torch's thread
@@ -32,17 +31,11 @@ count.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
 
+from ..native_build import NativeLibrary, cache_dir
 from ._checks import pad_columns
 
 __all__ = ["library", "unavailable_reason", "native_eligible", "gated_block_matvec", "fused_eligible", "gated_linear_fused",
@@ -375,97 +368,35 @@ def _instantiate(real: str, suffix: str, log1p: str, exp: str, vexp: str, tiny: 
 _SOURCE = (_HEADER + _instantiate("float", "f32", "log1pf", "expf", "vexp_f32", "1.17549435e-38f")
            + _instantiate("double", "f64", "log1p", "exp", "exp", "2.2250738585072014e-308"))
 
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-march=native"],
-    ["-O3", "-fopenmp"],
-    ["-O3"],
-)
-_lock = threading.Lock()
-_state: dict[str, object] = {}
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    for suffix in ("f32", "f64"):
+        fn = getattr(lib, f"gated_block_matvec_{suffix}")
+        fn.argtypes = [P, I, P, P, P, I, I, I, I, I, I, P, I, I]
+        fn.restype = None
+        fn = getattr(lib, f"gated_linear_{suffix}")
+        fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
+        fn.restype = None
+        fn = getattr(lib, f"block_linear_{suffix}")
+        fn.argtypes = [P, I, P, P, P, I, I, I, I, P, I, P]
+        fn.restype = None
+        fn = getattr(lib, f"rnn_layer_{suffix}")
+        fn.argtypes = [P, I, I, I, I, I, P, P, P, I, I, I, I, P, P, P, P, I, I, P, P, I]
+        fn.restype = ctypes.c_int
 
 
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags where Linux says them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def cache_dir() -> Path:
-    """The cache folder (``$COMPRESSOR_CACHE``, else ``~/.cache/compressor``): the rule of
-    ``compressor.corpus.cache_dir``, restated here because ``kernels`` is a leaf package that
-    imports nothing from the rest of compressor."""
-    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
-
-
-def _build() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
-        return None, "disabled by COMPRESSOR_NATIVE=0"
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return None, "no C compiler found (set CC, or install gcc)"
-    folder = cache_dir() / "native"
-    machine = [_SOURCE, cc, _cpu_key(), platform.platform()]  # read once, not per flag set
-    errors = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([*machine, *flags]).encode()).hexdigest()[:16]
-        lib_path = folder / f"gated_block_{key}.so"
-        if not lib_path.exists():
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                    src = Path(tmp) / "gated_block.c"
-                    src.write_text(_SOURCE)
-                    out = Path(tmp) / "lib.so"
-                    proc = subprocess.run([cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out), "-lm"],
-                                          capture_output=True, text=True, timeout=120)
-                    if proc.returncode != 0:
-                        errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:]}")
-                        continue
-                    os.replace(out, lib_path)  # atomic: a concurrent process sees all or nothing
-            except (OSError, subprocess.SubprocessError) as exc:
-                errors.append(f"{' '.join(flags)}: {exc}")
-                continue
-        try:
-            lib = ctypes.CDLL(str(lib_path))
-        except OSError as exc:
-            errors.append(f"{lib_path}: {exc}")
-            continue
-        P, I = ctypes.c_void_p, ctypes.c_int64
-        for suffix in ("f32", "f64"):
-            fn = getattr(lib, f"gated_block_matvec_{suffix}")
-            fn.argtypes = [P, I, P, P, P, I, I, I, I, I, I, P, I, I]
-            fn.restype = None
-            fn = getattr(lib, f"gated_linear_{suffix}")
-            fn.argtypes = [P, I, I, I, P, I, P, P, P, I, I, I, I, I, I, P, I, P, I, P, P, I]
-            fn.restype = None
-            fn = getattr(lib, f"block_linear_{suffix}")
-            fn.argtypes = [P, I, P, P, P, I, I, I, I, P, I, P]
-            fn.restype = None
-            fn = getattr(lib, f"rnn_layer_{suffix}")
-            fn.argtypes = [P, I, I, I, I, I, P, P, P, I, I, I, I, P, P, P, P, I, I, P, P, I]
-            fn.restype = ctypes.c_int
-        return lib, None
-    return None, "could not build the native kernel: " + "; ".join(errors)
+_LIBRARY = NativeLibrary("gated_block", _SOURCE, _declare)
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library (built on first call), or None when it cannot be built."""
-    if "lib" not in _state:
-        with _lock:
-            if "lib" not in _state:
-                _state["lib"], _state["why"] = _build()
-    return _state["lib"]  # type: ignore[return-value]
+    return _LIBRARY.get()
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`library` is None (None when the kernel is available)."""
-    library()
-    return _state["why"]  # type: ignore[return-value]
+    return _LIBRARY.unavailable_reason()
 
 
 def native_eligible(x: torch.Tensor, *tensors: torch.Tensor, contiguous: bool = False) -> bool:
@@ -483,7 +414,7 @@ def native_eligible(x: torch.Tensor, *tensors: torch.Tensor, contiguous: bool = 
     for t in tensors:
         if t.dtype is not dtype or not t.is_cpu or (grad and t.requires_grad) or (contiguous and not t.is_contiguous()):
             return False
-    return (_state["lib"] if "lib" in _state else library()) is not None
+    return (_LIBRARY.lib if _LIBRARY.tried else library()) is not None
 
 
 def gated_block_matvec(x: torch.Tensor, blocks_t: torch.Tensor, idx: torch.Tensor, g: torch.Tensor,
@@ -596,7 +527,8 @@ def gated_linear_fused(module, x2: torch.Tensor, selection: bool = True):
     y = torch.empty(B, Ro * bh, dtype=x.dtype)
     idx = torch.empty(B, n, dtype=torch.int64) if selection else None
     g = torch.empty(B, n, dtype=x.dtype) if selection else None
-    fn = _state["lib"].gated_linear_f32 if x.dtype == torch.float32 else _state["lib"].gated_linear_f64
+    lib = _LIBRARY.lib
+    fn = lib.gated_linear_f32 if x.dtype == torch.float32 else lib.gated_linear_f64
     fn(x.data_ptr(), width, B, module.in_features, None if down is None else down.data_ptr(),
        0 if down is None else down.shape[0], gw.data_ptr(), None if gb is None else gb.data_ptr(), blocks.data_ptr(),
        Ro, Ci, bw, bh, k, row, None if bias is None else bias.data_ptr(), out_f, y.data_ptr(), Ro * bh,

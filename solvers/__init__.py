@@ -1,8 +1,8 @@
 """Pure mask solvers: tensors in, boolean masks out, no model access.
 
 Top-k and block scores (``topk``), plain N:M (``nm``), transposable N:M (``transposable``, with
-the ``enumerate``, ``mincostflow``, ``greedy`` and ``sinkhorn`` solvers chosen through
-``registry``), mask quality (``quality``) and mask diversity (``diversity``).
+the ``enumerate``, ``cyclecancel`` (compiled on first use), ``mincostflow``, ``greedy`` and
+``sinkhorn`` solvers chosen through ``registry``), mask quality (``quality``) and mask diversity (``diversity``).
 """
 
 from .diversity import (

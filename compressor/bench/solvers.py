@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from compressor.bench.common import machine_info, print_table, write_json
-from compressor.solvers import is_transposable_nm, kept_magnitude, transposable_nm_solve
+from compressor.solvers import cyclecancel, is_transposable_nm, kept_magnitude, transposable_nm_solve
 from compressor.solvers.registry import resolve_solver
 
 __all__ = ["add_arguments", "run", "reference_tile_seconds"]
@@ -33,6 +33,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "lstm_lm.s
 #: (label, method, options)
 VARIANTS = (
     ("enumerate", "enumerate", {}),
+    ("cyclecancel", "cyclecancel", {}),
     ("mincostflow", "mincostflow", {"workers": 1}),
     ("mincostflow-2proc", "mincostflow", {"workers": 2}),
     ("greedy+swap", "greedy", {"repair": "swap"}),
@@ -99,7 +100,8 @@ def _solve_all(weight: torch.Tensor, n: int, m: int, args, rate: dict, note: str
     tiles = -(-shape[0] // m) * -(-shape[1] // m)
     repeats = args.repeats if shape[0] * shape[1] <= 1024 * 1024 else 1
     exact_name = resolve_solver("exact", n, m)
-    order = [v for v in VARIANTS if v[0] in args.solvers and (v[1] != "enumerate" or exact_name == "enumerate")]
+    order = [v for v in VARIANTS if v[0] in args.solvers and (v[1] != "enumerate" or exact_name == "enumerate")
+             and (v[1] != "cyclecancel" or cyclecancel.available(m))]
     order.sort(key=lambda v: v[1] != exact_name)  # the exact mask first: ratios need it
     out = {"tiles": tiles, "optimal": None, "reference_s": None, "solvers": {}}
     for label, method, opts in order:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from compressor.bench import solvers as bench
+from compressor.solvers import cyclecancel
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
@@ -18,5 +21,9 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     data = json.loads(out.read_text())
     solvers = {(r["m"], r["solver"]) for r in data["results"]}
     assert (4, "enumerate") in solvers and (8, "mincostflow") in solvers and (8, "networkx per tile (ref)") in solvers
+    if cyclecancel.available():
+        assert (8, "cyclecancel") in solvers
+        kept = {r["solver"]: r["kept_ratio"] for r in data["results"] if r["m"] == 8 and "kept_ratio" in r}
+        assert kept["cyclecancel"] == pytest.approx(1.0) and kept["mincostflow"] == pytest.approx(1.0, rel=1e-6)
     assert all(r.get("feasible", True) for r in data["results"])
     assert "skipped that part" in capsys.readouterr().out

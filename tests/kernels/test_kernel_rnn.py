@@ -130,7 +130,7 @@ def _torch_path(monkeypatch):
     from compressor.kernels import native
 
     monkeypatch.setenv("COMPRESSOR_NATIVE", "0")
-    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_LIBRARY", native._LIBRARY.fresh())
     assert native.library() is None and "COMPRESSOR_NATIVE=0" in native.unavailable_reason()
 
 
@@ -406,7 +406,7 @@ def test_step_plan_runs_tiling_layers_and_follows_their_weights(kind, dtype, blo
                 assert_close(g, e, **tol)
     assert not torch.allclose(changed[0][0], planned[0][0])  # the change reached the output
     monkeypatch.undo()  # native again
-    native._state.clear()
+    native._LIBRARY.reset()
     runs.clear()
     monkeypatch.setattr(native.StepPlan, "run", lambda self, *a: runs.append(real_run(self, *a)) or runs[-1])
     x, s = cases[1]

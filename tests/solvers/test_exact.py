@@ -1,4 +1,5 @@
-"""Exact transposable solvers against brute force (2:4) and scipy MILP (8x8, 6x6, 16x16 tiles)."""
+"""Exact transposable solvers against brute force (2:4), scipy MILP (8x8, 6x6, 16x16 tiles) and each
+other (the compiled cycle-cancelling solver against OR-Tools' min-cost flow on the same integer keys)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import torch
 
 from compressor.solvers import is_transposable_nm, kept_magnitude, transposable_nm_mask, transposable_nm_solve
 from compressor.solvers.enumerate import enumerate_tiles
-from compressor.solvers.mincostflow import mincostflow_tiles
+from compressor.solvers import cyclecancel
+from compressor.solvers.cyclecancel import cyclecancel_tiles
+from compressor.solvers.mincostflow import integer_keys, key_scale, mincostflow_tiles
+from compressor.solvers.registry import resolve_solver
 from compressor.solvers.tiles import make_problem
 
 from .conftest import assert_exact_transposable, milp_tile
 
-EXACT = ("exact", "enumerate", "mincostflow")
+EXACT = ("exact", "enumerate", "cyclecancel", "mincostflow")
+needs_compiler = pytest.mark.skipif(not cyclecancel.available(), reason=f"{cyclecancel.unavailable_reason()}")
 
 
 def _tiles_to_matrix(tiles: np.ndarray) -> torch.Tensor:
@@ -46,12 +51,13 @@ def test_random_2_4_tiles_match_brute_force(method, patterns_2_4):
         assert np.abs(tiles[k])[got].sum() == pytest.approx(best, rel=1e-12)
 
 
+@pytest.mark.parametrize("method", ["cyclecancel", "mincostflow"])
 @pytest.mark.parametrize("n,m", [(4, 8), (2, 8), (3, 6), (8, 16)])
-def test_mincostflow_matches_milp(n, m):
+def test_flow_solvers_match_milp(n, m, method):
     rng = np.random.default_rng(n * 100 + m)
     count = 12 if m <= 8 else 3
     w = torch.from_numpy(rng.standard_normal((m, m * count)))
-    mask = transposable_nm_mask(w, n, m, method="exact").numpy()
+    mask = transposable_nm_mask(w, n, m, method=method).numpy()
     bound = n * m / 2**24  # documented relative precision of the integer costs
     for k in range(count):
         vals = np.abs(w.numpy()[:, m * k : m * (k + 1)])
@@ -110,3 +116,50 @@ def test_mask_dtype_device_shape():
     mask, info = transposable_nm_solve(w, 2, 4)
     assert mask.dtype == torch.bool and mask.shape == w.shape and mask.device == w.device
     assert info["tiles"] == 15
+
+
+def _key_sums(problem, tiles: torch.Tensor) -> np.ndarray:
+    """Per tile, the integer keys both flow solvers maximise, summed over the kept entries."""
+    scale = key_scale(problem.n, problem.m, problem.prior is not None, problem.real is not None)
+    keys = integer_keys(problem.mag.numpy(), None if problem.prior is None else problem.prior.numpy(),
+                        None if problem.real is None else problem.real.numpy(), problem.n, problem.m, scale)
+    return (keys * tiles.numpy()).sum((1, 2))
+
+
+@needs_compiler
+@pytest.mark.parametrize("n,m,shape,rounded,with_prior", [
+    (4, 8, (96, 160), False, False), (2, 8, (64, 64), False, True), (3, 6, (37, 45), False, True),
+    (8, 16, (48, 64), False, False), (5, 16, (33, 70), True, False), (4, 8, (64, 96), True, True),
+    (1, 4, (40, 40), True, False), (31, 32, (32, 64), False, False)])
+def test_cyclecancel_keeps_the_optimum_of_mincostflow_on_every_tile(n, m, shape, rounded, with_prior):
+    # the independent reference: OR-Tools' min-cost flow on the same integer keys; weights rounded
+    # to a few values make many ties (equal keys, zero-gain exchanges), padding comes from shapes
+    # that are not multiples of M, priors from a random existing mask
+    rng = np.random.default_rng(n * 1000 + m + shape[0])
+    w = rng.standard_normal(shape)
+    if rounded:
+        w = np.round(w * 2) / 2
+    prior = torch.from_numpy(rng.random(shape) < 0.4) if with_prior else None
+    problem = make_problem(torch.from_numpy(w), n, m, prior)
+    ours = cyclecancel_tiles(problem)
+    ref = mincostflow_tiles(problem)
+    assert (ours.sum(1) == n).all() and (ours.sum(2) == n).all()
+    assert np.array_equal(_key_sums(problem, ours), _key_sums(problem, ref))
+    assert torch.equal(cyclecancel_tiles(problem, threads=2), ours)  # threads do not change the mask
+    assert_exact_transposable(problem.to_matrix(ours), n, m)
+
+
+@needs_compiler
+def test_exact_uses_the_compiled_solver_and_falls_back_to_or_tools_without_it(monkeypatch):
+    assert resolve_solver("exact", 4, 8) == "cyclecancel" and resolve_solver("exact", 2, 4) == "enumerate"
+    assert resolve_solver("exact", 1, cyclecancel.MAX_M + 1) == "mincostflow"
+    torch.manual_seed(6)
+    w = torch.randn(32, 48)
+    compiled = transposable_nm_mask(w, 4, 8)
+    monkeypatch.setenv("COMPRESSOR_NATIVE", "0")
+    monkeypatch.setattr(cyclecancel, "_LIBRARY", cyclecancel._LIBRARY.fresh())
+    assert resolve_solver("exact", 4, 8) == "mincostflow"
+    with pytest.raises(ValueError, match="COMPRESSOR_NATIVE=0.*'exact' or 'mincostflow'"):
+        transposable_nm_mask(w, 4, 8, method="cyclecancel")
+    fallback = transposable_nm_mask(w, 4, 8)
+    assert kept_magnitude(w, fallback) == pytest.approx(kept_magnitude(w, compiled), rel=1e-6)
