@@ -40,6 +40,21 @@ def check_range(path: str, value: float, low: float, high: float, *, low_open=Fa
         raise RecipeError(path, f"{short(value)} is outside the allowed range {interval}")
 
 
+def check_solver(path: str, solver: str, n: int, m: int, transposable: bool) -> None:
+    """A transposable N:M solver name: one of the solvers, and (when ``transposable``) one that can
+    solve ``n``:``m`` on this machine (``enumerate`` only for small M; ``cyclecancel`` needs its C
+    source to compile), checked before any model is loaded."""
+    from .solvers.registry import SOLVER_NAMES, resolve_solver
+
+    if solver not in SOLVER_NAMES:
+        raise RecipeError(path, f"{solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
+    if transposable and 0 < n < m:
+        try:
+            resolve_solver(solver, n, m)
+        except ValueError as exc:
+            raise RecipeError(path, str(exc)) from None
+
+
 def check_block(path: str, block: tuple[int, int]) -> None:
     """Raise RecipeError unless both block sizes lie in [1, MAX_BLOCK]."""
     if not all(1 <= b <= MAX_BLOCK for b in block):

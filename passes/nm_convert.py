@@ -41,13 +41,13 @@ import torch
 import torch.nn as nn
 
 from compressor.calibration import call_model, task_batches
+from ..config import check_solver
 from ..errors import RecipeError
 from ..patterns import NM
 from ..solvers import nm_mask, transposable_nm_mask
 from ..solvers.lstsq import SingularGramError, masked_lstsq
 from ..solvers.quality import kept_magnitude
 from ..solvers.sparsegpt import hessian, output_error
-from ..solvers.registry import SOLVER_NAMES
 from ..tasks import TaskConfig
 from ._oneshot import recorder, stage_of, stages
 from .registry import LayerUpdate, PassConfig, PassResult, register_pass
@@ -95,8 +95,7 @@ class NMConvertConfig(PassConfig):
             raise RecipeError(f"{path}.n", f"{self.n} is invalid; n must satisfy 0 < n < m (m = {self.m})")
         if self.score not in SCORES:
             raise RecipeError(f"{path}.score", f"{self.score!r} is not a score; choose from {', '.join(SCORES)}")
-        if self.solver not in SOLVER_NAMES:
-            raise RecipeError(f"{path}.solver", f"{self.solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
+        check_solver(f"{path}.solver", self.solver, self.n, self.m, self.transposable)
         for key in ("iterations", "batch", "rows"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{path}.{key}", f"{getattr(self, key)} is invalid; must be >= 1")

@@ -43,12 +43,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..config import check_range
+from ..config import check_block, check_range, check_solver
 from ..errors import CompressorError, RecipeError
-from ..config import check_block
 from ..patterns import NM, BalancedBlock, Block, Unstructured
 from ..solvers import nm_mask, topk_mask, transposable_nm_mask
-from ..solvers.registry import SOLVER_NAMES
 from ..solvers.lstsq import SingularGramError, masked_lstsq
 from ..solvers.sparsegpt import (HessianError, SparseGPTResult, hessian, obs_group_saliency, output_error,
                                  sparsegpt_prune)
@@ -146,8 +144,7 @@ class SparseGPTConfig(OneShotConfig):
             check_block(f"{path}.block", self.block)
         if self.transposable and self.pattern != "nm":
             raise RecipeError(f"{path}.transposable", f"applies to pattern: nm only (pattern is {self.pattern!r})")
-        if self.solver not in SOLVER_NAMES:
-            raise RecipeError(f"{path}.solver", f"{self.solver!r} is not a solver; choose from {', '.join(SOLVER_NAMES)}")
+        check_solver(f"{path}.solver", self.solver, self.n, self.m, self.transposable)
 
 
 def magnitude_mask(weight: torch.Tensor, config, budget=None, target=None) -> torch.Tensor:

@@ -386,10 +386,26 @@ def test_fewer_rows_than_columns_gives_a_note():
     ({"pattern": "block", "block": [0, 4]}, "passes[0].block"),
     ({"transposable": True}, "passes[0].transposable"),
     ({"pattern": "nm", "transposable": True, "solver": "magic"}, "passes[0].solver"),
+    ({"pattern": "nm", "n": 4, "m": 8, "transposable": True, "solver": "enumerate"}, "passes[0].solver"),
 ])
 def test_bad_settings_name_the_recipe_path(fields, where):
     with pytest.raises(RecipeError, match=rf"{where.replace('[', '.').replace(']', '.')}"):
         parse_recipe({"version": 1, "passes": [{"pass": "sparsegpt", **fields}]})
+
+
+@pytest.mark.parametrize("pass_name", ["sparsegpt", "nm_convert"])
+def test_a_solver_this_machine_cannot_run_is_refused_when_the_recipe_loads(pass_name, monkeypatch):
+    from compressor.solvers import cyclecancel
+
+    step = {"pass": pass_name, "pattern": "nm", "n": 4, "m": 8, "transposable": True, "solver": "cyclecancel"}
+    if pass_name == "nm_convert":
+        del step["pattern"]
+    parse_recipe({"version": 1, "passes": [step]})  # builds here
+    monkeypatch.setenv("COMPRESSOR_NATIVE", "0")
+    monkeypatch.setattr(cyclecancel, "_LIBRARY", cyclecancel._LIBRARY.fresh())
+    with pytest.raises(RecipeError, match=r"passes\[0\]\.solver: method='cyclecancel' .*COMPRESSOR_NATIVE=0.*'exact' or 'mincostflow'"):
+        parse_recipe({"version": 1, "passes": [step]})
+    parse_recipe({"version": 1, "passes": [{**step, "solver": "exact"}]})  # exact falls back to OR-Tools
 
 
 def test_a_hessian_that_no_damping_rescues_is_a_clear_error():
