@@ -1,5 +1,10 @@
 """Exact transposable N:M for any M by min-cost flow (Hubara et al., arXiv 2102.08124, section 3).
 
+``solver: exact`` uses this OR-Tools path for M > 4 only where the compiled solver of
+:mod:`compressor.solvers.cyclecancel` (same integer keys, same optimum, 3-4x faster) cannot be
+built or M exceeds its limit; ``solver: mincostflow`` names it explicitly, and the tests use it as
+the independent reference for the compiled one.
+
 Per tile, maximising the kept |w| with N per row and column is a transportation problem whose
 constraint matrix is totally unimodular, so the min-cost flow optimum is an integral 0/1 mask.
 All tiles of a chunk are solved as ONE OR-Tools ``SimpleMinCostFlow`` graph with disjoint
