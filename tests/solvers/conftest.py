@@ -56,3 +56,12 @@ def patterns_2_4() -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def runnable(*methods: str) -> list:
+    """``methods`` as pytest parameters, ``cyclecancel`` skipped where its C source cannot be compiled
+    (``exact`` then uses OR-Tools, which the other parameters cover)."""
+    from compressor.solvers import cyclecancel
+
+    skip = pytest.mark.skipif(not cyclecancel.available(), reason=f"no compiled solver: {cyclecancel.unavailable_reason()}")
+    return [pytest.param(m, marks=skip) if m == "cyclecancel" else m for m in methods]
