@@ -11,9 +11,10 @@ of the source, the compiler, the flags and the CPU (``-march=native`` code is on
 CPU it was built for), and written atomically (build in a temporary folder, then ``os.replace``) so
 that concurrent processes such as torchrun ranks agree. The flag sets are tried in order (the first
 ones with ``-march=native`` and OpenMP, the last portable). No Python or torch headers are needed,
-so a build takes well under a second. Without a compiler, or with ``COMPRESSOR_NATIVE=0``,
-:meth:`NativeLibrary.get` returns None and :meth:`NativeLibrary.unavailable_reason` says why;
-callers keep their pure-Python path.
+so a build takes a second or two (2.7 s for the solver on a loaded 2-core machine), once per
+machine and source. Without a compiler, or with ``COMPRESSOR_NATIVE=0``, :meth:`NativeLibrary.get`
+returns None and :meth:`NativeLibrary.unavailable_reason` says why; callers keep their pure-Python
+path.
 """
 
 from __future__ import annotations
