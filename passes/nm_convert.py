@@ -196,8 +196,7 @@ def nm_convert(state: CompressionState, config: NMConvertConfig, targets: list[T
                     metrics["reconstruction_error_incoming"] = output_error(gram, w_orig, current)
                 metrics["reconstruction_error_before"] = output_error(gram, w_orig, new_w)
                 if magnitude_mask is not None:
-                    metrics["reconstruction_error_magnitude_mask"] = output_error(gram, w_orig,
-                                                                                         start * magnitude_mask)
+                    metrics["reconstruction_error_magnitude_mask"] = output_error(gram, w_orig, start * magnitude_mask)
                 if c.reconstruct == "adam":
                     new_w = reconstruct_adam(x, w_orig, mask, c.iterations, c.lr, c.batch, seed=state.recipe.seed,
                                              init=start)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..native_build import NativeLibrary
-from .mincostflow import integer_keys, key_scale
+from .mincostflow import problem_keys
 from .tiles import TileProblem
 
 __all__ = ["cyclecancel_tiles", "available", "unavailable_reason", "MAX_M"]
@@ -219,10 +219,7 @@ def cyclecancel_tiles(problem: TileProblem, threads: int | None = None) -> torch
         raise RuntimeError(f"the compiled transposable N:M solver is unavailable: {unavailable_reason()}")
     if not 2 <= m <= MAX_M:
         raise RuntimeError(f"the compiled transposable N:M solver takes M up to {MAX_M}, got {m}")
-    scale = key_scale(n, m, problem.prior is not None, problem.real is not None)
-    prior = None if problem.prior is None else problem.prior.cpu().numpy()
-    real = None if problem.real is None else problem.real.cpu().numpy()
-    keys = np.ascontiguousarray(integer_keys(problem.mag.cpu().numpy(), prior, real, n, m, scale), dtype=np.int64)
+    keys = problem_keys(problem)
     out = np.empty(keys.shape, dtype=np.uint8)
     status = lib.transposable_tiles(keys.ctypes.data, keys.shape[0], m, n, out.ctypes.data,
                                     torch.get_num_threads() if threads is None else int(threads))

@@ -42,7 +42,7 @@ import torch
 
 from .tiles import TileProblem, bonus_weights
 
-__all__ = ["key_scale", "integer_keys", "mincostflow_tiles", "DEFAULT_CHUNK_ARCS"]
+__all__ = ["key_scale", "integer_keys", "problem_keys", "mincostflow_tiles", "DEFAULT_CHUNK_ARCS"]
 
 DEFAULT_CHUNK_ARCS = 1 << 14
 _MAX_KEY = 1 << 40
@@ -75,10 +75,19 @@ def integer_keys(mag: np.ndarray, prior: np.ndarray | None, real: np.ndarray | N
     return keys
 
 
-def _solve_chunk(mag: np.ndarray, prior: np.ndarray | None, real: np.ndarray | None, n: int, m: int, scale: int) -> np.ndarray:
-    """Solve the tiles of one chunk as one flow graph; returns (t, M, M) bool."""
-    t = mag.shape[0]
-    keys = integer_keys(mag, prior, real, n, m, scale)  # (t, M, M)
+def problem_keys(problem: TileProblem) -> np.ndarray:
+    """The int64 keys (T, M, M) every exact flow solver maximises for ``problem`` (magnitudes scaled
+    per tile by :func:`key_scale`, prior and padding bonuses added; :func:`integer_keys`)."""
+    n, m = problem.n, problem.m
+    scale = key_scale(n, m, problem.prior is not None, problem.real is not None)
+    prior = None if problem.prior is None else problem.prior.cpu().numpy()
+    real = None if problem.real is None else problem.real.cpu().numpy()
+    return np.ascontiguousarray(integer_keys(problem.mag.cpu().numpy(), prior, real, n, m, scale), dtype=np.int64)
+
+
+def _solve_chunk(keys: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Solve the tiles of one chunk (int64 keys (t, M, M)) as one flow graph; returns (t, M, M) bool."""
+    t = keys.shape[0]
     costs = (int(keys.max()) - keys).reshape(-1)  # non-negative, (t*M*M,)
     base = (np.arange(t, dtype=np.int64) * (2 * m))[:, None, None]  # (t, 1, 1)
     rows = np.arange(m, dtype=np.int64)[None, :, None]
@@ -113,16 +122,9 @@ def mincostflow_tiles(problem: TileProblem, workers: int = 1, chunk_arcs: int = 
     if not isinstance(chunk_arcs, int) or chunk_arcs < 1:
         raise ValueError(f"chunk_arcs must be a positive integer, got {chunk_arcs!r}")
     n, m = problem.n, problem.m
-    scale = key_scale(n, m, problem.prior is not None, problem.real is not None)
     chunk = max(1, min(chunk_arcs // (m * m), (1 << 21) // (2 * m)))
-    mag = problem.mag.cpu().numpy()
-    prior = None if problem.prior is None else problem.prior.cpu().numpy()
-    real = None if problem.real is None else problem.real.cpu().numpy()
-    T = mag.shape[0]
-    jobs = [
-        (mag[s : s + chunk], None if prior is None else prior[s : s + chunk], None if real is None else real[s : s + chunk], n, m, scale)
-        for s in range(0, T, chunk)
-    ]
+    keys = problem_keys(problem)
+    jobs = [(keys[s : s + chunk], n, m) for s in range(0, keys.shape[0], chunk)]
     if workers == 1 or len(jobs) == 1:
         parts = [_solve_chunk(*job) for job in jobs]
     else:

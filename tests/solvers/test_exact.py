@@ -11,7 +11,7 @@ from compressor.solvers import is_transposable_nm, kept_magnitude, transposable_
 from compressor.solvers.enumerate import enumerate_tiles
 from compressor.solvers import cyclecancel
 from compressor.solvers.cyclecancel import cyclecancel_tiles
-from compressor.solvers.mincostflow import integer_keys, key_scale, mincostflow_tiles
+from compressor.solvers.mincostflow import mincostflow_tiles, problem_keys
 from compressor.solvers.registry import resolve_solver
 from compressor.solvers.tiles import make_problem
 
@@ -120,10 +120,7 @@ def test_mask_dtype_device_shape():
 
 def _key_sums(problem, tiles: torch.Tensor) -> np.ndarray:
     """Per tile, the integer keys both flow solvers maximise, summed over the kept entries."""
-    scale = key_scale(problem.n, problem.m, problem.prior is not None, problem.real is not None)
-    keys = integer_keys(problem.mag.numpy(), None if problem.prior is None else problem.prior.numpy(),
-                        None if problem.real is None else problem.real.numpy(), problem.n, problem.m, scale)
-    return (keys * tiles.numpy()).sum((1, 2))
+    return (problem_keys(problem) * tiles.numpy()).sum((1, 2))
 
 
 @needs_compiler
