@@ -21,18 +21,26 @@ class SelfTimed(float):
     through a pipe is not part of the engine's time)."""
 
 
-def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20, warmup: int = 3) -> dict[str, dict]:
+def time_interleaved(fns: dict[str, Callable[[int], object]], repeats: int = 20, warmup: int = 3,
+                     copies: int = 1) -> dict[str, dict]:
     """Time several callables side by side, interleaved round by round.
 
     Each callable takes the round index (use it to rotate among input or weight copies so that
     caches do not flatter the result). The order within a round is shuffled (seeded, so runs are
     repeatable): a call that runs right after a dense GEMM finds the caches flushed by its weight
     stream, and a fixed order would charge that to whichever callable comes next.
+    ``warmup`` untimed calls go to each of the ``copies`` that the callables rotate among (round
+    index modulo ``copies``), so no timed call is a copy's first: a fresh ONNX Runtime session
+    runs its first two calls up to 5x slower (its arena grows to the graph's intermediates), and
+    with only the first copies warmed, a 4-copy benchmark once put half its samples on cold
+    sessions and reported 0.80x for a graph that runs 2.2x faster than dense once warm.
     Returns ``{name: {"median_s", "min_s", "runs", "samples_s"}}``; ``samples_s[r]`` is round ``r``'s
     time, so the callables' samples pair up round by round. A callable that returns a
     :class:`SelfTimed` has that figure recorded instead of its wall time.
     """
-    for i in range(warmup):
+    if copies < 1:
+        raise ValueError(f"copies must be 1 or more, got {copies}")
+    for i in range(warmup * copies):
         for fn in fns.values():
             fn(i)
     names = list(fns)

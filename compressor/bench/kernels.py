@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keeps", type=_floats, default=[0.5, 0.25], help="kept block fractions for the gated sections")
     parser.add_argument("--gate-rank", type=int, default=0, help="gated-rnn: gate bottleneck rank (0: full Linear gate)")
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per copy before the timed rounds")
     parser.add_argument("--copies", type=int, default=4, help="weight/input copies rotated per row")
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
     parser.add_argument("--ort-pool", choices=("shared", "session"), default="session",
@@ -125,7 +125,7 @@ def _linear(out: int, inp: int, gen: torch.Generator) -> nn.Linear:
 
 
 def _time(fns, args):
-    return time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+    return time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, copies=args.copies)
 
 
 # -- sections ----------------------------------------------------------------------------------

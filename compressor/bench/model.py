@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-batch", type=int, default=1, help="batch size of the streaming-step rows")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per copy before the timed rounds")
     parser.add_argument("--copies", type=int, default=4, help="model/input copies rotated per row")
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
     parser.add_argument("--allow-pickle", action="store_true",
@@ -124,7 +124,7 @@ def _pair(section: str, case: str, dense_fn, ours_fn, args, extra: dict | None =
     ``versus`` ``(key, name)``: the compressed row also gets its speed-up over ``others[name]``
     (``speedup_vs_<key>``, with its noise band ``<key>_ratio_low/high``)."""
     fns = {"dense": dense_fn, **(others or {}), "compressed": ours_fn}
-    t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+    t = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, copies=args.copies)
     ref = t["dense"]["median_s"]
     rows = [timing_row(section, case, name, t[name], ref, extra) for name in fns]
     band = paired_ratio(t["dense"]["samples_s"], t["compressed"]["samples_s"])  # the compressed row's noise band
