@@ -14,6 +14,7 @@ mismatch beyond ``tolerance`` (relative to the output scale) is an error and lea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from pathlib import Path
@@ -26,7 +27,7 @@ from .recipe import INPUT_DTYPES, MAX_INPUT_ELEMENTS
 from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .swaps import set_module
-from .kernels import SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
+from .kernels import SCAN_PRODUCTS, BlockSparseLinear, SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
 from .kernels.onnx_check import OutputCountError, max_errors, ort_errors  # the checks' one harness (max_errors re-exported)
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "recurrent_graph_note",
@@ -155,18 +156,47 @@ def _naming(model: nn.Module, specs: list[dict], dynamic: bool):
     return naming, shapes
 
 
-#: The fused dense op replaces a module's block-sparse ``Scan`` graph only when its median is below
-#: this fraction of the Scan's: a tie within timing noise keeps the Scan graph, which stores the
-#: packed weights (smaller on disk), so two exports of one model do not pick differently by chance.
+#: A candidate graph replaces the default one (the block-sparse ``Scan`` with the input as the left
+#: operand of its block products) only when its median is below this fraction of the default's: a
+#: tie within timing noise keeps the default (for the fused op: the Scan stores the packed weights,
+#: smaller on disk), so two exports of one model do not pick differently by chance.
 FUSED_MARGIN = 0.95
 
 
+@contextlib.contextmanager
+def _scan_products(model: nn.Module, products: dict[str, str]):
+    """Set ``scan_product`` of the recurrent modules at the given paths for the duration, then restore."""
+    saved = {path: model.get_submodule(path).__dict__.get("scan_product") for path in products}
+    try:
+        for path, product in products.items():
+            model.get_submodule(path).scan_product = product
+        yield model
+    finally:
+        for path, old in saved.items():
+            module = model.get_submodule(path)
+            if old is None:
+                module.__dict__.pop("scan_product", None)  # back to the class default
+            else:
+                module.scan_product = old
+
+
+def _has_balanced_hh(module: nn.Module) -> bool:
+    return any(type(m) is BlockSparseLinear and m.layout == "balanced"
+               for name, m in module.proj.items() if name.startswith("hh_"))
+
+
 def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> dict[str, dict]:
-    """For each ``SparseLSTM``/``SparseGRU`` of ``model``: ``{"graph": "scan" | "dense", "scan_ms",
-    "dense_ms"}``, the medians of ``repeats`` interleaved ORT runs (one thread) of the module alone on
-    the input it gets from ``example``, exported as its ``Scan`` graph and as the dense module
-    (ORT's fused op), ``dense`` where it is faster by more than :data:`FUSED_MARGIN` allows. Why: at the built-in LM's size (hidden 256) the fused op ran the whole model
-    at 1.1x the Scan graph's speed, while 1024-wide layers at 90% run 3-10x faster as the Scan."""
+    """For each ``SparseLSTM``/``SparseGRU`` of ``model``: ``{"graph": "scan" | "dense", "product",
+    "scan_ms", "dense_ms", "ms": {candidate: ms}}``, from the medians of ``repeats`` interleaved ORT
+    runs (one thread) of the module alone on the input it gets from ``example``, exported as its
+    ``Scan`` graph with each operand order of the recurrent block product (:data:`SCAN_PRODUCTS`;
+    ``weights_left`` only where a ``W_hh`` is balanced block-sparse) and as the dense module (ORT's
+    fused op). ``product`` is the faster order (``input_left`` unless ``weights_left`` beats it by
+    more than :data:`FUSED_MARGIN` allows) and ``scan_ms`` its time; ``graph`` is ``dense`` where the
+    fused op beats that by the same margin. Why: at the built-in LM's size (hidden 256) the fused op
+    ran the whole model at 1.1x the Scan graph's speed, while 1024-wide layers at 90% run 3-10x
+    faster as the Scan; at batch 16 the weights-left product ran a 1536-wide GRU at 75% 1.2x faster
+    than input-left, and at batch 1 1.1x slower."""
     import tempfile
 
     from .timing import time_interleaved
@@ -185,20 +215,27 @@ def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> di
     with tempfile.TemporaryDirectory(prefix="compressor-recurrent-") as tmp:  # not in an artifact being written
         for path, x in seen.items():
             module = model.get_submodule(path)
+            products = [p for p in SCAN_PRODUCTS if p == "input_left" or _has_balanced_hh(module)]
             try:
                 sessions = {}
-                for name, candidate in (("scan", module), ("dense", module.to_dense().eval())):
-                    file = export_onnx(candidate, (x,), Path(tmp) / f"{name}.onnx")
-                    sessions[name] = ort_session(file, threads=1, spin=False)
+                for product in products:
+                    with _scan_products(module, {"": product}):
+                        file = export_onnx(module, (x,), Path(tmp) / f"{product}.onnx")
+                    sessions[product] = ort_session(file, threads=1, spin=False)
+                file = export_onnx(module.to_dense().eval(), (x,), Path(tmp) / "dense.onnx")
+                sessions["dense"] = ort_session(file, threads=1, spin=False)
                 feed = {name: {sess.get_inputs()[0].name: x.numpy()} for name, sess in sessions.items()}
                 times = time_interleaved({name: (lambda r, s=sess, f=feed[name]: s.run(None, f))
                                           for name, sess in sessions.items()}, repeats=repeats, warmup=2)
             except Exception as exc:  # a measurement, not the export: the module keeps its own graph
-                choices[path] = {"graph": "scan", "error": first_line(exc)}
+                choices[path] = {"graph": "scan", "product": "input_left", "error": first_line(exc)}
                 continue
             ms = {name: round(t["median_s"] * 1e3, 4) for name, t in times.items()}
-            choices[path] = {"graph": "dense" if ms["dense"] < FUSED_MARGIN * ms["scan"] else "scan",
-                             "scan_ms": ms["scan"], "dense_ms": ms["dense"]}
+            product = "input_left"
+            if "weights_left" in ms and ms["weights_left"] < FUSED_MARGIN * ms["input_left"]:
+                product = "weights_left"
+            choices[path] = {"graph": "dense" if ms["dense"] < FUSED_MARGIN * ms[product] else "scan",
+                             "product": product, "scan_ms": ms[product], "dense_ms": ms["dense"], "ms": ms}
     return choices
 
 
@@ -208,10 +245,16 @@ def recurrent_graph_note(choice: dict) -> str:
     if "error" in choice:
         return f"runs as its block-sparse Scan graph (timing it against ONNX Runtime's fused op failed: {choice['error']})"
     scan, dense = f"{choice['scan_ms']:.3g} ms", f"{choice['dense_ms']:.3g} ms"
+    order = ""
+    if "weights_left" in choice.get("ms", {}):
+        other = "input_left" if choice["product"] == "weights_left" else "weights_left"
+        order = (f" (block products with the {choice['product'].split('_')[0]} as left operand; "
+                 f"{choice['ms'][other]:.3g} ms with the {other.split('_')[0]} there)")
     if choice["graph"] == "dense":
         return (f"runs as ONNX Runtime's fused op on the zero-filled weights: {dense} against {scan} for its "
-                f"block-sparse Scan graph, measured alone at export")
-    return f"runs as its block-sparse Scan graph: {scan} against {dense} for ONNX Runtime's fused op, measured alone at export"
+                f"block-sparse Scan graph{order}, measured alone at export")
+    return (f"runs as its block-sparse Scan graph{order}: {scan} against {dense} for ONNX Runtime's fused op, "
+            f"measured alone at export")
 
 
 def _step_graphs(model: nn.Module):
@@ -266,7 +309,9 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
         for path, c in choices.items():
             if c["graph"] == "dense":
                 set_module(exported, path, model.get_submodule(path).to_dense().eval())
-    results = {"model": _verified(directory / "model.onnx", exported, inputs, model, tolerance, trials, naming)}
+    products = {path: c["product"] for path, c in choices.items() if c["graph"] == "scan"}
+    with _scan_products(exported, products):  # the caller's modules get their own order back
+        results = {"model": _verified(directory / "model.onnx", exported, inputs, model, tolerance, trials, naming)}
     if choices:
         results["model"]["recurrent"] = choices
     if step:

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import native
-from .block_ops import DENSE_BATCH
+from .block_ops import DENSE_BATCH, balanced_block_linear
 from .modules import BlockSparseLinear
 
-__all__ = ["SparseLSTM", "SparseGRU", "RNNStep"]
+__all__ = ["SparseLSTM", "SparseGRU", "RNNStep", "SCAN_PRODUCTS"]
 
 
 def _global_hooks() -> bool:
@@ -129,9 +129,18 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
+#: Operand orders of the exported ``Scan``'s recurrent block product (see
+#: :func:`~compressor.kernels.block_ops.balanced_block_linear`'s ``weights_left``).
+SCAN_PRODUCTS = ("input_left", "weights_left")
+
+
 class _SparseRNN(nn.Module):
     _base: type[nn.RNNBase]
     _gates: int
+    #: Which operand order the exported ``Scan`` uses for a balanced block-sparse ``W_hh``
+    #: (:data:`SCAN_PRODUCTS`); eager forward is unaffected. ``compressor.export`` sets it per
+    #: module to whichever ran faster in ONNX Runtime on the example input, then restores it.
+    scan_product: str = "input_left"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool,
                  bidirectional: bool, dropout: float, cells: dict[str, nn.Module]):
@@ -322,8 +331,16 @@ class _SparseRNN(nn.Module):
         2-layer LSTM was 256 copies of the step)."""
         from torch._higher_order_ops.scan import scan  # not public API yet; the exporter maps it to Scan
 
+        product = hh
+        if self.scan_product not in SCAN_PRODUCTS:
+            raise ValueError(f"scan_product must be one of {SCAN_PRODUCTS}, got {self.scan_product!r}")
+        if self.scan_product == "weights_left" and type(hh) is BlockSparseLinear and hh.layout == "balanced":
+            def product(h):
+                return balanced_block_linear(h, hh.values, hh.col_idx, hh.bias, hh.in_features, hh.out_features,
+                                             weights_left=True)
+
         def step(carry, x_t):
-            carry = self._cell(x_t, hh, carry)
+            carry = self._cell(x_t, product, carry)
             return carry, self._hidden(carry).clone()  # a scan output may not alias the carry
 
         # the initial carry may not alias (LSTM's zero h and c are one tensor; layer states are views)

@@ -54,6 +54,9 @@ def test_swapped_lstm_artifact_gets_torch_step_and_onnx_rows(load_fixture, tmp_p
     assert all(r["median_us"] > 0 for r in payload["rows"])
     printed = capsys.readouterr().out
     assert "sparse kernel modules: sparse_lstm x1" in printed
+    # which graph model.onnx runs for the LSTM (the timed candidates), printed and kept in the JSON
+    assert sum(line.startswith("model.onnx: rnn runs as") for line in payload["machine"]["engine_notes"]) == 1
+    assert "model.onnx: rnn runs as" in printed
     if importlib.util.find_spec("deepsparse") is None:  # no DeepSparse row, and one line saying why
         assert "DeepSparse row not run: deepsparse is not installed here" in printed
         assert not any("deepsparse" in r["impl"].lower() for r in payload["rows"])

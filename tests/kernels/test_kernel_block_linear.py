@@ -115,6 +115,23 @@ def test_functional_ops_direct(block_mask, dense_ref):
             assert_close(y, dense_ref(x, w, mask, b), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", [8, (8, 4)])
+def test_weights_left_product_matches_dense(block, block_mask, dense_ref):
+    """The blocks-on-the-left order (the exported Scan's option) computes the same product, edge
+    blocks cropped, leading dimensions kept, gradients included."""
+    w, b = torch.randn(30, 50), torch.randn(30)
+    mask = block_mask(30, 50, block, keep=0.4)
+    bal = BalancedBlock.from_dense(w, mask, block)
+    values = bal.values_t().requires_grad_(True)
+    for x in (torch.randn(5, 50), torch.randn(1, 50), torch.randn(2, 3, 50)):
+        y = balanced_block_linear(x, values, bal.col_idx, b, 50, 30, weights_left=True)
+        assert_close(y, dense_ref(x, w, mask, b), atol=2e-5, rtol=1e-4)
+    y.sum().backward()
+    reference = values.detach().requires_grad_(True)  # the gradient of the input-left order
+    balanced_block_linear(x, reference, bal.col_idx, b, 50, 30).sum().backward()
+    assert_close(values.grad, reference.grad, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
 def test_batch1_index_cache_follows_the_pattern(layout, block_mask, dense_ref):
     """The BSR embedding_bag path caches index tensors built from the pattern buffers: loading another

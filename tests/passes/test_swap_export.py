@@ -13,7 +13,7 @@ from rich.console import Console
 import compressor
 from fixture_models import load_trusted, ref  # tests/fixture_models.py: passes the suite's own factory
 from compressor.errors import CompressorError, RecipeError
-from compressor.export import ExportError, export_model, input_specs
+from compressor.export import FUSED_MARGIN, ExportError, export_model, input_specs
 from compressor.kernels import BlockSparseLinear, NMLinear, SparseLSTM
 from compressor.loading import ModelSpec
 from compressor.patterns import pattern_from_dict
@@ -205,8 +205,53 @@ def test_export_runs_each_sparse_recurrent_module_as_the_faster_ort_graph(tmp_pa
     monkeypatch.setattr(SparseLSTM, "to_dense", broken)
     (tmp_path / "again").mkdir()
     results = export_model(model, input_specs((torch.randn(2, 6, 8),)), tmp_path / "again", step=False)
-    assert results["model"]["recurrent"]["rnn"] == {"graph": "scan", "error": "RuntimeError: no dense form here"}
+    assert results["model"]["recurrent"]["rnn"] == {"graph": "scan", "product": "input_left",
+                                                    "error": "RuntimeError: no dense form here"}
     assert "Scan" in [n.op_type for n in onnx.load(str(tmp_path / "again" / "model.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_both_block_product_orders_export_the_same_recurrent_model(kind, tmp_path):
+    """The exported Scan's recurrent block product runs with the input or the blocks as the left
+    MatMul operand (chosen by timing at export); ORT matches the dense masked nn.LSTM/nn.GRU either
+    way, the graph holds the order asked for, and the module gets its own order back."""
+    import onnx
+    import onnxruntime as ort
+
+    from compressor.export import _recurrent_graphs, _scan_products
+    from compressor.kernels import SparseGRU
+
+    torch.manual_seed(0)
+    H, gates = 16, 4 if kind == "lstm" else 3
+    dense = (nn.LSTM if kind == "lstm" else nn.GRU)(8, H)
+    grid = torch.zeros(gates * H // 4, H // 4, dtype=torch.bool)
+    grid[torch.arange(grid.shape[0]).unsqueeze(1), torch.rand(grid.shape).argsort(1)[:, :2]] = True  # 2 of 4 per row
+    mask = grid.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    rnn = (SparseLSTM if kind == "lstm" else SparseGRU).from_dense(dense, {"weight_hh_l0": mask}, block=(4, 4),
+                                                                    layout="balanced").eval()
+    with torch.no_grad():
+        dense.weight_hh_l0.mul_(mask)
+    x = torch.randn(7, 3, 8)
+    expected = dense(x)[0]
+    for product in ("input_left", "weights_left"):
+        path = tmp_path / f"{product}.onnx"
+        with _scan_products(rnn, {"": product}):
+            compressor.kernels.export_onnx(rnn, (x,), path)
+        assert "scan_product" not in rnn.__dict__ and rnn.scan_product == "input_left"
+        graph = onnx.load(str(path)).graph
+        body = [a.g for n in graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body"][0]
+        matmul = [n for n in body.node if n.op_type == "MatMul"][0]
+        first = matmul.input[0]
+        produced_in_body = {o for n in body.node for o in n.output}
+        assert (first not in produced_in_body) == (product == "weights_left")  # the blocks come from outside the loop
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+    choice = _recurrent_graphs(nn.Sequential(rnn), (x,), repeats=3)["0"]
+    assert set(choice["ms"]) == {"input_left", "weights_left", "dense"}
+    faster = choice["ms"]["weights_left"] < FUSED_MARGIN * choice["ms"]["input_left"]
+    assert choice["product"] == ("weights_left" if faster else "input_left")
+    assert choice["scan_ms"] == choice["ms"][choice["product"]]
 
 
 def test_reports_with_the_old_onnx_metric_read_in_the_current_form(tmp_path):
