@@ -27,7 +27,7 @@ from .recipe import INPUT_DTYPES, MAX_INPUT_ELEMENTS
 from .onnx_compact import compact_initializers
 from .outputs import atomic_file
 from .swaps import set_module
-from .kernels import SCAN_PRODUCTS, BlockSparseLinear, SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
+from .kernels import PRODUCT_ORDERS, BlockSparseLinear, SparseGRU, SparseLSTM, export_onnx, flatten_outputs, ort_session, output_names
 from .kernels.onnx_check import OutputCountError, max_errors, ort_errors  # the checks' one harness (max_errors re-exported)
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "recurrent_graph_note",
@@ -164,42 +164,62 @@ FUSED_MARGIN = 0.95
 
 
 @contextlib.contextmanager
-def _scan_products(model: nn.Module, products: dict[str, str]):
-    """Set ``scan_product`` of the recurrent modules at the given paths for the duration, then restore."""
-    saved = {path: model.get_submodule(path).__dict__.get("scan_product") for path in products}
+def _product_orders(model: nn.Module, products: dict[str, str]):
+    """Set ``product_order`` of the recurrent modules at the given paths for the duration, then restore."""
+    saved = {path: model.get_submodule(path).__dict__.get("product_order") for path in products}
     try:
         for path, product in products.items():
-            model.get_submodule(path).scan_product = product
+            model.get_submodule(path).product_order = product
         yield model
     finally:
         for path, old in saved.items():
             module = model.get_submodule(path)
             if old is None:
-                module.__dict__.pop("scan_product", None)  # back to the class default
+                module.__dict__.pop("product_order", None)  # back to the class default
             else:
-                module.scan_product = old
+                module.product_order = old
 
 
-def _has_balanced_hh(module: nn.Module) -> bool:
+def _has_balanced(module: nn.Module, prefixes: tuple[str, ...] = ("hh_",)) -> bool:
+    """Whether a projection of recurrent ``module`` named with one of ``prefixes`` is a balanced
+    :class:`BlockSparseLinear` (the only products whose operand order can change)."""
     return any(type(m) is BlockSparseLinear and m.layout == "balanced"
-               for name, m in module.proj.items() if name.startswith("hh_"))
+               for name, m in module.proj.items() if name.startswith(prefixes))
+
+
+def _ort_medians(candidates: dict[str, tuple[nn.Module, tuple]], tmp: Path, repeats: int) -> dict[str, float]:
+    """Median ms of ``repeats`` interleaved ORT runs (one thread, two warm-up calls) of each candidate
+    ``name -> (module, inputs)``, each exported on its own inputs (the graphs' inputs are those)."""
+    from .timing import time_interleaved
+
+    fns = {}
+    for name, (module, args) in candidates.items():
+        session = ort_session(export_onnx(module, args, tmp / f"{name}.onnx"), threads=1, spin=False)
+        feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+        fns[name] = lambda r, s=session, f=feed: s.run(None, f)
+    times = time_interleaved(fns, repeats=repeats, warmup=2)
+    return {name: round(t["median_s"] * 1e3, 4) for name, t in times.items()}
+
+
+def _faster_order(ms: dict[str, float]) -> str:
+    """``weights_left`` where it beat ``input_left`` by more than :data:`FUSED_MARGIN` allows."""
+    return "weights_left" if "weights_left" in ms and ms["weights_left"] < FUSED_MARGIN * ms["input_left"] \
+        else "input_left"
 
 
 def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> dict[str, dict]:
     """For each ``SparseLSTM``/``SparseGRU`` of ``model``: ``{"graph": "scan" | "dense", "product",
     "scan_ms", "dense_ms", "ms": {candidate: ms}}``, from the medians of ``repeats`` interleaved ORT
     runs (one thread) of the module alone on the input it gets from ``example``, exported as its
-    ``Scan`` graph with each operand order of the recurrent block product (:data:`SCAN_PRODUCTS`;
+    ``Scan`` graph with each operand order of the recurrent block product (:data:`PRODUCT_ORDERS`;
     ``weights_left`` only where a ``W_hh`` is balanced block-sparse) and as the dense module (ORT's
-    fused op). ``product`` is the faster order (``input_left`` unless ``weights_left`` beats it by
-    more than :data:`FUSED_MARGIN` allows) and ``scan_ms`` its time; ``graph`` is ``dense`` where the
-    fused op beats that by the same margin. Why: at the built-in LM's size (hidden 256) the fused op
-    ran the whole model at 1.1x the Scan graph's speed, while 1024-wide layers at 90% run 3-10x
-    faster as the Scan; at batch 16 the weights-left product ran a 1536-wide GRU at 75% 1.2x faster
-    than input-left, and at batch 1 1.1x slower."""
+    fused op). ``product`` is the faster order (:func:`_faster_order`) and ``scan_ms`` its time;
+    ``graph`` is ``dense`` where the fused op beats that by more than :data:`FUSED_MARGIN` allows.
+    Why: at the built-in LM's size (hidden 256) the fused op ran the whole model at 1.1x the Scan
+    graph's speed, while 1024-wide layers at 90% run 3-10x faster as the Scan; at batch 16 the
+    weights-left product ran a 1536-wide GRU at 75% 1.4x faster than input-left, and at batch 1
+    1.1x slower."""
     import tempfile
-
-    from .timing import time_interleaved
 
     seen: dict[str, torch.Tensor] = {}
     # exact types: a GatedLSTM is a SparseLSTM subclass whose dense form would drop its gates
@@ -215,28 +235,42 @@ def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> di
     with tempfile.TemporaryDirectory(prefix="compressor-recurrent-") as tmp:  # not in an artifact being written
         for path, x in seen.items():
             module = model.get_submodule(path)
-            products = [p for p in SCAN_PRODUCTS if p == "input_left" or _has_balanced_hh(module)]
+            orders = [p for p in PRODUCT_ORDERS if p == "input_left" or _has_balanced(module)]
             try:
-                sessions = {}
-                for product in products:
-                    with _scan_products(module, {"": product}):
-                        file = export_onnx(module, (x,), Path(tmp) / f"{product}.onnx")
-                    sessions[product] = ort_session(file, threads=1, spin=False)
-                file = export_onnx(module.to_dense().eval(), (x,), Path(tmp) / "dense.onnx")
-                sessions["dense"] = ort_session(file, threads=1, spin=False)
-                feed = {name: {sess.get_inputs()[0].name: x.numpy()} for name, sess in sessions.items()}
-                times = time_interleaved({name: (lambda r, s=sess, f=feed[name]: s.run(None, f))
-                                          for name, sess in sessions.items()}, repeats=repeats, warmup=2)
+                candidates = {}
+                for order in orders:  # a copy per order: the caller's module keeps its own
+                    candidates[order] = (copy.deepcopy(module), (x,))
+                    candidates[order][0].product_order = order
+                candidates["dense"] = (module.to_dense().eval(), (x,))
+                ms = _ort_medians(candidates, Path(tmp), repeats)
             except Exception as exc:  # a measurement, not the export: the module keeps its own graph
                 choices[path] = {"graph": "scan", "product": "input_left", "error": first_line(exc)}
                 continue
-            ms = {name: round(t["median_s"] * 1e3, 4) for name, t in times.items()}
-            product = "input_left"
-            if "weights_left" in ms and ms["weights_left"] < FUSED_MARGIN * ms["input_left"]:
-                product = "weights_left"
+            product = _faster_order(ms)
             choices[path] = {"graph": "dense" if ms["dense"] < FUSED_MARGIN * ms[product] else "scan",
                              "product": product, "scan_ms": ms[product], "dense_ms": ms["dense"], "ms": ms}
     return choices
+
+
+def _step_order(rnn: nn.Module, inputs: tuple, repeats: int = 15) -> tuple[str, dict[str, float] | None]:
+    """``(order, ms)``: the operand order of the block products for ``rnn``'s step graph, timed in ORT
+    both ways on ``inputs`` (``x_t`` and the states at the step batch) where a projection is balanced
+    block-sparse; ``("input_left", None)`` otherwise or where the measurement fails."""
+    import tempfile
+
+    if not _has_balanced(rnn, ("ih_", "hh_")):
+        return "input_left", None
+    with tempfile.TemporaryDirectory(prefix="compressor-step-") as tmp:
+        candidates = {}
+        for order in PRODUCT_ORDERS:
+            copy_ = copy.deepcopy(rnn)
+            copy_.product_order = order
+            candidates[order] = (copy_.step_module().eval(), inputs)
+        try:
+            ms = _ort_medians(candidates, Path(tmp), repeats)
+        except Exception:  # noqa: BLE001  (a measurement, not the export: the default order stays)
+            return "input_left", None
+    return _faster_order(ms), ms
 
 
 def recurrent_graph_note(choice: dict) -> str:
@@ -280,12 +314,15 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
     """Write ``model.onnx`` (and step graphs, whose inputs have ``step_batch`` rows: shapes are
     static) into ``directory``; returns the measured errors per graph.
 
-    With ``choose_recurrent`` every ``SparseLSTM``/``SparseGRU`` is timed in ONNX Runtime both ways
-    on its own input shape: its ``Scan`` graph (block-sparse step in a loop) and ORT's fused
-    ``LSTM``/``GRU`` op on the same weights zero-filled; ``model.onnx`` gets the faster, the fused op
-    only when faster by more than :data:`FUSED_MARGIN` allows (small
-    layers: the fused op; the kept blocks of a 1024-wide layer: the ``Scan``), and the results'
-    ``recurrent`` entry says which, with both times (:func:`_recurrent_graphs`).
+    With ``choose_recurrent`` every ``SparseLSTM``/``SparseGRU`` is timed in ONNX Runtime on its own
+    input shape as each candidate graph: its ``Scan`` graph (block-sparse step in a loop) with each
+    operand order of the block products, and ORT's fused ``LSTM``/``GRU`` op on the same weights
+    zero-filled; ``model.onnx`` gets the fastest, another candidate than the input-left ``Scan``
+    only when faster by more than :data:`FUSED_MARGIN` allows (small layers: the fused op; the
+    kept blocks of a 1024-wide layer: the ``Scan``), and the results' ``recurrent`` entry says
+    which, with the times (:func:`_recurrent_graphs`). A step graph with balanced block-sparse
+    weights is timed in both product orders at ``step_batch`` likewise (its entry's ``product``
+    and ``ms``).
 
     ``model.onnx``'s inputs are named after the forward's parameters and its outputs after the
     output mapping's keys (a Hugging Face ``ModelOutput``: ``last_hidden_state``, ...). With
@@ -310,7 +347,7 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
             if c["graph"] == "dense":
                 set_module(exported, path, model.get_submodule(path).to_dense().eval())
     products = {path: c["product"] for path, c in choices.items() if c["graph"] == "scan"}
-    with _scan_products(exported, products):  # the caller's modules get their own order back
+    with _product_orders(exported, products):  # the caller's modules get their own order back
         results = {"model": _verified(directory / "model.onnx", exported, inputs, model, tolerance, trials, naming)}
     if choices:
         results["model"]["recurrent"] = choices
@@ -334,5 +371,10 @@ def export_model(model: nn.Module, specs: list[dict], directory: str | Path, ste
                 return (y, *final) if isinstance(final, tuple) else (y, final)
 
             name = f"{path or 'model'}.step.onnx"
-            results[name] = _verified(directory / name, step_module, step_inputs, full_sequence, tolerance, trials)
+            order, order_ms = _step_order(rnn, step_inputs(0)) if choose_recurrent else ("input_left", None)
+            with _product_orders(rnn, {"": order}):
+                results[name] = _verified(directory / name, step_module, step_inputs, full_sequence, tolerance, trials)
+            if order_ms is not None:
+                results[name]["product"] = order
+                results[name]["ms"] = order_ms
     return results

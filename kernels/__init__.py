@@ -50,7 +50,7 @@ else:
     from compressor.kernels.modules import BlockSparseLinear, GatedBlockLinear, NMLinear
     from compressor.kernels.nm_ops import nm_linear
     from compressor.kernels.onnx_check import OnnxCheck, export_onnx, flatten_outputs, onnx_check, ort_session, output_names
-    from compressor.kernels.rnn import SCAN_PRODUCTS, RNNStep, SparseGRU, SparseLSTM
+    from compressor.kernels.rnn import PRODUCT_ORDERS, RNNStep, SparseGRU, SparseLSTM
     from compressor.kernels.semi_structured import SemiStructuredWeight, is_transposable_2to4
     from compressor.kernels.triton_common import TritonUnavailableError, resolve_backend
     from compressor.kernels.gated_rnn import GATE_INITS, GatedGRU, GatedLinear, GatedLSTM, LowRankGate, build_gate, gate_macs, gated_linear
@@ -75,7 +75,7 @@ __all__ = [
     "SparseLSTM",
     "SparseGRU",
     "RNNStep",
-    "SCAN_PRODUCTS",
+    "PRODUCT_ORDERS",
     "GatedLinear",
     "GatedLSTM",
     "GatedGRU",

@@ -37,7 +37,7 @@ from . import native
 from .block_ops import DENSE_BATCH, balanced_block_linear
 from .modules import BlockSparseLinear
 
-__all__ = ["SparseLSTM", "SparseGRU", "RNNStep", "SCAN_PRODUCTS"]
+__all__ = ["SparseLSTM", "SparseGRU", "RNNStep", "PRODUCT_ORDERS"]
 
 
 def _global_hooks() -> bool:
@@ -129,18 +129,32 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
-#: Operand orders of the exported ``Scan``'s recurrent block product (see
+#: Operand orders of the block products in exported graphs (see
 #: :func:`~compressor.kernels.block_ops.balanced_block_linear`'s ``weights_left``).
-SCAN_PRODUCTS = ("input_left", "weights_left")
+PRODUCT_ORDERS = ("input_left", "weights_left")
 
 
 class _SparseRNN(nn.Module):
     _base: type[nn.RNNBase]
     _gates: int
-    #: Which operand order the exported ``Scan`` uses for a balanced block-sparse ``W_hh``
-    #: (:data:`SCAN_PRODUCTS`); eager forward is unaffected. ``compressor.export`` sets it per
-    #: module to whichever ran faster in ONNX Runtime on the example input, then restores it.
-    scan_product: str = "input_left"
+    #: Which operand order exported graphs use for balanced block-sparse products
+    #: (:data:`PRODUCT_ORDERS`): ``W_hh`` in the ``Scan`` of ``forward``, ``W_ih`` and ``W_hh`` in a
+    #: ``step``; eager runs are unaffected. ``compressor.export`` sets it per module and graph to
+    #: whichever ran faster in ONNX Runtime on the example input, then restores it.
+    product_order: str = "input_left"
+
+    def _exported_product(self, mod: nn.Module):
+        """``mod`` itself, or where :attr:`product_order` is ``weights_left`` and ``mod`` a balanced
+        :class:`BlockSparseLinear`, its product in that order (for tracing: same result)."""
+        if self.product_order not in PRODUCT_ORDERS:
+            raise ValueError(f"product_order must be one of {PRODUCT_ORDERS}, got {self.product_order!r}")
+        if self.product_order == "input_left" or type(mod) is not BlockSparseLinear or mod.layout != "balanced":
+            return mod
+
+        def product(x):
+            return balanced_block_linear(x, mod.values, mod.col_idx, mod.bias, mod.in_features, mod.out_features,
+                                         weights_left=True)
+        return product
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool,
                  bidirectional: bool, dropout: float, cells: dict[str, nn.Module]):
@@ -331,13 +345,7 @@ class _SparseRNN(nn.Module):
         2-layer LSTM was 256 copies of the step)."""
         from torch._higher_order_ops.scan import scan  # not public API yet; the exporter maps it to Scan
 
-        product = hh
-        if self.scan_product not in SCAN_PRODUCTS:
-            raise ValueError(f"scan_product must be one of {SCAN_PRODUCTS}, got {self.scan_product!r}")
-        if self.scan_product == "weights_left" and type(hh) is BlockSparseLinear and hh.layout == "balanced":
-            def product(h):
-                return balanced_block_linear(h, hh.values, hh.col_idx, hh.bias, hh.in_features, hh.out_features,
-                                             weights_left=True)
+        product = self._exported_product(hh)
 
         def step(carry, x_t):
             carry = self._cell(x_t, product, carry)
@@ -374,6 +382,11 @@ class _SparseRNN(nn.Module):
         for layer in range(self.num_layers):
             sfx = f"l{layer}"
             ih, hh, layer_state = self.proj["ih_" + sfx], self.proj["hh_" + sfx], self._layer_state(state, layer)
+            if torch.compiler.is_exporting():  # the step graph: products in the order export chose
+                s = self._cell(self._exported_product(ih)(x), self._exported_product(hh), layer_state)
+                finals.append(s)
+                x = self._hidden(s)
+                continue
             xproj = _native_input_projection(ih, x)
             xproj = ih(x) if xproj is None else xproj
             done = self._native_direction(xproj.unsqueeze(0), hh, layer_state, False)  # a one-step sequence

@@ -218,7 +218,7 @@ def test_both_block_product_orders_export_the_same_recurrent_model(kind, tmp_pat
     import onnx
     import onnxruntime as ort
 
-    from compressor.export import _recurrent_graphs, _scan_products
+    from compressor.export import _recurrent_graphs, _product_orders
     from compressor.kernels import SparseGRU
 
     torch.manual_seed(0)
@@ -235,9 +235,9 @@ def test_both_block_product_orders_export_the_same_recurrent_model(kind, tmp_pat
     expected = dense(x)[0]
     for product in ("input_left", "weights_left"):
         path = tmp_path / f"{product}.onnx"
-        with _scan_products(rnn, {"": product}):
+        with _product_orders(rnn, {"": product}):
             compressor.kernels.export_onnx(rnn, (x,), path)
-        assert "scan_product" not in rnn.__dict__ and rnn.scan_product == "input_left"
+        assert "product_order" not in rnn.__dict__ and rnn.product_order == "input_left"
         graph = onnx.load(str(path)).graph
         body = [a.g for n in graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body"][0]
         matmul = [n for n in body.node if n.op_type == "MatMul"][0]
@@ -247,11 +247,27 @@ def test_both_block_product_orders_export_the_same_recurrent_model(kind, tmp_pat
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+        # the step graph in that order: one step of the dense module from a given state
+        h0 = torch.randn(1, 3, H)
+        state = (h0, torch.randn(1, 3, H)) if kind == "lstm" else (h0,)
+        step_path = tmp_path / f"{product}.step.onnx"
+        with _product_orders(rnn, {"": product}):
+            compressor.kernels.export_onnx(rnn.step_module().eval(), (x[0], *state), step_path)
+        sess = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), (x[0], *state))})[0]
+        torch.testing.assert_close(torch.from_numpy(got), dense(x[:1], state if kind == "lstm" else h0)[0][0],
+                                   rtol=1e-4, atol=1e-5)
     choice = _recurrent_graphs(nn.Sequential(rnn), (x,), repeats=3)["0"]
     assert set(choice["ms"]) == {"input_left", "weights_left", "dense"}
     faster = choice["ms"]["weights_left"] < FUSED_MARGIN * choice["ms"]["input_left"]
     assert choice["product"] == ("weights_left" if faster else "input_left")
     assert choice["scan_ms"] == choice["ms"][choice["product"]]
+    # export_model times the step graph's two orders too and keeps the faster
+    results = export_model(nn.Sequential(rnn), input_specs((x,)), tmp_path, step_batch=3)
+    entry = results["0.step.onnx"]
+    assert set(entry["ms"]) == {"input_left", "weights_left"} and entry["max_rel_error"] < 1e-4
+    faster = entry["ms"]["weights_left"] < FUSED_MARGIN * entry["ms"]["input_left"]
+    assert entry["product"] == ("weights_left" if faster else "input_left")
 
 
 def test_reports_with_the_old_onnx_metric_read_in_the_current_form(tmp_path):
