@@ -133,7 +133,7 @@ def _export_parser() -> argparse.ArgumentParser:
 def _cmd_export(args) -> int:
     from .artifacts import load, read_metadata, write_dense
     from .errors import ArtifactError, CompressorError
-    from .export import export_model, recurrent_graph_note, token_axes
+    from .export import export_model, recurrent_graph_note, step_graph_note, token_axes
 
     if args.hf and args.dense:
         raise CompressorError("--hf and --dense write different things; choose one")
@@ -168,6 +168,9 @@ def _cmd_export(args) -> int:
               f"(ONNX Runtime vs torch, {r['trials']} fresh inputs)")
     for path, choice in results["model"].get("recurrent", {}).items():
         print(f"model.onnx: {path} {recurrent_graph_note(choice)}")
+    for name, entry in results.items():
+        if step_graph_note(entry):
+            print(f"{name}: {step_graph_note(entry)}")
     return 0
 
 

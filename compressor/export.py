@@ -31,7 +31,7 @@ from .kernels import PRODUCT_ORDERS, BlockSparseLinear, SparseGRU, SparseLSTM, e
 from .kernels.onnx_check import OutputCountError, max_errors, ort_errors  # the checks' one harness (max_errors re-exported)
 
 __all__ = ["check_input_spec", "ExportError", "input_specs", "fresh_inputs", "max_errors", "export_model", "recurrent_graph_note",
-           "token_axes"]
+           "step_graph_note", "token_axes"]
 
 
 
@@ -289,6 +289,17 @@ def recurrent_graph_note(choice: dict) -> str:
                 f"block-sparse Scan graph{order}, measured alone at export")
     return (f"runs as its block-sparse Scan graph{order}: {scan} against {dense} for ONNX Runtime's fused op, "
             f"measured alone at export")
+
+
+def step_graph_note(entry: dict) -> str | None:
+    """One line on the operand order of a step graph's block products (an entry of
+    :func:`export_model`'s results), or None where no order was timed."""
+    if "product" not in entry:
+        return None
+    other = "input_left" if entry["product"] == "weights_left" else "weights_left"
+    return (f"block products with the {entry['product'].split('_')[0]} as left operand: "
+            f"{entry['ms'][entry['product']]:.3g} ms against {entry['ms'][other]:.3g} ms with the "
+            f"{other.split('_')[0]} there, measured alone at export")
 
 
 def _step_graphs(model: nn.Module):

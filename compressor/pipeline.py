@@ -39,7 +39,7 @@ from .patterns import Dense, Pattern, pattern_from_dict
 from .recipe import PassEntry, Recipe
 from .progress import NoProgress, Progress, pipeline_progress
 from .report import Report, build_report, onnx_metric
-from .export import ExportError, export_model, input_specs, recurrent_graph_note, token_axes
+from .export import ExportError, export_model, input_specs, recurrent_graph_note, step_graph_note, token_axes
 from .kernels import flatten_outputs
 from .swaps import Replacement, densify, replay
 from .tasks import TaskConfig
@@ -550,6 +550,9 @@ class Pipeline:
             for name, t in state.targets.items():
                 if t.module_path == path:
                     exported.notes.setdefault(name, []).append(f"model.onnx {note}")
+        for name, entry in results.items():
+            if step_graph_note(entry):
+                state.console.print(f"onnx {name}: {step_graph_note(entry)}", markup=False)
         if ex.step:
             for name, t in state.targets.items():
                 module = model.get_submodule(t.module_path)

@@ -201,7 +201,7 @@ def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: 
                deepsparse_python: str | None = None, notes: list[str] | None = None) -> list[dict]:
     """ORT on both exports per graph; ``deepsparse_python``: also DeepSparse on ``model.onnx``
     (a line about it goes to ``notes``)."""
-    from compressor.export import export_model, fresh_inputs, recurrent_graph_note
+    from compressor.export import export_model, fresh_inputs, recurrent_graph_note, step_graph_note
     from compressor.kernels import ort_session
 
     notes = [] if notes is None else notes
@@ -215,6 +215,8 @@ def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: 
             written[name] = export_model(model, specs, os.path.join(tmp, name), step_batch=args.step_batch)  # checked
         for path, choice in written["compressed"]["model"].get("recurrent", {}).items():
             notes.append(f"model.onnx: {path} {recurrent_graph_note(choice)}")  # which graph the rows time
+        notes += [f"{name}: {step_graph_note(entry)}" for name, entry in written["compressed"].items()
+                  if step_graph_note(entry)]
         graphs = [g for g in written["compressed"] if g in written["dense"]]
         for graph in graphs:
             # a pool per session without spinning: 2n sessions share the cores (see bench kernels)

@@ -57,6 +57,7 @@ def test_swapped_lstm_artifact_gets_torch_step_and_onnx_rows(load_fixture, tmp_p
     # which graph model.onnx runs for the LSTM (the timed candidates), printed and kept in the JSON
     assert sum(line.startswith("model.onnx: rnn runs as") for line in payload["machine"]["engine_notes"]) == 1
     assert "model.onnx: rnn runs as" in printed
+    assert "rnn.step.onnx: block products with the" in printed  # the step graph's timed operand order
     if importlib.util.find_spec("deepsparse") is None:  # no DeepSparse row, and one line saying why
         assert "DeepSparse row not run: deepsparse is not installed here" in printed
         assert not any("deepsparse" in r["impl"].lower() for r in payload["rows"])
