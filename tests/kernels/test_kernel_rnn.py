@@ -145,19 +145,20 @@ def _count_native(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
-@pytest.mark.parametrize("B,T", [(1, 1), (3, 7), (1, 7)])
+# 13 examples of 16-high float blocks: the six-at-a-time slices of the block-row product
+@pytest.mark.parametrize("B,T,block", [(1, 1, 8), (3, 7, 8), (1, 7, 8), (13, 3, 16)])
 @pytest.mark.parametrize("bidir", [False, True])
-def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, bidir, block_mask, monkeypatch):
+def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, block, bidir, block_mask, monkeypatch):
     from compressor.kernels import native
 
     assert native.library() is not None, native.unavailable_reason()  # CI machines have a C compiler
     base, sparse_cls, _ = CLASSES[kind]
     torch.manual_seed(B * 10 + T)
     rnn = base(IN, H, num_layers=2, bidirectional=bidir, batch_first=True)
-    masks = _all_masks(rnn, lambda n, w: block_mask(*w.shape, 8, keep=0.4, balanced=layout == "balanced",
+    masks = _all_masks(rnn, lambda n, w: block_mask(*w.shape, block, keep=0.4, balanced=layout == "balanced",
                                                      seed=len(n) + 3 * ("reverse" in n)))
     ref = _masked_copy(rnn, masks).float()
-    mod = sparse_cls.from_dense(rnn, masks, block=(8, 8), layout=layout)
+    mod = sparse_cls.from_dense(rnn, masks, block=(block, block), layout=layout)
     assert {m.layout for m in mod.proj.values()} == {layout}
     D = 2 if bidir else 1
     x = torch.randn(B, T, IN)
@@ -338,8 +339,10 @@ def test_to_dense_keeps_eval_mode_and_from_projections_checks_sizes(kind, block_
 @pytest.mark.parametrize("bh", [8, 12, 16, 32, 64])
 def test_native_block_product_every_block_height_and_batch_against_dense(dtype, bh):
     """The block-row product under rnn_layer and block_linear groups examples by the vector
-    registers a block height leaves (4, 3 or 2 at a time, remainders alone; 12 is the scalar path):
-    every batch size from 1 to 9 equals the dense product of the same blocks."""
+    registers a block height leaves (4, 3 or 2 at a time, remainders alone; 12 is the scalar path),
+    and from 12 examples on takes heights of two-vector multiples slice by slice, six examples at a
+    time: every batch size from 1 to 9 and 12 to 17 (each remainder of six) equals the dense
+    product of the same blocks."""
     from compressor.kernels import native
 
     assert native.library() is not None, native.unavailable_reason()
@@ -354,7 +357,7 @@ def test_native_block_product_every_block_height_and_batch_against_dense(dtype, 
     for p, (j, i) in enumerate(keep.nonzero().tolist()):
         dense[j * bh:(j + 1) * bh, i * bw:(i + 1) * bw] = values_t[p].T
     bias = torch.randn(Ro * bh, generator=gen, dtype=dtype)
-    for B in range(1, 10):
+    for B in [*range(1, 10), *range(12, 18)]:
         x = torch.randn(B, Ci * bw, generator=gen, dtype=dtype)
         got = native.block_linear(x, values_t, crow, cols, bias, Ci * bw, Ro * bh)
         assert_close(got, x @ dense.T + bias, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
