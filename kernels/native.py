@@ -287,11 +287,15 @@ static inline __attribute__((always_inline)) void block_slice_v_@S@(
     for (int v = 0; v < 2; ++v) *(vr_@S@*)(ys[e] + off + v * VL) = a[e][v];
 }
 
-/* From this many examples on, block_rows takes a block row slice by slice (block_slice_v) where the
+/* From this many examples on, rnn_rows takes a block row slice by slice (block_slice_v) where the
  * block height is a multiple of two vectors. Measured (one thread, 4096 x 1024 float weight at 75%
- * in 32 x 32 blocks, AVX2): 16 rows 0.40 against 0.49 ms, 128 rows 2.7 against 4.4 ms, 2048 rows
- * 75-88 against 103-120 ms; at 8 rows the same. */
-#define BLOCK_SLICE_ROWS 12
+ * in 32 x 32 blocks, AVX2): with the weights in cache, slices win from 12 rows on (16 rows 0.40
+ * against 0.49 ms, 128 rows 2.7 against 4.4 ms, 2048 rows 75-88 against 103-120 ms); streamed from
+ * memory (8 weight copies rotated, as a streaming step sees them) they lose up to 32 rows (16 rows
+ * 0.90 against 0.59 ms, 32 rows 1.10 against 1.04) and win from 48 on (1.38 against 1.45 ms, 128
+ * rows 3.41 against 3.67). So: a sequence's input projection takes the slices, a step's product at
+ * a usual batch does not. */
+#define BLOCK_SLICE_ROWS 48
 
 /* Block row j of the product for every example: six at a time slice by slice from
  * BLOCK_SLICE_ROWS examples on (where the height allows), else the vector helper where the block
