@@ -145,7 +145,7 @@ def _count_native(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("layout", ["balanced", "bsr"])
-# 13 x 4 rows of 16-high float blocks: the input projection's six-at-a-time slices
+# 13 x 4 rows of 16-high float blocks: the six-at-a-time slices (input projection and, over 2+ steps, W_hh)
 @pytest.mark.parametrize("B,T,block", [(1, 1, 8), (3, 7, 8), (1, 7, 8), (13, 4, 16)])
 @pytest.mark.parametrize("bidir", [False, True])
 def test_native_sequence_matches_torch_path_and_nn(kind, layout, B, T, block, bidir, block_mask, monkeypatch):
