@@ -76,10 +76,11 @@ def _native_index(mod: BlockSparseLinear) -> tuple[torch.Tensor, torch.Tensor, t
 
 #: From ``DENSE_BATCH`` rows on, an input projection storing at least this fraction of its weight
 #: stays on the torch op (which then runs one dense GEMM). Measured at 2048 rows, 4096 x 1024,
-#: 32x32 blocks, one thread, loaded 2-core machine: native 371 / 309 / 376 ms against torch 436 /
-#: 362 / 345 ms at 25% / 37.5% / 50% stored; the GEMM also scales with threads, the native
-#: product runs on one.
-NATIVE_MAX_DENSITY = 0.3
+#: 32x32 blocks, quiet 2-core machine, since the native product's six-example slices: native 101 /
+#: 113 / 128 ms against torch 222 / 216 / 217 ms at 25% / 37.5% / 50% stored with one thread, 103 /
+#: 116 / 117 against 119 / 117 / 116 ms with two (the GEMM scales with threads, the native product
+#: runs on one): from half stored on, the GEMM (which more cores speed up).
+NATIVE_MAX_DENSITY = 0.5
 
 
 def _native_input_projection(ih: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
