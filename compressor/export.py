@@ -187,15 +187,15 @@ def _has_balanced(module: nn.Module, prefixes: tuple[str, ...] = ("hh_",)) -> bo
                for name, m in module.proj.items() if name.startswith(prefixes))
 
 
-def _ort_medians(candidates: dict[str, tuple[nn.Module, tuple]], tmp: Path, repeats: int) -> dict[str, float]:
-    """Median ms of ``repeats`` interleaved ORT runs (one thread, two warm-up calls) of each candidate
-    ``name -> (module, inputs)``, each exported on its own inputs (the graphs' inputs are those)."""
+def _ort_medians(files: dict[str, str | Path], inputs: tuple, repeats: int) -> dict[str, float]:
+    """Median ms of ``repeats`` interleaved ORT runs (one thread, two warm-up calls) of each exported
+    candidate graph ``name -> file`` on ``inputs`` (the graphs' inputs, in order)."""
     from .timing import time_interleaved
 
     fns = {}
-    for name, (module, args) in candidates.items():
-        session = ort_session(export_onnx(module, args, tmp / f"{name}.onnx"), threads=1, spin=False)
-        feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    for name, file in files.items():
+        session = ort_session(file, threads=1, spin=False)
+        feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), inputs)}
         fns[name] = lambda r, s=session, f=feed: s.run(None, f)
     times = time_interleaved(fns, repeats=repeats, warmup=2)
     return {name: round(t["median_s"] * 1e3, 4) for name, t in times.items()}
@@ -237,12 +237,12 @@ def _recurrent_graphs(model: nn.Module, example: tuple, repeats: int = 15) -> di
             module = model.get_submodule(path)
             orders = [p for p in PRODUCT_ORDERS if p == "input_left" or _has_balanced(module)]
             try:
-                candidates = {}
-                for order in orders:  # a copy per order: the caller's module keeps its own
-                    candidates[order] = (copy.deepcopy(module), (x,))
-                    candidates[order][0].product_order = order
-                candidates["dense"] = (module.to_dense().eval(), (x,))
-                ms = _ort_medians(candidates, Path(tmp), repeats)
+                files = {}
+                for order in orders:
+                    with _product_orders(module, {"": order}):
+                        files[order] = export_onnx(module, (x,), Path(tmp) / f"{order}.onnx")
+                files["dense"] = export_onnx(module.to_dense().eval(), (x,), Path(tmp) / "dense.onnx")
+                ms = _ort_medians(files, (x,), repeats)
             except Exception as exc:  # a measurement, not the export: the module keeps its own graph
                 choices[path] = {"graph": "scan", "product": "input_left", "error": first_line(exc)}
                 continue
@@ -261,13 +261,12 @@ def _step_order(rnn: nn.Module, inputs: tuple, repeats: int = 15) -> tuple[str, 
     if not _has_balanced(rnn, ("ih_", "hh_")):
         return "input_left", None
     with tempfile.TemporaryDirectory(prefix="compressor-step-") as tmp:
-        candidates = {}
-        for order in PRODUCT_ORDERS:
-            copy_ = copy.deepcopy(rnn)
-            copy_.product_order = order
-            candidates[order] = (copy_.step_module().eval(), inputs)
         try:
-            ms = _ort_medians(candidates, Path(tmp), repeats)
+            files = {}
+            for order in PRODUCT_ORDERS:
+                with _product_orders(rnn, {"": order}):
+                    files[order] = export_onnx(rnn.step_module().eval(), inputs, Path(tmp) / f"{order}.onnx")
+            ms = _ort_medians(files, inputs, repeats)
         except Exception:  # noqa: BLE001  (a measurement, not the export: the default order stays)
             return "input_left", None
     return _faster_order(ms), ms
