@@ -169,8 +169,8 @@ def _cmd_export(args) -> int:
     for path, choice in results["model"].get("recurrent", {}).items():
         print(f"model.onnx: {path} {recurrent_graph_note(choice)}")
     for name, entry in results.items():
-        if step_graph_note(entry):
-            print(f"{name}: {step_graph_note(entry)}")
+        if note := step_graph_note(entry):
+            print(f"{name}: {note}")
     return 0
 
 

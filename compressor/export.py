@@ -278,11 +278,7 @@ def recurrent_graph_note(choice: dict) -> str:
     if "error" in choice:
         return f"runs as its block-sparse Scan graph (timing it against ONNX Runtime's fused op failed: {choice['error']})"
     scan, dense = f"{choice['scan_ms']:.3g} ms", f"{choice['dense_ms']:.3g} ms"
-    order = ""
-    if "weights_left" in choice.get("ms", {}):
-        other = "input_left" if choice["product"] == "weights_left" else "weights_left"
-        order = (f" (block products with the {choice['product'].split('_')[0]} as left operand; "
-                 f"{choice['ms'][other]:.3g} ms with the {other.split('_')[0]} there)")
+    order = f" ({_order_phrase(choice, '; ')})" if "weights_left" in choice.get("ms", {}) else ""
     if choice["graph"] == "dense":
         return (f"runs as ONNX Runtime's fused op on the zero-filled weights: {dense} against {scan} for its "
                 f"block-sparse Scan graph{order}, measured alone at export")
@@ -295,10 +291,17 @@ def step_graph_note(entry: dict) -> str | None:
     :func:`export_model`'s results), or None where no order was timed."""
     if "product" not in entry:
         return None
-    other = "input_left" if entry["product"] == "weights_left" else "weights_left"
-    return (f"block products with the {entry['product'].split('_')[0]} as left operand: "
-            f"{entry['ms'][entry['product']]:.3g} ms against {entry['ms'][other]:.3g} ms with the "
-            f"{other.split('_')[0]} there, measured alone at export")
+    return f"{_order_phrase(entry, ': ', with_time=True)}, measured alone at export"
+
+
+def _order_phrase(entry: dict, sep: str, with_time: bool = False) -> str:
+    """``block products with the weights as left operand<sep>[X ms against ]Y ms with the input there``
+    from an entry's ``product`` and ``ms``."""
+    chosen = entry["product"]
+    other = "input_left" if chosen == "weights_left" else "weights_left"
+    own = f"{entry['ms'][chosen]:.3g} ms against " if with_time else ""
+    return (f"block products with the {chosen.split('_')[0]} as left operand{sep}{own}"
+            f"{entry['ms'][other]:.3g} ms with the {other.split('_')[0]} there")
 
 
 def _step_graphs(model: nn.Module):

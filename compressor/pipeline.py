@@ -551,8 +551,8 @@ class Pipeline:
                 if t.module_path == path:
                     exported.notes.setdefault(name, []).append(f"model.onnx {note}")
         for name, entry in results.items():
-            if step_graph_note(entry):
-                state.console.print(f"onnx {name}: {step_graph_note(entry)}", markup=False)
+            if note := step_graph_note(entry):
+                state.console.print(f"onnx {name}: {note}", markup=False)
         if ex.step:
             for name, t in state.targets.items():
                 module = model.get_submodule(t.module_path)

@@ -119,8 +119,9 @@ def balanced_block_linear(
     second is for exported graphs at a batch of 16 or so: ONNX Runtime's GEMM copies (packs) its
     right operand on every call, and on the left the weights stream once per call instead of being
     copied, while the input's slabs ``(bw, B)`` gather in fewer, longer pieces. Measured in ORT,
-    one thread, a 2-layer GRU LM of hidden 1536 at 75% balanced 32x32 blocks over 16 x 128 tokens
-    (the recurrent products in its ``Scan``s): 391 ms against 480 ms input-left; at batch 1 it is
+    one thread, on the exported ``model.onnx`` of a 2-layer GRU LM of hidden 1536 at 75% balanced
+    32x32 blocks over 16 x 128 tokens (the recurrent products in its ``Scan``s; 7 runs each, alone
+    on the machine, 2026-12-07): 391 ms against 480 ms input-left; at batch 1 it is
     slower (50.5 against 46.1 ms), the right operand being one column. ``compressor.export`` times
     both orders on the example input and keeps the faster.
     """

@@ -215,8 +215,8 @@ def bench_onnx(ours: nn.Module, dense: nn.Module, specs: list[dict], args, gen: 
             written[name] = export_model(model, specs, os.path.join(tmp, name), step_batch=args.step_batch)  # checked
         for path, choice in written["compressed"]["model"].get("recurrent", {}).items():
             notes.append(f"model.onnx: {path} {recurrent_graph_note(choice)}")  # which graph the rows time
-        notes += [f"{name}: {step_graph_note(entry)}" for name, entry in written["compressed"].items()
-                  if step_graph_note(entry)]
+        notes += [f"{name}: {note}" for name, entry in written["compressed"].items()
+                  if (note := step_graph_note(entry))]
         graphs = [g for g in written["compressed"] if g in written["dense"]]
         for graph in graphs:
             # a pool per session without spinning: 2n sessions share the cores (see bench kernels)
