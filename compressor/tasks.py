@@ -45,7 +45,7 @@ __all__ = ["BatchStream", "perplexity", "TaskConfig", "Task", "LMTask", "Distill
            "CALIBRATION_METHODS", "TRAINING_METHODS", "TEXT_OBJECTIVES", "kl_distill"]
 
 #: the ``text`` task's ``objective`` values (:mod:`compressor.text_task`)
-TEXT_OBJECTIVES = ("auto", "causal_lm", "masked_lm", "hidden_states")
+TEXT_OBJECTIVES = ("auto", "causal_lm", "masked_lm", "hidden_states", "embedding")
 
 #: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
 CALIBRATION_METHODS = ("batch", "inputs")

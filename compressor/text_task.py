@@ -18,6 +18,12 @@ reports follow ``objective`` (``auto``: from the model's class):
   encoders): MSE of the last hidden states to the dense teacher's; evaluation: cosine of mean-pooled
   (attention-masked) embeddings to the teacher's on ``eval_sentences`` held-out sentences,
   ``embedding_cosine_mean`` and ``embedding_cosine_min``.
+- ``embedding`` (any model; for sentence encoders): trains what ``hidden_states`` evaluates, one
+  minus the cosine of the mean-pooled embedding to the dense teacher's, on windows shaped like
+  sentences: each starts where a sentence of the corpus starts, and each batch has its own length,
+  drawn log-uniformly between :data:`EMBEDDING_MIN_TOKENS` and ``seq_len`` (short inputs are where
+  a pruned encoder strays most; one length per batch keeps the windows free of padding, so
+  calibration records text only). Evaluation as ``hidden_states``.
 
 With ``distill_weight`` w > 0 the two LM objectives train on ``(1 - w) * cross-entropy + w * T^2 *
 KL(teacher || student)`` of the LM head's logits at the positions the cross-entropy scores.
@@ -35,12 +41,16 @@ from .corpus import corpus_text, split_text
 from .errors import CompressorError
 from .tasks import TEXT_OBJECTIVES, Task, TaskConfig, _frozen, _generator, _hf_directory, _rank_slice, kl_distill
 
-__all__ = ["TextTask", "TEXT_OBJECTIVES", "MASK_FRACTION", "text_objective", "load_tokenizer", "mean_pool",
-           "held_out_sentences"]
+__all__ = ["TextTask", "TEXT_OBJECTIVES", "EMBEDDING_OBJECTIVES", "MASK_FRACTION", "EMBEDDING_MIN_TOKENS",
+           "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "sentence_starts"]
 #: ``masked_lm``: the share of a window's text positions replaced by the mask token
 MASK_FRACTION = 0.15
 #: ``masked_lm``: the label of a position the loss does not score (PyTorch's and transformers' convention)
 IGNORE = -100
+#: ``embedding``: the shortest window a batch draws (tokens, the special ones included)
+EMBEDDING_MIN_TOKENS = 8
+#: the objectives evaluated by the cosine of sentence embeddings to the dense model's
+EMBEDDING_OBJECTIVES = ("hidden_states", "embedding")
 
 
 def text_objective(model: nn.Module, requested: str) -> str:
@@ -132,6 +142,20 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def sentence_starts(tokenizer, ids: torch.Tensor, room: int) -> torch.Tensor:
+    """Positions in ``ids`` where a sentence starts (after a token that is ``.``, ``!`` or ``?`` in
+    ``tokenizer``'s vocabulary, and position 0) with at least ``room`` tokens after them; every
+    position that has the room when the vocabulary has none of those tokens."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ends = [i for i in (tokenizer.convert_tokens_to_ids(t) for t in (".", "!", "?")) if isinstance(i, int) and i != unk]
+    last = ids.numel() - room
+    if not ends or last < 0:
+        return torch.arange(max(last + 1, 1))
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.isin(ids, torch.tensor(ends)).nonzero().flatten() + 1])
+    starts = starts[starts <= last]
+    return starts if starts.numel() else torch.arange(last + 1)
+
+
 #: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
 #: every point of a sensitivity sweep builds its own text task on the same corpus (tokenizing a
 #: corpus costs about a second, far more than a calibration batch); a few entries, newest kept
@@ -174,9 +198,9 @@ class TextTask(Task):
         if self.objective == "masked_lm" and self.mask_id is None:
             raise CompressorError(f"task objective 'masked_lm' needs a tokenizer with a mask token; {type(tok).__name__} "
                                   "has none")
-        if config.distill_weight and self.objective == "hidden_states":
+        if config.distill_weight and self.objective in EMBEDDING_OBJECTIVES:
             raise CompressorError("task distill_weight mixes distillation into an LM objective's cross-entropy; the "
-                                  "hidden_states objective is distillation already")
+                                  f"{self.objective} objective is distillation already")
         text = corpus_text(config.corpus)
         self.train_ids = _tokenized(tok, split_text(text).train)
         if self.train_ids.numel() <= config.seq_len:
@@ -185,7 +209,9 @@ class TextTask(Task):
         held = split_text(text if not config.eval_corpus else corpus_text(config.eval_corpus))
         held_text = held.valid + "\n\n" + held.test
         self.eval_text = held_out_sentences(held_text, config.eval_sentences)
-        self.eval_ids = _tokenized(tok, held_text) if self.objective != "hidden_states" else None
+        self.eval_ids = _tokenized(tok, held_text) if self.objective not in EMBEDDING_OBJECTIVES else None
+        self.starts = sentence_starts(tok, self.train_ids, config.seq_len - self.specials) \
+            if self.objective == "embedding" else None
         self._teacher_embeddings: torch.Tensor | None = None
 
     def _wrap(self, window: torch.Tensor) -> torch.Tensor:
@@ -208,11 +234,18 @@ class TextTask(Task):
     def batch(self, step, rank=0, world=1):
         """``(input_ids, attention_mask)``, both (B, seq_len): windows of the corpus's first 90% wrapped
         in the tokenizer's special tokens (no padding: the mask is all ones); ``masked_lm`` adds the
-        labels, ``(masked input_ids, attention_mask, labels)``."""
+        labels, ``(masked input_ids, attention_mask, labels)``; ``embedding``: (B, L), L of this batch
+        between :data:`EMBEDDING_MIN_TOKENS` and ``seq_len``, each window from a sentence start."""
         c = self.config
         body = c.seq_len - self.specials
         gen = _generator(c.seed, step)
-        starts = torch.randint(0, self.train_ids.numel() - body, (c.batch_size,), generator=gen)
+        if self.objective == "embedding":  # sentence starts, one log-uniform length per batch
+            low = math.log(max(min(EMBEDDING_MIN_TOKENS, c.seq_len), self.specials + 1))
+            length = round(math.exp(low + float(torch.rand((), generator=gen)) * (math.log(c.seq_len) - low)))
+            body = min(max(length, self.specials + 1), c.seq_len) - self.specials
+            starts = self.starts[torch.randint(0, self.starts.numel(), (c.batch_size,), generator=gen)]
+        else:
+            starts = torch.randint(0, self.train_ids.numel() - body, (c.batch_size,), generator=gen)
         input_ids = self._wrap(self.train_ids[starts[:, None] + torch.arange(body)])
         if self.objective == "masked_lm":  # masks of the whole global batch, then this rank's share
             masked, labels = self._mask(input_ids, gen)
@@ -269,6 +302,14 @@ class TextTask(Task):
                 target = self.hidden(self.teacher, input_ids, mask)
             m = mask.to(student.dtype).unsqueeze(-1)
             return ((student - target).pow(2) * m).sum() / (m.sum() * student.shape[-1]).clamp_min(1.0)
+        if self.objective == "embedding":
+            if self.teacher is None:
+                raise CompressorError("the text task's loss needs the dense teacher model")
+            input_ids, mask = batch[0], batch[1]
+            student = mean_pool(self.hidden(model, input_ids, mask).float(), mask)
+            with torch.no_grad():
+                target = mean_pool(self.hidden(self.teacher, input_ids, mask).float(), mask)
+            return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
         logits, targets = self._scored(model, batch)
         ce = F.cross_entropy(logits.float(), targets)
         w = self.config.distill_weight
@@ -296,9 +337,9 @@ class TextTask(Task):
         return torch.cat(parts)
 
     def set_reference(self, model: nn.Module) -> None:
-        """``hidden_states``: compare later evaluations with ``model``'s embeddings (the dense model's,
+        """``hidden_states``, ``embedding``: compare later evaluations with ``model``'s embeddings (the dense model's,
         taken before any pass changes it) instead of the teacher's."""
-        if self.objective == "hidden_states":
+        if self.objective in EMBEDDING_OBJECTIVES:
             self._teacher_embeddings = self.embed(model)
 
     @torch.no_grad()
@@ -332,7 +373,7 @@ class TextTask(Task):
 
     def evaluate(self, model, max_tokens: int | None = None):
         """``causal_lm``: ``{"perplexity"}``; ``masked_lm``: ``{"masked_perplexity"}`` (held-out text);
-        ``hidden_states``: the cosine of the model's sentence embeddings to the dense teacher's (or the
+        ``hidden_states``, ``embedding``: the cosine of the model's sentence embeddings to the dense teacher's (or the
         reference's, :meth:`set_reference`) on the held-out sentences, mean and minimum."""
         if self.objective == "causal_lm":
             return {"perplexity": self.held_out_perplexity(model, max_tokens)}

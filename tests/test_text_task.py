@@ -16,7 +16,7 @@ import compressor
 from compressor.errors import CompressorError, RecipeError
 from compressor.recipe import parse_recipe
 from compressor.tasks import TaskConfig, build_task
-from compressor.text_task import IGNORE, MASK_FRACTION
+from compressor.text_task import EMBEDDING_MIN_TOKENS, IGNORE, MASK_FRACTION
 
 from hf_tools import tiny_hf_with_tokenizer  # tests/hf_tools.py
 
@@ -98,6 +98,36 @@ def test_distill_weight_mixes_the_teachers_logits_into_an_lm_objective(tmp_path)
         for p in spec.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert float(task.loss(spec.model, batch).detach()) > 1e-4
+
+
+def test_embedding_objective_trains_the_pooled_cosine_on_windows_from_sentence_starts(tmp_path):
+    spec, task = _task(tmp_path, "BertModel", objective="embedding", seq_len=32)
+    assert task.objective == "embedding"
+    ends = {".", "!", "?"}
+    train = task.train_ids.tolist()
+    lengths = set()
+    for step in range(24):
+        ids, mask = task.batch(step)
+        assert all(torch.equal(a, b) for a, b in zip(task.batch(step), (ids, mask)))  # a pure function of the step
+        assert bool((mask == 1).all()) and ids.shape[0] == 4 and EMBEDDING_MIN_TOKENS <= ids.shape[1] <= 32
+        lengths.add(ids.shape[1])
+        assert bool((ids[:, 0] == task.prefix[0]).all()) and bool((ids[:, -1] == task.suffix[-1]).all())
+        for row in ids[:, 1:-1].tolist():  # found in the training text, right after a sentence's end
+            at = [s for s in range(len(train) - len(row) + 1) if train[s:s + len(row)] == row]
+            assert any(s == 0 or task.tokenizer.convert_ids_to_tokens(train[s - 1]) in ends for s in at), row
+    assert len(lengths) > 3  # each batch draws its own length
+    # the loss: one minus the cosine of the attention-masked mean of the last hidden states, by hand
+    model, batch = spec.model.eval(), task.batch(5)
+    assert float(task.loss(task.teacher, batch)) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        pooled = [m(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state.mean(1) for m in (model, task.teacher)]
+    want = 1 - torch.nn.functional.cosine_similarity(*pooled, dim=-1).mean()
+    torch.testing.assert_close(task.loss(model, batch), want, rtol=1e-5, atol=1e-6)
+    assert set(task.evaluate(model)) == {"embedding_cosine_mean", "embedding_cosine_min"}
+    with pytest.raises(CompressorError, match="the embedding objective is distillation already"):
+        build_task(TaskConfig(name="text", seq_len=16, objective="embedding", distill_weight=0.5), spec, None)
 
 
 def test_objectives_the_model_cannot_serve_are_one_line(tmp_path):

@@ -98,7 +98,7 @@ def run(args) -> int:
     from ..loading import no_metric
     from ..recipe import parse_recipe
     from ..tasks import TaskConfig
-    from ..text_task import TextTask
+    from ..text_task import EMBEDDING_OBJECTIVES, TextTask
     from .oneshot import METHODS, _step, parse_pattern
 
     methods = [m for m in args.methods.split(",") if m]
@@ -120,7 +120,7 @@ def run(args) -> int:
     columns = list(dense_metrics)
     label = {"embedding_cosine_mean": "cos mean", "embedding_cosine_min": "cos min", "perplexity": "perplexity",
              "masked_perplexity": "masked ppl"}
-    held_out = (f"{len(evaluation.eval_text)} held-out sentences" if evaluation.objective == "hidden_states" else
+    held_out = (f"{len(evaluation.eval_text)} held-out sentences" if evaluation.objective in EMBEDDING_OBJECTIVES else
                 "held-out text") + f" of {args.eval_corpus}"
     print(f"{directory.name} ({type(spec.model).__name__}, objective {evaluation.objective}); {held_out}; dense "
           + ", ".join(f"{k} {v:.4f}" for k, v in dense_metrics.items()) + f"; torch threads {torch.get_num_threads()}",
@@ -153,7 +153,7 @@ def run(args) -> int:
                          "-" if pass_seconds is None else f"{float(pass_seconds):.1f}"])
             print(f"{pattern} {method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + f", sparsity {sparsity:.1%}, {seconds:.1f} s", flush=True)
-    what = "embedding cosine to dense" if evaluation.objective == "hidden_states" else label[columns[0]]
+    what = "embedding cosine to dense" if evaluation.objective in EMBEDDING_OBJECTIVES else label[columns[0]]
     print_table(f"{directory.name}, {what} on {args.eval_corpus} (T = transposable)",
                 ["pattern", "method", *(label.get(k, k) for k in columns), "sparsity", "run s", "pass s"], rows)
     write_json(args.json, {"machine": machine_info(), "args": vars(args), "model": str(directory),
