@@ -45,7 +45,7 @@ __all__ = ["BatchStream", "perplexity", "TaskConfig", "Task", "LMTask", "Distill
            "CALIBRATION_METHODS", "TRAINING_METHODS", "TEXT_OBJECTIVES", "kl_distill"]
 
 #: the ``text`` task's ``objective`` values (:mod:`compressor.text_task`)
-TEXT_OBJECTIVES = ("auto", "causal_lm", "masked_lm", "hidden_states", "embedding")
+TEXT_OBJECTIVES = ("auto", "causal_lm", "masked_lm", "embedding", "hidden_states")
 
 #: what each use of a task calls: a pass's ``calibration`` records ``inputs(batch(step))`` ...
 CALIBRATION_METHODS = ("batch", "inputs")
@@ -112,7 +112,7 @@ class TaskConfig:
     #: ``text``: held-out sentences the embedding cosine is measured on
     eval_sentences: int = 256
     #: ``text``: what the loss trains and the evaluation reports (:data:`TEXT_OBJECTIVES`; ``auto``: from
-    #: the model's class: ``causal_lm``, ``masked_lm``, else ``hidden_states``)
+    #: the model's class: ``causal_lm``, ``masked_lm``, else ``embedding``)
     objective: str = "auto"
 
     def validate(self, path: str) -> None:

@@ -2,8 +2,8 @@
 
 The corpus (``pydoc``, ``shakespeare`` or a text file) is tokenized with the model directory's own
 tokenizer (or ``tokenizer: DIR``, checked against the model's embedding); calibration and training
-take windows of ``seq_len`` tokens (the tokenizer's special tokens included, no padding) from its
-first 90% as ``input_ids`` and ``attention_mask``. What the loss trains and what the evaluation
+take windows of ``seq_len`` tokens (the tokenizer's special tokens included, no padding; whole
+sentences for ``embedding``) from its first 90% as ``input_ids`` and ``attention_mask``. What the loss trains and what the evaluation
 reports follow ``objective`` (``auto``: from the model's class):
 
 - ``causal_lm`` (a ``...ForCausalLM`` or ``...LMHeadModel``: GPT-2 and other decoders): next-token
@@ -14,16 +14,19 @@ reports follow ``objective`` (``auto``: from the model's class):
   at least one per window) replaced by the tokenizer's mask token, cross-entropy there (calibration
   records the masked windows: what such a model predicts from); evaluation: ``masked_perplexity``
   on held-out windows whose masks are a pure function of ``seed``.
-- ``hidden_states`` (any model; the default for models without an LM head, such as sentence
-  encoders): MSE of the last hidden states to the dense teacher's; evaluation: cosine of mean-pooled
-  (attention-masked) embeddings to the teacher's on ``eval_sentences`` held-out sentences,
-  ``embedding_cosine_mean`` and ``embedding_cosine_min``.
-- ``embedding`` (any model; for sentence encoders): trains what ``hidden_states`` evaluates, one
-  minus the cosine of the mean-pooled embedding to the dense teacher's, on windows shaped like
-  sentences: each starts where a sentence of the corpus starts, and each batch has its own length,
-  drawn log-uniformly between :data:`EMBEDDING_MIN_TOKENS` and ``seq_len`` (short inputs are where
-  a pruned encoder strays most; one length per batch keeps the windows free of padding, so
-  calibration records text only). Evaluation as ``hidden_states``.
+- ``embedding`` (any model; the default without an LM head, such as sentence encoders): trains what
+  the evaluation measures, one minus the cosine of the mean-pooled embedding to the dense teacher's,
+  plus each block's output error to the teacher's, on inputs shaped like the sentences users embed:
+  every row is one or two whole sentences of the corpus (a sentence ends at a ``.``, ``!`` or ``?``
+  token), and the rows of a batch are drawn among the runs of one length, which the batch draws
+  from the corpus's own mix of lengths (short inputs are where a pruned encoder strays most; one
+  length per batch keeps the rows free of padding, so calibration records text only).
+- ``hidden_states`` (any model): MSE of the last hidden states to the dense teacher's, on windows
+  of ``seq_len`` tokens.
+
+The evaluation of the last two is the cosine of mean-pooled (attention-masked) embeddings to the
+teacher's on ``eval_sentences`` held-out sentences, ``embedding_cosine_mean`` and
+``embedding_cosine_min``.
 
 With ``distill_weight`` w > 0 the two LM objectives train on ``(1 - w) * cross-entropy + w * T^2 *
 KL(teacher || student)`` of the LM head's logits at the positions the cross-entropy scores.
@@ -42,30 +45,32 @@ from .errors import CompressorError
 from .tasks import TEXT_OBJECTIVES, Task, TaskConfig, _frozen, _generator, _hf_directory, _rank_slice, kl_distill
 
 __all__ = ["TextTask", "TEXT_OBJECTIVES", "EMBEDDING_OBJECTIVES", "MASK_FRACTION", "EMBEDDING_MIN_TOKENS",
-           "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "sentence_starts"]
+           "EMBEDDING_SENTENCES", "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "sentence_runs"]
 #: ``masked_lm``: the share of a window's text positions replaced by the mask token
 MASK_FRACTION = 0.15
 #: ``masked_lm``: the label of a position the loss does not score (PyTorch's and transformers' convention)
 IGNORE = -100
-#: ``embedding``: the shortest window a batch draws (tokens, the special ones included)
-EMBEDDING_MIN_TOKENS = 8
+#: ``embedding``: a row is 1 to this many consecutive whole sentences ...
+EMBEDDING_SENTENCES = 2
+#: ... of at least this many tokens (the special ones included)
+EMBEDDING_MIN_TOKENS = 6
 #: the objectives evaluated by the cosine of sentence embeddings to the dense model's
 EMBEDDING_OBJECTIVES = ("hidden_states", "embedding")
 
 
 def text_objective(model: nn.Module, requested: str) -> str:
     """The objective ``requested`` (``auto``: ``causal_lm`` for a ``...ForCausalLM``/``...LMHeadModel``,
-    ``masked_lm`` for a ``...ForMaskedLM``, else ``hidden_states``); an LM objective the model has no
+    ``masked_lm`` for a ``...ForMaskedLM``, else ``embedding``); an LM objective the model has no
     head for is refused in one line."""
     name = type(model).__name__
     head = "causal_lm" if name.endswith(("ForCausalLM", "LMHeadModel")) else "masked_lm" if name.endswith("ForMaskedLM") \
         else None
     if requested == "auto":
-        return head or "hidden_states"
+        return head or "embedding"
     if requested in ("causal_lm", "masked_lm") and requested != head:
         needs = "a ...ForCausalLM or ...LMHeadModel" if requested == "causal_lm" else "a ...ForMaskedLM"
         raise CompressorError(f"task objective {requested!r} needs {needs} model (its LM head's logits); {name} is "
-                              f"not one: use objective: {head or 'hidden_states'}")
+                              f"not one: use objective: {head or 'embedding'}")
     return requested
 
 
@@ -142,18 +147,27 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def sentence_starts(tokenizer, ids: torch.Tensor, room: int) -> torch.Tensor:
-    """Positions in ``ids`` where a sentence starts (after a token that is ``.``, ``!`` or ``?`` in
-    ``tokenizer``'s vocabulary, and position 0) with at least ``room`` tokens after them; every
-    position that has the room when the vocabulary has none of those tokens."""
+def sentence_runs(tokenizer, ids: torch.Tensor, shortest: int, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(starts, lengths)`` of every run of 1 to :data:`EMBEDDING_SENTENCES` consecutive sentences of
+    ``ids`` of ``shortest`` to ``longest`` tokens, sorted by length (a sentence ends after a token
+    that is ``.``, ``!`` or ``?`` in ``tokenizer``'s vocabulary); windows of ``longest`` tokens from
+    every position when the vocabulary has none of those tokens or no run fits."""
     unk = getattr(tokenizer, "unk_token_id", None)
     ends = [i for i in (tokenizer.convert_tokens_to_ids(t) for t in (".", "!", "?")) if isinstance(i, int) and i != unk]
-    last = ids.numel() - room
-    if not ends or last < 0:
-        return torch.arange(max(last + 1, 1))
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.isin(ids, torch.tensor(ends)).nonzero().flatten() + 1])
-    starts = starts[starts <= last]
-    return starts if starts.numel() else torch.arange(last + 1)
+    starts = lengths = torch.zeros(0, dtype=torch.long)
+    if ends:
+        bounds = torch.cat([torch.zeros(1, dtype=torch.long), torch.isin(ids, torch.tensor(ends)).nonzero().flatten() + 1,
+                            torch.tensor([ids.numel()])]).unique()
+        runs = [(bounds[:-k], bounds[k:] - bounds[:-k]) for k in range(1, EMBEDDING_SENTENCES + 1) if bounds.numel() > k]
+        if runs:
+            starts, lengths = (torch.cat(parts) for parts in zip(*runs))
+            keep = (lengths >= shortest) & (lengths <= longest)
+            starts, lengths = starts[keep], lengths[keep]
+    if not starts.numel():
+        starts = torch.arange(max(ids.numel() - longest + 1, 1))
+        lengths = torch.full_like(starts, min(longest, ids.numel()))
+    order = torch.argsort(lengths, stable=True)
+    return starts[order], lengths[order]
 
 
 #: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
@@ -210,8 +224,8 @@ class TextTask(Task):
         held_text = held.valid + "\n\n" + held.test
         self.eval_text = held_out_sentences(held_text, config.eval_sentences)
         self.eval_ids = _tokenized(tok, held_text) if self.objective not in EMBEDDING_OBJECTIVES else None
-        self.starts = sentence_starts(tok, self.train_ids, config.seq_len - self.specials) \
-            if self.objective == "embedding" else None
+        self.runs = sentence_runs(tok, self.train_ids, max(EMBEDDING_MIN_TOKENS - self.specials, 1),
+                                  config.seq_len - self.specials) if self.objective == "embedding" else None
         self._teacher_embeddings: torch.Tensor | None = None
 
     def _wrap(self, window: torch.Tensor) -> torch.Tensor:
@@ -234,16 +248,16 @@ class TextTask(Task):
     def batch(self, step, rank=0, world=1):
         """``(input_ids, attention_mask)``, both (B, seq_len): windows of the corpus's first 90% wrapped
         in the tokenizer's special tokens (no padding: the mask is all ones); ``masked_lm`` adds the
-        labels, ``(masked input_ids, attention_mask, labels)``; ``embedding``: (B, L), L of this batch
-        between :data:`EMBEDDING_MIN_TOKENS` and ``seq_len``, each window from a sentence start."""
+        labels, ``(masked input_ids, attention_mask, labels)``; ``embedding``: (B, L), every row one or
+        two whole sentences, L tokens with the special ones, L the length of a random run."""
         c = self.config
         body = c.seq_len - self.specials
         gen = _generator(c.seed, step)
-        if self.objective == "embedding":  # sentence starts, one log-uniform length per batch
-            low = math.log(max(min(EMBEDDING_MIN_TOKENS, c.seq_len), self.specials + 1))
-            length = round(math.exp(low + float(torch.rand((), generator=gen)) * (math.log(c.seq_len) - low)))
-            body = min(max(length, self.specials + 1), c.seq_len) - self.specials
-            starts = self.starts[torch.randint(0, self.starts.numel(), (c.batch_size,), generator=gen)]
+        if self.objective == "embedding":  # the length of a random run; rows among the runs of that length
+            starts, lengths = self.runs
+            body = int(lengths[torch.randint(0, lengths.numel(), (), generator=gen)])
+            low, high = (int(torch.searchsorted(lengths, body, right=side)) for side in (False, True))
+            starts = starts[torch.randint(low, high, (c.batch_size,), generator=gen)]
         else:
             starts = torch.randint(0, self.train_ids.numel() - body, (c.batch_size,), generator=gen)
         input_ids = self._wrap(self.train_ids[starts[:, None] + torch.arange(body)])
@@ -305,11 +319,7 @@ class TextTask(Task):
         if self.objective == "embedding":
             if self.teacher is None:
                 raise CompressorError("the text task's loss needs the dense teacher model")
-            input_ids, mask = batch[0], batch[1]
-            student = mean_pool(self.hidden(model, input_ids, mask).float(), mask)
-            with torch.no_grad():
-                target = mean_pool(self.hidden(self.teacher, input_ids, mask).float(), mask)
-            return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+            return self._embedding_loss(model, batch[0], batch[1])
         logits, targets = self._scored(model, batch)
         ce = F.cross_entropy(logits.float(), targets)
         w = self.config.distill_weight
@@ -320,6 +330,31 @@ class TextTask(Task):
         with torch.no_grad():
             teacher, _ = self._scored(self.teacher, batch)
         return (1 - w) * ce + w * kl_distill(logits, teacher, self.config.temperature)
+
+    def _embedding_loss(self, model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``embedding``: one minus the cosine of the mean-pooled last hidden states to the teacher's,
+        plus the mean over the blocks of each block's output MSE to the teacher's, relative to the
+        teacher's mean square there. The block term keeps every block on course for the pruned ones
+        after it; the pooled cosine is the figure the evaluation reports, where an MSE of the last
+        hidden states spends the model's capacity on the few outlier features (BENCHMARKS.md, the
+        pretrained encoder: both terms together recover the most)."""
+        def states(m: nn.Module) -> tuple[torch.Tensor, ...]:
+            out = m(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            blocks = tuple(getattr(out, "hidden_states", None) or ())[1:]  # not the embedding's output
+            if not blocks:
+                raise CompressorError("the text task's embedding objective needs a Hugging Face model that returns "
+                                      "hidden_states; this one returns none")
+            return blocks
+
+        student = states(model)
+        with torch.no_grad():
+            teacher = states(self.teacher)
+        pooled = F.cosine_similarity(mean_pool(student[-1].float(), mask), mean_pool(teacher[-1].float(), mask), dim=-1)
+        loss = (1 - pooled).mean()
+        m = mask.to(torch.float32).unsqueeze(-1)
+        terms = [((s.float() - t.float()).pow(2) * m).sum() / ((t.float().pow(2) * m).sum()).clamp_min(1e-12)
+                 for s, t in zip(student, teacher)]
+        return loss + torch.stack(terms).mean()
 
     @torch.no_grad()
     def embed(self, model: nn.Module, sentences: list[str] | None = None, batch_size: int = 32) -> torch.Tensor:

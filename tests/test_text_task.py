@@ -16,7 +16,7 @@ import compressor
 from compressor.errors import CompressorError, RecipeError
 from compressor.recipe import parse_recipe
 from compressor.tasks import TaskConfig, build_task
-from compressor.text_task import EMBEDDING_MIN_TOKENS, IGNORE, MASK_FRACTION
+from compressor.text_task import EMBEDDING_MIN_TOKENS, EMBEDDING_SENTENCES, IGNORE, MASK_FRACTION
 
 from hf_tools import tiny_hf_with_tokenizer  # tests/hf_tools.py
 
@@ -100,11 +100,12 @@ def test_distill_weight_mixes_the_teachers_logits_into_an_lm_objective(tmp_path)
     assert float(task.loss(spec.model, batch).detach()) > 1e-4
 
 
-def test_embedding_objective_trains_the_pooled_cosine_on_windows_from_sentence_starts(tmp_path):
+def test_embedding_objective_trains_the_pooled_cosine_on_whole_sentences(tmp_path):
     spec, task = _task(tmp_path, "BertModel", objective="embedding", seq_len=32)
     assert task.objective == "embedding"
     ends = {".", "!", "?"}
     train = task.train_ids.tolist()
+    words = task.tokenizer.convert_ids_to_tokens
     lengths = set()
     for step in range(24):
         ids, mask = task.batch(step)
@@ -112,18 +113,22 @@ def test_embedding_objective_trains_the_pooled_cosine_on_windows_from_sentence_s
         assert bool((mask == 1).all()) and ids.shape[0] == 4 and EMBEDDING_MIN_TOKENS <= ids.shape[1] <= 32
         lengths.add(ids.shape[1])
         assert bool((ids[:, 0] == task.prefix[0]).all()) and bool((ids[:, -1] == task.suffix[-1]).all())
-        for row in ids[:, 1:-1].tolist():  # found in the training text, right after a sentence's end
+        for row in ids[:, 1:-1].tolist():  # whole sentences of the training text: one or two
+            assert words(row[-1]) in ends and 1 <= sum(w in ends for w in words(row)) <= EMBEDDING_SENTENCES, words(row)
             at = [s for s in range(len(train) - len(row) + 1) if train[s:s + len(row)] == row]
-            assert any(s == 0 or task.tokenizer.convert_ids_to_tokens(train[s - 1]) in ends for s in at), row
+            assert any(s == 0 or words(train[s - 1]) in ends for s in at), row
     assert len(lengths) > 3  # each batch draws its own length
-    # the loss: one minus the cosine of the attention-masked mean of the last hidden states, by hand
+    # the loss, by hand: one minus the cosine of the mean of the last hidden states (no padding: a plain
+    # mean), plus each block's output MSE to the teacher's relative to the teacher's mean square
     model, batch = spec.model.eval(), task.batch(5)
     assert float(task.loss(task.teacher, batch)) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        pooled = [m(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state.mean(1) for m in (model, task.teacher)]
-    want = 1 - torch.nn.functional.cosine_similarity(*pooled, dim=-1).mean()
+        out = [m(input_ids=batch[0], attention_mask=batch[1], output_hidden_states=True) for m in (model, task.teacher)]
+    pooled = [o.last_hidden_state.mean(1) for o in out]
+    blocks = [((s - t).pow(2).mean() / t.pow(2).mean()) for s, t in zip(out[0].hidden_states[1:], out[1].hidden_states[1:])]
+    want = 1 - torch.nn.functional.cosine_similarity(*pooled, dim=-1).mean() + sum(blocks) / len(blocks)
     torch.testing.assert_close(task.loss(model, batch), want, rtol=1e-5, atol=1e-6)
     assert set(task.evaluate(model)) == {"embedding_cosine_mean", "embedding_cosine_min"}
     with pytest.raises(CompressorError, match="the embedding objective is distillation already"):
@@ -134,7 +139,7 @@ def test_objectives_the_model_cannot_serve_are_one_line(tmp_path):
     spec = compressor.load_model(str(tiny_hf_with_tokenizer(tmp_path / "bert", "BertModel")))
     with pytest.raises(CompressorError, match=r"objective 'causal_lm' needs a \.\.\.ForCausalLM .* BertModel is not one"):
         build_task(TaskConfig(name="text", seq_len=16, objective="causal_lm"), spec, None)
-    assert build_task(TaskConfig(name="text", seq_len=16), spec, None).objective == "hidden_states"
+    assert build_task(TaskConfig(name="text", seq_len=16), spec, None).objective == "embedding"
     with pytest.raises(CompressorError, match="distill_weight mixes distillation into an LM objective"):
         build_task(TaskConfig(name="text", seq_len=16, distill_weight=0.5), spec, None)
     with pytest.raises(RecipeError, match=r"objective: 'lm_causal' is not an objective"):
