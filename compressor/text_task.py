@@ -3,8 +3,8 @@
 The corpus (``pydoc``, ``shakespeare`` or a text file) is tokenized with the model directory's own
 tokenizer (or ``tokenizer: DIR``, checked against the model's embedding); calibration and training
 take windows of ``seq_len`` tokens (the tokenizer's special tokens included, no padding; whole
-sentences for ``embedding``) from its first 90% as ``input_ids`` and ``attention_mask``. What the loss trains and what the evaluation
-reports follow ``objective`` (``auto``: from the model's class):
+sentences for ``embedding``) from its first 90% as ``input_ids`` and ``attention_mask``. What the
+loss trains and what the evaluation reports follow ``objective`` (``auto``: from the model's class):
 
 - ``causal_lm`` (a ``...ForCausalLM`` or ``...LMHeadModel``: GPT-2 and other decoders): next-token
   cross-entropy; evaluation: ``perplexity`` on the held-out text (the last 10% of ``eval_corpus``,
@@ -17,8 +17,8 @@ reports follow ``objective`` (``auto``: from the model's class):
 - ``embedding`` (any model; the default without an LM head, such as sentence encoders): trains what
   the evaluation measures, one minus the cosine of the mean-pooled embedding to the dense teacher's,
   plus each block's output error to the teacher's, on inputs shaped like the sentences users embed:
-  every row is one or two whole sentences of the corpus (a sentence ends at a ``.``, ``!`` or ``?``
-  token), and the rows of a batch are drawn among the runs of one length, which the batch draws
+  every row is one or two whole sentences of the corpus (:func:`split_sentences`, as the held-out
+  ones), and the rows of a batch are drawn among the runs of one length, which the batch draws
   from the corpus's own mix of lengths (short inputs are where a pruned encoder strays most; one
   length per batch keeps the rows free of padding, so calibration records text only).
 - ``hidden_states`` (any model): MSE of the last hidden states to the dense teacher's, on windows
@@ -45,7 +45,8 @@ from .errors import CompressorError
 from .tasks import TEXT_OBJECTIVES, Task, TaskConfig, _frozen, _generator, _hf_directory, _rank_slice, kl_distill
 
 __all__ = ["TextTask", "TEXT_OBJECTIVES", "EMBEDDING_OBJECTIVES", "MASK_FRACTION", "EMBEDDING_MIN_TOKENS",
-           "EMBEDDING_SENTENCES", "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "sentence_runs"]
+           "EMBEDDING_SENTENCES", "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "split_sentences",
+           "sentence_runs"]
 #: ``masked_lm``: the share of a window's text positions replaced by the mask token
 MASK_FRACTION = 0.15
 #: ``masked_lm``: the label of a position the loss does not score (PyTorch's and transformers' convention)
@@ -81,16 +82,19 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-def held_out_sentences(text: str, count: int, min_words: int = 4) -> list[str]:
-    """``count`` sentences spread evenly over ``text`` (paragraphs split at blank lines, whitespace
-    collapsed, split after . ! ?), each of at least ``min_words`` words; fewer if the text has fewer."""
+def split_sentences(text: str) -> list[str]:
+    """The sentences of ``text``: paragraphs split at blank lines, whitespace collapsed, then split
+    after ``.``, ``!`` or ``?`` followed by whitespace (so ``os.path`` stays whole)."""
     import re
 
-    sentences = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
-            if len(sentence.split()) >= min_words and any(ch.isalpha() for ch in sentence):
-                sentences.append(sentence)
+    return [sentence for paragraph in re.split(r"\n\s*\n", text)
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())) if sentence]
+
+
+def held_out_sentences(text: str, count: int, min_words: int = 4) -> list[str]:
+    """``count`` sentences of :func:`split_sentences` spread evenly over ``text``, each of at least
+    ``min_words`` words and with a letter; fewer if the text has fewer."""
+    sentences = [s for s in split_sentences(text) if len(s.split()) >= min_words and any(ch.isalpha() for ch in s)]
     if len(sentences) <= count:
         return sentences
     return [sentences[i * len(sentences) // count] for i in range(count)]
@@ -147,27 +151,23 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def sentence_runs(tokenizer, ids: torch.Tensor, shortest: int, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sentence_runs(lengths: torch.Tensor, shortest: int, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(starts, lengths)`` of every run of 1 to :data:`EMBEDDING_SENTENCES` consecutive sentences of
-    ``ids`` of ``shortest`` to ``longest`` tokens, sorted by length (a sentence ends after a token
-    that is ``.``, ``!`` or ``?`` in ``tokenizer``'s vocabulary); windows of ``longest`` tokens from
-    every position when the vocabulary has none of those tokens or no run fits."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    ends = [i for i in (tokenizer.convert_tokens_to_ids(t) for t in (".", "!", "?")) if isinstance(i, int) and i != unk]
-    starts = lengths = torch.zeros(0, dtype=torch.long)
-    if ends:
-        bounds = torch.cat([torch.zeros(1, dtype=torch.long), torch.isin(ids, torch.tensor(ends)).nonzero().flatten() + 1,
-                            torch.tensor([ids.numel()])]).unique()
-        runs = [(bounds[:-k], bounds[k:] - bounds[:-k]) for k in range(1, EMBEDDING_SENTENCES + 1) if bounds.numel() > k]
-        if runs:
-            starts, lengths = (torch.cat(parts) for parts in zip(*runs))
-            keep = (lengths >= shortest) & (lengths <= longest)
-            starts, lengths = starts[keep], lengths[keep]
+    ``shortest`` to ``longest`` tokens, in the concatenation of sentences of token counts ``lengths``,
+    sorted by length; windows of ``longest`` tokens from every position when no run fits."""
+    bounds = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    runs = [(bounds[:-k], bounds[k:] - bounds[:-k]) for k in range(1, EMBEDDING_SENTENCES + 1) if bounds.numel() > k]
+    starts = spans = torch.zeros(0, dtype=torch.long)
+    if runs:
+        starts, spans = (torch.cat(parts) for parts in zip(*runs))
+        keep = (spans >= shortest) & (spans <= longest)
+        starts, spans = starts[keep], spans[keep]
     if not starts.numel():
-        starts = torch.arange(max(ids.numel() - longest + 1, 1))
-        lengths = torch.full_like(starts, min(longest, ids.numel()))
-    order = torch.argsort(lengths, stable=True)
-    return starts[order], lengths[order]
+        total = int(bounds[-1])
+        starts = torch.arange(max(total - longest + 1, 1))
+        spans = torch.full_like(starts, min(longest, total))
+    order = torch.argsort(spans, stable=True)
+    return starts[order], spans[order]
 
 
 #: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
@@ -177,16 +177,18 @@ _TOKENIZED: dict[tuple, torch.Tensor] = {}
 _TOKENIZED_ENTRIES = 4
 
 
-def _tokenized(tok, text: str) -> torch.Tensor:
-    """The ids of ``text``'s paragraphs tokenized by ``tok`` (no special tokens), concatenated; cached
-    by the tokenizer's class, source, vocabulary size and the text itself."""
-    key = (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), len(text), hash(text))
+def _tokenized(tok, text: str, sentences: bool = False):
+    """The ids of ``text``'s paragraphs tokenized by ``tok`` (no special tokens), concatenated; with
+    ``sentences``, of its :func:`split_sentences` instead, and their token counts: ``(ids, lengths)``.
+    Cached by the tokenizer's class, source, vocabulary size and the text itself."""
+    key = (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), len(text), hash(text), sentences)
     if key not in _TOKENIZED:
-        paragraphs = [p for p in text.split("\n\n") if p.strip()]
-        ids = tok(paragraphs, add_special_tokens=False, verbose=False)["input_ids"] if paragraphs else []
+        pieces = split_sentences(text) if sentences else [p for p in text.split("\n\n") if p.strip()]
+        ids = tok(pieces, add_special_tokens=False, verbose=False)["input_ids"] if pieces else []
         while len(_TOKENIZED) >= _TOKENIZED_ENTRIES:
             _TOKENIZED.pop(next(iter(_TOKENIZED)))
-        _TOKENIZED[key] = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        _TOKENIZED[key] = (flat, torch.tensor([len(row) for row in ids], dtype=torch.long)) if sentences else flat
     return _TOKENIZED[key]
 
 
@@ -224,8 +226,10 @@ class TextTask(Task):
         held_text = held.valid + "\n\n" + held.test
         self.eval_text = held_out_sentences(held_text, config.eval_sentences)
         self.eval_ids = _tokenized(tok, held_text) if self.objective not in EMBEDDING_OBJECTIVES else None
-        self.runs = sentence_runs(tok, self.train_ids, max(EMBEDDING_MIN_TOKENS - self.specials, 1),
-                                  config.seq_len - self.specials) if self.objective == "embedding" else None
+        self.sentence_ids = self.runs = None
+        if self.objective == "embedding":
+            self.sentence_ids, lengths = _tokenized(tok, split_text(text).train, sentences=True)
+            self.runs = sentence_runs(lengths, max(EMBEDDING_MIN_TOKENS - self.specials, 1), config.seq_len - self.specials)
         self._teacher_embeddings: torch.Tensor | None = None
 
     def _wrap(self, window: torch.Tensor) -> torch.Tensor:
@@ -258,9 +262,11 @@ class TextTask(Task):
             body = int(lengths[torch.randint(0, lengths.numel(), (), generator=gen)])
             low, high = (int(torch.searchsorted(lengths, body, right=side)) for side in (False, True))
             starts = starts[torch.randint(low, high, (c.batch_size,), generator=gen)]
+            source = self.sentence_ids
         else:
             starts = torch.randint(0, self.train_ids.numel() - body, (c.batch_size,), generator=gen)
-        input_ids = self._wrap(self.train_ids[starts[:, None] + torch.arange(body)])
+            source = self.train_ids
+        input_ids = self._wrap(source[starts[:, None] + torch.arange(body)])
         if self.objective == "masked_lm":  # masks of the whole global batch, then this rank's share
             masked, labels = self._mask(input_ids, gen)
             share = _rank_slice(c.batch_size, rank, world)

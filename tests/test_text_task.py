@@ -16,7 +16,8 @@ import compressor
 from compressor.errors import CompressorError, RecipeError
 from compressor.recipe import parse_recipe
 from compressor.tasks import TaskConfig, build_task
-from compressor.text_task import EMBEDDING_MIN_TOKENS, EMBEDDING_SENTENCES, IGNORE, MASK_FRACTION
+from compressor.corpus import corpus_text, split_text
+from compressor.text_task import EMBEDDING_MIN_TOKENS, IGNORE, MASK_FRACTION, split_sentences
 
 from hf_tools import tiny_hf_with_tokenizer  # tests/hf_tools.py
 
@@ -103,20 +104,20 @@ def test_distill_weight_mixes_the_teachers_logits_into_an_lm_objective(tmp_path)
 def test_embedding_objective_trains_the_pooled_cosine_on_whole_sentences(tmp_path):
     spec, task = _task(tmp_path, "BertModel", objective="embedding", seq_len=32)
     assert task.objective == "embedding"
-    ends = {".", "!", "?"}
-    train = task.train_ids.tolist()
-    words = task.tokenizer.convert_ids_to_tokens
+    # the reference: every run of one or two consecutive sentences of the training text, each sentence
+    # tokenized alone
+    sentences = split_sentences(split_text(corpus_text("pydoc")).train)
+    ids = [task.tokenizer(x, add_special_tokens=False)["input_ids"] for x in sentences]
+    runs = {tuple(ids[i]) for i in range(len(ids))} | {tuple(ids[i] + ids[i + 1]) for i in range(len(ids) - 1)}
     lengths = set()
     for step in range(24):
-        ids, mask = task.batch(step)
-        assert all(torch.equal(a, b) for a, b in zip(task.batch(step), (ids, mask)))  # a pure function of the step
-        assert bool((mask == 1).all()) and ids.shape[0] == 4 and EMBEDDING_MIN_TOKENS <= ids.shape[1] <= 32
-        lengths.add(ids.shape[1])
-        assert bool((ids[:, 0] == task.prefix[0]).all()) and bool((ids[:, -1] == task.suffix[-1]).all())
-        for row in ids[:, 1:-1].tolist():  # whole sentences of the training text: one or two
-            assert words(row[-1]) in ends and 1 <= sum(w in ends for w in words(row)) <= EMBEDDING_SENTENCES, words(row)
-            at = [s for s in range(len(train) - len(row) + 1) if train[s:s + len(row)] == row]
-            assert any(s == 0 or words(train[s - 1]) in ends for s in at), row
+        batch_ids, mask = task.batch(step)
+        assert all(torch.equal(a, b) for a, b in zip(task.batch(step), (batch_ids, mask)))  # a pure function of the step
+        assert bool((mask == 1).all()) and batch_ids.shape[0] == 4 and EMBEDDING_MIN_TOKENS <= batch_ids.shape[1] <= 32
+        lengths.add(batch_ids.shape[1])
+        assert bool((batch_ids[:, 0] == task.prefix[0]).all()) and bool((batch_ids[:, -1] == task.suffix[-1]).all())
+        for row in batch_ids[:, 1:-1].tolist():
+            assert tuple(row) in runs, task.tokenizer.decode(row)
     assert len(lengths) > 3  # each batch draws its own length
     # the loss, by hand: one minus the cosine of the mean of the last hidden states (no padding: a plain
     # mean), plus each block's output MSE to the teacher's relative to the teacher's mean square

@@ -9,8 +9,10 @@ a masked LM). Every linear layer (not a BERT pooler, which mean pooling does not
 ``--patterns`` (``50%`` unstructured, ``2:4``, ``T4:8`` transposable) by each method of
 ``--methods`` (as ``compress bench oneshot``: ``magnitude``, ``wanda``, ``nm_convert`` with
 least-squares reconstruction, ``sparsegpt``). The calibration-based methods record the same
-``--sequences`` windows of ``--seq-len`` tokens of the first 90% of ``--calibration-corpus``
-(default shakespeare), tokenized by the model's own tokenizer, block by block through the model.
+``--sequences`` x ``--seq-len`` tokens of the first 90% of ``--calibration-corpus`` (default
+shakespeare), tokenized by the model's own tokenizer, as the text task's objective for the model
+shapes them (an encoder: whole sentences of up to ``--seq-len`` tokens; a decoder: windows of
+``--seq-len``), block by block through the model.
 
 Quality is the text task's held-out figure for the model's class (:mod:`compressor.text_task`) on
 ``--eval-corpus`` (default shakespeare: its last 10%, which the calibration never saw): for an
@@ -78,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-corpus", default="shakespeare",
                         help="text task corpus the calibration windows come from (its first 90%%)")
     parser.add_argument("--eval-corpus", default="shakespeare", help="corpus whose held-out sentences are evaluated")
-    parser.add_argument("--sequences", type=int, default=256, help="calibration windows per layer")
-    parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration window")
+    parser.add_argument("--sequences", type=int, default=256, help="with --seq-len, the calibration tokens per layer: --sequences x --seq-len")
+    parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration window (an encoder's sentences: at most)")
     parser.add_argument("--eval-sentences", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=32768,
                         help="held-out tokens a language model's perplexity is measured on (0: all of them)")
