@@ -45,8 +45,8 @@ from .errors import CompressorError
 from .tasks import TEXT_OBJECTIVES, Task, TaskConfig, _frozen, _generator, _hf_directory, _rank_slice, kl_distill
 
 __all__ = ["TextTask", "TEXT_OBJECTIVES", "EMBEDDING_OBJECTIVES", "MASK_FRACTION", "EMBEDDING_MIN_TOKENS",
-           "EMBEDDING_SENTENCES", "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences", "split_sentences",
-           "sentence_runs"]
+           "EMBEDDING_SENTENCES", "text_objective", "load_tokenizer", "mean_pool", "held_out_sentences",
+           "split_sentences", "sentence_runs"]
 #: ``masked_lm``: the share of a window's text positions replaced by the mask token
 MASK_FRACTION = 0.15
 #: ``masked_lm``: the label of a position the loss does not score (PyTorch's and transformers' convention)
@@ -173,7 +173,7 @@ def sentence_runs(lengths: torch.Tensor, shortest: int, longest: int) -> tuple[t
 #: token ids of recently tokenized training texts: every pass of a run, every run of a benchmark and
 #: every point of a sensitivity sweep builds its own text task on the same corpus (tokenizing a
 #: corpus costs about a second, far more than a calibration batch); a few entries, newest kept
-_TOKENIZED: dict[tuple, torch.Tensor] = {}
+_TOKENIZED: dict[tuple, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
 _TOKENIZED_ENTRIES = 4
 
 
@@ -229,7 +229,8 @@ class TextTask(Task):
         self.sentence_ids = self.runs = None
         if self.objective == "embedding":
             self.sentence_ids, lengths = _tokenized(tok, split_text(text).train, sentences=True)
-            self.runs = sentence_runs(lengths, max(EMBEDDING_MIN_TOKENS - self.specials, 1), config.seq_len - self.specials)
+            self.runs = sentence_runs(lengths, max(EMBEDDING_MIN_TOKENS - self.specials, 1),
+                                      config.seq_len - self.specials)
         self._teacher_embeddings: torch.Tensor | None = None
 
     def _wrap(self, window: torch.Tensor) -> torch.Tensor:

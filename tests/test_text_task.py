@@ -17,7 +17,7 @@ from compressor.errors import CompressorError, RecipeError
 from compressor.recipe import parse_recipe
 from compressor.tasks import TaskConfig, build_task
 from compressor.corpus import corpus_text, split_text
-from compressor.text_task import EMBEDDING_MIN_TOKENS, IGNORE, MASK_FRACTION, split_sentences
+from compressor.text_task import EMBEDDING_MIN_TOKENS, IGNORE, MASK_FRACTION, sentence_runs, split_sentences
 
 from hf_tools import tiny_hf_with_tokenizer  # tests/hf_tools.py
 
@@ -134,6 +134,17 @@ def test_embedding_objective_trains_the_pooled_cosine_on_whole_sentences(tmp_pat
     assert set(task.evaluate(model)) == {"embedding_cosine_mean", "embedding_cosine_min"}
     with pytest.raises(CompressorError, match="the embedding objective is distillation already"):
         build_task(TaskConfig(name="text", seq_len=16, objective="embedding", distill_weight=0.5), spec, None)
+
+
+def test_sentence_runs_are_one_or_two_sentences_that_fit_else_windows():
+    # sentences of 3, 5 and 2 tokens at 0, 3 and 8; pairs (0, 8) and (3, 7) are longer than 6
+    starts, lengths = sentence_runs(torch.tensor([3, 5, 2]), shortest=2, longest=6)
+    assert starts.tolist() == [8, 0, 3] and lengths.tolist() == [2, 3, 5]  # sorted by length
+    starts, lengths = sentence_runs(torch.tensor([3, 5, 2]), shortest=2, longest=8)
+    assert sorted(zip(starts.tolist(), lengths.tolist())) == [(0, 3), (0, 8), (3, 5), (3, 7), (8, 2)]
+    # no run fits: windows of the longest length from every position
+    starts, lengths = sentence_runs(torch.tensor([3, 5, 2]), shortest=1, longest=1)
+    assert starts.tolist() == list(range(10)) and lengths.tolist() == [1] * 10
 
 
 def test_objectives_the_model_cannot_serve_are_one_line(tmp_path):

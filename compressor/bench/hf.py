@@ -80,8 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-corpus", default="shakespeare",
                         help="text task corpus the calibration windows come from (its first 90%%)")
     parser.add_argument("--eval-corpus", default="shakespeare", help="corpus whose held-out sentences are evaluated")
-    parser.add_argument("--sequences", type=int, default=256, help="with --seq-len, the calibration tokens per layer: --sequences x --seq-len")
-    parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration window (an encoder's sentences: at most)")
+    parser.add_argument("--sequences", type=int, default=256,
+                        help="with --seq-len, the calibration tokens per layer: --sequences x --seq-len")
+    parser.add_argument("--seq-len", type=int, default=64,
+                        help="tokens per calibration window (an encoder's sentences: at most)")
     parser.add_argument("--eval-sentences", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=32768,
                         help="held-out tokens a language model's perplexity is measured on (0: all of them)")
