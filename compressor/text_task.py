@@ -314,9 +314,9 @@ class TextTask(Task):
         return logits[:, first - 1:last - 1].reshape(-1, logits.shape[-1]), input_ids[:, first:last].reshape(-1)
 
     def loss(self, model, batch):
+        if self.objective in EMBEDDING_OBJECTIVES and self.teacher is None:
+            raise CompressorError("the text task's loss needs the dense teacher model")
         if self.objective == "hidden_states":
-            if self.teacher is None:
-                raise CompressorError("the text task's loss needs the dense teacher model")
             input_ids, mask = batch[0], batch[1]
             student = self.hidden(model, input_ids, mask)
             with torch.no_grad():
@@ -324,8 +324,6 @@ class TextTask(Task):
             m = mask.to(student.dtype).unsqueeze(-1)
             return ((student - target).pow(2) * m).sum() / (m.sum() * student.shape[-1]).clamp_min(1.0)
         if self.objective == "embedding":
-            if self.teacher is None:
-                raise CompressorError("the text task's loss needs the dense teacher model")
             return self._embedding_loss(model, batch[0], batch[1])
         logits, targets = self._scored(model, batch)
         ce = F.cross_entropy(logits.float(), targets)
